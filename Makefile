@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-unit test-integration test-e2e lint install clean
+
+$(STAMP): requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	PYTHONPATH=. $(PY) -m deploy.local_run
+
+test: $(STAMP)
+	PYTHONPATH=. $(PY) -m pytest
+
+test-unit: $(STAMP)
+	PYTHONPATH=. $(PY) -m pytest tests/unit tests/contract
+
+test-integration: $(STAMP)
+	PYTHONPATH=. $(PY) -m pytest tests/integration
+
+test-e2e: $(STAMP)
+	PYTHONPATH=. $(PY) -m pytest tests/e2e
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,1 @@
+"""The CRM: lenient, fast, for sales. Knows nothing of the ECM."""

@@ -1,0 +1,72 @@
+from infra.utc_datetime import UtcDateTime
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+
+from infra.messaging_tables import inbox_table, outbox_table
+from infra.users import users_table
+
+metadata = MetaData()
+
+users = users_table(metadata)
+outbox = outbox_table(metadata)
+inbox = inbox_table(metadata)
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(500), nullable=False),
+    Column("inn", String(20)),
+    Column("kpp", String(20)),
+    Column("ogrn", String(20)),
+    Column("legal_form", String(100)),
+    Column("country", String(2)),
+    Column("created_by", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    # What the ECM registry said about this organization (passive, never a question).
+    Column("registry_id", String(36)),
+    Column("registry_status", String(32)),
+    Column("registry_name", String(500)),
+    Index("ix_organizations_inn", "inn"),
+)
+
+deals = Table(
+    "deals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("title", String(500), nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("owner_id", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("deal_id", String(36), ForeignKey("deals.id"), nullable=False, index=True),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("doc_type", String(64), nullable=False),
+    Column("size", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("uploaded_by", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+approval_requests = Table(
+    "approval_requests",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("deal_id", String(36), ForeignKey("deals.id"), nullable=False, index=True),
+    Column("document_id", String(36), ForeignKey("documents.id"), nullable=False),
+    Column("organization_id", String(36), ForeignKey("organizations.id"), nullable=False),
+    Column("requested_by", String(36), nullable=False),
+    Column("requested_at", UtcDateTime(), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("stage", String(64)),
+    Column("reason", Text),
+    Column("revision", Integer, nullable=False),
+    Column("registry_approval_id", String(36)),
+    Column("updated_at", UtcDateTime()),
+)

@@ -1,0 +1,78 @@
+"""CRM entities. Lenient by design: only an organization's name is required."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
+FINAL_APPROVAL_STATUSES = ("approved", "rejected")
+
+
+@dataclass
+class Organization:
+    id: str
+    name: str
+    created_by: str
+    created_at: datetime
+    inn: str | None = None
+    kpp: str | None = None
+    ogrn: str | None = None
+    legal_form: str | None = None
+    country: str | None = None
+    registry_id: str | None = None
+    registry_status: str | None = None
+    registry_name: str | None = None
+
+
+@dataclass
+class Deal:
+    id: str
+    organization_id: str
+    title: str
+    owner_id: str
+    created_at: datetime
+    stage: str = "new"
+
+
+@dataclass
+class Document:
+    id: str
+    deal_id: str
+    filename: str
+    content_type: str
+    doc_type: str
+    size: int
+    sha256: str
+    uploaded_by: str
+    created_at: datetime
+
+
+@dataclass
+class ApprovalRequest:
+    """Sales' read-only view of an approval that lives in the ECM."""
+
+    id: str
+    deal_id: str
+    document_id: str
+    organization_id: str
+    requested_by: str
+    requested_at: datetime
+    status: str = "requested"
+    stage: str | None = None
+    reason: str | None = None
+    revision: int = 0
+    registry_approval_id: str | None = None
+    updated_at: datetime | None = None
+
+    def apply_status(
+        self, *, status: str, stage: str | None, revision: int, reason: str | None,
+        registry_approval_id: str, at: datetime,
+    ) -> bool:
+        """Updates arrive at least once and may be replayed: only a newer revision counts."""
+        if revision <= self.revision:
+            return False
+        self.status, self.stage, self.reason, self.revision = status, stage, reason, revision
+        self.registry_approval_id = registry_approval_id
+        self.updated_at = at
+        return True

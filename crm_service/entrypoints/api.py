@@ -1,0 +1,217 @@
+"""CRM HTTP API: translate requests, hand off to handlers, shape responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from infra.content_store import FileTooLarge
+from crm_service.domain.hints import identifier_hints
+from crm_service.service_layer import handlers
+from infra.users import User
+from infra.web import correlation_id, require_roles
+
+router = APIRouter(prefix="/api")
+
+SALES = ("sales", "admin")
+READERS = ("sales", "admin", "auditor")
+
+
+class OrganizationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=500)
+    inn: str | None = Field(None, max_length=20)
+    kpp: str | None = Field(None, max_length=20)
+    ogrn: str | None = Field(None, max_length=20)
+    legal_form: str | None = Field(None, max_length=100)
+    country: str | None = Field(None, min_length=2, max_length=2)
+
+
+class OrganizationOut(BaseModel):
+    id: str
+    name: str
+    inn: str | None
+    kpp: str | None
+    ogrn: str | None
+    legal_form: str | None
+    country: str | None
+    created_at: datetime
+    registry: dict | None
+    hints: list[str]
+
+
+class DealIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    organization_id: str = Field(min_length=1, max_length=36)
+    title: str = Field(min_length=1, max_length=500)
+
+
+class ApprovalView(BaseModel):
+    id: str
+    status: str
+    stage: str | None
+    reason: str | None
+    document_id: str
+    requested_at: datetime
+    updated_at: datetime | None
+
+
+class DealOut(BaseModel):
+    id: str
+    organization_id: str
+    title: str
+    stage: str
+    owner_id: str
+    created_at: datetime
+    approval: ApprovalView | None = None
+
+
+class DocumentOut(BaseModel):
+    id: str
+    deal_id: str
+    filename: str
+    content_type: str
+    doc_type: str
+    size: int
+    sha256: str
+    created_at: datetime
+
+
+class ApprovalRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    document_id: str = Field(min_length=1, max_length=36)
+
+
+class Accepted(BaseModel):
+    id: str
+    status: str
+
+
+def _org_out(org) -> OrganizationOut:
+    registry = None
+    if org.registry_id:
+        registry = {"id": org.registry_id, "status": org.registry_status, "legal_name": org.registry_name}
+    return OrganizationOut(
+        **{k: getattr(org, k) for k in ("id", "name", "inn", "kpp", "ogrn", "legal_form", "country", "created_at")},
+        registry=registry,
+        hints=identifier_hints(inn=org.inn, kpp=org.kpp, ogrn=org.ogrn),
+    )
+
+
+def _approval_view(request) -> ApprovalView:
+    return ApprovalView(
+        id=request.id, status=request.status, stage=request.stage, reason=request.reason,
+        document_id=request.document_id, requested_at=request.requested_at, updated_at=request.updated_at,
+    )
+
+
+def _container(request: Request):
+    return request.app.state.container
+
+
+@router.post("/organizations", status_code=201, response_model=OrganizationOut)
+async def create_organization(body: OrganizationIn, request: Request, user: User = Depends(require_roles(*SALES))):
+    org = await handlers.create_organization(_container(request).uow(), user_id=user.id, **body.model_dump())
+    return _org_out(org)
+
+
+@router.get("/organizations/{org_id}", response_model=OrganizationOut)
+async def get_organization(org_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
+    async with _container(request).uow() as uow:
+        org = await uow.organizations.get(org_id)
+    if org is None:
+        raise HTTPException(404, f"organization {org_id} not found")
+    return _org_out(org)
+
+
+@router.post("/deals", status_code=201, response_model=DealOut)
+async def create_deal(body: DealIn, request: Request, user: User = Depends(require_roles(*SALES))):
+    try:
+        deal = await handlers.create_deal(_container(request).uow(), user_id=user.id, **body.model_dump())
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return DealOut(**deal.__dict__)
+
+
+@router.get("/deals/{deal_id}", response_model=DealOut)
+async def get_deal(deal_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
+    async with _container(request).uow() as uow:
+        deal = await uow.deals.get(deal_id)
+        approval = await uow.approval_requests.latest_for_deal(deal_id) if deal else None
+    if deal is None:
+        raise HTTPException(404, f"deal {deal_id} not found")
+    return DealOut(**deal.__dict__, approval=_approval_view(approval) if approval else None)
+
+
+@router.post("/deals/{deal_id}/documents", status_code=201, response_model=DocumentOut)
+async def upload_document(
+    deal_id: str,
+    request: Request,
+    file: UploadFile = File(...),
+    doc_type: str = Form("contract", min_length=1, max_length=64, pattern=r"^[a-z0-9_\-]+$"),
+    user: User = Depends(require_roles(*SALES)),
+):
+    container = _container(request)
+    try:
+        sha256, size = await run_in_threadpool(
+            container.file_store.put, file.file, max_bytes=container.settings.max_upload_bytes
+        )
+    except FileTooLarge as exc:
+        raise HTTPException(413, str(exc)) from exc
+    if size == 0:
+        raise HTTPException(422, "the file is empty")
+    try:
+        doc = await handlers.attach_document(
+            container.uow(), user_id=user.id, deal_id=deal_id,
+            filename=(file.filename or "document")[-255:],
+            content_type=file.content_type or "application/octet-stream",
+            doc_type=doc_type, sha256=sha256, size=size,
+        )
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return DocumentOut(**doc.__dict__)
+
+
+@router.get("/documents/{document_id}/content")
+async def document_content(
+    document_id: str, request: Request, _: User = Depends(require_roles("sales", "admin", "integration"))
+):
+    container = _container(request)
+    async with container.uow() as uow:
+        doc = await uow.documents.get(document_id)
+    if doc is None:
+        raise HTTPException(404, f"document {document_id} not found")
+    return FileResponse(
+        container.file_store.path_for(doc.sha256), media_type=doc.content_type, filename=doc.filename,
+        headers={"X-Content-SHA256": doc.sha256},
+    )
+
+
+@router.post("/deals/{deal_id}/approval-requests", status_code=202, response_model=Accepted)
+async def request_approval(
+    deal_id: str, body: ApprovalRequestIn, request: Request, user: User = Depends(require_roles(*SALES))
+):
+    try:
+        approval = await handlers.request_approval(
+            _container(request).uow(), user_id=user.id, deal_id=deal_id, document_id=body.document_id,
+            correlation_id=correlation_id(request),
+        )
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return Accepted(id=approval.id, status=approval.status)
+
+
+@router.get("/approval-requests/{request_id}", response_model=ApprovalView)
+async def get_approval_request(request_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
+    async with _container(request).uow() as uow:
+        approval = await uow.approval_requests.get(request_id)
+    if approval is None:
+        raise HTTPException(404, f"approval request {request_id} not found")
+    return _approval_view(approval)

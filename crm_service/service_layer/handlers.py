@@ -1,0 +1,142 @@
+"""CRM use cases. Nothing here can fail because of the ECM: approval requests are
+recorded and announced through the outbox, and answered later by commands."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization
+from crm_service.service_layer.unit_of_work import CrmUnitOfWork
+from schemas import crm_commands, crm_events
+from schemas.envelope import new_envelope
+from schemas.topics import CRM_EVENTS
+
+SOURCE = "crm"
+
+
+class NotFound(Exception):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def create_organization(uow: CrmUnitOfWork, *, user_id: str, name: str, **fields) -> Organization:
+    org = Organization(id=_new_id(), name=name, created_by=user_id, created_at=_now(), **fields)
+    async with uow:
+        await uow.organizations.add(org)
+        await uow.commit()
+    return org
+
+
+async def create_deal(uow: CrmUnitOfWork, *, user_id: str, organization_id: str, title: str) -> Deal:
+    deal = Deal(id=_new_id(), organization_id=organization_id, title=title, owner_id=user_id, created_at=_now())
+    async with uow:
+        if await uow.organizations.get(organization_id) is None:
+            raise NotFound(f"organization {organization_id} not found")
+        await uow.deals.add(deal)
+        await uow.commit()
+    return deal
+
+
+async def attach_document(
+    uow: CrmUnitOfWork, *, user_id: str, deal_id: str, filename: str, content_type: str,
+    doc_type: str, sha256: str, size: int,
+) -> Document:
+    doc = Document(
+        id=_new_id(), deal_id=deal_id, filename=filename, content_type=content_type, doc_type=doc_type,
+        size=size, sha256=sha256, uploaded_by=user_id, created_at=_now(),
+    )
+    async with uow:
+        if await uow.deals.get(deal_id) is None:
+            raise NotFound(f"deal {deal_id} not found")
+        await uow.documents.add(doc)
+        await uow.commit()
+    return doc
+
+
+async def request_approval(
+    uow: CrmUnitOfWork, *, user_id: str, deal_id: str, document_id: str, correlation_id: str
+) -> ApprovalRequest:
+    """Records the request and its event in one transaction. The organization travels
+    as it is (partial, unchecked): the ECM reconciles, the rep is never asked."""
+    async with uow:
+        deal = await uow.deals.get(deal_id)
+        if deal is None:
+            raise NotFound(f"deal {deal_id} not found")
+        doc = await uow.documents.get(document_id)
+        if doc is None or doc.deal_id != deal_id:
+            raise NotFound(f"document {document_id} not found on deal {deal_id}")
+        org = await uow.organizations.get(deal.organization_id)
+        request = ApprovalRequest(
+            id=_new_id(), deal_id=deal_id, document_id=document_id, organization_id=org.id,
+            requested_by=user_id, requested_at=_now(),
+        )
+        await uow.approval_requests.add(request)
+        event = crm_events.ApprovalRequestedV1(
+            approval_request_id=request.id,
+            requested_at=request.requested_at,
+            requested_by=user_id,
+            organization=crm_events.OrganizationSnapshot(
+                id=org.id, name=org.name, inn=org.inn, kpp=org.kpp, ogrn=org.ogrn,
+                legal_form=org.legal_form, country=org.country,
+            ),
+            deal=crm_events.DealRef(id=deal.id, title=deal.title),
+            document=crm_events.DocumentRef(
+                id=doc.id, filename=doc.filename, content_type=doc.content_type, doc_type=doc.doc_type,
+                sha256=doc.sha256, size=doc.size,
+            ),
+        )
+        await uow.publish(
+            CRM_EVENTS, org.id,
+            new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=1, source=SOURCE,
+                         payload=event, correlation_id=correlation_id),
+        )
+        await uow.commit()
+    return request
+
+
+async def update_approval_status(uow: CrmUnitOfWork, cmd: crm_commands.UpdateApprovalStatusV1) -> bool:
+    request = await uow.approval_requests.get(cmd.approval_request_id, for_update=True)
+    if request is None:
+        return False
+    changed = request.apply_status(
+        status=cmd.status, stage=cmd.stage, revision=cmd.revision, reason=cmd.reason,
+        registry_approval_id=cmd.registry_approval_id, at=_now(),
+    )
+    if changed:
+        await uow.approval_requests.save(request)
+    return changed
+
+
+async def update_organization_link(uow: CrmUnitOfWork, cmd: crm_commands.UpdateOrganizationLinkV1) -> bool:
+    org = await uow.organizations.get(cmd.organization_id, for_update=True)
+    if org is None:
+        return False
+    org.registry_id, org.registry_status, org.registry_name = cmd.registry_id, cmd.link_status, cmd.registry_name
+    await uow.organizations.save(org)
+    return True
+
+
+COMMAND_HANDLERS = {
+    crm_commands.UPDATE_APPROVAL_STATUS: update_approval_status,
+    crm_commands.UPDATE_ORGANIZATION_LINK: update_organization_link,
+}
+ACCEPTED_COMMANDS = frozenset(COMMAND_HANDLERS)
+
+
+async def apply_command(uow: CrmUnitOfWork, message, topic: str) -> None:
+    """Applies a command once: the inbox mark commits with the effect."""
+    envelope = message.envelope
+    async with uow:
+        if await uow.already_applied(envelope.event_id):
+            return
+        changed = await COMMAND_HANDLERS[envelope.type](uow, message.payload)
+        await uow.mark_applied(envelope.event_id, envelope.type, topic, {"changed": changed})
+        await uow.commit()

@@ -1,0 +1,13 @@
+from crm_service.adapters import repositories, tables
+from infra.unit_of_work import SqlUnitOfWork
+
+
+class CrmUnitOfWork(SqlUnitOfWork):
+    outbox = tables.outbox
+    inbox = tables.inbox
+
+    def _bind_repositories(self, session) -> None:
+        self.organizations = repositories.OrganizationRepository(session)
+        self.deals = repositories.DealRepository(session)
+        self.documents = repositories.DocumentRepository(session)
+        self.approval_requests = repositories.ApprovalRequestRepository(session)

@@ -1,0 +1,2 @@
+"""The ECM: strict counterparty registry, document storage, approvals.
+Knows other systems only as opaque external refs."""

@@ -1,0 +1,118 @@
+"""Reads and writes ECM entities; sessions come from the unit of work."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecm_service.adapters import tables
+from ecm_service.domain.approval import Approval, ApprovalStep
+from ecm_service.domain.counterparty import VERIFIED, Counterparty
+from infra.table_repository import TableRepository
+from schemas.common import ExternalRef
+
+
+class ExternalRefRepository:
+    def __init__(self, session: AsyncSession):
+        self.session = session
+
+    async def find(self, entity_type: str, ref: ExternalRef) -> str | None:
+        t = tables.external_refs
+        return (
+            await self.session.execute(
+                select(t.c.entity_id).where(
+                    t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id
+                )
+            )
+        ).scalar()
+
+    async def attach(self, entity_type: str, entity_id: str, ref: ExternalRef) -> None:
+        await self.session.execute(
+            insert(tables.external_refs).values(
+                entity_type=entity_type, entity_id=entity_id, system=ref.system, external_id=ref.id,
+                created_at=datetime.now(timezone.utc),
+            )
+        )
+
+    async def refs_of(self, entity_type: str, entity_id: str) -> list[ExternalRef]:
+        t = tables.external_refs
+        rows = await self.session.execute(
+            select(t.c.system, t.c.external_id)
+            .where(t.c.entity_type == entity_type, t.c.entity_id == entity_id)
+            .order_by(t.c.created_at)
+        )
+        return [ExternalRef(system=s, id=i) for s, i in rows]
+
+
+class CounterpartyRepository(TableRepository):
+    table, entity = tables.counterparties, Counterparty
+
+    async def verified_with_inn(self, inn: str) -> list[Counterparty]:
+        t = self.table
+        rows = await self.session.execute(select(t).where(t.c.inn == inn, t.c.status == VERIFIED))
+        return [Counterparty(**r) for r in rows.mappings()]
+
+
+class DocumentRepository:
+    def __init__(self, session: AsyncSession):
+        self.session = session
+
+    async def add_document(self, **values) -> None:
+        await self.session.execute(insert(tables.documents).values(**values))
+
+    async def get(self, document_id: str) -> dict | None:
+        t = tables.documents
+        row = (await self.session.execute(select(t).where(t.c.id == document_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def versions(self, document_id: str) -> list[dict]:
+        v = tables.document_versions
+        rows = await self.session.execute(select(v).where(v.c.document_id == document_id).order_by(v.c.version_no))
+        return [dict(r) for r in rows.mappings()]
+
+    async def add_version(self, **values) -> None:
+        await self.session.execute(insert(tables.document_versions).values(**values))
+
+    async def version(self, version_id: str) -> dict | None:
+        v = tables.document_versions
+        row = (await self.session.execute(select(v).where(v.c.id == version_id))).mappings().first()
+        return dict(row) if row else None
+
+
+_APPROVAL_COLUMNS = [f.name for f in fields(Approval) if f.name != "steps"]
+
+
+class ApprovalRepository:
+    def __init__(self, session: AsyncSession):
+        self.session = session
+
+    async def add(self, approval: Approval) -> None:
+        await self.session.execute(
+            insert(tables.approvals).values(**{k: getattr(approval, k) for k in _APPROVAL_COLUMNS})
+        )
+        for step in approval.steps:
+            await self.session.execute(insert(tables.approval_steps).values(**asdict(step)))
+
+    async def get(self, approval_id: str, *, for_update: bool = False) -> Approval | None:
+        query = select(tables.approvals).where(tables.approvals.c.id == approval_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self.session.execute(query)).mappings().first()
+        if row is None:
+            return None
+        s = tables.approval_steps
+        steps = await self.session.execute(select(s).where(s.c.approval_id == approval_id).order_by(s.c.stage_no))
+        return Approval(**row, steps=[ApprovalStep(**r) for r in steps.mappings()])
+
+    async def save(self, approval: Approval) -> None:
+        values = {k: getattr(approval, k) for k in _APPROVAL_COLUMNS if k != "id"}
+        await self.session.execute(update(tables.approvals).where(tables.approvals.c.id == approval.id).values(**values))
+        for step in approval.steps:
+            step_values = asdict(step)
+            await self.session.execute(
+                update(tables.approval_steps).where(tables.approval_steps.c.id == step_values.pop("id"))
+                .values(**step_values)
+            )

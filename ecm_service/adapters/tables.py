@@ -1,0 +1,104 @@
+from infra.utc_datetime import UtcDateTime
+from sqlalchemy import (
+    JSON, BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
+)
+
+from infra.messaging_tables import inbox_table, outbox_table
+from infra.users import users_table
+
+metadata = MetaData()
+
+users = users_table(metadata)
+outbox = outbox_table(metadata)
+inbox = inbox_table(metadata)
+
+counterparties = Table(
+    "counterparties",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(500), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("inn", String(20)),
+    Column("kpp", String(20)),
+    Column("ogrn", String(20)),
+    Column("legal_form", String(100)),
+    Column("country", String(2)),
+    Column("quality_flags", JSON, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_counterparties_inn", "inn"),
+)
+
+# Opaque references to records in other systems ("crm:<id>"); one owner per reference.
+external_refs = Table(
+    "external_refs",
+    metadata,
+    Column("entity_type", String(32), primary_key=True),
+    Column("system", String(32), primary_key=True),
+    Column("external_id", String(64), primary_key=True),
+    Column("entity_id", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_external_refs_entity", "entity_type", "entity_id"),
+)
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("doc_type", String(64), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("owner_id", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+document_versions = Table(
+    "document_versions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("document_id", String(36), ForeignKey("documents.id"), nullable=False),
+    Column("version_no", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("created_by", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("document_id", "version_no", name="uq_document_versions_no"),
+)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("document_id", String(36), ForeignKey("documents.id"), nullable=False),
+    Column("document_version_id", String(36), ForeignKey("document_versions.id"), nullable=False),
+    Column("document_sha256", String(64), nullable=False),
+    Column("doc_type", String(64), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("route_doc_type", String(64), nullable=False),
+    Column("route_version", Integer, nullable=False),
+    Column("initiator_ref", String(100), nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    Column("counterparty_id", String(36), ForeignKey("counterparties.id")),
+    Column("counterparty_ref", String(100)),
+    Column("status", String(32), nullable=False),
+    Column("current_stage_no", Integer),
+    Column("revision", Integer, nullable=False),
+    Column("reason", Text),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+approval_steps = Table(
+    "approval_steps",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("approval_id", String(36), ForeignKey("approvals.id"), nullable=False, index=True),
+    Column("stage_no", Integer, nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("decided_by", String(36)),
+    Column("decided_at", UtcDateTime()),
+    Column("comment", Text),
+)

@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from infra.settings import ServiceSettings
+
+
+class EcmSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ECM_", extra="ignore")
+
+    port: int = Field(8002, validation_alias="ECM_PORT")
+    database_url: str = "sqlite+aiosqlite:///var/ecm.db"
+    content_dir: Path = Path("var/ecm-content")
+    routes_file: Path = Path(__file__).parent / "approval_routes.json"
+    max_upload_bytes: int = 50 * 1024 * 1024
+    consumer_group: str = "ecm-service"

@@ -1,0 +1,13 @@
+from fastapi import FastAPI
+
+from ecm_service.bootstrap import bootstrap
+from ecm_service.config import EcmSettings
+from ecm_service.entrypoints.api import router
+from infra.logs import configure_logging
+from infra.service_app import build_app
+
+
+def create_app(settings: EcmSettings | None = None) -> FastAPI:
+    container = bootstrap(settings)
+    configure_logging("ecm", json_logs=container.settings.json_logs, level=container.settings.log_level)
+    return build_app(title="ECM", service="ecm", container=container, routers=[router])

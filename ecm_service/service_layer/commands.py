@@ -1,0 +1,24 @@
+"""Applies commands from `ecm.commands` exactly once per command id."""
+
+from __future__ import annotations
+
+from ecm_service.domain.approval import Route
+from ecm_service.service_layer import approvals, registry
+from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+from schemas import ecm_commands
+from schemas.registry import Message
+
+ACCEPTED_COMMANDS = frozenset({ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL})
+
+
+async def apply_command(uow: EcmUnitOfWork, message: Message, topic: str, routes: dict[str, Route]) -> None:
+    envelope = message.envelope
+    async with uow:
+        if await uow.already_applied(envelope.event_id):
+            return
+        if envelope.type == ecm_commands.SYNC_COUNTERPARTY:
+            detail = await registry.sync_counterparty(uow, message.payload, envelope)
+        else:
+            detail = await approvals.start_approval(uow, message.payload, envelope, routes)
+        await uow.mark_applied(envelope.event_id, envelope.type, topic, detail)
+        await uow.commit()

@@ -1,0 +1,13 @@
+from ecm_service.adapters import repositories, tables
+from infra.unit_of_work import SqlUnitOfWork
+
+
+class EcmUnitOfWork(SqlUnitOfWork):
+    outbox = tables.outbox
+    inbox = tables.inbox
+
+    def _bind_repositories(self, session) -> None:
+        self.counterparties = repositories.CounterpartyRepository(session)
+        self.external_refs = repositories.ExternalRefRepository(session)
+        self.documents = repositories.DocumentRepository(session)
+        self.approvals = repositories.ApprovalRepository(session)

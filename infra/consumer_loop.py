@@ -1,0 +1,83 @@
+"""The consume loop the services run: records are delivered one by one (see
+infra.delivery) and offsets committed per batch, after the effects and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from infra.dead_letters import DeadLetter
+from infra.delivery import DeliveryPolicy, Record, deliver
+from schemas.registry import Message
+
+log = structlog.get_logger()
+
+Handler = Callable[[Message, str], Awaitable[None]]
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        group_id: str,
+        accepted_types: frozenset[str],
+        handler: Handler,
+        producer: AIOKafkaProducer,
+        max_attempts: int = 5,
+    ):
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        self._group_id = group_id
+        self._policy = DeliveryPolicy(consumer=group_id, accepted_types=accepted_types, max_attempts=max_attempts)
+        self._handler = handler
+        self._producer = producer
+        self.consumer: AIOKafkaConsumer | None = None
+
+    def _make_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            self._topic,
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+            rebalance_timeout_ms=10000,
+            max_poll_interval_ms=300000,
+        )
+
+    async def run_forever(self) -> None:
+        while True:
+            self.consumer = self._make_consumer()
+            try:
+                await self.consumer.start()
+                log.info("consumer_started", topic=self._topic, group=self._group_id)
+                while True:
+                    batch = await self.consumer.getmany(timeout_ms=500, max_records=500)
+                    for records in batch.values():
+                        for record in records:
+                            await self.handle_record(record)
+                    if batch:
+                        await self.consumer.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker gone: start over from the committed offsets
+                log.warning("consumer_restarting", topic=self._topic, error=str(exc), error_class=type(exc).__name__)
+                await asyncio.sleep(1.0)
+            finally:
+                await self.consumer.stop()
+
+    async def handle_record(self, record: ConsumerRecord) -> None:
+        await deliver(
+            Record(record.topic, record.partition, record.offset, record.key, record.value, list(record.headers or ())),
+            self._policy, self._handler, self._send_dead_letter,
+        )
+
+    async def _send_dead_letter(self, letter: DeadLetter) -> None:
+        await self._producer.send_and_wait(letter.topic, value=letter.value, key=letter.key, headers=letter.headers)

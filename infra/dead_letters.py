@@ -1,0 +1,54 @@
+"""Dead letters keep the original key, value and headers, plus the error context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from schemas.topics import dead_letter_topic
+
+ERROR_HEADER_PREFIX = "dlq."
+MAX_ERROR_TEXT = 2000
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def build_dead_letter(
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | tuple | None,
+    error: BaseException,
+    attempts: int,
+    consumer: str,
+) -> DeadLetter:
+    original = [(k, v) for k, v in (headers or ()) if not k.startswith(ERROR_HEADER_PREFIX)]
+    context = {
+        "source.topic": source_topic,
+        "source.partition": str(partition),
+        "source.offset": str(offset),
+        "error.class": type(error).__name__,
+        "error.message": str(error)[:MAX_ERROR_TEXT],
+        "attempts": str(attempts),
+        "consumer": consumer,
+        "failed_at": datetime.now(timezone.utc).isoformat(),
+    }
+    error_headers = [(ERROR_HEADER_PREFIX + k, v.encode()) for k, v in context.items()]
+    return DeadLetter(dead_letter_topic(source_topic), key, value, original + error_headers)
+
+
+def error_context(headers) -> dict[str, str]:
+    return {
+        k[len(ERROR_HEADER_PREFIX):]: v.decode(errors="replace")
+        for k, v in (headers or ())
+        if k.startswith(ERROR_HEADER_PREFIX)
+    }

@@ -1,0 +1,39 @@
+"""Structured logs: JSON outside development, always with the correlation id.
+
+Personal data (phones, e-mails, person names) is never passed to a logger; callers log
+ids only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+
+import structlog
+from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
+
+__all__ = ["configure_logging", "bind_contextvars", "bound_contextvars", "clear_contextvars", "new_correlation_id"]
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def configure_logging(service: str, *, json_logs: bool, level: str = "INFO") -> None:
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+    renderer = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format=f"%(asctime)s {service} %(name)s %(levelname)s %(message)s")

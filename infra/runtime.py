@@ -1,0 +1,51 @@
+"""Background work a service runs next to its HTTP API: the outbox relay and the
+command consumer. Started and stopped by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from infra.kafka import ensure_topics
+from schemas.topics import ALL_TOPICS
+
+log = structlog.get_logger()
+
+
+async def start_producer(producer: AIOKafkaProducer, bootstrap: str, partitions: int, timeout: float = 60.0) -> None:
+    await ensure_topics(bootstrap, {t: partitions for t in ALL_TOPICS}, timeout=timeout)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await producer.start()
+            return
+        except Exception as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"broker {bootstrap} unreachable: {exc}") from exc
+            log.warning("producer_start_retry", error=str(exc))
+            await asyncio.sleep(1.0)
+
+
+class BackgroundTasks:
+    def __init__(self):
+        self._tasks: list[asyncio.Task] = []
+
+    def spawn(self, name: str, coro) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._report)
+        self._tasks.append(task)
+
+    @staticmethod
+    def _report(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_died", task=task.get_name(), error=repr(task.exception()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

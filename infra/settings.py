@@ -1,0 +1,41 @@
+"""Settings every deployable shares; each one extends it with its own prefix."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings
+
+from infra.tokens import is_weak_secret
+
+
+class ServiceSettings(BaseSettings):
+    app_env: Literal["development", "test", "production"] = Field(
+        "development", validation_alias=AliasChoices("APP_ENV")
+    )
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    topic_partitions: int = Field(6, ge=1, validation_alias=AliasChoices("KAFKA_TOPIC_PARTITIONS"))
+    log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))
+    log_json: bool | None = Field(None, validation_alias=AliasChoices("LOG_JSON"))
+    host: str = "127.0.0.1"
+    integration_token: str | None = None
+
+    @property
+    def is_development(self) -> bool:
+        return self.app_env == "development"
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_json if self.log_json is not None else not self.is_development
+
+    @model_validator(mode="after")
+    def _secrets_are_real_outside_development(self):
+        if not self.is_development and is_weak_secret(self.integration_token):
+            prefix = self.model_config.get("env_prefix", "")
+            raise ValueError(
+                f"{prefix}INTEGRATION_TOKEN is missing or a demo value; set a strong secret outside development"
+            )
+        return self

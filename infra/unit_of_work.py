@@ -1,0 +1,66 @@
+"""The unit of work owns the session and the transaction; nothing else commits.
+It also writes outbox rows and inbox marks inside that same transaction."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from schemas.envelope import Envelope
+from schemas.registry import encode
+
+
+class SqlUnitOfWork:
+    outbox: Table
+    inbox: Table
+
+    def __init__(self, session_factory: async_sessionmaker):
+        self._factory = session_factory
+        self.session: AsyncSession
+
+    async def __aenter__(self):
+        self.session = self._factory()
+        await self.session.begin()
+        self._bind_repositories(self.session)
+        return self
+
+    def _bind_repositories(self, session: AsyncSession) -> None:
+        """Subclasses attach their repositories here."""
+
+    async def __aexit__(self, *exc_info):
+        if self.session.in_transaction():
+            await self.session.rollback()
+        await self.session.close()
+
+    async def commit(self) -> None:
+        await self.session.commit()
+
+    async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
+        await self.session.execute(
+            insert(self.outbox).values(
+                event_id=str(envelope.event_id),
+                topic=topic,
+                message_key=key,
+                message_type=envelope.type,
+                correlation_id=envelope.correlation_id,
+                body=encode(envelope).decode(),
+                created_at=datetime.now(timezone.utc),
+            )
+        )
+
+    async def already_applied(self, message_id: uuid.UUID) -> bool:
+        found = await self.session.execute(
+            select(self.inbox.c.message_id).where(self.inbox.c.message_id == str(message_id))
+        )
+        return found.first() is not None
+
+    async def mark_applied(self, message_id: uuid.UUID, message_type: str, topic: str, detail: dict | None = None) -> None:
+        await self.session.execute(
+            insert(self.inbox).values(
+                message_id=str(message_id), message_type=message_type, topic=topic,
+                applied_at=datetime.now(timezone.utc), detail=detail,
+            )
+        )

@@ -1,0 +1,58 @@
+"""HTTP plumbing both services share: correlation ids, bearer auth, health."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from infra.logs import bind_contextvars, clear_contextvars, new_correlation_id
+from infra.users import User, find_user_by_token
+
+CORRELATION_HEADER = "X-Correlation-ID"
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class CorrelationIdMiddleware(BaseHTTPMiddleware):
+    def __init__(self, app, service: str):
+        super().__init__(app)
+        self._service = service
+
+    async def dispatch(self, request: Request, call_next):
+        incoming = request.headers.get(CORRELATION_HEADER, "")
+        correlation_id = incoming if 0 < len(incoming) <= 128 else new_correlation_id()
+        request.state.correlation_id = correlation_id
+        clear_contextvars()
+        bind_contextvars(service=self._service, correlation_id=correlation_id)
+        response = await call_next(request)
+        response.headers[CORRELATION_HEADER] = correlation_id
+        return response
+
+
+async def current_user(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    container = request.app.state.container
+    user = await find_user_by_token(container.session_factory, container.users_table, credentials.credentials)
+    if user is None:
+        raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    bind_contextvars(user_id=user.id, role=user.role)
+    return user
+
+
+def require_roles(*roles: str) -> Callable:
+    async def dependency(user: User = Depends(current_user)) -> User:
+        if user.role not in roles:
+            raise HTTPException(403, f"role {user.role!r} may not do this; allowed: {', '.join(roles)}")
+        return user
+
+    return dependency
+
+
+def correlation_id(request: Request) -> str:
+    return request.state.correlation_id

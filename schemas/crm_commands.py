@@ -1,0 +1,28 @@
+"""Commands the CRM accepts on `crm.commands` (its own vocabulary)."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.common import Contract
+
+
+class UpdateApprovalStatusV1(Contract):
+    approval_request_id: str
+    status: Literal["in_progress", "approved", "rejected"]
+    stage: str | None = None
+    revision: int
+    reason: str | None = None
+    registry_approval_id: str
+
+
+class UpdateOrganizationLinkV1(Contract):
+    organization_id: str
+    registry_id: str
+    # "linked" when the registry holds it as verified; otherwise the registry's status.
+    link_status: str = Field(min_length=1, max_length=32)
+    registry_name: str
+
+
+UPDATE_APPROVAL_STATUS = "crm.update_approval_status"
+UPDATE_ORGANIZATION_LINK = "crm.update_organization_link"

@@ -1,0 +1,32 @@
+"""Commands the ECM accepts on `ecm.commands` (its own vocabulary)."""
+
+from pydantic import Field
+
+from schemas.common import Contract, ExternalRef
+
+
+class SyncCounterpartyV1(Contract):
+    """Soft sync of an organization record: always accepted, reconciled later."""
+
+    external_ref: ExternalRef
+    name: str = Field(min_length=1, max_length=500)
+    inn: str | None = None
+    kpp: str | None = None
+    ogrn: str | None = None
+    legal_form: str | None = None
+    country: str | None = None
+
+
+class StartApprovalV1(Contract):
+    external_ref: ExternalRef
+    counterparty_ref: ExternalRef
+    initiator_ref: ExternalRef
+    document_id: str
+    document_version_id: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    doc_type: str
+    title: str
+
+
+SYNC_COUNTERPARTY = "ecm.sync_counterparty"
+START_APPROVAL = "ecm.start_approval"

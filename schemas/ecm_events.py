@@ -1,0 +1,35 @@
+"""Events the ECM publishes on `ecm.events` (its own vocabulary)."""
+
+from typing import Literal
+
+from schemas.common import Contract, ExternalRef
+
+
+class CounterpartySyncedV1(Contract):
+    counterparty_id: str
+    status: str
+    outcome: Literal["linked", "created", "updated"]
+    legal_name: str
+    inn: str | None = None
+    kpp: str | None = None
+    ogrn: str | None = None
+    source_ref: ExternalRef
+
+
+class ApprovalStatusChangedV1(Contract):
+    """Public view of an approval: never carries approvers' internal comments."""
+
+    approval_id: str
+    external_refs: list[ExternalRef]
+    # The organization reference the approval was started for, as the sender gave it.
+    counterparty_ref: ExternalRef | None = None
+    status: Literal["in_progress", "approved", "rejected"]
+    stage: str | None = None
+    stage_no: int | None = None
+    revision: int
+    reason: str | None = None
+    document_sha256: str
+
+
+COUNTERPARTY_SYNCED = "ecm.counterparty_synced"
+APPROVAL_STATUS_CHANGED = "ecm.approval_status_changed"

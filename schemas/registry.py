@@ -1,0 +1,80 @@
+"""Which payload model belongs to which (type, schema_version), and how old versions
+are upcast on read (never rewritten in the topic)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from schemas import crm_commands, crm_events, ecm_commands, ecm_events
+from schemas.envelope import Envelope
+
+MAX_MESSAGE_BYTES = 1_000_000
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+# Latest version of every message type and its model.
+LATEST: dict[str, tuple[int, type[BaseModel]]] = {
+    crm_events.APPROVAL_REQUESTED: (1, crm_events.ApprovalRequestedV1),
+    ecm_commands.SYNC_COUNTERPARTY: (1, ecm_commands.SyncCounterpartyV1),
+    ecm_commands.START_APPROVAL: (1, ecm_commands.StartApprovalV1),
+    ecm_events.COUNTERPARTY_SYNCED: (1, ecm_events.CounterpartySyncedV1),
+    ecm_events.APPROVAL_STATUS_CHANGED: (1, ecm_events.ApprovalStatusChangedV1),
+    crm_commands.UPDATE_APPROVAL_STATUS: (1, crm_commands.UpdateApprovalStatusV1),
+    crm_commands.UPDATE_ORGANIZATION_LINK: (1, crm_commands.UpdateOrganizationLinkV1),
+}
+
+# (type, version) -> function turning a payload of that version into version + 1.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+class InvalidMessage(Exception):
+    """A message that can never be handled as it is: dead-letter it, do not retry."""
+
+
+@dataclass(frozen=True)
+class Message:
+    envelope: Envelope
+    payload: BaseModel
+
+
+def upcast(type_: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
+    latest, _ = LATEST[type_]
+    while version < latest:
+        step = UPCASTERS.get((type_, version))
+        if step is None:
+            raise InvalidMessage(f"no upcaster for {type_} v{version}")
+        payload = step(payload)
+        version += 1
+    return payload
+
+
+def parse_message(raw: bytes | None, accepted_types: frozenset[str] | None = None) -> Message:
+    if raw is None:
+        raise InvalidMessage("empty message value")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        envelope = Envelope.model_validate(json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"not a valid envelope: {exc}") from exc
+    if envelope.type not in LATEST or (accepted_types is not None and envelope.type not in accepted_types):
+        raise InvalidMessage(f"unknown message type {envelope.type!r}")
+    latest, model = LATEST[envelope.type]
+    if envelope.schema_version > latest:
+        raise InvalidMessage(
+            f"{envelope.type} schema_version {envelope.schema_version} is newer than supported v{latest}"
+        )
+    payload = upcast(envelope.type, envelope.schema_version, envelope.payload)
+    try:
+        return Message(envelope=envelope, payload=model.model_validate(payload))
+    except ValidationError as exc:
+        raise InvalidMessage(f"invalid {envelope.type} payload: {exc}") from exc
+
+
+def encode(envelope: Envelope) -> bytes:
+    return envelope.model_dump_json().encode()

@@ -1,0 +1,23 @@
+"""`python -m sync_bridge`: provision topics, then run the faust worker."""
+
+import asyncio
+import sys
+
+from infra.kafka import ensure_topics
+from infra.logs import configure_logging
+from schemas.topics import ALL_TOPICS
+from sync_bridge.app import app, settings
+from sync_bridge.agents import crm_to_ecm, ecm_to_crm  # noqa: F401  (registers the agents)
+from sync_bridge import web  # noqa: F401  (registers the pages)
+
+
+def main() -> None:
+    configure_logging("bridge", json_logs=settings.json_logs, level=settings.log_level)
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, {t: settings.topic_partitions for t in ALL_TOPICS}))
+    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--web-port", str(settings.web_port),
+                "--web-bind", settings.host]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from infra.settings import ServiceSettings
+from infra.tokens import is_weak_secret
+
+
+class BridgeSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", extra="ignore")
+
+    app_id: str = "sync-bridge"
+    crm_url: str = Field("http://127.0.0.1:8001", validation_alias="CRM_URL")
+    ecm_url: str = Field("http://127.0.0.1:8002", validation_alias="ECM_URL")
+    # The bridge's own service credentials (role `integration`), never a person's token.
+    crm_token: str | None = None
+    ecm_token: str | None = None
+    web_port: int = 8003
+    data_dir: Path = Path("var/bridge")
+    # Transient failures (an API or the broker away) are retried this many times with
+    # backoff up to `retry_max_wait` seconds, then the message is dead-lettered.
+    max_attempts: int = 12
+    retry_max_wait: float = 10.0
+    http_timeout: float = 30.0
+
+    @model_validator(mode="after")
+    def _tokens_are_real_outside_development(self):
+        if not self.is_development:
+            for name in ("crm_token", "ecm_token"):
+                if is_weak_secret(getattr(self, name)):
+                    raise ValueError(f"BRIDGE_{name.upper()} is missing or a demo value")
+        return self

@@ -1,0 +1,78 @@
+"""What the agents hand off to: turn one faust event into a delivered record, with
+translation, document transfer, publishing and dead letters."""
+
+from __future__ import annotations
+
+import faust
+import structlog
+
+from infra.dead_letters import DeadLetter
+from infra.delivery import DeliveryPolicy, Record, deliver
+from schemas import crm_events
+from schemas.registry import Message, encode
+from sync_bridge.app import app, settings
+from sync_bridge.transfer import DocumentTransfer
+from sync_bridge.translation import ECM_EVENT_TRANSLATIONS, Outgoing, approval_requested_to_ecm
+
+log = structlog.get_logger()
+
+CRM_TO_ECM = DeliveryPolicy(consumer=f"{settings.app_id}:crm-to-ecm",
+                            accepted_types=frozenset({crm_events.APPROVAL_REQUESTED}),
+                            max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
+ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
+                            accepted_types=frozenset(ECM_EVENT_TRANSLATIONS),
+                            max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
+
+_transfer: DocumentTransfer | None = None
+
+
+def transfer() -> DocumentTransfer:
+    global _transfer
+    if _transfer is None:
+        _transfer = DocumentTransfer(
+            crm_url=settings.crm_url, crm_token=settings.crm_token or "", ecm_url=settings.ecm_url,
+            ecm_token=settings.ecm_token or "", timeout=settings.http_timeout,
+        )
+    return _transfer
+
+
+def as_record(event: faust.EventT) -> Record:
+    m = event.message
+    headers = list(m.headers.items()) if isinstance(m.headers, dict) else list(m.headers or ())
+    return Record(m.topic, m.partition, m.offset, m.key, m.value, headers)
+
+
+async def publish(commands: list[Outgoing]) -> None:
+    # Wait for the broker's ack of each command before the source offset can be committed.
+    for command in commands:
+        await app.producer.send_and_wait(
+            command.topic, command.key.encode(), encode(command.envelope), None, None,
+            [("event_id", str(command.envelope.event_id).encode()), ("type", command.envelope.type.encode()),
+             ("correlation_id", command.envelope.correlation_id.encode())],
+        )
+        log.info("command_sent", command_type=command.envelope.type, command_id=str(command.envelope.event_id))
+
+
+async def send_dead_letter(letter: DeadLetter) -> None:
+    await app.producer.send_and_wait(letter.topic, letter.key, letter.value, None, None, letter.headers)
+
+
+async def when_approval_requested_start_in_ecm(message: Message, _topic: str) -> None:
+    event: crm_events.ApprovalRequestedV1 = message.payload
+    stored = await transfer().copy(event.document, correlation_id=message.envelope.correlation_id)
+    log.info("document_transferred", crm_document_id=event.document.id, ecm_document_id=stored.document_id,
+             size=event.document.size)
+    await publish(approval_requested_to_ecm(message.envelope, event, stored))
+
+
+async def when_ecm_event_update_crm(message: Message, _topic: str) -> None:
+    translate = ECM_EVENT_TRANSLATIONS[message.envelope.type]
+    await publish(translate(message.envelope, message.payload))
+
+
+async def handle_crm_event(event: faust.EventT) -> None:
+    await deliver(as_record(event), CRM_TO_ECM, when_approval_requested_start_in_ecm, send_dead_letter)
+
+
+async def handle_ecm_event(event: faust.EventT) -> None:
+    await deliver(as_record(event), ECM_TO_CRM, when_ecm_event_update_crm, send_dead_letter)

@@ -1,0 +1,107 @@
+"""Pure translations between the two vocabularies. Command ids derive from the source
+event id, so a replayed event yields the same commands and dedupes downstream."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from schemas import crm_commands, crm_events, ecm_commands, ecm_events
+from schemas.common import ExternalRef
+from schemas.envelope import Envelope, new_envelope
+from schemas.topics import CRM_COMMANDS, ECM_COMMANDS
+
+SOURCE = "sync-bridge"
+CRM = "crm"
+BRIDGE_NAMESPACE = uuid.UUID("2d3c8a8e-6a5e-4b8e-9d0b-6b9f1c1a0b51")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """Where the ECM keeps the bytes the bridge copied for a CRM document."""
+
+    document_id: str
+    version_id: str
+    sha256: str
+
+
+def command_id(source_event_id: uuid.UUID, purpose: str) -> uuid.UUID:
+    return uuid.uuid5(BRIDGE_NAMESPACE, f"{source_event_id}:{purpose}")
+
+
+def _command(source: Envelope, purpose: str, type_: str, payload, topic: str, key: str) -> Outgoing:
+    envelope = new_envelope(
+        type=type_, schema_version=1, source=SOURCE, payload=payload, correlation_id=source.correlation_id,
+        causation_id=source.event_id, event_id=command_id(source.event_id, purpose),
+    )
+    return Outgoing(topic=topic, key=key, envelope=envelope)
+
+
+def approval_requested_to_ecm(
+    source: Envelope, event: crm_events.ApprovalRequestedV1, stored: StoredDocument
+) -> list[Outgoing]:
+    """Soft sync of the organization first, then the approval; same key, same partition,
+    so the ECM sees them in that order."""
+    org = event.organization
+    org_ref = ExternalRef(system=CRM, id=org.id)
+    sync = ecm_commands.SyncCounterpartyV1(
+        external_ref=org_ref, name=org.name, inn=org.inn, kpp=org.kpp, ogrn=org.ogrn,
+        legal_form=org.legal_form, country=org.country,
+    )
+    start = ecm_commands.StartApprovalV1(
+        external_ref=ExternalRef(system=CRM, id=event.approval_request_id),
+        counterparty_ref=org_ref,
+        initiator_ref=ExternalRef(system=CRM, id=event.requested_by),
+        document_id=stored.document_id,
+        document_version_id=stored.version_id,
+        sha256=stored.sha256,
+        doc_type=event.document.doc_type,
+        title=f"{event.deal.title}: {event.document.filename}",
+    )
+    return [
+        _command(source, "sync_counterparty", ecm_commands.SYNC_COUNTERPARTY, sync, ECM_COMMANDS, org.id),
+        _command(source, "start_approval", ecm_commands.START_APPROVAL, start, ECM_COMMANDS, org.id),
+    ]
+
+
+def counterparty_synced_to_crm(source: Envelope, event: ecm_events.CounterpartySyncedV1) -> list[Outgoing]:
+    if event.source_ref.system != CRM:
+        return []
+    command = crm_commands.UpdateOrganizationLinkV1(
+        organization_id=event.source_ref.id,
+        registry_id=event.counterparty_id,
+        link_status="linked" if event.status == "verified" else event.status,
+        registry_name=event.legal_name,
+    )
+    return [_command(source, "update_organization_link", crm_commands.UPDATE_ORGANIZATION_LINK, command,
+                     CRM_COMMANDS, event.source_ref.id)]
+
+
+def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusChangedV1) -> list[Outgoing]:
+    key = event.counterparty_ref.id if event.counterparty_ref and event.counterparty_ref.system == CRM \
+        else event.approval_id
+    return [
+        _command(
+            source, f"update_approval_status:{ref.id}", crm_commands.UPDATE_APPROVAL_STATUS,
+            crm_commands.UpdateApprovalStatusV1(
+                approval_request_id=ref.id, status=event.status, stage=event.stage, revision=event.revision,
+                reason=event.reason, registry_approval_id=event.approval_id,
+            ),
+            CRM_COMMANDS, key,
+        )
+        for ref in event.external_refs
+        if ref.system == CRM
+    ]
+
+
+ECM_EVENT_TRANSLATIONS = {
+    ecm_events.COUNTERPARTY_SYNCED: counterparty_synced_to_crm,
+    ecm_events.APPROVAL_STATUS_CHANGED: approval_status_to_crm,
+}
