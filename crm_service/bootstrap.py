@@ -8,11 +8,11 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from crm_service.adapters import tables
-from infra.content_store import ContentStore
 from crm_service.config import CrmSettings
 from crm_service.service_layer import handlers
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from infra.consumer_loop import ConsumerLoop
+from infra.content_store import ContentStore
 from infra.db import make_engine, make_session_factory
 from infra.kafka import make_producer
 from infra.outbox_relay import OutboxRelay

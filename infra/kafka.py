@@ -35,7 +35,7 @@ async def ensure_topics(bootstrap_servers: str, topics: dict[str, int], *, timeo
                         raise RuntimeError(f"cannot create topic {name}: {code} {message}")
                 log.info("topics_created", topics=[t.name for t in missing])
             return
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"broker {bootstrap_servers} unreachable: {exc}") from exc
             await asyncio.sleep(0.5)

@@ -36,4 +36,6 @@ def configure_logging(service: str, *, json_logs: bool, level: str = "INFO") -> 
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format=f"%(asctime)s {service} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stdout, format=f"%(asctime)s {service} %(name)s %(levelname)s %(message)s"
+    )

@@ -1,7 +1,8 @@
 """The outbox and inbox tables every service owns in its own database."""
 
-from infra.utc_datetime import UtcDateTime
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+
+from infra.utc_datetime import UtcDateTime
 
 
 def outbox_table(metadata: MetaData) -> Table:

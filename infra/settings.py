@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings
@@ -21,7 +21,11 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))
     log_json: bool | None = Field(None, validation_alias=AliasChoices("LOG_JSON"))
     host: str = "127.0.0.1"
+    # The token other deployables (the bridge) present to this one, role `integration`.
     integration_token: str | None = None
+
+    # Secrets that must be real outside development.
+    required_secrets: ClassVar[tuple[str, ...]] = ("integration_token",)
 
     @property
     def is_development(self) -> bool:
@@ -33,9 +37,12 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _secrets_are_real_outside_development(self):
-        if not self.is_development and is_weak_secret(self.integration_token):
-            prefix = self.model_config.get("env_prefix", "")
-            raise ValueError(
-                f"{prefix}INTEGRATION_TOKEN is missing or a demo value; set a strong secret outside development"
-            )
+        if self.is_development:
+            return self
+        prefix = self.model_config.get("env_prefix", "")
+        for name in self.required_secrets:
+            if is_weak_secret(getattr(self, name)):
+                raise ValueError(
+                    f"{prefix}{name.upper()} is missing or a demo value; set a strong secret outside development"
+                )
         return self

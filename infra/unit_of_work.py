@@ -57,7 +57,9 @@ class SqlUnitOfWork:
         )
         return found.first() is not None
 
-    async def mark_applied(self, message_id: uuid.UUID, message_type: str, topic: str, detail: dict | None = None) -> None:
+    async def mark_applied(
+        self, message_id: uuid.UUID, message_type: str, topic: str, detail: dict | None = None
+    ) -> None:
         await self.session.execute(
             insert(self.inbox).values(
                 message_id=str(message_id), message_type=message_type, topic=topic,

@@ -6,11 +6,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from infra.utc_datetime import UtcDateTime
 from sqlalchemy import Column, MetaData, String, Table, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from infra.tokens import hash_token
+from infra.utc_datetime import UtcDateTime
 
 
 @dataclass(frozen=True)

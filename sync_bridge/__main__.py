@@ -6,9 +6,9 @@ import sys
 from infra.kafka import ensure_topics
 from infra.logs import configure_logging
 from schemas.topics import ALL_TOPICS
-from sync_bridge.app import app, settings
-from sync_bridge.agents import crm_to_ecm, ecm_to_crm  # noqa: F401  (registers the agents)
 from sync_bridge import web  # noqa: F401  (registers the pages)
+from sync_bridge.agents import crm_to_ecm, ecm_to_crm  # noqa: F401  (registers the agents)
+from sync_bridge.app import app, settings
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 from pathlib import Path
+from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from infra.settings import ServiceSettings
-from infra.tokens import is_weak_secret
 
 
 class BridgeSettings(ServiceSettings):
@@ -24,10 +24,4 @@ class BridgeSettings(ServiceSettings):
     retry_max_wait: float = 10.0
     http_timeout: float = 30.0
 
-    @model_validator(mode="after")
-    def _tokens_are_real_outside_development(self):
-        if not self.is_development:
-            for name in ("crm_token", "ecm_token"):
-                if is_weak_secret(getattr(self, name)):
-                    raise ValueError(f"BRIDGE_{name.upper()} is missing or a demo value")
-        return self
+    required_secrets: ClassVar[tuple[str, ...]] = ("crm_token", "ecm_token")

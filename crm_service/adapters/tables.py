@@ -1,8 +1,8 @@
-from infra.utc_datetime import UtcDateTime
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 from infra.messaging_tables import inbox_table, outbox_table
 from infra.users import users_table
+from infra.utc_datetime import UtcDateTime
 
 metadata = MetaData()
 

@@ -1,8 +1,8 @@
 """Gentle identifier hints: shown to the user, never blocking a save."""
 
+from stdnum.exceptions import ValidationError
 from stdnum.ru import inn as ru_inn
 from stdnum.ru import ogrn as ru_ogrn
-from stdnum.exceptions import ValidationError
 
 KPP_PATTERN_HELP = "KPP is 9 characters: 4 digits, 2 digits or capital letters, 3 digits"
 

@@ -9,9 +9,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from infra.content_store import FileTooLarge
 from crm_service.domain.hints import identifier_hints
 from crm_service.service_layer import handlers
+from infra.content_store import FileTooLarge
 from infra.users import User
 from infra.web import correlation_id, require_roles
 

@@ -109,7 +109,8 @@ class ApprovalRepository:
 
     async def save(self, approval: Approval) -> None:
         values = {k: getattr(approval, k) for k in _APPROVAL_COLUMNS if k != "id"}
-        await self.session.execute(update(tables.approvals).where(tables.approvals.c.id == approval.id).values(**values))
+        t = tables.approvals
+        await self.session.execute(update(t).where(t.c.id == approval.id).values(**values))
         for step in approval.steps:
             step_values = asdict(step)
             await self.session.execute(

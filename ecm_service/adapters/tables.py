@@ -1,10 +1,20 @@
-from infra.utc_datetime import UtcDateTime
 from sqlalchemy import (
-    JSON, BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
 )
 
 from infra.messaging_tables import inbox_table, outbox_table
 from infra.users import users_table
+from infra.utc_datetime import UtcDateTime
 
 metadata = MetaData()
 

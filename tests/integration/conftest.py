@@ -1,0 +1,35 @@
+import pytest
+
+from crm_service.bootstrap import bootstrap as crm_bootstrap
+from crm_service.config import CrmSettings
+from ecm_service.bootstrap import bootstrap as ecm_bootstrap
+from ecm_service.config import EcmSettings
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+async def crm(backend, databases, broker, tmp_path):
+    settings = CrmSettings(database_url=databases.url("crm", backend), kafka_bootstrap_servers=broker,
+                           files_dir=tmp_path / "crm-files")
+    container = crm_bootstrap(settings)
+    await container.producer.start()
+    yield container
+    await container.producer.stop()
+    await container.engine.dispose()
+
+
+@pytest.fixture
+async def ecm(backend, databases, broker, tmp_path):
+    settings = EcmSettings(database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
+                           content_dir=tmp_path / "ecm-content")
+    container = ecm_bootstrap(settings)
+    await container.producer.start()
+    yield container
+    await container.producer.stop()
+    await container.engine.dispose()

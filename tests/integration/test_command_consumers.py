@@ -1,0 +1,122 @@
+"""The services' consumers on the real broker and real databases: each command is
+applied once however often it arrives, bad messages are dead-lettered with their
+context, and the partition keeps moving."""
+
+import asyncio
+import io
+import json
+import uuid
+
+from sqlalchemy import func, select
+
+from crm_service.adapters import tables as crm_tables
+from crm_service.service_layer import handlers as crm_handlers
+from ecm_service.adapters import tables as ecm_tables
+from ecm_service.service_layer.documents import store_version
+from infra.consumer_loop import ConsumerLoop
+from infra.dead_letters import error_context
+from infra.kafka import ensure_topics
+from schemas import crm_commands, ecm_commands
+from schemas.common import ExternalRef
+from schemas.envelope import new_envelope
+from schemas.registry import encode
+from schemas.topics import dead_letter_topic
+from tests.support.kafka import produce, read_all
+from tests.support.polling import async_wait_until
+
+SHA_TEXT = b"signed contract"
+
+
+async def _private_loop(container, broker, make_loop):
+    """The service's own consumer wiring, pointed at a topic of this test's own."""
+    topic = f"it.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(broker, {topic: 3, dead_letter_topic(topic): 1})
+    real: ConsumerLoop = make_loop()
+    loop = ConsumerLoop(bootstrap_servers=broker, topic=topic, group_id=f"g-{topic}",
+                        accepted_types=real._policy.accepted_types, handler=real._handler,
+                        producer=container.producer, max_attempts=2)
+    return topic, loop
+
+
+async def _count(container, table, *where):
+    async with container.session_factory() as session:
+        return await session.scalar(select(func.count()).select_from(table).where(*where))
+
+
+async def test_ecm_applies_commands_once_and_dead_letters_garbage(ecm, broker):
+    topic, loop = await _private_loop(ecm, broker, ecm.command_consumer)
+    sha, size = ecm.content_store.put(io.BytesIO(SHA_TEXT), max_bytes=10**6)
+    doc, version, _ = await store_version(ecm.uow(), user_id="it", doc_type="contract", title="c", filename="c.txt",
+                                          content_type="text/plain", sha256=sha, size=size, external_ref=None)
+    org_ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    sync = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
+                        payload=ecm_commands.SyncCounterpartyV1(external_ref=org_ref, name="Вектор"))
+    start = new_envelope(type=ecm_commands.START_APPROVAL, schema_version=1, source="it", correlation_id="c",
+                         payload=ecm_commands.StartApprovalV1(
+                             external_ref=ExternalRef(system="crm", id="req-1"), counterparty_ref=org_ref,
+                             initiator_ref=ExternalRef(system="crm", id="u"), document_id=doc["id"],
+                             document_version_id=version["id"], sha256=sha, doc_type="contract", title="t"))
+    key = org_ref.id.encode()
+    for raw in (encode(sync), encode(start), b"{garbage", encode(sync), encode(start)):
+        await produce(broker, topic, raw, key=key)
+
+    task = asyncio.create_task(loop.run_forever())
+    try:
+        await async_wait_until(lambda: _count(ecm, ecm_tables.inbox), timeout=60, message="commands applied")
+        await async_wait_until(lambda: read_all(broker, dead_letter_topic(topic)), timeout=30, message="dead letter")
+        # The duplicates after the garbage were read too: the partition was not blocked.
+        await async_wait_until(lambda: _consumed_all(loop, topic, 5), timeout=30, message="all 5 consumed")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    assert await _count(ecm, ecm_tables.counterparties) == 1
+    assert await _count(ecm, ecm_tables.approvals) == 1
+    assert await _count(ecm, ecm_tables.inbox) == 2
+    assert await _count(ecm, ecm_tables.outbox, ecm_tables.outbox.c.message_type == "ecm.approval_status_changed") == 1
+    async with ecm.session_factory() as session:
+        status = await session.scalar(select(ecm_tables.counterparties.c.status))
+        flags = await session.scalar(select(ecm_tables.counterparties.c.quality_flags))
+    assert status == "pending_verification" and flags == ["inn_missing"]
+    (letter,) = await read_all(broker, dead_letter_topic(topic))
+    ctx = error_context(letter.headers)
+    assert letter.value == b"{garbage" and ctx["error.class"] == "InvalidMessage" and ctx["source.topic"] == topic
+
+
+async def _consumed_all(loop, topic, expected):
+    committed = 0
+    for tp in loop.consumer.assignment() if loop.consumer else ():
+        committed += (await loop.consumer.committed(tp)) or 0
+    return committed >= expected
+
+
+async def test_crm_status_updates_are_idempotent_and_never_go_backwards(crm, broker):
+    topic, loop = await _private_loop(crm, broker, crm.command_consumer)
+    org = await crm_handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
+    deal = await crm_handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
+    doc = await crm_handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c", doc_type="contract",
+                                             content_type="text/plain", sha256="c" * 64, size=1)
+    request = await crm_handlers.request_approval(crm.uow(), user_id="u", deal_id=deal.id, document_id=doc.id,
+                                                  correlation_id="c")
+
+    def update(status, stage, revision):
+        return encode(new_envelope(
+            type=crm_commands.UPDATE_APPROVAL_STATUS, schema_version=1, source="it", correlation_id="c",
+            payload=crm_commands.UpdateApprovalStatusV1(approval_request_id=request.id, status=status, stage=stage,
+                                                        revision=revision, registry_approval_id="a")))
+
+    approved = update("approved", None, 4)
+    for raw in (update("in_progress", "legal", 1), approved, update("in_progress", "finance", 3), approved,
+                json.dumps({"type": "crm.update_approval_status"}).encode()):
+        await produce(broker, topic, raw, key=org.id.encode())
+
+    task = asyncio.create_task(loop.run_forever())
+    try:
+        await async_wait_until(lambda: read_all(broker, dead_letter_topic(topic)), timeout=60, message="dead letter")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    async with crm.uow() as uow:
+        stored = await uow.approval_requests.get(request.id)
+    assert (stored.status, stored.stage, stored.revision) == ("approved", None, 4)
+    assert await _count(crm, crm_tables.inbox) == 3  # the replayed "approved" was recognised

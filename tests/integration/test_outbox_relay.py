@@ -1,0 +1,55 @@
+"""The CRM's state change and its event commit together; the relay publishes them to
+the real broker once, in order, with the envelope's ids in the headers."""
+
+import json
+
+from sqlalchemy import func, select
+
+from crm_service.adapters import tables
+from crm_service.service_layer import handlers
+from infra.kafka import ensure_topics
+from schemas.topics import ALL_TOPICS, CRM_EVENTS
+from tests.support.kafka import read_all
+
+
+async def _approval_requests(crm, count):
+    org = await handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
+    deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
+    doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c.pdf",
+                                         content_type="application/pdf", doc_type="contract", sha256="b" * 64, size=3)
+    return org, [
+        await handlers.request_approval(crm.uow(), user_id="u", deal_id=deal.id, document_id=doc.id,
+                                        correlation_id=f"corr-{i}")
+        for i in range(count)
+    ]
+
+
+async def test_relay_publishes_each_outbox_row_once_in_order(crm, broker):
+    await ensure_topics(broker, {t: 3 for t in ALL_TOPICS})
+    org, requests = await _approval_requests(crm, 3)
+    relay = crm.relay()
+    assert await relay.publish_batch() == 3
+    assert await relay.publish_batch() == 0
+
+    async with crm.session_factory() as session:
+        unsent = await session.scalar(
+            select(func.count()).select_from(tables.outbox).where(tables.outbox.c.published_at.is_(None)))
+    assert unsent == 0
+
+    mine = [r for r in await read_all(broker, CRM_EVENTS) if r.key == org.id.encode()]
+    bodies = [json.loads(r.value) for r in mine]
+    assert [b["payload"]["approval_request_id"] for b in bodies] == [r.id for r in requests]
+    assert len({r.partition for r in mine}) == 1  # one organization, one partition
+    headers = dict(mine[0].headers)
+    assert headers["event_id"].decode() == bodies[0]["event_id"]
+    assert headers["correlation_id"] == b"corr-0" and headers["type"] == b"crm.approval_requested"
+
+
+async def test_a_failed_request_writes_no_event(crm):
+    try:
+        await handlers.request_approval(crm.uow(), user_id="u", deal_id="missing", document_id="x",
+                                        correlation_id="c")
+    except handlers.NotFound:
+        pass
+    async with crm.session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(tables.outbox)) == 0

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from infra.dead_letters import error_context
+from infra.delivery import DeliveryPolicy, Record, deliver
+from infra.retrying import PermanentError
+from tests.unit.test_message_parsing import envelope
+
+POLICY = DeliveryPolicy(consumer="test", accepted_types=frozenset({"crm.update_approval_status"}), max_attempts=3,
+                        max_wait=0.01)
+
+
+def record(value):
+    return Record("crm.commands", 2, 41, b"key", value, [("correlation_id", b"c-1")])
+
+
+class Letters(list):
+    async def __call__(self, letter):
+        self.append(letter)
+
+
+async def test_transient_failures_are_retried_then_applied():
+    calls, letters = [], Letters()
+
+    async def flaky(message, topic):
+        calls.append(topic)
+        if len(calls) < 3:
+            raise ConnectionError("db away")
+
+    assert await deliver(record(envelope()), POLICY, flaky, letters) is True
+    assert len(calls) == 3 and letters == []
+
+
+async def test_exhausted_retries_dead_letter_with_context():
+    letters = Letters()
+
+    async def down(message, topic):
+        raise ConnectionError("still away")
+
+    assert await deliver(record(envelope()), POLICY, down, letters) is False
+    (letter,) = letters
+    ctx = error_context(letter.headers)
+    assert letter.topic == "crm.commands.dlq" and letter.key == b"key" and letter.value == envelope()
+    assert ctx["source.topic"] == "crm.commands" and ctx["source.partition"] == "2" and ctx["source.offset"] == "41"
+    assert ctx["error.class"] == "ConnectionError" and ctx["attempts"] == "3" and ctx["consumer"] == "test"
+    assert ("correlation_id", b"c-1") in letter.headers
+
+
+@pytest.mark.parametrize("value, error_class", [(b"garbage", "InvalidMessage"), (envelope(), "PermanentError")])
+async def test_permanent_failures_are_not_retried(value, error_class):
+    calls, letters = [], Letters()
+
+    async def refuse(message, topic):
+        calls.append(1)
+        raise PermanentError("HTTP 404")
+
+    assert await deliver(record(value), POLICY, refuse, letters) is False
+    assert len(calls) == (1 if error_class == "PermanentError" else 0)
+    assert error_context(letters[0].headers)["error.class"] == error_class
+    assert error_context(letters[0].headers)["attempts"] == "1"
+
+
+def test_dead_letter_of_a_dead_letter_keeps_one_error_context():
+    from infra.dead_letters import build_dead_letter
+
+    first = build_dead_letter(source_topic="t", partition=0, offset=1, key=None, value=b"v", headers=[],
+                              error=ValueError("a"), attempts=1, consumer="c")
+    second = build_dead_letter(source_topic="t", partition=0, offset=9, key=None, value=b"v", headers=first.headers,
+                               error=ValueError("b"), attempts=2, consumer="c")
+    assert error_context(second.headers)["source.offset"] == "9"
+    assert sum(1 for k, _ in second.headers if k == "dlq.error.message") == 1
+    assert json.dumps(error_context(second.headers))

@@ -1,0 +1,46 @@
+import pytest
+from pydantic import ValidationError
+
+from crm_service.config import CrmSettings
+from ecm_service.config import EcmSettings
+from sync_bridge.config import BridgeSettings
+
+STRONG = "k3J9xQ2vP8mZ4tR7wL1nB6yH5cF0dS2a"
+
+
+@pytest.mark.parametrize("settings_cls, prefix", [(CrmSettings, "CRM"), (EcmSettings, "ECM")])
+def test_services_refuse_missing_or_demo_secrets_outside_development(monkeypatch, settings_cls, prefix):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.delenv(f"{prefix}_INTEGRATION_TOKEN", raising=False)
+    with pytest.raises(ValidationError, match="INTEGRATION_TOKEN"):
+        settings_cls()
+    monkeypatch.setenv(f"{prefix}_INTEGRATION_TOKEN", "demo-token-demo-token-demo-token")
+    with pytest.raises(ValidationError, match="INTEGRATION_TOKEN"):
+        settings_cls()
+    monkeypatch.setenv(f"{prefix}_INTEGRATION_TOKEN", STRONG)
+    assert settings_cls().integration_token == STRONG
+
+
+def test_development_runs_on_embedded_defaults(monkeypatch):
+    for name in ("APP_ENV", "CRM_PORT", "ECM_PORT", "CRM_DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    crm, ecm = CrmSettings(), EcmSettings()
+    assert (crm.port, ecm.port) == (8001, 8002)
+    assert crm.database_url.startswith("sqlite+aiosqlite:///var/")
+    assert crm.json_logs is False
+
+
+def test_ports_are_overridable(monkeypatch):
+    monkeypatch.setenv("CRM_PORT", "18001")
+    monkeypatch.setenv("ECM_PORT", "18002")
+    assert (CrmSettings().port, EcmSettings().port) == (18001, 18002)
+
+
+def test_bridge_needs_its_own_credentials_outside_development(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("BRIDGE_CRM_TOKEN", STRONG)
+    monkeypatch.delenv("BRIDGE_ECM_TOKEN", raising=False)
+    with pytest.raises(ValidationError, match="BRIDGE_ECM_TOKEN"):
+        BridgeSettings()
+    monkeypatch.setenv("BRIDGE_ECM_TOKEN", STRONG[::-1])
+    assert BridgeSettings().json_logs is True

@@ -1,0 +1,60 @@
+import hashlib
+import io
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from crm_service.domain.model import ApprovalRequest
+from deploy.demo_users import DEMO_USERS, ensure_demo_users
+from infra.content_store import ContentStore, FileTooLarge
+from infra.tokens import hash_token, is_weak_secret, new_token
+
+NOW = datetime.now(timezone.utc)
+
+
+def test_crm_applies_only_newer_approval_revisions():
+    request = ApprovalRequest(id="r", deal_id="d", document_id="doc", organization_id="o", requested_by="u",
+                              requested_at=NOW)
+    assert request.apply_status(status="in_progress", stage="legal", revision=1, reason=None,
+                                registry_approval_id="a", at=NOW)
+    assert request.apply_status(status="approved", stage=None, revision=3, reason=None,
+                                registry_approval_id="a", at=NOW)
+    # A late or replayed update never moves the status backwards.
+    assert not request.apply_status(status="in_progress", stage="finance", revision=2, reason=None,
+                                    registry_approval_id="a", at=NOW)
+    assert (request.status, request.revision) == ("approved", 3)
+
+
+def test_content_store_names_files_by_their_hash(tmp_path):
+    store = ContentStore(tmp_path)
+    data = b"contract text" * 1000
+    sha, size = store.put(io.BytesIO(data), max_bytes=10**6)
+    assert sha == hashlib.sha256(data).hexdigest() and size == len(data)
+    assert store.path_for(sha).read_bytes() == data
+    assert store.put(io.BytesIO(data), max_bytes=10**6) == (sha, size)
+    with pytest.raises(FileTooLarge):
+        store.put(io.BytesIO(data), max_bytes=100)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".upload-")]
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "A" * 64, "0" * 63])
+def test_content_store_refuses_anything_but_a_digest_as_a_name(tmp_path, bad):
+    with pytest.raises(ValueError):
+        ContentStore(tmp_path).path_for(bad)
+
+
+def test_tokens_are_hashed_and_weak_ones_spotted():
+    token = new_token()
+    assert hash_token(token) != token and len(hash_token(token)) == 64
+    assert is_weak_secret(None) and is_weak_secret("short") and is_weak_secret("demo" * 10)
+    assert not is_weak_secret(token)
+
+
+def test_demo_users_cover_every_role_and_keep_their_tokens(tmp_path):
+    path = tmp_path / "demo-users.json"
+    first = ensure_demo_users(path)
+    roles = {u["role"] for u in first}
+    assert {"sales", "legal", "finance", "director", "steward", "auditor", "admin", "integration"} <= roles
+    assert all(set(u) == {"name", "role", "service", "token"} for u in json.loads(path.read_text()))
+    assert ensure_demo_users(path) == first and len(first) == len(DEMO_USERS)

@@ -1,0 +1,80 @@
+import uuid
+from datetime import datetime, timezone
+
+from schemas import crm_commands, crm_events, ecm_commands, ecm_events
+from schemas.common import ExternalRef
+from schemas.envelope import new_envelope
+from schemas.registry import encode, parse_message
+from schemas.topics import CRM_COMMANDS, ECM_COMMANDS
+from sync_bridge.translation import (
+    StoredDocument,
+    approval_requested_to_ecm,
+    approval_status_to_crm,
+    command_id,
+    counterparty_synced_to_crm,
+)
+
+SHA = "a" * 64
+
+
+def requested(org_id="org-1", inn=None):
+    payload = crm_events.ApprovalRequestedV1(
+        approval_request_id="req-1", requested_at=datetime.now(timezone.utc), requested_by="user-1",
+        organization=crm_events.OrganizationSnapshot(id=org_id, name="Вектор", inn=inn),
+        deal=crm_events.DealRef(id="deal-1", title="Supply"),
+        document=crm_events.DocumentRef(id="doc-1", filename="c.pdf", content_type="application/pdf",
+                                        doc_type="contract", sha256=SHA, size=10),
+    )
+    envelope = new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=1, source="crm", payload=payload,
+                            correlation_id="corr-1")
+    return envelope, payload
+
+
+def test_approval_request_becomes_sync_then_start_keyed_by_organization():
+    envelope, payload = requested(inn="7707083893")
+    out = approval_requested_to_ecm(envelope, payload, StoredDocument("ecm-doc", "ecm-ver", SHA))
+    assert [o.envelope.type for o in out] == [ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL]
+    assert {o.topic for o in out} == {ECM_COMMANDS}
+    assert {o.key for o in out} == {"org-1"}
+    sync, start = (parse_message(encode(o.envelope)).payload for o in out)
+    assert sync.external_ref == ExternalRef(system="crm", id="org-1") and sync.inn == "7707083893"
+    assert start.document_version_id == "ecm-ver" and start.sha256 == SHA
+    assert start.external_ref.id == "req-1" and start.initiator_ref.id == "user-1"
+    assert all(o.envelope.correlation_id == "corr-1" and o.envelope.causation_id == envelope.event_id for o in out)
+
+
+def test_command_ids_are_deterministic_so_replays_dedupe():
+    envelope, payload = requested()
+    stored = StoredDocument("d", "v", SHA)
+    first = approval_requested_to_ecm(envelope, payload, stored)
+    again = approval_requested_to_ecm(envelope, payload, stored)
+    assert [o.envelope.event_id for o in first] == [o.envelope.event_id for o in again]
+    assert first[0].envelope.event_id != first[1].envelope.event_id
+    assert command_id(envelope.event_id, "x") != command_id(uuid.uuid4(), "x")
+
+
+def _ecm_envelope(type_, payload):
+    return new_envelope(type=type_, schema_version=1, source="ecm", payload=payload, correlation_id="c")
+
+
+def test_approval_status_goes_to_crm_request_without_internal_comments():
+    event = ecm_events.ApprovalStatusChangedV1(
+        approval_id="a-1", external_refs=[ExternalRef(system="crm", id="req-1"), ExternalRef(system="erp", id="9")],
+        counterparty_ref=ExternalRef(system="crm", id="org-1"), status="rejected", stage=None, stage_no=None,
+        revision=3, reason="wrong price", document_sha256=SHA,
+    )
+    out = approval_status_to_crm(_ecm_envelope(ecm_events.APPROVAL_STATUS_CHANGED, event), event)
+    assert len(out) == 1 and out[0].topic == CRM_COMMANDS and out[0].key == "org-1"
+    cmd = parse_message(encode(out[0].envelope)).payload
+    assert isinstance(cmd, crm_commands.UpdateApprovalStatusV1)
+    assert (cmd.approval_request_id, cmd.status, cmd.revision, cmd.reason) == ("req-1", "rejected", 3, "wrong price")
+    assert "comment" not in out[0].envelope.payload
+
+
+def test_counterparty_sync_result_reaches_crm_only_for_crm_records():
+    linked = ecm_events.CounterpartySyncedV1(counterparty_id="cp", status="verified", outcome="linked",
+                                             legal_name="ПАО Сбербанк", source_ref=ExternalRef(system="crm", id="o"))
+    out = counterparty_synced_to_crm(_ecm_envelope(ecm_events.COUNTERPARTY_SYNCED, linked), linked)
+    assert out[0].envelope.payload["link_status"] == "linked" and out[0].key == "o"
+    foreign = linked.model_copy(update={"source_ref": ExternalRef(system="erp", id="o")})
+    assert counterparty_synced_to_crm(_ecm_envelope(ecm_events.COUNTERPARTY_SYNCED, foreign), foreign) == []
