@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+import structlog
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -14,6 +16,7 @@ from infra.users import User, find_user_by_token
 CORRELATION_HEADER = "X-Correlation-ID"
 
 _bearer = HTTPBearer(auto_error=False)
+log = structlog.get_logger()
 
 
 class CorrelationIdMiddleware(BaseHTTPMiddleware):
@@ -27,8 +30,12 @@ class CorrelationIdMiddleware(BaseHTTPMiddleware):
         request.state.correlation_id = correlation_id
         clear_contextvars()
         bind_contextvars(service=self._service, correlation_id=correlation_id)
+        started = time.perf_counter()
         response = await call_next(request)
         response.headers[CORRELATION_HEADER] = correlation_id
+        if request.url.path != "/health":
+            log.info("http_request", method=request.method, path=request.url.path, status=response.status_code,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return response
 
 

@@ -1,7 +1,8 @@
 """`python -m sync_bridge`: provision topics, then run the faust worker."""
 
 import asyncio
-import sys
+
+import faust
 
 from infra.kafka import ensure_topics
 from infra.logs import configure_logging
@@ -14,9 +15,10 @@ from sync_bridge.app import app, settings
 def main() -> None:
     configure_logging("bridge", json_logs=settings.json_logs, level=settings.log_level)
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, {t: settings.topic_partitions for t in ALL_TOPICS}))
-    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--web-port", str(settings.web_port),
-                "--web-bind", settings.host]
-    app.main()
+    # Started programmatically (not through faust's CLI) so that stdout is not redirected
+    # into faust's logger: our structured logs stay one JSON object per line.
+    worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
+    worker.execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ app = faust.App(
     topic_partitions=settings.topic_partitions,
     store="memory://",
     datadir=str(settings.data_dir),
-    # Our structured logs go to the real stdout, not through faust's logger.
-    worker_redirect_stdouts=False,
     web_enabled=True,
     web_bind=settings.host,
     web_port=settings.web_port,

@@ -1,0 +1,67 @@
+"""The whole system as separate OS processes, started by the same launcher `make run`
+uses, on SQLite files or on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+from deploy.broker import free_port
+from deploy.local_run import LauncherSettings, LocalSystem
+from tests.support.databases import create_pg_database, drop_pg_database
+
+
+class Api:
+    """Calls the public HTTP APIs as a named demo user."""
+
+    def __init__(self, system: LocalSystem):
+        self.system = system
+        self.tokens = {u["name"]: u["token"] for u in system.users}
+
+    def _call(self, base: str, user: str, method: str, path: str, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}", **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{base}{path}", headers=headers, timeout=30, **kwargs)
+
+    def crm(self, user: str, method: str, path: str, **kwargs) -> httpx.Response:
+        return self._call(self.system.crm_url, user, method, path, **kwargs)
+
+    def ecm(self, user: str, method: str, path: str, **kwargs) -> httpx.Response:
+        return self._call(self.system.ecm_url, user, method, path, **kwargs)
+
+
+def start_system(tmp_path_factory, backend: str) -> tuple[LocalSystem, list[str]]:
+    var = tmp_path_factory.mktemp(f"system-{backend}")
+    databases = []
+    urls = {}
+    if backend == "postgresql":
+        for service in ("crm", "ecm"):
+            name, url = create_pg_database(f"e2e_{service}")
+            databases.append(name)
+            urls[f"{service}_database_url"] = url
+    settings = LauncherSettings(
+        var_dir=var, crm_port=free_port(), ecm_port=free_port(), bridge_web_port=free_port(),
+        kafka_bootstrap_servers=os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS"), **urls,
+    )
+    system = LocalSystem(settings, log_dir=var / "logs", extra_env={"LOG_JSON": "true"})
+    try:
+        system.start(timeout=90)
+    except Exception:
+        system.stop()
+        raise
+    return system, databases
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def system(request, tmp_path_factory):
+    system, databases = start_system(tmp_path_factory, request.param)
+    yield system
+    system.stop()
+    for name in databases:
+        drop_pg_database(name)
+
+
+@pytest.fixture(scope="module")
+def api(system):
+    return Api(system)

@@ -1,0 +1,107 @@
+"""The foundation journey through the public HTTP APIs of three real processes, on
+SQLite and on PostgreSQL."""
+
+import hashlib
+import json
+import uuid
+
+from tests.e2e.journey import (
+    SALES,
+    create_deal_with_document,
+    crm_approval,
+    decide,
+    ecm_approval,
+    request_approval,
+    wait_crm_status,
+)
+from tests.support.polling import wait_until
+
+
+def test_name_only_organization_goes_through_approval_to_approved(api, system):
+    correlation_id = f"e2e-{uuid.uuid4().hex}"
+    flow = request_approval(api, create_deal_with_document(api, name="Вектор плюс"), correlation_id)
+    assert crm_approval(api, flow)["status"] in ("requested", "in_progress")
+
+    approval = ecm_approval(api, flow)
+    assert approval["route"] == {"doc_type": "contract", "version": 1}
+    assert [(s["name"], s["role"], s["status"]) for s in approval["steps"]] == [
+        ("legal", "legal", "pending"), ("finance", "finance", "waiting"), ("director", "director", "waiting")]
+
+    # The organization arrived as a pending counterparty, never rejected for lacking a tax id.
+    org_ref = f"crm:{flow['org']['id']}"
+    (counterparty,) = api.ecm("steward-stas", "GET", f"/api/counterparties?external_ref={org_ref}").json()
+    assert counterparty["status"] == "pending_verification" and "inn_missing" in counterparty["quality_flags"]
+    assert counterparty["id"] == approval["counterparty_id"]
+
+    # The same bytes on both sides, and the approval is bound to their hash.
+    sha = flow["document"]["sha256"]
+    assert approval["document"]["sha256"] == sha
+    stored = api.ecm("legal-lena", "GET", f"/api/documents/{approval['document']['id']}/content")
+    assert stored.status_code == 200 and hashlib.sha256(stored.content).hexdigest() == sha
+    assert stored.content == flow["content"]
+
+    wait_crm_status(api, flow, "in_progress", "legal")
+    wrong = api.ecm("finance-fedor", "POST", f"/api/approvals/{approval['id']}/decisions", json={"decision": "approve"})
+    assert wrong.status_code == 403
+    sales_in_ecm = api.ecm("legal-lena", "POST", f"/api/approvals/{approval['id']}/decisions", json={"decision": "x"})
+    assert sales_in_ecm.status_code == 422
+
+    decide(api, approval["id"], "legal", comment="clause 4 checked")
+    wait_crm_status(api, flow, "in_progress", "finance")
+    decide(api, approval["id"], "finance")
+    wait_crm_status(api, flow, "in_progress", "director")
+    decide(api, approval["id"], "director")
+    final = wait_crm_status(api, flow, "approved", None)
+    assert final["id"] == flow["request"]["id"]
+
+    org = api.crm(SALES, "GET", f"/api/organizations/{flow['org']['id']}").json()
+    assert org["registry"] == {"id": counterparty["id"], "status": "pending_verification",
+                               "legal_name": "Вектор плюс"}
+
+    # One correlation id follows the request through all three processes' logs.
+    for name in ("crm", "bridge", "ecm"):
+        lines = [json.loads(line) for line in (system.log_dir / f"{name}.log").read_text().splitlines()
+                 if line.startswith("{") and correlation_id in line]
+        assert lines and all(line["correlation_id"] == correlation_id for line in lines), name
+
+
+def test_rejection_reaches_sales_with_its_reason_but_not_the_internal_comment(api):
+    flow = request_approval(api, create_deal_with_document(api, name="Ромашка"))
+    approval = ecm_approval(api, flow)
+    decide(api, approval["id"], "legal", "reject", comment="INTERNAL: counterparty looks shady",
+           reason="Payment terms are not acceptable")
+    final = wait_crm_status(api, flow, "rejected", None)
+    assert final["reason"] == "Payment terms are not acceptable"
+    deal = api.crm(SALES, "GET", f"/api/deals/{flow['deal']['id']}").text
+    assert "INTERNAL" not in deal
+    closed = api.ecm("finance-fedor", "POST", f"/api/approvals/{approval['id']}/decisions",
+                     json={"decision": "approve"})
+    assert closed.status_code == 409 and "rejected" in closed.json()["detail"]
+
+
+def test_known_tax_id_links_to_the_verified_counterparty_instead_of_duplicating(api):
+    verified = api.ecm("steward-stas", "GET", "/api/counterparties?status=verified").json()
+    sber = next(c for c in verified if c["inn"] == "7707083893")
+    flow = request_approval(api, create_deal_with_document(api, name="Сбер (typed quickly)", inn="7707083893"))
+    approval = ecm_approval(api, flow)
+    assert approval["counterparty_id"] == sber["id"]
+    again = api.ecm("steward-stas", "GET", "/api/counterparties?status=verified").json()
+    assert len([c for c in again if c["inn"] == "7707083893"]) == 1
+    linked = api.ecm("steward-stas", "GET", f"/api/counterparties/{sber['id']}").json()
+    assert {"system": "crm", "id": flow["org"]["id"]} in linked["external_refs"]
+    assert linked["name"] == sber["name"]  # the registry's legal name is not overwritten by the CRM's
+    org = wait_until(
+        lambda: (o := api.crm(SALES, "GET", f"/api/organizations/{flow['org']['id']}").json())["registry"] and o,
+        timeout=60, message="link status in the CRM")
+    assert org["registry"]["status"] == "linked" and org["registry"]["legal_name"] == sber["name"]
+
+
+def test_health_and_openapi_are_served(api, system):
+    for base in (system.crm_url, system.ecm_url):
+        import httpx
+
+        health = httpx.get(f"{base}/health").json()
+        assert health["status"] == "ok" and health["database"] is True and health["broker"] is True
+        assert "paths" in httpx.get(f"{base}/openapi.json").json()
+    assert api.crm(SALES, "GET", "/api/deals/missing").status_code == 404
+    assert api.ecm("legal-lena", "GET", "/api/approvals/missing").status_code == 404
