@@ -123,7 +123,7 @@ def test_replaying_every_topic_from_offset_zero_creates_no_duplicates(api, syste
 
     assert ecm_counts(api, flows) == before
     # Old "in_progress" updates replayed after "approved" do not move the CRM backwards.
-    for flow, status, stage in zip(flows, ("approved", "approved", "in_progress"), (None, None, "legal")):
+    for flow, status, stage in zip(flows, ("approved", "approved", "in_progress"), (None, None, "legal"), strict=True):
         approval = api.crm(SALES, "GET", f"/api/deals/{flow['deal']['id']}").json()["approval"]
         assert (approval["status"], approval["stage"]) == (status, stage)
 
