@@ -1,7 +1,23 @@
+import os
+
 import pytest
 
 from tests.support.databases import DatabaseFactory
 from tests.support.kafka import LocalBroker
+
+_containers: list = []
+
+
+def pytest_configure(config):
+    if os.environ.get("TEST_WITH_TESTCONTAINERS") == "1":
+        from tests.support.containers import start_containers
+
+        _containers.extend(start_containers())
+
+
+def pytest_unconfigure(config):
+    for container in _containers:
+        container.stop()
 
 
 @pytest.fixture(scope="session")

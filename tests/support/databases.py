@@ -15,22 +15,31 @@ import pytest
 
 from infra.db import upgrade_to_head
 
-PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("TEST_PG_PORT", "5432"))
-PG_USER = os.environ.get("TEST_PG_USER", "postgres")
+
+def pg_server() -> dict:
+    """Read at use time: the opt-in testcontainers start may set these first."""
+    return {
+        "host": os.environ.get("TEST_PG_HOST", "127.0.0.1"),
+        "port": int(os.environ.get("TEST_PG_PORT", "5432")),
+        "user": os.environ.get("TEST_PG_USER", "postgres"),
+        "password": os.environ.get("TEST_PG_PASSWORD") or None,
+    }
+
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = {"crm": ROOT / "crm_service" / "migrations", "ecm": ROOT / "ecm_service" / "migrations"}
 
 
 def require_postgres() -> None:
+    pg = pg_server()
     try:
-        socket.create_connection((PG_HOST, PG_PORT), timeout=3).close()
+        socket.create_connection((pg["host"], pg["port"]), timeout=3).close()
     except OSError as exc:
-        pytest.fail(f"PostgreSQL is required at {PG_HOST}:{PG_PORT} and is not reachable: {exc}", pytrace=False)
+        pytest.fail(f"PostgreSQL is required at {pg['host']}:{pg['port']} and is not reachable: {exc}",
+                    pytrace=False)
 
 
 async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    conn = await asyncpg.connect(database="postgres", **pg_server())
     try:
         await conn.execute(sql)
     finally:
@@ -41,7 +50,9 @@ def create_pg_database(prefix: str) -> tuple[str, str]:
     require_postgres()
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    return name, f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    pg = pg_server()
+    credentials = pg["user"] + (f":{pg['password']}" if pg["password"] else "")
+    return name, f"postgresql+asyncpg://{credentials}@{pg['host']}:{pg['port']}/{name}"
 
 
 def drop_pg_database(name: str) -> None:
