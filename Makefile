@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration test-e2e lint install clean
+.PHONY: run test test-unit test-integration test-e2e lint bench install clean
 
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ test-integration: $(STAMP)
 
 test-e2e: $(STAMP)
 	PYTHONPATH=. $(PY) -m pytest tests/e2e
+
+bench: $(STAMP)
+	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,163 @@
+"""Pipeline throughput: N approval requests through the real path (CRM API -> outbox ->
+broker -> bridge -> document transfer -> ECM counterparty + approval -> ECM outbox ->
+bridge -> CRM status `in_progress`), next to the raw ceiling of the same broker
+(aiokafka alone, the same number of equally sized messages produced and consumed).
+
+    PYTHONPATH=. .venv/bin/python bench/pipeline.py --requests 1000 --backend postgresql
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deploy.broker import free_port  # noqa: E402
+from deploy.local_run import LauncherSettings, LocalSystem  # noqa: E402
+from infra.kafka import ensure_topics  # noqa: E402
+from tests.support.databases import create_pg_database, drop_pg_database  # noqa: E402
+
+
+async def prepare(system: LocalSystem, token: str, n: int) -> list[tuple[str, str]]:
+    """Organizations, deals and documents made beforehand (not timed)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    sem = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=system.crm_url, headers=headers, timeout=60) as client:
+        async def one(i):
+            async with sem:
+                org = (await client.post("/api/organizations", json={"name": f"Bench {i}"})).json()
+                deal = (await client.post("/api/deals", json={"organization_id": org["id"], "title": "b"})).json()
+                doc = (await client.post(f"/api/deals/{deal['id']}/documents",
+                                         files={"file": ("c.txt", f"contract {i} {uuid.uuid4()}".encode())},
+                                         data={"doc_type": "contract"})).json()
+                return deal["id"], doc["id"]
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def fire(system: LocalSystem, token: str, items) -> float:
+    headers = {"Authorization": f"Bearer {token}"}
+    sem = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(base_url=system.crm_url, headers=headers, timeout=60) as client:
+        async def one(deal_id, doc_id):
+            async with sem:
+                r = await client.post(f"/api/deals/{deal_id}/approval-requests", json={"document_id": doc_id})
+                assert r.status_code == 202, r.text
+        started = time.perf_counter()
+        await asyncio.gather(*(one(d, doc) for d, doc in items))
+        return started
+
+
+async def wait_in_progress(crm_db_url: str, n: int, started: float, timeout: float) -> float:
+    engine = create_async_engine(crm_db_url)
+    try:
+        while True:
+            async with engine.connect() as conn:
+                done = await conn.scalar(text("SELECT count(*) FROM approval_requests WHERE status = 'in_progress'"))
+            if done >= n:
+                return time.perf_counter() - started
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"only {done}/{n} in progress after {timeout}s")
+            await asyncio.sleep(0.2)
+    finally:
+        await engine.dispose()
+
+
+async def raw_ceiling(bootstrap: str, n: int, size: int) -> float:
+    topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
+    await ensure_topics(bootstrap, {topic: 6})
+    payload = b"x" * size
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"g-{topic}",
+                                auto_offset_reset="earliest", session_timeout_ms=10000, heartbeat_interval_ms=1000)
+    await producer.start()
+    await consumer.start()
+    try:
+        await consumer.getmany(timeout_ms=100)  # join the group before the clock starts
+        started = time.perf_counter()
+        futures = [await producer.send(topic, payload, key=str(i % 997).encode()) for i in range(n)]
+        await asyncio.gather(*futures)
+        got = 0
+        while got < n:
+            batch = await consumer.getmany(timeout_ms=1000)
+            got += sum(len(v) for v in batch.values())
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
+    args = parser.parse_args()
+    n = args.requests
+
+    var = Path(f"/tmp/bench-{uuid.uuid4().hex[:6]}")
+    dbs, urls = [], {}
+    if args.backend == "postgresql":
+        for service in ("crm", "ecm"):
+            name, url = create_pg_database(f"bench_{service}")
+            dbs.append(name)
+            urls[f"{service}_database_url"] = url
+    settings = LauncherSettings(var_dir=var, crm_port=free_port(), ecm_port=free_port(),
+                                bridge_web_port=free_port(), **urls)
+    system = LocalSystem(settings, log_dir=var / "logs", extra_env={"LOG_LEVEL": "WARNING"})
+    try:
+        system.start(timeout=120)
+        token = next(u["token"] for u in system.users if u["name"] == "sales-anna")
+        items = asyncio.run(prepare(system, token, n))
+        time.sleep(2)
+        started_wall = time.perf_counter()
+        started = asyncio.run(fire(system, token, items))
+        accept_s = time.perf_counter() - started_wall
+        crm_url = system.env()["CRM_DATABASE_URL"]
+        e2e_s = asyncio.run(wait_in_progress(crm_url, n, started, timeout=max(120, n)))
+        body_size = 1200  # about the size of one crm.approval_requested envelope
+        raw_s = asyncio.run(raw_ceiling(system.bootstrap_servers, n, body_size))
+        rss = {name: peak_rss_mb(p.pid) for name, p in system.processes.items() if name != "broker"}
+    finally:
+        system.stop()
+        for name in dbs:
+            drop_pg_database(name)
+
+    rows = [
+        ("cores", os.cpu_count(), ""),
+        ("backend", args.backend, ""),
+        ("approval requests", n, ""),
+        ("CRM API accepted (202) in", f"{accept_s:.2f} s", f"{n / accept_s:.0f} req/s"),
+        ("end to end: request -> CRM in_progress", f"{e2e_s:.2f} s", f"{n / e2e_s:.0f} req/s"),
+        ("raw broker ceiling (aiokafka produce+consume)", f"{raw_s:.2f} s", f"{n / raw_s:.0f} msg/s"),
+        ("ratio end-to-end / raw", "", f"{(n / e2e_s) / (n / raw_s):.3f}"),
+        *[(f"peak RSS {name}", f"{mb:.0f} MB", "") for name, mb in rss.items()],
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure'.ljust(width)} | {'value':>10} | rate")
+    print("-" * (width + 28))
+    for label, value, rate in rows:
+        print(f"{label.ljust(width)} | {str(value):>10} | {rate}")
+
+
+if __name__ == "__main__":
+    main()
