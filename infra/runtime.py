@@ -10,13 +10,13 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from infra.kafka import ensure_topics
-from schemas.topics import ALL_TOPICS
+from schemas.topics import provisioning
 
 log = structlog.get_logger()
 
 
 async def start_producer(producer: AIOKafkaProducer, bootstrap: str, partitions: int, timeout: float = 60.0) -> None:
-    await ensure_topics(bootstrap, {t: partitions for t in ALL_TOPICS}, timeout=timeout)
+    await ensure_topics(bootstrap, provisioning(partitions), timeout=timeout)
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:

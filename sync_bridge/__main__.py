@@ -6,7 +6,7 @@ import faust
 
 from infra.kafka import ensure_topics
 from infra.logs import configure_logging
-from schemas.topics import ALL_TOPICS
+from schemas.topics import provisioning
 from sync_bridge import web  # noqa: F401  (registers the pages)
 from sync_bridge.agents import crm_to_ecm, ecm_to_crm  # noqa: F401  (registers the agents)
 from sync_bridge.app import app, settings
@@ -14,7 +14,7 @@ from sync_bridge.app import app, settings
 
 def main() -> None:
     configure_logging("bridge", json_logs=settings.json_logs, level=settings.log_level)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, {t: settings.topic_partitions for t in ALL_TOPICS}))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, provisioning(settings.topic_partitions)))
     # Started programmatically (not through faust's CLI) so that stdout is not redirected
     # into faust's logger: our structured logs stay one JSON object per line.
     worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)

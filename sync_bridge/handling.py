@@ -3,6 +3,8 @@ translation, document transfer, publishing and dead letters."""
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 import structlog
 
@@ -11,6 +13,9 @@ from infra.delivery import DeliveryPolicy, Record, deliver
 from schemas import crm_events
 from schemas.registry import Message, encode
 from sync_bridge.app import app, settings
+from sync_bridge.control import CRM_TO_ECM as CRM_TO_ECM_DIRECTION
+from sync_bridge.control import ECM_TO_CRM as ECM_TO_CRM_DIRECTION
+from sync_bridge.control import DirectionGates
 from sync_bridge.transfer import DocumentTransfer
 from sync_bridge.translation import ECM_EVENT_TRANSLATIONS, Outgoing, approval_requested_to_ecm
 
@@ -24,6 +29,7 @@ ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
                             max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
 
 _transfer: DocumentTransfer | None = None
+gates = DirectionGates()
 
 
 def transfer() -> DocumentTransfer:
@@ -71,8 +77,20 @@ async def when_ecm_event_update_crm(message: Message, _topic: str) -> None:
 
 
 async def handle_crm_event(event: faust.EventT) -> None:
+    await gates.wait_open(CRM_TO_ECM_DIRECTION)
     await deliver(as_record(event), CRM_TO_ECM, when_approval_requested_start_in_ecm, send_dead_letter)
 
 
 async def handle_ecm_event(event: faust.EventT) -> None:
+    await gates.wait_open(ECM_TO_CRM_DIRECTION)
     await deliver(as_record(event), ECM_TO_CRM, when_ecm_event_update_crm, send_dead_letter)
+
+
+@app.task
+async def follow_operator_decisions() -> None:
+    while True:
+        try:
+            await gates.follow(settings.kafka_bootstrap_servers)
+        except Exception as exc:  # broker away: keep the last known state, read again
+            log.warning("control_follow_failed", error=str(exc), error_class=type(exc).__name__)
+            await asyncio.sleep(1.0)

@@ -31,7 +31,7 @@ class Api:
         return self._call(self.system.ecm_url, user, method, path, **kwargs)
 
 
-def start_system(tmp_path_factory, backend: str) -> tuple[LocalSystem, list[str]]:
+def start_system(tmp_path_factory, backend: str, extra_env: dict | None = None) -> tuple[LocalSystem, list[str]]:
     var = tmp_path_factory.mktemp(f"system-{backend}")
     databases = []
     urls = {}
@@ -44,7 +44,7 @@ def start_system(tmp_path_factory, backend: str) -> tuple[LocalSystem, list[str]
         var_dir=var, crm_port=free_port(), ecm_port=free_port(), bridge_web_port=free_port(),
         kafka_bootstrap_servers=os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS"), **urls,
     )
-    system = LocalSystem(settings, log_dir=var / "logs", extra_env={"LOG_JSON": "true"})
+    system = LocalSystem(settings, log_dir=var / "logs", extra_env={"LOG_JSON": "true", **(extra_env or {})})
     try:
         system.start(timeout=90)
     except Exception:

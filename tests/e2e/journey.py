@@ -11,17 +11,20 @@ SALES = "sales-anna"
 APPROVER_OF = {"legal": "legal-lena", "finance": "finance-fedor", "director": "director-dina"}
 
 
-def create_deal_with_document(api, *, name: str, content: bytes | None = None, **org_fields) -> dict:
-    org = api.crm(SALES, "POST", "/api/organizations", json={"name": name, **org_fields})
-    assert org.status_code == 201, org.text
-    deal = api.crm(SALES, "POST", "/api/deals", json={"organization_id": org.json()["id"], "title": f"Deal {name}"})
+def create_deal_with_document(api, *, name: str, content: bytes | None = None, org: dict | None = None,
+                              **org_fields) -> dict:
+    if org is None:
+        created = api.crm(SALES, "POST", "/api/organizations", json={"name": name, **org_fields})
+        assert created.status_code == 201, created.text
+        org = created.json()
+    deal = api.crm(SALES, "POST", "/api/deals", json={"organization_id": org["id"], "title": f"Deal {name}"})
     assert deal.status_code == 201, deal.text
     content = content or f"contract for {name} {uuid.uuid4()}".encode()
     doc = api.crm(SALES, "POST", f"/api/deals/{deal.json()['id']}/documents",
                   files={"file": ("contract.txt", content, "text/plain")}, data={"doc_type": "contract"})
     assert doc.status_code == 201, doc.text
     assert doc.json()["sha256"] == hashlib.sha256(content).hexdigest()
-    return {"org": org.json(), "deal": deal.json(), "document": doc.json(), "content": content}
+    return {"org": org, "deal": deal.json(), "document": doc.json(), "content": content}
 
 
 def request_approval(api, flow: dict, correlation_id: str | None = None) -> dict:

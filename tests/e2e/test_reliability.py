@@ -5,10 +5,9 @@ import asyncio
 import signal
 
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.dead_letters import error_context
+from infra.topic_inspection import committed_offsets, end_offsets
 from schemas.topics import DATA_TOPICS, dead_letter_topic
 from tests.e2e.conftest import Api, start_system
 from tests.e2e.journey import (
@@ -46,25 +45,13 @@ def run(coro):
 
 
 async def _lag(bootstrap: str) -> int:
-    """Messages not yet committed by the group that consumes each data topic. The end of
-    a partition is taken from the records themselves: the local broker reports a
-    partition's end offset as the base offset of its last record batch + 1."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        lag = 0
-        for topic, group in GROUPS.items():
-            ends: dict[TopicPartition, int] = {}
-            for record in await read_all(bootstrap, topic):
-                tp = TopicPartition(topic, record.partition)
-                ends[tp] = max(ends.get(tp, 0), record.offset + 1)
-            committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
-            for tp, end in ends.items():
-                meta = committed.get(tp)
-                lag += max(0, end - (meta.offset if meta and meta.offset >= 0 else 0))
-        return lag
-    finally:
-        await admin.close()
+    """Messages not yet committed by the group that consumes each data topic."""
+    lag = 0
+    for topic, group in GROUPS.items():
+        ends = await end_offsets(bootstrap, [topic])
+        committed = await committed_offsets(bootstrap, group, list(ends))
+        lag += sum(max(0, end - (committed.get(tp) or 0)) for tp, end in ends.items())
+    return lag
 
 
 def wait_drained(system, timeout=90):

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from crm_service.adapters import tables
 from crm_service.service_layer import handlers
 from infra.kafka import ensure_topics
-from schemas.topics import ALL_TOPICS, CRM_EVENTS
+from schemas.topics import CRM_EVENTS, provisioning
 from tests.support.kafka import read_all
 
 
@@ -25,7 +25,7 @@ async def _approval_requests(crm, count):
 
 
 async def test_relay_publishes_each_outbox_row_once_in_order(crm, broker):
-    await ensure_topics(broker, {t: 3 for t in ALL_TOPICS})
+    await ensure_topics(broker, provisioning(3))
     org, requests = await _approval_requests(crm, 3)
     relay = crm.relay()
     assert await relay.publish_batch() == 3

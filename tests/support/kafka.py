@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from deploy.broker import free_port, start_broker, wait_for_port
 from deploy.processes import stop_child
+from infra.topic_inspection import read_records
 
 
 class LocalBroker:
@@ -42,28 +42,7 @@ class LocalBroker:
 
 
 async def read_all(bootstrap: str, topic: str, *, timeout: float = 5.0) -> list:
-    """Every record currently in a topic, from offset 0, without joining a group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
-            await consumer.client.force_metadata_update()
-            partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        records = []
-        deadline = asyncio.get_running_loop().time() + timeout
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for items in batch.values():
-                records.extend(items)
-            if asyncio.get_running_loop().time() > deadline:
-                break
-        return records
-    finally:
-        await consumer.stop()
+    return await read_records(bootstrap, topic, timeout=timeout)
 
 
 async def produce(bootstrap: str, topic: str, value: bytes | None, *, key: bytes | None = None,

@@ -1,0 +1,202 @@
+"""bridgectl: operate the CRM<->ECM streams.
+
+Examples:
+  bridgectl status                               lag per partition, outbox backlog, dead letters, pauses
+  bridgectl dlq list --source-topic crm.events   dead letters with their error context
+  bridgectl dlq show crm.events.dlq:0:3          one dead letter: payload, headers, error
+  bridgectl dlq replay --id crm.events.dlq:0:3   send it back to its source topic (after a fix)
+  bridgectl dlq replay --error-class TransientHttpError
+  bridgectl dlq replay --all
+  bridgectl pause crm-to-ecm --reason "ECM maintenance"
+  bridgectl resume crm-to-ecm
+  bridgectl outbox replay --service crm --since 2026-11-22T10:00:00Z
+
+Connection settings come from the environment: KAFKA_BOOTSTRAP_SERVERS,
+CRM_DATABASE_URL, ECM_DATABASE_URL (defaults: the ones `make run` uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from datetime import datetime
+
+from aiokafka import AIOKafkaProducer
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+from infra.outbox_admin import backlog, mark_for_republish
+from infra.topic_inspection import committed_offsets, end_offsets, read_records
+from schemas.topics import BRIDGE_CONTROL, CRM_COMMANDS, CRM_EVENTS, DEAD_LETTER_TOPICS, ECM_COMMANDS, ECM_EVENTS
+from sync_bridge import dead_letters
+from sync_bridge.control import DIRECTIONS, control_record, fold
+
+CONSUMER_GROUPS = {
+    CRM_EVENTS: "sync-bridge", ECM_EVENTS: "sync-bridge", ECM_COMMANDS: "ecm-service", CRM_COMMANDS: "crm-service",
+}
+
+
+class CtlSettings(BaseSettings):
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    crm_database_url: str = Field("sqlite+aiosqlite:///var/crm.db", validation_alias="CRM_DATABASE_URL")
+    ecm_database_url: str = Field("sqlite+aiosqlite:///var/ecm.db", validation_alias="ECM_DATABASE_URL")
+    bridge_group: str = Field("sync-bridge", validation_alias="BRIDGE_APP_ID")
+
+
+async def status(s: CtlSettings) -> dict:
+    groups = {**CONSUMER_GROUPS, CRM_EVENTS: s.bridge_group, ECM_EVENTS: s.bridge_group}
+    topics = []
+    for topic, group in groups.items():
+        ends = await end_offsets(s.kafka_bootstrap_servers, [topic])
+        committed = await committed_offsets(s.kafka_bootstrap_servers, group, list(ends))
+        partitions = [
+            {"partition": tp.partition, "end": end, "committed": committed.get(tp),
+             "lag": max(0, end - (committed.get(tp) or 0))}
+            for tp, end in sorted(ends.items(), key=lambda kv: kv[0].partition)
+        ]
+        topics.append({"topic": topic, "group": group, "lag": sum(p["lag"] for p in partitions),
+                       "partitions": partitions})
+    dlq_ends = await end_offsets(s.kafka_bootstrap_servers, list(DEAD_LETTER_TOPICS))
+    dlq = {t: sum(end for tp, end in dlq_ends.items() if tp.topic == t) for t in DEAD_LETTER_TOPICS}
+    outbox = {}
+    for service, url in (("crm", s.crm_database_url), ("ecm", s.ecm_database_url)):
+        try:
+            outbox[service] = await backlog(url)
+        except Exception as exc:  # report, do not hide the rest of the status
+            outbox[service] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    control = fold(await read_records(s.kafka_bootstrap_servers, BRIDGE_CONTROL))
+    pauses = {d: control.get(d, {"paused": False}) for d in DIRECTIONS}
+    return {"topics": topics, "dead_letters": dlq, "outbox": outbox, "directions": pauses}
+
+
+def print_status(report: dict) -> None:
+    print("TOPIC           GROUP          PARTITION   END  COMMITTED   LAG")
+    for t in report["topics"]:
+        for p in t["partitions"]:
+            committed = "-" if p["committed"] is None else p["committed"]
+            print(f"{t['topic']:<15} {t['group']:<14} {p['partition']:>9} {p['end']:>5} {committed:>10} {p['lag']:>5}")
+    print("\nDEAD LETTERS")
+    for topic, count in report["dead_letters"].items():
+        print(f"  {topic:<20} {count}")
+    print("\nOUTBOX BACKLOG")
+    for service, b in report["outbox"].items():
+        if "error" in b:
+            print(f"  {service}: unavailable ({b['error']})")
+        else:
+            print(f"  {service}: {b['unsent']} unsent, oldest {b['oldest_unsent_age_s']} s, {b['total']} rows in all")
+    print("\nDIRECTIONS")
+    for direction, state in report["directions"].items():
+        if state.get("paused"):
+            print(f"  {direction}: PAUSED since {state.get('at')} by {state.get('by')} ({state.get('reason') or '-'})")
+        else:
+            print(f"  {direction}: running")
+
+
+async def set_pause(s: CtlSettings, direction: str, paused: bool, reason: str | None) -> None:
+    key, value = control_record(direction, paused=paused, reason=reason, by=getpass.getuser())
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(BRIDGE_CONTROL, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+def parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-11-22T10:00:00Z")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridgectl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="lag per topic and partition, outbox backlog, dead letters, pauses")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dlq = sub.add_parser("dlq", help="list, show and replay dead letters").add_subparsers(dest="dlq", required=True)
+    for name, help_ in (("list", "dead letters with their error context"), ("replay", "send dead letters back")):
+        p = dlq.add_parser(name, help=help_)
+        p.add_argument("--id", action="append", default=[], help="a dead letter id (repeatable)")
+        p.add_argument("--source-topic", help="only letters from this topic")
+        p.add_argument("--error-class", help="only letters that failed with this exception class")
+        p.add_argument("--type", dest="message_type", help="only letters of this message type")
+        p.add_argument("--json", action="store_true")
+        if name == "replay":
+            p.add_argument("--all", action="store_true", help="replay every dead letter (no filter needed)")
+            p.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    show = dlq.add_parser("show", help="one dead letter in full")
+    show.add_argument("id", help="<dlq topic>:<partition>:<offset>, as `dlq list` prints it")
+
+    for name, help_ in (("pause", "stop a direction before its next message"), ("resume", "let it run again")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("direction", choices=DIRECTIONS)
+        if name == "pause":
+            p.add_argument("--reason", help="shown in `status`")
+
+    outbox = sub.add_parser("outbox", help="outbox operations").add_subparsers(dest="outbox", required=True)
+    rp = outbox.add_parser("replay", help="republish already-sent rows (consumers are idempotent)")
+    rp.add_argument("--service", choices=("crm", "ecm"), required=True)
+    rp.add_argument("--since", type=parse_time, required=True, help="ISO time with zone")
+    rp.add_argument("--until", type=parse_time, help="ISO time with zone (default: now)")
+    return parser
+
+
+async def run(args, s: CtlSettings) -> int:
+    if args.command == "status":
+        report = await status(s)
+        print(json.dumps(report, indent=2)) if args.json else print_status(report)
+    elif args.command == "dlq":
+        letters = await dead_letters.list_letters(s.kafka_bootstrap_servers)
+        if args.dlq == "show":
+            found = [letter for letter in letters if letter.id == args.id]
+            if not found:
+                print(f"no dead letter {args.id}", file=sys.stderr)
+                return 2
+            print(json.dumps(found[0].detail(), indent=2, ensure_ascii=False))
+            return 0
+        selected = [letter for letter in letters if dead_letters.matches(
+            letter, ids=set(args.id), source_topic=args.source_topic, error_class=args.error_class,
+            message_type=args.message_type)]
+        if args.dlq == "list":
+            rows = [letter.summary() for letter in selected]
+            if args.json:
+                print(json.dumps(rows, indent=2, ensure_ascii=False))
+            else:
+                for row in rows:
+                    print(f"{row['id']:<28} from {row['source']:<22} {row['type']:<30} {row['error_class']}: "
+                          f"{row['error']} (attempts {row['attempts']})")
+                print(f"{len(rows)} dead letter(s)")
+            return 0
+        filtered = args.id or args.source_topic or args.error_class or args.message_type
+        if not filtered and not args.all:
+            print("say which letters: --id, a filter, or --all", file=sys.stderr)
+            return 2
+        if args.dry_run:
+            for letter in selected:
+                print(f"would replay {letter.id} -> {letter.source_topic}")
+            return 0
+        count = await dead_letters.replay(s.kafka_bootstrap_servers, selected)
+        print(f"replayed {count} dead letter(s)")
+    elif args.command in ("pause", "resume"):
+        await set_pause(s, args.direction, args.command == "pause", getattr(args, "reason", None))
+        print(f"{args.direction}: {'paused' if args.command == 'pause' else 'resumed'}")
+    elif args.command == "outbox":
+        url = s.crm_database_url if args.service == "crm" else s.ecm_database_url
+        count = await mark_for_republish(url, args.since, args.until)
+        print(f"{args.service}: {count} outbox row(s) handed back to the relay for republishing")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return asyncio.run(run(args, CtlSettings()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
