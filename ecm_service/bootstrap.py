@@ -2,50 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from aiokafka import AIOKafkaProducer
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ecm_service.adapters import tables
 from ecm_service.config import EcmSettings
 from ecm_service.domain.approval import Route
 from ecm_service.domain.routes import load_routes
 from ecm_service.service_layer.commands import ACCEPTED_COMMANDS, apply_command
+from ecm_service.service_layer.metrics import refresh_approval_metrics
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
-from infra.consumer_loop import ConsumerLoop
+from infra.container import ServiceContainer
 from infra.content_store import ContentStore
 from infra.db import make_engine, make_session_factory
 from infra.kafka import make_producer
-from infra.outbox_relay import OutboxRelay
 from schemas.topics import ECM_COMMANDS
 
 
 @dataclass
-class EcmContainer:
-    settings: EcmSettings
-    engine: AsyncEngine
-    session_factory: async_sessionmaker
-    producer: AIOKafkaProducer
-    content_store: ContentStore
-    routes: dict[str, Route]
+class EcmContainer(ServiceContainer):
+    content_store: ContentStore | None = None
+    routes: dict[str, Route] = field(default_factory=dict)
+
+    name = "ecm"
+    commands_topic = ECM_COMMANDS
+    accepted_commands = ACCEPTED_COMMANDS
     users_table = tables.users
+    outbox_table = tables.outbox
+    migrations_dir = Path(__file__).parent / "migrations"
 
     def uow(self) -> EcmUnitOfWork:
         return EcmUnitOfWork(self.session_factory)
 
-    def relay(self) -> OutboxRelay:
-        return OutboxRelay(self.session_factory, tables.outbox, self.producer)
+    async def handle_command(self, message, topic: str) -> None:
+        await apply_command(self.uow(), message, topic, self.routes)
 
-    def command_consumer(self) -> ConsumerLoop:
-        async def handle(message, topic):
-            await apply_command(self.uow(), message, topic, self.routes)
-
-        return ConsumerLoop(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, topic=ECM_COMMANDS,
-            group_id=self.settings.consumer_group, accepted_types=ACCEPTED_COMMANDS,
-            handler=handle, producer=self.producer,
-        )
+    def background_jobs(self) -> list:
+        return [refresh_approval_metrics(self.session_factory)]
 
 
 def bootstrap(settings: EcmSettings | None = None) -> EcmContainer:

@@ -12,6 +12,7 @@ from aiokafka.structs import ConsumerRecord
 
 from infra.dead_letters import DeadLetter
 from infra.delivery import DeliveryPolicy, Record, deliver
+from infra.metrics import CONSUMER_LAG
 from schemas.registry import Message
 
 log = structlog.get_logger()
@@ -65,6 +66,7 @@ class ConsumerLoop:
                             await self.handle_record(record)
                     if batch:
                         await self.consumer.commit()
+                        self._report_lag(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker gone: start over from the committed offsets
@@ -72,6 +74,13 @@ class ConsumerLoop:
                 await asyncio.sleep(1.0)
             finally:
                 await self.consumer.stop()
+
+    def _report_lag(self, batch) -> None:
+        for tp in batch:
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                lag = max(0, highwater - (batch[tp][-1].offset + 1))
+                CONSUMER_LAG.labels(self._group_id, tp.topic, str(tp.partition)).set(lag)
 
     async def handle_record(self, record: ConsumerRecord) -> None:
         await deliver(

@@ -57,3 +57,18 @@ def upgrade_to_head(migrations_dir: Path, url: str) -> None:
     cfg.set_main_option("script_location", str(migrations_dir))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(cfg, "head")
+
+
+async def migrations_at_head(engine: AsyncEngine, migrations_dir: Path) -> bool:
+    """True when the database's Alembic revision is the newest the code knows."""
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    heads = set(ScriptDirectory.from_config(cfg).get_heads())
+    try:
+        async with engine.connect() as conn:
+            current = {row[0] for row in await conn.execute(text("SELECT version_num FROM alembic_version"))}
+    except Exception:
+        return False
+    return current == heads

@@ -4,6 +4,7 @@ transient failures, and dead-letter what cannot be applied, with its error conte
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ import structlog
 
 from infra.dead_letters import DeadLetter, build_dead_letter
 from infra.logs import bound_contextvars
+from infra.metrics import DELIVERY_FAILURES, HANDLER_SECONDS, MESSAGES_CONSUMED
 from infra.retrying import AttemptsExhausted, PermanentError, call_with_retries
 from schemas.registry import InvalidMessage, Message, parse_message
 
@@ -43,28 +45,38 @@ async def deliver(
 ) -> bool:
     """Returns True when applied, False when dead-lettered. Never raises for bad data,
     so the partition moves on."""
+    started = time.perf_counter()
     headers = dict(record.headers or ())
     correlation = headers.get("correlation_id", b"").decode(errors="replace") or None
     with bound_contextvars(correlation_id=correlation, topic=record.topic, partition=record.partition,
                            offset=record.offset):
-        attempts = 1
+        attempts, message_type = 1, headers.get("type", b"unknown").decode(errors="replace")[:100]
         try:
             message = parse_message(record.value, policy.accepted_types)
+            message_type = message.envelope.type
             with bound_contextvars(correlation_id=message.envelope.correlation_id,
                                    message_id=str(message.envelope.event_id), message_type=message.envelope.type):
-                await call_with_retries(lambda: handler(message, record.topic),
-                                        attempts=policy.max_attempts, max_wait=policy.max_wait)
-                log.info("message_applied")
+                _, attempts = await call_with_retries(
+                    lambda: handler(message, record.topic), attempts=policy.max_attempts, max_wait=policy.max_wait,
+                    on_failure=lambda exc: DELIVERY_FAILURES.labels(policy.consumer, type(exc).__name__).inc(),
+                )
+                log.info("message_applied", attempts=attempts)
+            MESSAGES_CONSUMED.labels(policy.consumer, record.topic, message_type, "applied").inc()
+            HANDLER_SECONDS.labels(policy.consumer, message_type).observe(time.perf_counter() - started)
             return True
         except AttemptsExhausted as exc:
             error, attempts = exc.last, exc.attempts
         except (InvalidMessage, PermanentError) as exc:
             error = exc
+            DELIVERY_FAILURES.labels(policy.consumer, type(exc).__name__).inc()
+        if message_type not in policy.accepted_types:
+            message_type = "invalid"  # keep label values bounded
         letter = build_dead_letter(
             source_topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
             value=record.value, headers=record.headers, error=error, attempts=attempts, consumer=policy.consumer,
         )
         await send_dead_letter(letter)
+        MESSAGES_CONSUMED.labels(policy.consumer, record.topic, message_type, "dead_lettered").inc()
         log.warning("message_dead_lettered", error_class=type(error).__name__, error=str(error)[:300],
                     dead_letter_topic=letter.topic, attempts=attempts)
         return False

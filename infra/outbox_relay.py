@@ -11,10 +11,14 @@ from datetime import datetime, timezone
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from infra.metrics import MESSAGES_PUBLISHED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE
+
 log = structlog.get_logger()
+
+BACKLOG_REFRESH_SECONDS = 5.0
 
 
 class OutboxRelay:
@@ -24,9 +28,11 @@ class OutboxRelay:
         outbox: Table,
         producer: AIOKafkaProducer,
         *,
+        service: str,
         batch_size: int = 500,
         poll_interval: float = 0.1,
     ):
+        self._service = service
         self._sessions = session_factory
         self._outbox = outbox
         self._producer = producer
@@ -60,12 +66,29 @@ class OutboxRelay:
             await session.execute(
                 update(o).where(o.c.id.in_([r["id"] for r in rows])).values(published_at=datetime.now(timezone.utc))
             )
+        for row in rows:
+            MESSAGES_PUBLISHED.labels(self._service, row["topic"]).inc()
         log.debug("outbox_published", count=len(rows))
         return len(rows)
 
+    async def refresh_backlog_metrics(self) -> None:
+        o = self._outbox
+        async with self._sessions() as session:
+            count, oldest = (await session.execute(
+                select(func.count(), func.min(o.c.created_at)).where(o.c.published_at.is_(None)))).one()
+        OUTBOX_BACKLOG.labels(self._service).set(count)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=timezone.utc)
+        OUTBOX_OLDEST_AGE.labels(self._service).set(
+            (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0)
+
     async def run_forever(self) -> None:
+        next_refresh = 0.0
         while True:
             try:
+                if asyncio.get_running_loop().time() >= next_refresh:
+                    await self.refresh_backlog_metrics()
+                    next_refresh = asyncio.get_running_loop().time() + BACKLOG_REFRESH_SECONDS
                 sent = await self.publish_batch()
             except asyncio.CancelledError:
                 raise

@@ -28,7 +28,8 @@ class AttemptsExhausted(Exception):
 
 
 async def call_with_retries(
-    fn: Callable[[], Awaitable[T]], *, attempts: int, max_wait: float = 5.0
+    fn: Callable[[], Awaitable[T]], *, attempts: int, max_wait: float = 5.0,
+    on_failure: Callable[[BaseException], None] | None = None,
 ) -> tuple[T, int]:
     """Returns (result, attempts used). Raises the permanent error itself, or
     AttemptsExhausted wrapping the last transient one."""
@@ -42,8 +43,11 @@ async def call_with_retries(
         async for attempt in retrying:
             with attempt:
                 result = await fn()
-            if not attempt.retry_state.outcome.failed:
+            outcome = attempt.retry_state.outcome
+            if not outcome.failed:
                 return result, attempt.retry_state.attempt_number
+            if on_failure is not None and is_transient(outcome.exception()):
+                on_failure(outcome.exception())
     except RetryError as exc:
         last = exc.last_attempt.exception()
         raise AttemptsExhausted(exc.last_attempt.attempt_number, last) from last

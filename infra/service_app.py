@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from infra.db import database_reachable
+from infra.db import database_reachable, migrations_at_head
 from infra.kafka import broker_reachable
 from infra.runtime import BackgroundTasks, start_producer
 from infra.web import CorrelationIdMiddleware
@@ -27,6 +28,8 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         tasks = BackgroundTasks()
         tasks.spawn("outbox-relay", container.relay().run_forever())
         tasks.spawn("command-consumer", container.command_consumer().run_forever())
+        for i, job in enumerate(container.background_jobs()):
+            tasks.spawn(f"job-{i}", job)
         log.info("service_started", port=settings.port, env=settings.app_env)
         try:
             yield
@@ -53,6 +56,21 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
             status_code=200 if status == "ok" else 503,
             content={"status": status, "service": service, "database": db_ok, "broker": broker_ok},
         )
+
+    @app.get("/ready", tags=["operations"])
+    async def ready():
+        db_ok = await database_reachable(container.engine)
+        broker_ok = await broker_reachable(container.producer)
+        migrated = db_ok and await migrations_at_head(container.engine, container.migrations_dir)
+        ok = db_ok and broker_ok and migrated
+        return JSONResponse(
+            status_code=200 if ok else 503,
+            content={"ready": ok, "database": db_ok, "broker": broker_ok, "migrations_at_head": migrated},
+        )
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def metrics():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:
         app.include_router(router)

@@ -51,6 +51,11 @@ class SqlUnitOfWork:
             )
         )
 
+    async def published_at(self, event_id: str):
+        """When the relay published an outbox event (None while it waits)."""
+        return (await self.session.execute(
+            select(self.outbox.c.published_at).where(self.outbox.c.event_id == event_id))).scalar()
+
     async def already_applied(self, message_id: uuid.UUID) -> bool:
         found = await self.session.execute(
             select(self.inbox.c.message_id).where(self.inbox.c.message_id == str(message_id))

@@ -10,6 +10,7 @@ import structlog
 
 from infra.dead_letters import DeadLetter
 from infra.delivery import DeliveryPolicy, Record, deliver
+from infra.metrics import CONSUMER_LAG, MESSAGES_PUBLISHED, TRANSFER_BYTES, TRANSFERS
 from schemas import crm_events
 from schemas.registry import Message, encode
 from sync_bridge.app import app, settings
@@ -42,8 +43,11 @@ def transfer() -> DocumentTransfer:
     return _transfer
 
 
-def as_record(event: faust.EventT) -> Record:
+def as_record(event: faust.EventT, consumer: str) -> Record:
     m = event.message
+    highwater = app.consumer.highwater(m.tp) if app.consumer else None
+    if highwater is not None:
+        CONSUMER_LAG.labels(consumer, m.topic, str(m.partition)).set(max(0, highwater - m.offset - 1))
     headers = list(m.headers.items()) if isinstance(m.headers, dict) else list(m.headers or ())
     return Record(m.topic, m.partition, m.offset, m.key, m.value, headers)
 
@@ -56,6 +60,7 @@ async def publish(commands: list[Outgoing]) -> None:
             [("event_id", str(command.envelope.event_id).encode()), ("type", command.envelope.type.encode()),
              ("correlation_id", command.envelope.correlation_id.encode())],
         )
+        MESSAGES_PUBLISHED.labels("bridge", command.topic).inc()
         log.info("command_sent", command_type=command.envelope.type, command_id=str(command.envelope.event_id))
 
 
@@ -65,7 +70,13 @@ async def send_dead_letter(letter: DeadLetter) -> None:
 
 async def when_approval_requested_start_in_ecm(message: Message, _topic: str) -> None:
     event: crm_events.ApprovalRequestedV1 = message.payload
-    stored = await transfer().copy(event.document, correlation_id=message.envelope.correlation_id)
+    try:
+        stored = await transfer().copy(event.document, correlation_id=message.envelope.correlation_id)
+    except Exception:
+        TRANSFERS.labels("failed").inc()
+        raise
+    TRANSFERS.labels("copied").inc()
+    TRANSFER_BYTES.inc(event.document.size)
     log.info("document_transferred", crm_document_id=event.document.id, ecm_document_id=stored.document_id,
              size=event.document.size)
     await publish(approval_requested_to_ecm(message.envelope, event, stored))
@@ -78,12 +89,13 @@ async def when_ecm_event_update_crm(message: Message, _topic: str) -> None:
 
 async def handle_crm_event(event: faust.EventT) -> None:
     await gates.wait_open(CRM_TO_ECM_DIRECTION)
-    await deliver(as_record(event), CRM_TO_ECM, when_approval_requested_start_in_ecm, send_dead_letter)
+    await deliver(as_record(event, CRM_TO_ECM.consumer), CRM_TO_ECM, when_approval_requested_start_in_ecm,
+                  send_dead_letter)
 
 
 async def handle_ecm_event(event: faust.EventT) -> None:
     await gates.wait_open(ECM_TO_CRM_DIRECTION)
-    await deliver(as_record(event), ECM_TO_CRM, when_ecm_event_update_crm, send_dead_letter)
+    await deliver(as_record(event, ECM_TO_CRM.consumer), ECM_TO_CRM, when_ecm_event_update_crm, send_dead_letter)
 
 
 @app.task

@@ -1,5 +1,8 @@
-"""The bridge's own small web surface (faust web): health."""
+"""The bridge's own small web surface (faust web): health and metrics."""
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from infra.metrics import PAUSED
 from sync_bridge.app import app
 from sync_bridge.control import DIRECTIONS
 from sync_bridge.handling import gates
@@ -11,3 +14,10 @@ async def health(web, request):
     assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()) if consumer else []
     paused = {d: gates.is_paused(d) for d in DIRECTIONS}
     return web.json({"status": "ok", "service": "bridge", "assigned_partitions": assigned, "paused": paused})
+
+
+@app.page("/metrics")
+async def metrics(web, request):
+    for direction in DIRECTIONS:
+        PAUSED.labels(direction).set(1 if gates.is_paused(direction) else 0)
+    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from crm_service.adapters import tables
 from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization
@@ -32,3 +32,14 @@ class ApprovalRequestRepository(TableRepository):
             )
         ).mappings().first()
         return ApprovalRequest(**row) if row else None
+
+    async def record_status(self, request: ApprovalRequest, command_id: str) -> None:
+        await self.session.execute(insert(tables.approval_status_history).values(
+            approval_request_id=request.id, status=request.status, stage=request.stage, revision=request.revision,
+            command_id=command_id, applied_at=request.updated_at))
+
+    async def status_history(self, request_id: str) -> list[dict]:
+        h = tables.approval_status_history
+        rows = await self.session.execute(
+            select(h).where(h.c.approval_request_id == request_id).order_by(h.c.applied_at, h.c.id))
+        return [dict(r) for r in rows.mappings()]

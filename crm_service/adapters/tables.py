@@ -69,4 +69,19 @@ approval_requests = Table(
     Column("revision", Integer, nullable=False),
     Column("registry_approval_id", String(36)),
     Column("updated_at", UtcDateTime()),
+    # The crm.approval_requested event this request was announced with (for tracing).
+    Column("request_event_id", String(36)),
+)
+
+# Every status the ECM reported for a request, as applied (the trace of its hops).
+approval_status_history = Table(
+    "approval_status_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("approval_request_id", String(36), ForeignKey("approval_requests.id"), nullable=False, index=True),
+    Column("status", String(32), nullable=False),
+    Column("stage", String(64)),
+    Column("revision", Integer, nullable=False),
+    Column("command_id", String(36), nullable=False),
+    Column("applied_at", UtcDateTime(), nullable=False),
 )

@@ -64,6 +64,7 @@ class ApprovalRequest:
     revision: int = 0
     registry_approval_id: str | None = None
     updated_at: datetime | None = None
+    request_event_id: str | None = None
 
     def apply_status(
         self, *, status: str, stage: str | None, revision: int, reason: str | None,

@@ -215,3 +215,30 @@ async def get_approval_request(request_id: str, request: Request, _: User = Depe
     if approval is None:
         raise HTTPException(404, f"approval request {request_id} not found")
     return _approval_view(approval)
+
+
+class Hop(BaseModel):
+    hop: str
+    at: datetime | None
+    event_id: str | None = None
+    status: str | None = None
+    stage: str | None = None
+    revision: int | None = None
+
+
+class Trace(BaseModel):
+    id: str
+    status: str
+    stage: str | None
+    registry_approval_id: str | None
+    hops: list[Hop]
+
+
+@router.get("/approval-requests/{request_id}/trace", response_model=Trace,
+            summary="Where is approval request X: its hops and their times")
+async def trace_approval_request(request_id: str, request: Request,
+                                 _: User = Depends(require_roles("sales", "admin", "auditor"))):
+    try:
+        return await handlers.trace_approval_request(_container(request).uow(), request_id)
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc

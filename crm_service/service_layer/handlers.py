@@ -78,7 +78,6 @@ async def request_approval(
             id=_new_id(), deal_id=deal_id, document_id=document_id, organization_id=org.id,
             requested_by=user_id, requested_at=_now(),
         )
-        await uow.approval_requests.add(request)
         event = crm_events.ApprovalRequestedV1(
             approval_request_id=request.id,
             requested_at=request.requested_at,
@@ -93,16 +92,18 @@ async def request_approval(
                 sha256=doc.sha256, size=doc.size,
             ),
         )
-        await uow.publish(
-            CRM_EVENTS, org.id,
-            new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=1, source=SOURCE,
-                         payload=event, correlation_id=correlation_id),
-        )
+        envelope = new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=1, source=SOURCE,
+                                payload=event, correlation_id=correlation_id)
+        request.request_event_id = str(envelope.event_id)
+        await uow.approval_requests.add(request)
+        await uow.publish(CRM_EVENTS, org.id, envelope)
         await uow.commit()
     return request
 
 
-async def update_approval_status(uow: CrmUnitOfWork, cmd: crm_commands.UpdateApprovalStatusV1) -> bool:
+async def update_approval_status(
+    uow: CrmUnitOfWork, cmd: crm_commands.UpdateApprovalStatusV1, command_id: str
+) -> bool:
     request = await uow.approval_requests.get(cmd.approval_request_id, for_update=True)
     if request is None:
         return False
@@ -112,10 +113,13 @@ async def update_approval_status(uow: CrmUnitOfWork, cmd: crm_commands.UpdateApp
     )
     if changed:
         await uow.approval_requests.save(request)
+        await uow.approval_requests.record_status(request, command_id)
     return changed
 
 
-async def update_organization_link(uow: CrmUnitOfWork, cmd: crm_commands.UpdateOrganizationLinkV1) -> bool:
+async def update_organization_link(
+    uow: CrmUnitOfWork, cmd: crm_commands.UpdateOrganizationLinkV1, command_id: str
+) -> bool:
     org = await uow.organizations.get(cmd.organization_id, for_update=True)
     if org is None:
         return False
@@ -137,6 +141,25 @@ async def apply_command(uow: CrmUnitOfWork, message, topic: str) -> None:
     async with uow:
         if await uow.already_applied(envelope.event_id):
             return
-        changed = await COMMAND_HANDLERS[envelope.type](uow, message.payload)
+        changed = await COMMAND_HANDLERS[envelope.type](uow, message.payload, str(envelope.event_id))
         await uow.mark_applied(envelope.event_id, envelope.type, topic, {"changed": changed})
         await uow.commit()
+
+
+async def trace_approval_request(uow: CrmUnitOfWork, request_id: str) -> dict:
+    """Where is approval request X: each hop the CRM can see, with its time."""
+    async with uow:
+        request = await uow.approval_requests.get(request_id)
+        if request is None:
+            raise NotFound(f"approval request {request_id} not found")
+        published_at = await uow.published_at(request.request_event_id) if request.request_event_id else None
+        history = await uow.approval_requests.status_history(request_id)
+    hops = [{"hop": "crm.requested", "at": request.requested_at}]
+    hops.append({"hop": "crm.event_published", "at": published_at, "event_id": request.request_event_id})
+    hops += [
+        {"hop": "ecm.status_received", "at": h["applied_at"], "status": h["status"], "stage": h["stage"],
+         "revision": h["revision"]}
+        for h in history
+    ]
+    return {"id": request.id, "status": request.status, "stage": request.stage,
+            "registry_approval_id": request.registry_approval_id, "hops": hops}

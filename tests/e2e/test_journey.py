@@ -5,6 +5,9 @@ import hashlib
 import json
 import uuid
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.e2e.journey import (
     SALES,
     create_deal_with_document,
@@ -54,6 +57,14 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
     final = wait_crm_status(api, flow, "approved", None)
     assert final["id"] == flow["request"]["id"]
 
+    trace = api.crm(SALES, "GET", f"/api/approval-requests/{flow['request']['id']}/trace").json()
+    assert [h["hop"] for h in trace["hops"][:2]] == ["crm.requested", "crm.event_published"]
+    assert trace["hops"][1]["at"] is not None and trace["registry_approval_id"] == approval["id"]
+    assert [(h["status"], h["stage"]) for h in trace["hops"][2:]] == [
+        ("in_progress", "legal"), ("in_progress", "finance"), ("in_progress", "director"), ("approved", None)]
+    times = [h["at"] for h in trace["hops"]]
+    assert times == sorted(times)
+
     org = api.crm(SALES, "GET", f"/api/organizations/{flow['org']['id']}").json()
     assert org["registry"] == {"id": counterparty["id"], "status": "pending_verification",
                                "legal_name": "Вектор плюс"}
@@ -96,12 +107,36 @@ def test_known_tax_id_links_to_the_verified_counterparty_instead_of_duplicating(
     assert org["registry"]["status"] == "linked" and org["registry"]["legal_name"] == sber["name"]
 
 
-def test_health_and_openapi_are_served(api, system):
-    for base in (system.crm_url, system.ecm_url):
-        import httpx
+def metric(base: str, name: str, **labels) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
 
+
+def test_health_readiness_metrics_and_openapi_are_served(api, system):
+    for base in (system.crm_url, system.ecm_url):
         health = httpx.get(f"{base}/health").json()
         assert health["status"] == "ok" and health["database"] is True and health["broker"] is True
+        assert httpx.get(f"{base}/ready").json() == {
+            "ready": True, "database": True, "broker": True, "migrations_at_head": True}
         assert "paths" in httpx.get(f"{base}/openapi.json").json()
+    # The journeys above went through: every process counted its part.
+    bridge = system.bridge_url
+    assert metric(bridge, "bridge_messages_consumed_total", consumer="sync-bridge:crm-to-ecm",
+                  outcome="applied") >= 3
+    assert metric(bridge, "bridge_document_transfer_bytes_total") > 0
+    assert metric(bridge, "bridge_messages_published_total", producer="bridge", topic="ecm.commands") >= 6
+    assert metric(system.ecm_url, "bridge_messages_consumed_total", consumer="ecm-service",
+                  type="ecm.start_approval", outcome="applied") >= 3
+    assert metric(system.crm_url, "bridge_messages_published_total", producer="crm", topic="crm.events") >= 3
+    assert metric(system.crm_url, "bridge_handler_seconds_count", consumer="crm-service") > 0
+    wait_until(lambda: metric(system.ecm_url, "ecm_approvals", state="approved") >= 1, timeout=30,
+               message="approvals gauge")
+    assert "bridge_outbox_backlog" in httpx.get(f"{system.crm_url}/metrics").text
+    assert metric(bridge, "bridge_direction_paused", direction="crm-to-ecm") == 0
     assert api.crm(SALES, "GET", "/api/deals/missing").status_code == 404
     assert api.ecm("legal-lena", "GET", "/api/approvals/missing").status_code == 404

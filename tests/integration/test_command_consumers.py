@@ -27,13 +27,12 @@ from tests.support.polling import async_wait_until
 SHA_TEXT = b"signed contract"
 
 
-async def _private_loop(container, broker, make_loop):
-    """The service's own consumer wiring, pointed at a topic of this test's own."""
+async def _private_loop(container, broker):
+    """The service's own command handling, pointed at a topic of this test's own."""
     topic = f"it.{uuid.uuid4().hex[:8]}"
     await ensure_topics(broker, {topic: 3, dead_letter_topic(topic): 1})
-    real: ConsumerLoop = make_loop()
     loop = ConsumerLoop(bootstrap_servers=broker, topic=topic, group_id=f"g-{topic}",
-                        accepted_types=real._policy.accepted_types, handler=real._handler,
+                        accepted_types=container.accepted_commands, handler=container.handle_command,
                         producer=container.producer, max_attempts=2)
     return topic, loop
 
@@ -44,7 +43,7 @@ async def _count(container, table, *where):
 
 
 async def test_ecm_applies_commands_once_and_dead_letters_garbage(ecm, broker):
-    topic, loop = await _private_loop(ecm, broker, ecm.command_consumer)
+    topic, loop = await _private_loop(ecm, broker)
     sha, size = ecm.content_store.put(io.BytesIO(SHA_TEXT), max_bytes=10**6)
     doc, version, _ = await store_version(ecm.uow(), user_id="it", doc_type="contract", title="c", filename="c.txt",
                                           content_type="text/plain", sha256=sha, size=size, external_ref=None)
@@ -91,7 +90,7 @@ async def _consumed_all(loop, topic, expected):
 
 
 async def test_crm_status_updates_are_idempotent_and_never_go_backwards(crm, broker):
-    topic, loop = await _private_loop(crm, broker, crm.command_consumer)
+    topic, loop = await _private_loop(crm, broker)
     org = await crm_handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
     deal = await crm_handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
     doc = await crm_handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c", doc_type="contract",

@@ -1,0 +1,51 @@
+"""What every service wires the same way: engine, sessions, producer, its outbox relay
+and its command consumer. Each service's bootstrap.py extends this with its own parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from infra.consumer_loop import ConsumerLoop
+from infra.outbox_relay import OutboxRelay
+from schemas.registry import Message
+
+
+@dataclass
+class ServiceContainer:
+    settings: object
+    engine: AsyncEngine
+    session_factory: async_sessionmaker
+    producer: AIOKafkaProducer
+
+    name: ClassVar[str]
+    commands_topic: ClassVar[str]
+    accepted_commands: ClassVar[frozenset[str]]
+    users_table: ClassVar[Table]
+    outbox_table: ClassVar[Table]
+    migrations_dir: ClassVar[Path]
+
+    def uow(self):
+        raise NotImplementedError
+
+    async def handle_command(self, message: Message, topic: str) -> None:
+        raise NotImplementedError
+
+    def background_jobs(self) -> list:
+        """Extra coroutines the service runs beside its API (e.g. metric refreshers)."""
+        return []
+
+    def relay(self) -> OutboxRelay:
+        return OutboxRelay(self.session_factory, self.outbox_table, self.producer, service=self.name)
+
+    def command_consumer(self) -> ConsumerLoop:
+        return ConsumerLoop(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, topic=self.commands_topic,
+            group_id=self.settings.consumer_group, accepted_types=self.accepted_commands,
+            handler=self.handle_command, producer=self.producer,
+        )

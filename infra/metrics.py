@@ -1,0 +1,32 @@
+"""Prometheus metrics every process exposes on /metrics. Label values are bounded
+(topics, message types, consumers, error classes): never ids or personal data."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_CONSUMED = Counter(
+    "bridge_messages_consumed_total", "Messages handled by a consumer, by outcome",
+    ["consumer", "topic", "type", "outcome"],  # outcome: applied | dead_lettered
+)
+MESSAGES_PUBLISHED = Counter(
+    "bridge_messages_published_total", "Messages produced (outbox relays and the bridge)", ["producer", "topic"],
+)
+DELIVERY_FAILURES = Counter(
+    "bridge_delivery_failures_total", "Failed handling attempts (each retry counts)", ["consumer", "error_class"],
+)
+HANDLER_SECONDS = Histogram(
+    "bridge_handler_seconds", "Time to handle one message, retries included", ["consumer", "type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+OUTBOX_BACKLOG = Gauge("bridge_outbox_backlog", "Outbox rows not yet published", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "bridge_outbox_oldest_unsent_age_seconds", "Age of the oldest unpublished outbox row", ["service"],
+)
+CONSUMER_LAG = Gauge(
+    "bridge_consumer_lag", "Records behind the partition's high watermark", ["consumer", "topic", "partition"],
+)
+TRANSFER_BYTES = Counter("bridge_document_transfer_bytes_total", "Document bytes copied from the CRM to the ECM")
+TRANSFERS = Counter("bridge_document_transfers_total", "Document transfers by outcome", ["outcome"])
+APPROVALS_BY_STATE = Gauge("ecm_approvals", "ECM approvals by state", ["state"])
+PAUSED = Gauge("bridge_direction_paused", "1 while an operator has paused the direction", ["direction"])
