@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration test-e2e lint bench install clean
+.PHONY: run test test-unit test-integration test-e2e lint bench schemas-check asyncapi install clean
 
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,14 @@ test-e2e: $(STAMP)
 
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
+
+schemas-check: $(STAMP)
+	PYTHONPATH=. $(PY) -m schemas.compatibility
+	PYTHONPATH=. $(PY) -m schemas.asyncapi | diff -q - docs/asyncapi.json >/dev/null || \
+		{ echo "docs/asyncapi.json is stale: run make asyncapi"; exit 1; }
+
+asyncapi: $(STAMP)
+	PYTHONPATH=. $(PY) -m schemas.asyncapi > docs/asyncapi.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

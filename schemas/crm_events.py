@@ -1,6 +1,7 @@
 """Events the CRM publishes on `crm.events` (its own vocabulary)."""
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -8,7 +9,7 @@ from schemas.common import Contract
 
 
 class OrganizationSnapshot(Contract):
-    """What the CRM knows about an organization. Never carries personal data."""
+    """What the CRM knows about an organization (v1). Never carries personal data."""
 
     id: str
     name: str = Field(min_length=1, max_length=500)
@@ -17,6 +18,23 @@ class OrganizationSnapshot(Contract):
     ogrn: str | None = None
     legal_form: str | None = None
     country: str | None = None
+
+
+class Address(Contract):
+    kind: Literal["legal", "postal", "actual"] = "legal"
+    country: str | None = Field(None, max_length=2)
+    postal_code: str | None = Field(None, max_length=20)
+    region: str | None = Field(None, max_length=200)
+    city: str | None = Field(None, max_length=200)
+    street: str | None = Field(None, max_length=300)
+    building: str | None = Field(None, max_length=50)
+    text: str | None = Field(None, max_length=1000, description="the address as typed, when not structured")
+
+
+class OrganizationSnapshotV2(OrganizationSnapshot):
+    """v2: structured addresses."""
+
+    addresses: list[Address] = Field(default_factory=list, max_length=20)
 
 
 class DealRef(Contract):
@@ -42,6 +60,17 @@ class ApprovalRequestedV1(Contract):
     organization: OrganizationSnapshot
     deal: DealRef
     document: DocumentRef
+
+
+class ApprovalRequestedV2(ApprovalRequestedV1):
+    """v2: the organization snapshot carries structured addresses."""
+
+    organization: OrganizationSnapshotV2
+
+
+def approval_requested_v1_to_v2(payload: dict) -> dict:
+    """v1 messages knew no addresses: they read as an empty list."""
+    return {**payload, "organization": {**payload.get("organization", {}), "addresses": []}}
 
 
 APPROVAL_REQUESTED = "crm.approval_requested"

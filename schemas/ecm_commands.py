@@ -3,6 +3,7 @@
 from pydantic import Field
 
 from schemas.common import Contract, ExternalRef
+from schemas.crm_events import Address
 
 
 class SyncCounterpartyV1(Contract):
@@ -15,6 +16,8 @@ class SyncCounterpartyV1(Contract):
     ogrn: str | None = None
     legal_form: str | None = None
     country: str | None = None
+    # Optional, added without a version bump: v1 readers that predate it ignore it.
+    addresses: list[Address] = Field(default_factory=list, max_length=20)
 
 
 class StartApprovalV1(Contract):

@@ -19,7 +19,7 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 # Latest version of every message type and its model.
 LATEST: dict[str, tuple[int, type[BaseModel]]] = {
-    crm_events.APPROVAL_REQUESTED: (1, crm_events.ApprovalRequestedV1),
+    crm_events.APPROVAL_REQUESTED: (2, crm_events.ApprovalRequestedV2),
     ecm_commands.SYNC_COUNTERPARTY: (1, ecm_commands.SyncCounterpartyV1),
     ecm_commands.START_APPROVAL: (1, ecm_commands.StartApprovalV1),
     ecm_events.COUNTERPARTY_SYNCED: (1, ecm_events.CounterpartySyncedV1),
@@ -29,7 +29,9 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
 }
 
 # (type, version) -> function turning a payload of that version into version + 1.
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    (crm_events.APPROVAL_REQUESTED, 1): crm_events.approval_requested_v1_to_v2,
+}
 
 
 class InvalidMessage(Exception):

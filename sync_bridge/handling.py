@@ -69,7 +69,7 @@ async def send_dead_letter(letter: DeadLetter) -> None:
 
 
 async def when_approval_requested_start_in_ecm(message: Message, _topic: str) -> None:
-    event: crm_events.ApprovalRequestedV1 = message.payload
+    event: crm_events.ApprovalRequestedV2 = message.payload
     try:
         stored = await transfer().copy(event.document, correlation_id=message.envelope.correlation_id)
     except Exception:

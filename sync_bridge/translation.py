@@ -45,7 +45,7 @@ def _command(source: Envelope, purpose: str, type_: str, payload, topic: str, ke
 
 
 def approval_requested_to_ecm(
-    source: Envelope, event: crm_events.ApprovalRequestedV1, stored: StoredDocument
+    source: Envelope, event: crm_events.ApprovalRequestedV2, stored: StoredDocument
 ) -> list[Outgoing]:
     """Soft sync of the organization first, then the approval; same key, same partition,
     so the ECM sees them in that order."""
@@ -53,7 +53,7 @@ def approval_requested_to_ecm(
     org_ref = ExternalRef(system=CRM, id=org.id)
     sync = ecm_commands.SyncCounterpartyV1(
         external_ref=org_ref, name=org.name, inn=org.inn, kpp=org.kpp, ogrn=org.ogrn,
-        legal_form=org.legal_form, country=org.country,
+        legal_form=org.legal_form, country=org.country, addresses=org.addresses,
     )
     start = ecm_commands.StartApprovalV1(
         external_ref=ExternalRef(system=CRM, id=event.approval_request_id),

@@ -1,4 +1,4 @@
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 from infra.messaging_tables import inbox_table, outbox_table
 from infra.users import users_table
@@ -20,6 +20,7 @@ organizations = Table(
     Column("ogrn", String(20)),
     Column("legal_form", String(100)),
     Column("country", String(2)),
+    Column("addresses", JSON, nullable=False, server_default="[]"),
     Column("created_by", String(36), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     # What the ECM registry said about this organization (passive, never a question).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
@@ -20,6 +20,7 @@ class Organization:
     ogrn: str | None = None
     legal_form: str | None = None
     country: str | None = None
+    addresses: list[dict] = field(default_factory=list)
     registry_id: str | None = None
     registry_status: str | None = None
     registry_name: str | None = None

@@ -14,6 +14,7 @@ from crm_service.service_layer import handlers
 from infra.content_store import FileTooLarge
 from infra.users import User
 from infra.web import correlation_id, require_roles
+from schemas.crm_events import Address
 
 router = APIRouter(prefix="/api")
 
@@ -30,6 +31,7 @@ class OrganizationIn(BaseModel):
     ogrn: str | None = Field(None, max_length=20)
     legal_form: str | None = Field(None, max_length=100)
     country: str | None = Field(None, min_length=2, max_length=2)
+    addresses: list[Address] = Field(default_factory=list, max_length=20)
 
 
 class OrganizationOut(BaseModel):
@@ -40,6 +42,7 @@ class OrganizationOut(BaseModel):
     ogrn: str | None
     legal_form: str | None
     country: str | None
+    addresses: list[Address]
     created_at: datetime
     registry: dict | None
     hints: list[str]
@@ -99,7 +102,8 @@ def _org_out(org) -> OrganizationOut:
     if org.registry_id:
         registry = {"id": org.registry_id, "status": org.registry_status, "legal_name": org.registry_name}
     return OrganizationOut(
-        **{k: getattr(org, k) for k in ("id", "name", "inn", "kpp", "ogrn", "legal_form", "country", "created_at")},
+        **{k: getattr(org, k) for k in ("id", "name", "inn", "kpp", "ogrn", "legal_form", "country", "addresses",
+                                              "created_at")},
         registry=registry,
         hints=identifier_hints(inn=org.inn, kpp=org.kpp, ogrn=org.ogrn),
     )
@@ -118,7 +122,8 @@ def _container(request: Request):
 
 @router.post("/organizations", status_code=201, response_model=OrganizationOut)
 async def create_organization(body: OrganizationIn, request: Request, user: User = Depends(require_roles(*SALES))):
-    org = await handlers.create_organization(_container(request).uow(), user_id=user.id, **body.model_dump())
+    org = await handlers.create_organization(_container(request).uow(), user_id=user.id,
+                                             **body.model_dump(exclude_none=True))
     return _org_out(org)
 
 

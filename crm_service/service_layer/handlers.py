@@ -78,13 +78,13 @@ async def request_approval(
             id=_new_id(), deal_id=deal_id, document_id=document_id, organization_id=org.id,
             requested_by=user_id, requested_at=_now(),
         )
-        event = crm_events.ApprovalRequestedV1(
+        event = crm_events.ApprovalRequestedV2(
             approval_request_id=request.id,
             requested_at=request.requested_at,
             requested_by=user_id,
-            organization=crm_events.OrganizationSnapshot(
+            organization=crm_events.OrganizationSnapshotV2(
                 id=org.id, name=org.name, inn=org.inn, kpp=org.kpp, ogrn=org.ogrn,
-                legal_form=org.legal_form, country=org.country,
+                legal_form=org.legal_form, country=org.country, addresses=org.addresses,
             ),
             deal=crm_events.DealRef(id=deal.id, title=deal.title),
             document=crm_events.DocumentRef(
@@ -92,7 +92,7 @@ async def request_approval(
                 sha256=doc.sha256, size=doc.size,
             ),
         )
-        envelope = new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=1, source=SOURCE,
+        envelope = new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=2, source=SOURCE,
                                 payload=event, correlation_id=correlation_id)
         request.request_event_id = str(envelope.event_id)
         await uow.approval_requests.add(request)

@@ -34,6 +34,7 @@ counterparties = Table(
     Column("legal_form", String(100)),
     Column("country", String(2)),
     Column("quality_flags", JSON, nullable=False),
+    Column("addresses", JSON, nullable=False, server_default="[]"),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_counterparties_inn", "inn"),

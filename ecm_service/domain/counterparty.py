@@ -27,6 +27,7 @@ class Counterparty:
     legal_form: str | None = None
     country: str | None = None
     quality_flags: list[str] = field(default_factory=list)
+    addresses: list[dict] = field(default_factory=list)
 
 
 def quality_flags(*, inn: str | None, kpp: str | None, ogrn: str | None, country: str | None) -> list[str]:

@@ -50,6 +50,7 @@ class CounterpartyOut(BaseModel):
     legal_form: str | None
     country: str | None
     quality_flags: list[str]
+    addresses: list[dict]
     external_refs: list[ExternalRef]
     created_at: datetime
     updated_at: datetime

@@ -28,6 +28,7 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
             record.name, record.legal_form, record.country = cmd.name, cmd.legal_form, country
             record.inn, record.kpp, record.ogrn = ids["inn"], ids["kpp"], ids["ogrn"]
             record.quality_flags = quality_flags(country=country, **ids)
+            record.addresses = [a.model_dump() for a in cmd.addresses]
             record.updated_at = now
             await uow.counterparties.save(record)
     else:
@@ -38,7 +39,8 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
             outcome = "created"
             record = Counterparty(
                 id=str(uuid.uuid4()), name=cmd.name, status=PENDING, created_at=now, updated_at=now,
-                legal_form=cmd.legal_form, country=country, quality_flags=quality_flags(country=country, **ids), **ids,
+                legal_form=cmd.legal_form, country=country, quality_flags=quality_flags(country=country, **ids),
+                addresses=[a.model_dump() for a in cmd.addresses], **ids,
             )
             await uow.counterparties.add(record)
         await uow.external_refs.attach(COUNTERPARTY, record.id, cmd.external_ref)

@@ -25,7 +25,10 @@ def test_golden_example_round_trips(path):
     raw = json.loads(path.read_text())
     message = parse_message(path.read_bytes())
     assert message.envelope.type == raw["type"]
-    assert message.payload.model_dump(mode="json") == raw["payload"]
+    if raw["schema_version"] == LATEST[raw["type"]][0]:
+        assert message.payload.model_dump(mode="json") == raw["payload"]
+    else:  # older versions are upcast on read (checked field by field in test_schema_evolution)
+        assert message.payload.model_dump(mode="json") != raw["payload"]
 
 
 def test_every_type_has_exactly_one_consumer():

@@ -77,8 +77,12 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
 
 
 def test_rejection_reaches_sales_with_its_reason_but_not_the_internal_comment(api):
-    flow = request_approval(api, create_deal_with_document(api, name="Ромашка"))
+    address = {"kind": "legal", "city": "Казань", "street": "ул. Баумана", "building": "19"}
+    flow = request_approval(api, create_deal_with_document(api, name="Ромашка", addresses=[address]))
     approval = ecm_approval(api, flow)
+    # Structured addresses (crm.approval_requested v2) reach the registry's pending record.
+    (party,) = api.ecm("steward-stas", "GET", f"/api/counterparties?external_ref=crm:{flow['org']['id']}").json()
+    assert [{k: a[k] for k in address} for a in party["addresses"]] == [address]
     decide(api, approval["id"], "legal", "reject", comment="INTERNAL: counterparty looks shady",
            reason="Payment terms are not acceptable")
     final = wait_crm_status(api, flow, "rejected", None)

@@ -18,14 +18,15 @@ SHA = "a" * 64
 
 
 def requested(org_id="org-1", inn=None):
-    payload = crm_events.ApprovalRequestedV1(
+    payload = crm_events.ApprovalRequestedV2(
         approval_request_id="req-1", requested_at=datetime.now(timezone.utc), requested_by="user-1",
-        organization=crm_events.OrganizationSnapshot(id=org_id, name="Вектор", inn=inn),
+        organization=crm_events.OrganizationSnapshotV2(
+            id=org_id, name="Вектор", inn=inn, addresses=[crm_events.Address(city="Казань", street="Баумана")]),
         deal=crm_events.DealRef(id="deal-1", title="Supply"),
         document=crm_events.DocumentRef(id="doc-1", filename="c.pdf", content_type="application/pdf",
                                         doc_type="contract", sha256=SHA, size=10),
     )
-    envelope = new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=1, source="crm", payload=payload,
+    envelope = new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=2, source="crm", payload=payload,
                             correlation_id="corr-1")
     return envelope, payload
 
@@ -38,6 +39,7 @@ def test_approval_request_becomes_sync_then_start_keyed_by_organization():
     assert {o.key for o in out} == {"org-1"}
     sync, start = (parse_message(encode(o.envelope)).payload for o in out)
     assert sync.external_ref == ExternalRef(system="crm", id="org-1") and sync.inn == "7707083893"
+    assert sync.addresses[0].city == "Казань" and sync.addresses[0].kind == "legal"
     assert start.document_version_id == "ecm-ver" and start.sha256 == SHA
     assert start.external_ref.id == "req-1" and start.initiator_ref.id == "user-1"
     assert all(o.envelope.correlation_id == "corr-1" and o.envelope.causation_id == envelope.event_id for o in out)
