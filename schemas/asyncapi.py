@@ -19,9 +19,11 @@ REF = "#/components/schemas/{model}"
 
 # topic -> (channel id, producer, consumer, message types, description)
 CHANNELS = [
-    (CRM_EVENTS, "crmEvents", "crm", "sync-bridge", [crm_events.APPROVAL_REQUESTED],
+    (CRM_EVENTS, "crmEvents", "crm", "sync-bridge",
+     [crm_events.APPROVAL_REQUESTED, crm_events.RESPONSIBILITY_TRANSFERRED],
      "Events the CRM publishes through its outbox. Key: CRM organization id."),
-    (ECM_COMMANDS, "ecmCommands", "sync-bridge", "ecm", [ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL],
+    (ECM_COMMANDS, "ecmCommands", "sync-bridge", "ecm",
+     [ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR],
      "Commands the bridge sends to the ECM. Key: CRM organization id."),
     (ECM_EVENTS, "ecmEvents", "ecm", "sync-bridge",
      [ecm_events.COUNTERPARTY_SYNCED, ecm_events.APPROVAL_STATUS_CHANGED],

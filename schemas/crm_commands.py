@@ -14,6 +14,8 @@ class UpdateApprovalStatusV1(Contract):
     revision: int
     reason: str | None = None
     registry_approval_id: str
+    # The CRM user to notify (the approval's current initiator), when known.
+    notify_user_id: str | None = None
 
 
 class UpdateOrganizationLinkV1(Contract):

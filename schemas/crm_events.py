@@ -74,3 +74,17 @@ def approval_requested_v1_to_v2(payload: dict) -> dict:
 
 
 APPROVAL_REQUESTED = "crm.approval_requested"
+
+
+class ResponsibilityTransferredV1(Contract):
+    """An organization's responsible manager changed in the CRM."""
+
+    organization_id: str
+    previous_owner_id: str
+    new_owner_id: str
+    transferred_by: str
+    transferred_at: datetime
+    moved_deal_ids: list[str] = Field(default_factory=list)
+
+
+RESPONSIBILITY_TRANSFERRED = "crm.responsibility_transferred"

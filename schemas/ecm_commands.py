@@ -1,5 +1,7 @@
 """Commands the ECM accepts on `ecm.commands` (its own vocabulary)."""
 
+from datetime import datetime
+
 from pydantic import Field
 
 from schemas.common import Contract, ExternalRef
@@ -31,5 +33,16 @@ class StartApprovalV1(Contract):
     title: str
 
 
+class ReassignInitiatorV1(Contract):
+    """In-flight approvals started for this counterparty get a new initiator."""
+
+    counterparty_ref: ExternalRef
+    new_initiator_ref: ExternalRef
+    previous_initiator_ref: ExternalRef
+    reassigned_by_ref: ExternalRef
+    reassigned_at: datetime
+
+
 SYNC_COUNTERPARTY = "ecm.sync_counterparty"
+REASSIGN_INITIATOR = "ecm.reassign_initiator"
 START_APPROVAL = "ecm.start_approval"

@@ -29,6 +29,8 @@ class ApprovalStatusChangedV1(Contract):
     revision: int
     reason: str | None = None
     document_sha256: str
+    # Who gets notified about this approval on the requesting side (an opaque ref).
+    initiator_ref: ExternalRef | None = None
 
 
 COUNTERPARTY_SYNCED = "ecm.counterparty_synced"

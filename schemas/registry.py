@@ -22,6 +22,8 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
     crm_events.APPROVAL_REQUESTED: (2, crm_events.ApprovalRequestedV2),
     ecm_commands.SYNC_COUNTERPARTY: (1, ecm_commands.SyncCounterpartyV1),
     ecm_commands.START_APPROVAL: (1, ecm_commands.StartApprovalV1),
+    crm_events.RESPONSIBILITY_TRANSFERRED: (1, crm_events.ResponsibilityTransferredV1),
+    ecm_commands.REASSIGN_INITIATOR: (1, ecm_commands.ReassignInitiatorV1),
     ecm_events.COUNTERPARTY_SYNCED: (1, ecm_events.CounterpartySyncedV1),
     ecm_events.APPROVAL_STATUS_CHANGED: (1, ecm_events.ApprovalStatusChangedV1),
     crm_commands.UPDATE_APPROVAL_STATUS: (1, crm_commands.UpdateApprovalStatusV1),

@@ -18,12 +18,18 @@ from sync_bridge.control import CRM_TO_ECM as CRM_TO_ECM_DIRECTION
 from sync_bridge.control import ECM_TO_CRM as ECM_TO_CRM_DIRECTION
 from sync_bridge.control import DirectionGates
 from sync_bridge.transfer import DocumentTransfer
-from sync_bridge.translation import ECM_EVENT_TRANSLATIONS, Outgoing, approval_requested_to_ecm
+from sync_bridge.translation import (
+    ECM_EVENT_TRANSLATIONS,
+    Outgoing,
+    approval_requested_to_ecm,
+    responsibility_transferred_to_ecm,
+)
 
 log = structlog.get_logger()
 
 CRM_TO_ECM = DeliveryPolicy(consumer=f"{settings.app_id}:crm-to-ecm",
-                            accepted_types=frozenset({crm_events.APPROVAL_REQUESTED}),
+                            accepted_types=frozenset({crm_events.APPROVAL_REQUESTED,
+                                                      crm_events.RESPONSIBILITY_TRANSFERRED}),
                             max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
 ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
                             accepted_types=frozenset(ECM_EVENT_TRANSLATIONS),
@@ -82,6 +88,13 @@ async def when_approval_requested_start_in_ecm(message: Message, _topic: str) ->
     await publish(approval_requested_to_ecm(message.envelope, event, stored))
 
 
+async def when_crm_event_update_ecm(message: Message, topic: str) -> None:
+    if message.envelope.type == crm_events.APPROVAL_REQUESTED:
+        await when_approval_requested_start_in_ecm(message, topic)
+    else:
+        await publish(responsibility_transferred_to_ecm(message.envelope, message.payload))
+
+
 async def when_ecm_event_update_crm(message: Message, _topic: str) -> None:
     translate = ECM_EVENT_TRANSLATIONS[message.envelope.type]
     await publish(translate(message.envelope, message.payload))
@@ -89,8 +102,7 @@ async def when_ecm_event_update_crm(message: Message, _topic: str) -> None:
 
 async def handle_crm_event(event: faust.EventT) -> None:
     await gates.wait_open(CRM_TO_ECM_DIRECTION)
-    await deliver(as_record(event, CRM_TO_ECM.consumer), CRM_TO_ECM, when_approval_requested_start_in_ecm,
-                  send_dead_letter)
+    await deliver(as_record(event, CRM_TO_ECM.consumer), CRM_TO_ECM, when_crm_event_update_ecm, send_dead_letter)
 
 
 async def handle_ecm_event(event: faust.EventT) -> None:

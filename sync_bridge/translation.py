@@ -71,6 +71,20 @@ def approval_requested_to_ecm(
     ]
 
 
+def responsibility_transferred_to_ecm(
+    source: Envelope, event: crm_events.ResponsibilityTransferredV1
+) -> list[Outgoing]:
+    command = ecm_commands.ReassignInitiatorV1(
+        counterparty_ref=ExternalRef(system=CRM, id=event.organization_id),
+        new_initiator_ref=ExternalRef(system=CRM, id=event.new_owner_id),
+        previous_initiator_ref=ExternalRef(system=CRM, id=event.previous_owner_id),
+        reassigned_by_ref=ExternalRef(system=CRM, id=event.transferred_by),
+        reassigned_at=event.transferred_at,
+    )
+    return [_command(source, "reassign_initiator", ecm_commands.REASSIGN_INITIATOR, command, ECM_COMMANDS,
+                     event.organization_id)]
+
+
 def counterparty_synced_to_crm(source: Envelope, event: ecm_events.CounterpartySyncedV1) -> list[Outgoing]:
     if event.source_ref.system != CRM:
         return []
@@ -93,6 +107,8 @@ def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusCha
             crm_commands.UpdateApprovalStatusV1(
                 approval_request_id=ref.id, status=event.status, stage=event.stage, revision=event.revision,
                 reason=event.reason, registry_approval_id=event.approval_id,
+                notify_user_id=event.initiator_ref.id if event.initiator_ref and event.initiator_ref.system == CRM
+                else None,
             ),
             CRM_COMMANDS, key,
         )

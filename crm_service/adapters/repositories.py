@@ -2,19 +2,55 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from crm_service.adapters import tables
-from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization
+from crm_service.domain.model import CLOSED_DEAL_STAGES, ApprovalRequest, Deal, Document, Organization
 from infra.table_repository import TableRepository
 
 
 class OrganizationRepository(TableRepository):
     table, entity = tables.organizations, Organization
 
+    async def add_history(self, organization_id: str, *, at, kind: str, actor_id: str, detail: dict) -> None:
+        await self.session.execute(insert(tables.organization_history).values(
+            organization_id=organization_id, at=at, kind=kind, actor_id=actor_id, detail=detail))
+
+    async def history(self, organization_id: str) -> list[dict]:
+        h = tables.organization_history
+        rows = await self.session.execute(
+            select(h.c.at, h.c.kind, h.c.actor_id, h.c.detail).where(h.c.organization_id == organization_id)
+            .order_by(h.c.at, h.c.id))
+        return [dict(r) for r in rows.mappings()]
+
+
+class NotificationRepository:
+    def __init__(self, session):
+        self.session = session
+
+    async def add(self, *, user_id: str, kind: str, text: str, approval_request_id: str | None, at) -> None:
+        await self.session.execute(insert(tables.notifications).values(
+            user_id=user_id, kind=kind, text=text[:500], approval_request_id=approval_request_id, created_at=at))
+
+    async def for_user(self, user_id: str, limit: int = 100) -> list[dict]:
+        n = tables.notifications
+        rows = await self.session.execute(
+            select(n.c.kind, n.c.text, n.c.approval_request_id, n.c.created_at).where(n.c.user_id == user_id)
+            .order_by(n.c.created_at.desc(), n.c.id.desc()).limit(limit))
+        return [dict(r) for r in rows.mappings()]
+
 
 class DealRepository(TableRepository):
     table, entity = tables.deals, Deal
+
+    async def move_open_deals(self, organization_id: str, new_owner_id: str) -> list[str]:
+        t = self.table
+        ids = list((await self.session.execute(
+            select(t.c.id).where(t.c.organization_id == organization_id, t.c.stage.not_in(CLOSED_DEAL_STAGES))
+            .order_by(t.c.created_at))).scalars())
+        if ids:
+            await self.session.execute(update(t).where(t.c.id.in_(ids)).values(owner_id=new_owner_id))
+        return ids
 
 
 class DocumentRepository(TableRepository):

@@ -23,6 +23,8 @@ organizations = Table(
     Column("addresses", JSON, nullable=False, server_default="[]"),
     Column("created_by", String(36), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # The responsible manager.
+    Column("owner_id", String(36)),
     # What the ECM registry said about this organization (passive, never a question).
     Column("registry_id", String(36)),
     Column("registry_status", String(32)),
@@ -85,4 +87,27 @@ approval_status_history = Table(
     Column("revision", Integer, nullable=False),
     Column("command_id", String(36), nullable=False),
     Column("applied_at", UtcDateTime(), nullable=False),
+)
+
+# Append-only history of an organization's life cycle (e.g. transfers of responsibility).
+organization_history = Table(
+    "organization_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("organization_id", String(36), ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("actor_id", String(36), nullable=False),
+    Column("detail", JSON, nullable=False),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("user_id", String(36), nullable=False, index=True),
+    Column("kind", String(64), nullable=False),
+    Column("approval_request_id", String(36)),
+    Column("text", String(500), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )

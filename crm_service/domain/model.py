@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
+CLOSED_DEAL_STAGES = ("won", "lost")
 FINAL_APPROVAL_STATUSES = ("approved", "rejected")
 
 
@@ -21,9 +22,20 @@ class Organization:
     legal_form: str | None = None
     country: str | None = None
     addresses: list[dict] = field(default_factory=list)
+    owner_id: str | None = None
     registry_id: str | None = None
     registry_status: str | None = None
     registry_name: str | None = None
+
+
+class NotAllowed(Exception):
+    pass
+
+
+def check_may_transfer(org: Organization, *, actor_id: str, actor_role: str) -> None:
+    """A sales user hands over their own organizations; an admin any."""
+    if actor_role != "admin" and org.owner_id != actor_id:
+        raise NotAllowed("only the responsible manager or an admin may transfer this organization")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from crm_service.domain.hints import identifier_hints
+from crm_service.domain.model import NotAllowed
 from crm_service.service_layer import handlers
 from infra.content_store import FileTooLarge
 from infra.users import User
@@ -43,6 +44,7 @@ class OrganizationOut(BaseModel):
     legal_form: str | None
     country: str | None
     addresses: list[Address]
+    owner_id: str | None
     created_at: datetime
     registry: dict | None
     hints: list[str]
@@ -103,7 +105,7 @@ def _org_out(org) -> OrganizationOut:
         registry = {"id": org.registry_id, "status": org.registry_status, "legal_name": org.registry_name}
     return OrganizationOut(
         **{k: getattr(org, k) for k in ("id", "name", "inn", "kpp", "ogrn", "legal_form", "country", "addresses",
-                                              "created_at")},
+                                              "owner_id", "created_at")},
         registry=registry,
         hints=identifier_hints(inn=org.inn, kpp=org.kpp, ogrn=org.ogrn),
     )
@@ -247,3 +249,54 @@ async def trace_approval_request(request_id: str, request: Request,
         return await handlers.trace_approval_request(_container(request).uow(), request_id)
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
+
+
+class TransferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    new_owner_id: str = Field(min_length=1, max_length=36)
+    move_open_deals: bool = True
+
+
+class TransferOut(BaseModel):
+    organization_id: str
+    previous_owner_id: str
+    new_owner_id: str
+    moved_deal_ids: list[str]
+    transferred_at: datetime
+
+
+@router.post("/organizations/{org_id}/transfer", response_model=TransferOut,
+             summary="Transfer responsibility for an organization (and its open deals)")
+async def transfer_organization(org_id: str, body: TransferIn, request: Request,
+                                user: User = Depends(require_roles(*SALES))):
+    try:
+        return await handlers.transfer_responsibility(
+            _container(request).uow(), actor_id=user.id, actor_role=user.role, organization_id=org_id,
+            new_owner_id=body.new_owner_id, move_open_deals=body.move_open_deals,
+            correlation_id=correlation_id(request))
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except NotAllowed as exc:
+        raise HTTPException(403, str(exc)) from exc
+    except handlers.InvalidRequest as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+@router.get("/organizations/{org_id}/history")
+async def organization_history(org_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
+    async with _container(request).uow() as uow:
+        if await uow.organizations.get(org_id) is None:
+            raise HTTPException(404, f"organization {org_id} not found")
+        return await uow.organizations.history(org_id)
+
+
+@router.get("/notifications", summary="My notifications, newest first")
+async def my_notifications(request: Request, user: User = Depends(require_roles(*SALES))):
+    async with _container(request).uow() as uow:
+        return await uow.notifications.for_user(user.id)
+
+
+@router.get("/me")
+async def me(user: User = Depends(require_roles(*READERS))):
+    return {"id": user.id, "name": user.name, "role": user.role}

@@ -19,9 +19,10 @@ async def seed_demo_data(sessions) -> None:
     owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "user:sales-anna"))
     orgs = [
         # Typed on the run: a name and nothing else.
-        dict(id=demo_id("org:vector"), name="Вектор плюс", created_by=owner, created_at=now),
+        dict(id=demo_id("org:vector"), name="Вектор плюс", created_by=owner, owner_id=owner, created_at=now),
         # The same company the registry already holds as verified (see the ECM demo data).
-        dict(id=demo_id("org:sber"), name="Сбербанк", inn="7707083893", created_by=owner, created_at=now),
+        dict(id=demo_id("org:sber"), name="Сбербанк", inn="7707083893", created_by=owner, owner_id=owner,
+             created_at=now),
     ]
     deals = [
         dict(id=demo_id("deal:vector"), organization_id=demo_id("org:vector"), title="Supply contract 2027",

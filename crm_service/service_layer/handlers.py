@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization
+from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization, check_may_transfer
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from schemas import crm_commands, crm_events
 from schemas.envelope import new_envelope
@@ -19,6 +19,10 @@ class NotFound(Exception):
     pass
 
 
+class InvalidRequest(Exception):
+    pass
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -28,7 +32,7 @@ def _new_id() -> str:
 
 
 async def create_organization(uow: CrmUnitOfWork, *, user_id: str, name: str, **fields) -> Organization:
-    org = Organization(id=_new_id(), name=name, created_by=user_id, created_at=_now(), **fields)
+    org = Organization(id=_new_id(), name=name, created_by=user_id, owner_id=user_id, created_at=_now(), **fields)
     async with uow:
         await uow.organizations.add(org)
         await uow.commit()
@@ -101,6 +105,38 @@ async def request_approval(
     return request
 
 
+async def transfer_responsibility(
+    uow: CrmUnitOfWork, *, actor_id: str, actor_role: str, organization_id: str, new_owner_id: str,
+    move_open_deals: bool, correlation_id: str,
+) -> dict:
+    """Hands an organization (and, if asked, its open deals) to another manager. The
+    ECM hears of it through the outbox and moves in-flight approvals along."""
+    async with uow:
+        org = await uow.organizations.get(organization_id, for_update=True)
+        if org is None:
+            raise NotFound(f"organization {organization_id} not found")
+        check_may_transfer(org, actor_id=actor_id, actor_role=actor_role)
+        if await uow.user_role(new_owner_id) not in ("sales", "admin"):
+            raise InvalidRequest(f"user {new_owner_id} is not a sales user or admin")
+        previous = org.owner_id or org.created_by
+        at = _now()
+        org.owner_id = new_owner_id
+        await uow.organizations.save(org)
+        moved = await uow.deals.move_open_deals(org.id, new_owner_id) if move_open_deals else []
+        await uow.organizations.add_history(
+            org.id, at=at, kind="responsibility_transferred", actor_id=actor_id,
+            detail={"from": previous, "to": new_owner_id, "moved_deal_ids": moved})
+        event = crm_events.ResponsibilityTransferredV1(
+            organization_id=org.id, previous_owner_id=previous, new_owner_id=new_owner_id,
+            transferred_by=actor_id, transferred_at=at, moved_deal_ids=moved)
+        await uow.publish(CRM_EVENTS, org.id, new_envelope(
+            type=crm_events.RESPONSIBILITY_TRANSFERRED, schema_version=1, source=SOURCE, payload=event,
+            correlation_id=correlation_id))
+        await uow.commit()
+    return {"organization_id": org.id, "previous_owner_id": previous, "new_owner_id": new_owner_id,
+            "moved_deal_ids": moved, "transferred_at": at}
+
+
 async def update_approval_status(
     uow: CrmUnitOfWork, cmd: crm_commands.UpdateApprovalStatusV1, command_id: str
 ) -> bool:
@@ -114,6 +150,12 @@ async def update_approval_status(
     if changed:
         await uow.approval_requests.save(request)
         await uow.approval_requests.record_status(request, command_id)
+        if cmd.notify_user_id:
+            stage = f" ({request.stage})" if request.stage else ""
+            await uow.notifications.add(
+                user_id=cmd.notify_user_id, kind="approval_status", approval_request_id=request.id, at=_now(),
+                text=f"Approval {request.status.replace('_', ' ')}{stage}"
+                     + (f": {request.reason}" if request.reason else ""))
     return changed
 
 

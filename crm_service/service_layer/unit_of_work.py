@@ -1,3 +1,5 @@
+from sqlalchemy import select
+
 from crm_service.adapters import repositories, tables
 from infra.unit_of_work import SqlUnitOfWork
 
@@ -11,3 +13,8 @@ class CrmUnitOfWork(SqlUnitOfWork):
         self.deals = repositories.DealRepository(session)
         self.documents = repositories.DocumentRepository(session)
         self.approval_requests = repositories.ApprovalRequestRepository(session)
+        self.notifications = repositories.NotificationRepository(session)
+
+    async def user_role(self, user_id: str) -> str | None:
+        return (await self.session.execute(
+            select(tables.users.c.role).where(tables.users.c.id == user_id))).scalar()

@@ -107,6 +107,24 @@ class ApprovalRepository:
         steps = await self.session.execute(select(s).where(s.c.approval_id == approval_id).order_by(s.c.stage_no))
         return Approval(**row, steps=[ApprovalStep(**r) for r in steps.mappings()])
 
+    async def in_flight_for_counterparty_ref(self, counterparty_ref: str) -> list[str]:
+        t = tables.approvals
+        rows = await self.session.execute(
+            select(t.c.id).where(t.c.counterparty_ref == counterparty_ref, t.c.status == "in_progress")
+            .order_by(t.c.created_at))
+        return list(rows.scalars())
+
+    async def add_history(self, approval_id: str, *, at, kind: str, actor_ref: str, detail: dict) -> None:
+        await self.session.execute(insert(tables.approval_history).values(
+            approval_id=approval_id, at=at, kind=kind, actor_ref=actor_ref, detail=detail))
+
+    async def history(self, approval_id: str) -> list[dict]:
+        h = tables.approval_history
+        rows = await self.session.execute(
+            select(h.c.at, h.c.kind, h.c.actor_ref, h.c.detail).where(h.c.approval_id == approval_id)
+            .order_by(h.c.at, h.c.id))
+        return [dict(r) for r in rows.mappings()]
+
     async def save(self, approval: Approval) -> None:
         values = {k: getattr(approval, k) for k in _APPROVAL_COLUMNS if k != "id"}
         t = tables.approvals

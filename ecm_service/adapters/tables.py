@@ -113,3 +113,15 @@ approval_steps = Table(
     Column("decided_at", UtcDateTime()),
     Column("comment", Text),
 )
+
+# What happened to an approval besides decisions (e.g. a new initiator), append-only.
+approval_history = Table(
+    "approval_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("approval_id", String(36), ForeignKey("approvals.id"), nullable=False, index=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("actor_ref", String(100), nullable=False),
+    Column("detail", JSON, nullable=False),
+)

@@ -227,6 +227,7 @@ class ApprovalOut(BaseModel):
     external_refs: list[ExternalRef]
     document: dict
     steps: list[StepOut]
+    history: list[dict] = []
     created_at: datetime
     updated_at: datetime
 
@@ -239,7 +240,7 @@ class DecisionIn(BaseModel):
     reason: str | None = Field(None, max_length=500, description="shown to the requester on rejection")
 
 
-def _approval_out(approval, refs) -> ApprovalOut:
+def _approval_out(approval, refs, history=()) -> ApprovalOut:
     step = approval.current_step
     return ApprovalOut(
         id=approval.id, status=approval.status, current_stage=step.name if step else None, title=approval.title,
@@ -249,6 +250,7 @@ def _approval_out(approval, refs) -> ApprovalOut:
         document={"id": approval.document_id, "version_id": approval.document_version_id,
                   "sha256": approval.document_sha256},
         steps=[StepOut(**{k: getattr(s, k) for k in StepOut.model_fields}) for s in approval.steps],
+        history=list(history),
         created_at=approval.created_at, updated_at=approval.updated_at,
     )
 
@@ -279,7 +281,8 @@ async def get_approval(approval_id: str, request: Request, _: User = Depends(req
         approval = await uow.approvals.get(approval_id)
         if approval is None:
             raise HTTPException(404, f"approval {approval_id} not found")
-        return _approval_out(approval, await uow.external_refs.refs_of(APPROVAL, approval_id))
+        return _approval_out(approval, await uow.external_refs.refs_of(APPROVAL, approval_id),
+                             await uow.approvals.history(approval_id))
 
 
 @router.post("/approvals/{approval_id}/decisions", response_model=ApprovalOut)

@@ -68,6 +68,28 @@ async def decide(
     return approval
 
 
+async def reassign_initiator(uow: EcmUnitOfWork, cmd: ecm_commands.ReassignInitiatorV1, envelope: Envelope) -> dict:
+    """Responsibility moved on the requesting side: in-flight approvals started for that
+    counterparty follow the new manager; finished ones keep their history as it was."""
+    moved = []
+    for approval_id in await uow.approvals.in_flight_for_counterparty_ref(cmd.counterparty_ref.as_text()):
+        approval = await uow.approvals.get(approval_id, for_update=True)
+        previous = approval.initiator_ref
+        if previous == cmd.new_initiator_ref.as_text():
+            continue
+        approval.initiator_ref = cmd.new_initiator_ref.as_text()
+        approval.revision += 1
+        approval.updated_at = datetime.now(timezone.utc)
+        await uow.approvals.save(approval)
+        await uow.approvals.add_history(
+            approval.id, at=cmd.reassigned_at, kind="initiator_changed", actor_ref=cmd.reassigned_by_ref.as_text(),
+            detail={"from": previous, "to": approval.initiator_ref},
+        )
+        await publish_status(uow, approval, causation_id=envelope.event_id)
+        moved.append(approval.id)
+    return {"reassigned": moved}
+
+
 async def publish_status(uow: EcmUnitOfWork, approval: Approval, *, causation_id) -> None:
     step = approval.current_step
     event = ecm_events.ApprovalStatusChangedV1(
@@ -76,6 +98,7 @@ async def publish_status(uow: EcmUnitOfWork, approval: Approval, *, causation_id
         counterparty_ref=_ref(approval.counterparty_ref),
         status=approval.status, stage=step.name if step else None, stage_no=approval.current_stage_no,
         revision=approval.revision, reason=approval.reason, document_sha256=approval.document_sha256,
+        initiator_ref=_ref(approval.initiator_ref),
     )
     await uow.publish(
         ECM_EVENTS, approval.counterparty_id or approval.id,

@@ -8,7 +8,9 @@ from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas import ecm_commands
 from schemas.registry import Message
 
-ACCEPTED_COMMANDS = frozenset({ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL})
+ACCEPTED_COMMANDS = frozenset({
+    ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR,
+})
 
 
 async def apply_command(uow: EcmUnitOfWork, message: Message, topic: str, routes: dict[str, Route]) -> None:
@@ -18,7 +20,9 @@ async def apply_command(uow: EcmUnitOfWork, message: Message, topic: str, routes
             return
         if envelope.type == ecm_commands.SYNC_COUNTERPARTY:
             detail = await registry.sync_counterparty(uow, message.payload, envelope)
-        else:
+        elif envelope.type == ecm_commands.START_APPROVAL:
             detail = await approvals.start_approval(uow, message.payload, envelope, routes)
+        else:
+            detail = await approvals.reassign_initiator(uow, message.payload, envelope)
         await uow.mark_applied(envelope.event_id, envelope.type, topic, detail)
         await uow.commit()

@@ -76,5 +76,8 @@ def test_every_reference_in_the_asyncapi_document_resolves():
         node = doc
         for part in ref.removeprefix("#/").split("/"):
             node = node[part]
+    on_channels = {ref.rsplit("/", 1)[-1] for c in doc["channels"].values() for ref in
+                   (m["$ref"] for m in c["messages"].values())}
+    assert {t.replace(".", "_") for t in registry.LATEST} <= on_channels
     addresses = {c["address"] for c in doc["channels"].values()}
     assert {"crm.events", "ecm.commands", "ecm.events", "crm.commands", "crm.events.dlq"} <= addresses

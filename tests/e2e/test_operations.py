@@ -11,7 +11,14 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.e2e.conftest import Api, start_system
-from tests.e2e.journey import create_deal_with_document, crm_approval, ecm_approval, request_approval, wait_crm_status
+from tests.e2e.journey import (
+    create_deal_with_document,
+    crm_approval,
+    decide,
+    ecm_approval,
+    request_approval,
+    wait_crm_status,
+)
 from tests.support.databases import drop_pg_database
 from tests.support.polling import wait_until
 
@@ -115,3 +122,42 @@ def test_outbox_replay_republishes_sent_rows_without_duplicating_effects(api, sy
     assert crm_approval(api, flow)["status"] == "in_progress"
     assert bridgectl(system, "outbox", "replay", "--service", "crm", "--since", "2026-01-01T00:00:00",
                      check=False).returncode == 2  # a time without a zone is refused
+
+
+def test_transferring_responsibility_moves_in_flight_approvals_to_the_new_manager(api, system):
+    anna = api.crm("sales-anna", "GET", "/api/me").json()
+    boris = api.crm("sales-boris", "GET", "/api/me").json()
+    flow = request_approval(api, create_deal_with_document(api, name="Handed over"))
+    approval = ecm_approval(api, flow)
+    assert approval["initiator_ref"] == f"crm:{anna['id']}"
+    wait_crm_status(api, flow, "in_progress", "legal")
+
+    org_id = flow["org"]["id"]
+    body = {"new_owner_id": boris["id"], "move_open_deals": True}
+    assert api.crm("sales-boris", "POST", f"/api/organizations/{org_id}/transfer", json=body).status_code == 403
+    bad = api.crm("sales-anna", "POST", f"/api/organizations/{org_id}/transfer", json={"new_owner_id": "nobody"})
+    assert bad.status_code == 422
+    moved = api.crm("sales-anna", "POST", f"/api/organizations/{org_id}/transfer", json=body)
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["moved_deal_ids"] == [flow["deal"]["id"]]
+    assert api.crm("sales-boris", "GET", f"/api/deals/{flow['deal']['id']}").json()["owner_id"] == boris["id"]
+    (entry,) = api.crm("sales-boris", "GET", f"/api/organizations/{org_id}/history").json()
+    assert entry["kind"] == "responsibility_transferred" and entry["actor_id"] == anna["id"]
+
+    path = f"/api/approvals/{approval['id']}"
+    reassigned = wait_until(
+        lambda: (a := api.ecm("legal-lena", "GET", path).json())["initiator_ref"] == f"crm:{boris['id']}" and a,
+        timeout=60, message="ECM initiator follows the transfer")
+    (history,) = reassigned["history"]
+    assert history["kind"] == "initiator_changed" and history["actor_ref"] == f"crm:{anna['id']}"
+    assert history["detail"] == {"from": f"crm:{anna['id']}", "to": f"crm:{boris['id']}"}
+
+    decide(api, approval["id"], "legal")
+    wait_crm_status(api, flow, "in_progress", "finance")
+    boris_news = wait_until(lambda: [n for n in api.crm("sales-boris", "GET", "/api/notifications").json()
+                                     if n["approval_request_id"] == flow["request"]["id"]],
+                            timeout=30, message="notification to the new manager")
+    assert any("finance" in n["text"] for n in boris_news)
+    anna_news = [n for n in api.crm("sales-anna", "GET", "/api/notifications").json()
+                 if n["approval_request_id"] == flow["request"]["id"]]
+    assert not any("finance" in n["text"] for n in anna_news)
