@@ -119,6 +119,13 @@ class LocalSystem:
         self.processes[name] = start_child(self._python(*self.COMMANDS[name]), env=self.env(),
                                            log_file=self._log(name), cwd=ROOT)
 
+    def start_extra_bridge(self, name: str, web_port: int) -> str:
+        """Another bridge worker in the same consumer group (scale-out); returns its URL."""
+        env = {**self.env(), "BRIDGE_WEB_PORT": str(web_port), "BRIDGE_DATA_DIR": str(self.var / name)}
+        self.processes[name] = start_child(self._python(*self.COMMANDS["bridge"]), env=env,
+                                           log_file=self._log(name), cwd=ROOT)
+        return f"http://127.0.0.1:{web_port}"
+
     def start(self, timeout: float = 60.0) -> None:
         self.prepare()
         for name in ("crm", "ecm", "bridge"):
@@ -151,7 +158,8 @@ class LocalSystem:
         process.wait(15)
 
     def stop(self) -> None:
-        for name in ("bridge", "crm", "ecm", "broker"):
+        order = [n for n in self.processes if n.startswith("bridge")] + ["crm", "ecm", "broker"]
+        for name in order:
             if name in self.processes:
                 stop_child(self.processes.pop(name))
 

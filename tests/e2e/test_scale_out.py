@@ -1,0 +1,52 @@
+"""Two bridge workers share the partitions; one is killed during a flow; after the
+rebalance nothing is lost or duplicated."""
+
+import signal
+
+import httpx
+import pytest
+
+from deploy.broker import free_port
+from tests.e2e.conftest import Api, start_system
+from tests.e2e.journey import create_deal_with_document, request_approval, wait_crm_status
+from tests.e2e.test_reliability import ecm_counts, wait_drained
+from tests.support.databases import drop_pg_database
+from tests.support.polling import wait_until
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    system, databases = start_system(tmp_path_factory, "postgresql")
+    yield system
+    system.stop()
+    for name in databases:
+        drop_pg_database(name)
+
+
+def assigned(url: str) -> set[str]:
+    try:
+        return set(httpx.get(f"{url}/health", timeout=2).json()["assigned_partitions"])
+    except httpx.HTTPError:
+        return set()
+
+
+def test_two_workers_share_partitions_and_survive_losing_one(system):
+    api = Api(system)
+    second = system.start_extra_bridge("bridge-2", free_port())
+    # After the rebalance each worker holds part of the partitions, and together all of them.
+    wait_until(lambda: assigned(system.bridge_url) and assigned(second)
+               and not assigned(system.bridge_url) & assigned(second)
+               and len(assigned(system.bridge_url) | assigned(second)) == 12,
+               timeout=90, interval=1, message="partitions split between two workers")
+
+    flows = [create_deal_with_document(api, name=f"Scale {i}") for i in range(16)]
+    for i, flow in enumerate(flows):
+        request_approval(api, flow)
+        if i == 6:
+            system.kill("bridge-2", signal.SIGKILL)
+    wait_until(lambda: len(assigned(system.bridge_url)) == 12, timeout=90, interval=1,
+               message="the surviving worker took over every partition")
+    for flow in flows:
+        wait_crm_status(api, flow, "in_progress", "legal", timeout=90)
+    wait_drained(system)
+    assert ecm_counts(api, flows) == [(1, 1, 1, 1)] * len(flows)
