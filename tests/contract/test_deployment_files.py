@@ -1,0 +1,137 @@
+"""The production deployment files cannot be run here (no Docker engine, no cluster),
+so they are checked statically: they parse, and their wiring agrees with the code —
+bootstrap servers, databases, topics, tokens, probes, metrics."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crm_service.config import CrmSettings
+from ecm_service.config import EcmSettings
+from infra import metrics
+from schemas.topics import BRIDGE_CONTROL, DATA_TOPICS, provisioning
+from sync_bridge.config import BridgeSettings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+COMPOSE = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+BROKERS = ["kafka-1:9092", "kafka-2:9092", "kafka-3:9092"]
+STRONG = "Zq8vN3mK7pR2xW5tY9bC4dF6gH1jL0sA"
+
+
+def k8s_documents() -> list[dict]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def substitute(env: dict) -> dict:
+    """Compose interpolation with test values for the operator-supplied secrets."""
+    return {k: re.sub(r"\$\{[A-Z_]+(:\?[^}]*)?\}", STRONG, str(v)) for k, v in env.items()}
+
+
+def test_compose_runs_three_kraft_brokers_that_know_each_other():
+    for i in (1, 2, 3):
+        env = SERVICES[f"kafka-{i}"]["environment"]
+        assert env["KAFKA_NODE_ID"] == i and env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://kafka-{i}:9092"
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # topics come from the provisioning script
+        assert SERVICES[f"kafka-{i}"]["image"].startswith("apache/kafka:")
+
+
+@pytest.mark.parametrize("name, settings_cls", [("crm", CrmSettings), ("ecm", EcmSettings),
+                                                ("bridge", BridgeSettings)])
+def test_each_app_names_the_cluster_and_starts_with_its_compose_environment(monkeypatch, name, settings_cls):
+    env = substitute(SERVICES[name]["environment"])
+    assert env["KAFKA_BOOTSTRAP_SERVERS"].split(",") == BROKERS
+    assert env["APP_ENV"] == "production"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = settings_cls()  # fails fast, as the container would, on a missing or unknown value
+    assert settings.kafka_bootstrap_servers == ",".join(BROKERS) and not settings.is_development
+    assert settings.host == "0.0.0.0"
+
+
+def test_services_use_their_own_database_on_the_compose_postgres():
+    init = (DEPLOY / "postgres" / "init.sql").read_text()
+    for name in ("crm", "ecm"):
+        url = SERVICES[name]["environment"][f"{name.upper()}_DATABASE_URL"]
+        assert url.startswith(f"postgresql+asyncpg://{name}:") and url.endswith(f"@postgres:5432/{name}")
+        assert f"CREATE DATABASE {name} OWNER {name};" in init
+        assert SERVICES[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_bridge_scales_out_and_reaches_both_apis_with_service_tokens():
+    bridge = SERVICES["bridge"]
+    assert bridge["deploy"]["replicas"] >= 2
+    env = bridge["environment"]
+    assert env["CRM_URL"] == "http://crm:8001" and env["ECM_URL"] == "http://ecm:8002"
+    assert env["BRIDGE_CRM_TOKEN"] == SERVICES["crm"]["environment"]["CRM_INTEGRATION_TOKEN"]
+    assert env["BRIDGE_ECM_TOKEN"] == SERVICES["ecm"]["environment"]["ECM_INTEGRATION_TOKEN"]
+
+
+def test_the_provisioning_script_creates_every_topic_the_code_uses():
+    script = (DEPLOY / "kafka" / "create-topics.sh").read_text()
+    loop_topics = re.search(r"for topic in ([^;]+);", script).group(1).split()
+    assert set(loop_topics) == set(DATA_TOPICS)
+    created = set(loop_topics) | {f"{t}.dlq" for t in loop_topics} | {BRIDGE_CONTROL}
+    assert created == set(provisioning(1))
+    assert re.search(rf"create {re.escape(BRIDGE_CONTROL)} 1 --config cleanup.policy=compact", script)
+    assert "--replication-factor" in script and "min.insync.replicas=2" in script
+    assert SERVICES["kafka-topics"]["environment"]["KAFKA_BOOTSTRAP_SERVERS"].split(",") == BROKERS
+    for name in ("crm", "ecm", "bridge"):
+        assert SERVICES[name]["depends_on"]["kafka-topics"]["condition"] == "service_completed_successfully"
+
+
+def test_prometheus_scrapes_every_process_and_the_dashboard_uses_real_metrics():
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    assert jobs == {"crm", "ecm", "bridge"}
+    known = {m._name for m in vars(metrics).values() if hasattr(m, "_name")}
+    dashboard = json.loads((DEPLOY / "grafana" / "bridge-dashboard.json").read_text())
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= {re.sub(r"_(bucket|count|sum|total)$", "", n)
+                     for n in re.findall(r"\b(?:bridge|ecm)_[a-z_]+", target["expr"])}
+    assert used and used <= {re.sub(r"_total$", "", n) for n in known}, used - known
+    assert {"bridge_consumer_lag", "bridge_outbox_backlog", "ecm_approvals"} <= used
+
+
+def test_kubernetes_manifests_wire_the_same_way():
+    docs = k8s_documents()
+    by_kind = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    config = by_kind["ConfigMap"]["bridge-config"]["data"]
+    assert config["APP_ENV"] == "production" and config["KAFKA_BOOTSTRAP_SERVERS"]
+    secret_keys = set(by_kind["Secret"]["bridge-secrets"]["stringData"])
+    deployments = by_kind["Deployment"]
+    assert set(deployments) == {"crm", "ecm", "bridge"}
+    assert deployments["bridge"]["spec"]["replicas"] >= 2
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            assert {"configMapRef": {"name": "bridge-config"}} in container["envFrom"]
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == "bridge-secrets" and ref["key"] in secret_keys, var
+        main = pod["containers"][0]
+        probe = main["readinessProbe"]["httpGet"]["path"]
+        assert probe == ("/health" if name == "bridge" else "/ready")
+        if name != "bridge":
+            assert pod["initContainers"][0]["command"][-1] == "migrate"
+            assert by_kind["Service"][name]["spec"]["ports"][0]["port"] == main["ports"][0]["containerPort"]
+    job = by_kind["Job"]["kafka-topics"]["spec"]["template"]["spec"]
+    assert job["volumes"][0]["configMap"]["name"] == "kafka-topics-script"
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert kustomization["configMapGenerator"][0]["files"] == ["kafka/create-topics.sh"]
+    for resource in kustomization["resources"]:
+        assert (DEPLOY / resource).exists()
+    assert "k8s/secret.example.yaml" not in kustomization["resources"]
