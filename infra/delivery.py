@@ -58,19 +58,20 @@ async def deliver(
                                    message_id=str(message.envelope.event_id), message_type=message.envelope.type):
                 _, attempts = await call_with_retries(
                     lambda: handler(message, record.topic), attempts=policy.max_attempts, max_wait=policy.max_wait,
-                    on_failure=lambda exc: DELIVERY_FAILURES.labels(policy.consumer, type(exc).__name__).inc(),
+                    on_failure=lambda exc: DELIVERY_FAILURES.labels(
+                        policy.consumer, record.topic, message_type, type(exc).__name__).inc(),
                 )
                 log.info("message_applied", attempts=attempts)
             MESSAGES_CONSUMED.labels(policy.consumer, record.topic, message_type, "applied").inc()
             HANDLER_SECONDS.labels(policy.consumer, message_type).observe(time.perf_counter() - started)
             return True
-        except AttemptsExhausted as exc:
+        except AttemptsExhausted as exc:  # each failed attempt was counted as it happened
             error, attempts = exc.last, exc.attempts
         except (InvalidMessage, PermanentError) as exc:
             error = exc
-            DELIVERY_FAILURES.labels(policy.consumer, type(exc).__name__).inc()
-        if message_type not in policy.accepted_types:
-            message_type = "invalid"  # keep label values bounded
+            if message_type not in policy.accepted_types:
+                message_type = "invalid"  # keep label values bounded
+            DELIVERY_FAILURES.labels(policy.consumer, record.topic, message_type, type(error).__name__).inc()
         letter = build_dead_letter(
             source_topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
             value=record.value, headers=record.headers, error=error, attempts=attempts, consumer=policy.consumer,

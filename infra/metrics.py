@@ -10,10 +10,12 @@ MESSAGES_CONSUMED = Counter(
     ["consumer", "topic", "type", "outcome"],  # outcome: applied | dead_lettered
 )
 MESSAGES_PUBLISHED = Counter(
-    "bridge_messages_published_total", "Messages produced (outbox relays and the bridge)", ["producer", "topic"],
+    "bridge_messages_published_total", "Messages produced (outbox relays and the bridge)",
+    ["producer", "topic", "type"],
 )
 DELIVERY_FAILURES = Counter(
-    "bridge_delivery_failures_total", "Failed handling attempts (each retry counts)", ["consumer", "error_class"],
+    "bridge_delivery_failures_total", "Failed handling attempts (each retry counts)",
+    ["consumer", "topic", "type", "error_class"],
 )
 HANDLER_SECONDS = Histogram(
     "bridge_handler_seconds", "Time to handle one message, retries included", ["consumer", "type"],
@@ -27,6 +29,8 @@ CONSUMER_LAG = Gauge(
     "bridge_consumer_lag", "Records behind the partition's high watermark", ["consumer", "topic", "partition"],
 )
 TRANSFER_BYTES = Counter("bridge_document_transfer_bytes_total", "Document bytes copied from the CRM to the ECM")
-TRANSFERS = Counter("bridge_document_transfers_total", "Document transfers by outcome", ["outcome"])
+TRANSFERS = Counter(
+    "bridge_document_transfers_total", "Document transfer attempts: copied, or failed (then retried)", ["outcome"],
+)
 APPROVALS_BY_STATE = Gauge("ecm_approvals", "ECM approvals by state", ["state"])
 PAUSED = Gauge("bridge_direction_paused", "1 while an operator has paused the direction", ["direction"])

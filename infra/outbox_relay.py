@@ -67,7 +67,7 @@ class OutboxRelay:
                 update(o).where(o.c.id.in_([r["id"] for r in rows])).values(published_at=datetime.now(timezone.utc))
             )
         for row in rows:
-            MESSAGES_PUBLISHED.labels(self._service, row["topic"]).inc()
+            MESSAGES_PUBLISHED.labels(self._service, row["topic"], row["message_type"]).inc()
         log.debug("outbox_published", count=len(rows))
         return len(rows)
 

@@ -66,7 +66,7 @@ async def publish(commands: list[Outgoing]) -> None:
             [("event_id", str(command.envelope.event_id).encode()), ("type", command.envelope.type.encode()),
              ("correlation_id", command.envelope.correlation_id.encode())],
         )
-        MESSAGES_PUBLISHED.labels("bridge", command.topic).inc()
+        MESSAGES_PUBLISHED.labels("bridge", command.topic, command.envelope.type).inc()
         log.info("command_sent", command_type=command.envelope.type, command_id=str(command.envelope.event_id))
 
 

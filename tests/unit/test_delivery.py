@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from prometheus_client import REGISTRY
 
 from infra.dead_letters import error_context
 from infra.delivery import DeliveryPolicy, Record, deliver
@@ -32,13 +33,25 @@ async def test_transient_failures_are_retried_then_applied():
     assert len(calls) == 3 and letters == []
 
 
+def sample(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_exhausted_retries_dead_letter_with_context():
     letters = Letters()
+    failures = dict(consumer="test", topic="crm.commands", type="crm.update_approval_status",
+                    error_class="ConnectionError")
+    before = sample("bridge_delivery_failures_total", **failures)
+    dead_before = sample("bridge_messages_consumed_total", consumer="test", topic="crm.commands",
+                         type="crm.update_approval_status", outcome="dead_lettered")
 
     async def down(message, topic):
         raise ConnectionError("still away")
 
     assert await deliver(record(envelope()), POLICY, down, letters) is False
+    assert sample("bridge_delivery_failures_total", **failures) - before == 3  # one per attempt
+    assert sample("bridge_messages_consumed_total", consumer="test", topic="crm.commands",
+                  type="crm.update_approval_status", outcome="dead_lettered") - dead_before == 1
     (letter,) = letters
     ctx = error_context(letter.headers)
     assert letter.topic == "crm.commands.dlq" and letter.key == b"key" and letter.value == envelope()
