@@ -17,16 +17,23 @@ SeedData = Callable[[object], Awaitable[None]]
 
 
 def run_cli(
-    *, service: str, settings_cls, users_table, migrations_dir: Path, app_factory: str, seed_data: SeedData
-) -> None:
+    *, service: str, settings_cls, users_table, migrations_dir: Path, app_factory: str, seed_data: SeedData,
+    extra_commands: dict | None = None,
+) -> int:
+    """extra_commands: name -> (help, async function(settings) -> exit code)."""
     parser = argparse.ArgumentParser(prog=f"python -m {service}_service", description=f"The {service.upper()} service.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply Alembic migrations up to head")
     seed = sub.add_parser("seed-demo", help="create demo users and demo data (development only, idempotent)")
     seed.add_argument("--users-file", type=Path, required=True, help="demo-users.json written by the launcher")
     sub.add_parser("serve", help="run the HTTP API, the outbox relay and the command consumer")
+    for name, (help_, _) in (extra_commands or {}).items():
+        sub.add_parser(name, help=help_)
     args = parser.parse_args()
     settings = settings_cls()
+
+    if args.command in (extra_commands or {}):
+        return asyncio.run(extra_commands[args.command][1](settings))
 
     if args.command == "migrate":
         upgrade_to_head(migrations_dir, settings.database_url)
@@ -39,6 +46,7 @@ def run_cli(
             asyncio.run(_ensure_integration_user(settings, users_table, service))
         uvicorn.run(app_factory, factory=True, host=settings.host, port=settings.port, log_level="warning",
                     timeout_graceful_shutdown=5)
+    return 0
 
 
 async def _seed(service, settings, users_table, users_file: Path, seed_data: SeedData) -> None:

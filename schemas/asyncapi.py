@@ -26,7 +26,7 @@ CHANNELS = [
      [ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR],
      "Commands the bridge sends to the ECM. Key: CRM organization id."),
     (ECM_EVENTS, "ecmEvents", "ecm", "sync-bridge",
-     [ecm_events.COUNTERPARTY_SYNCED, ecm_events.APPROVAL_STATUS_CHANGED],
+     [ecm_events.COUNTERPARTY_SYNCED, ecm_events.COUNTERPARTY_CHANGED, ecm_events.APPROVAL_STATUS_CHANGED],
      "Events the ECM publishes through its outbox. Key: ECM counterparty id."),
     (CRM_COMMANDS, "crmCommands", "sync-bridge", "crm",
      [crm_commands.UPDATE_APPROVAL_STATUS, crm_commands.UPDATE_ORGANIZATION_LINK],

@@ -24,6 +24,8 @@ class UpdateOrganizationLinkV1(Contract):
     # "linked" when the registry holds it as verified; otherwise the registry's status.
     link_status: str = Field(min_length=1, max_length=32)
     registry_name: str
+    # Applied only when newer than what the CRM holds (updates may arrive out of order).
+    registry_seq: int | None = None
 
 
 UPDATE_APPROVAL_STATUS = "crm.update_approval_status"

@@ -14,6 +14,9 @@ class CounterpartySyncedV1(Contract):
     kpp: str | None = None
     ogrn: str | None = None
     source_ref: ExternalRef
+    # Position in the registry's history: later changes have higher numbers, whatever
+    # order their events arrive in.
+    registry_seq: int | None = None
 
 
 class ApprovalStatusChangedV1(Contract):
@@ -33,5 +36,24 @@ class ApprovalStatusChangedV1(Contract):
     initiator_ref: ExternalRef | None = None
 
 
+class CounterpartyChangedV1(Contract):
+    """A steward verified, rejected, merged or edited a registry record."""
+
+    counterparty_id: str
+    change: Literal["verified", "rejected", "merged", "edited"]
+    status: str
+    # The record other systems should point at: the survivor after a merge, else itself.
+    registry_id: str
+    registry_status: str
+    legal_name: str
+    inn: str | None = None
+    kpp: str | None = None
+    ogrn: str | None = None
+    external_refs: list[ExternalRef]
+    reason: str | None = None
+    registry_seq: int | None = None
+
+
 COUNTERPARTY_SYNCED = "ecm.counterparty_synced"
+COUNTERPARTY_CHANGED = "ecm.counterparty_changed"
 APPROVAL_STATUS_CHANGED = "ecm.approval_status_changed"

@@ -25,6 +25,7 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
     crm_events.RESPONSIBILITY_TRANSFERRED: (1, crm_events.ResponsibilityTransferredV1),
     ecm_commands.REASSIGN_INITIATOR: (1, ecm_commands.ReassignInitiatorV1),
     ecm_events.COUNTERPARTY_SYNCED: (1, ecm_events.CounterpartySyncedV1),
+    ecm_events.COUNTERPARTY_CHANGED: (1, ecm_events.CounterpartyChangedV1),
     ecm_events.APPROVAL_STATUS_CHANGED: (1, ecm_events.ApprovalStatusChangedV1),
     crm_commands.UPDATE_APPROVAL_STATUS: (1, crm_commands.UpdateApprovalStatusV1),
     crm_commands.UPDATE_ORGANIZATION_LINK: (1, crm_commands.UpdateOrganizationLinkV1),

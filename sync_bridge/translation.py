@@ -92,10 +92,28 @@ def counterparty_synced_to_crm(source: Envelope, event: ecm_events.CounterpartyS
         organization_id=event.source_ref.id,
         registry_id=event.counterparty_id,
         link_status="linked" if event.status == "verified" else event.status,
-        registry_name=event.legal_name,
+        registry_name=event.legal_name, registry_seq=event.registry_seq,
     )
     return [_command(source, "update_organization_link", crm_commands.UPDATE_ORGANIZATION_LINK, command,
                      CRM_COMMANDS, event.source_ref.id)]
+
+
+def counterparty_changed_to_crm(source: Envelope, event: ecm_events.CounterpartyChangedV1) -> list[Outgoing]:
+    """Every CRM organization linked to the record learns its registry state; after a
+    merge they point at the survivor."""
+    return [
+        _command(
+            source, f"update_organization_link:{ref.id}", crm_commands.UPDATE_ORGANIZATION_LINK,
+            crm_commands.UpdateOrganizationLinkV1(
+                organization_id=ref.id, registry_id=event.registry_id,
+                link_status="linked" if event.registry_status == "verified" else event.registry_status,
+                registry_name=event.legal_name, registry_seq=event.registry_seq,
+            ),
+            CRM_COMMANDS, ref.id,
+        )
+        for ref in event.external_refs
+        if ref.system == CRM
+    ]
 
 
 def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusChangedV1) -> list[Outgoing]:
@@ -119,5 +137,6 @@ def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusCha
 
 ECM_EVENT_TRANSLATIONS = {
     ecm_events.COUNTERPARTY_SYNCED: counterparty_synced_to_crm,
+    ecm_events.COUNTERPARTY_CHANGED: counterparty_changed_to_crm,
     ecm_events.APPROVAL_STATUS_CHANGED: approval_status_to_crm,
 }

@@ -29,6 +29,7 @@ organizations = Table(
     Column("registry_id", String(36)),
     Column("registry_status", String(32)),
     Column("registry_name", String(500)),
+    Column("registry_seq", BigInteger().with_variant(Integer, "sqlite")),
     Index("ix_organizations_inn", "inn"),
 )
 

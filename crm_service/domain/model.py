@@ -26,6 +26,16 @@ class Organization:
     registry_id: str | None = None
     registry_status: str | None = None
     registry_name: str | None = None
+    registry_seq: int | None = None
+
+    def apply_registry_link(self, *, registry_id: str, status: str, name: str, seq: int | None) -> bool:
+        """Link updates may arrive out of order (a merge overtaking an older sync): only
+        a newer registry state counts. Updates without a sequence always apply."""
+        if seq is not None and self.registry_seq is not None and seq <= self.registry_seq:
+            return False
+        self.registry_id, self.registry_status, self.registry_name = registry_id, status, name
+        self.registry_seq = seq if seq is not None else self.registry_seq
+        return True
 
 
 class NotAllowed(Exception):

@@ -165,9 +165,11 @@ async def update_organization_link(
     org = await uow.organizations.get(cmd.organization_id, for_update=True)
     if org is None:
         return False
-    org.registry_id, org.registry_status, org.registry_name = cmd.registry_id, cmd.link_status, cmd.registry_name
-    await uow.organizations.save(org)
-    return True
+    changed = org.apply_registry_link(registry_id=cmd.registry_id, status=cmd.link_status, name=cmd.registry_name,
+                                      seq=cmd.registry_seq)
+    if changed:
+        await uow.organizations.save(org)
+    return changed
 
 
 COMMAND_HANDLERS = {

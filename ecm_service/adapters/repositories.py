@@ -37,6 +37,11 @@ class ExternalRefRepository:
             )
         )
 
+    async def move_all(self, entity_type: str, from_id: str, to_id: str) -> None:
+        t = tables.external_refs
+        await self.session.execute(
+            update(t).where(t.c.entity_type == entity_type, t.c.entity_id == from_id).values(entity_id=to_id))
+
     async def refs_of(self, entity_type: str, entity_id: str) -> list[ExternalRef]:
         t = tables.external_refs
         rows = await self.session.execute(
@@ -49,6 +54,21 @@ class ExternalRefRepository:
 
 class CounterpartyRepository(TableRepository):
     table, entity = tables.counterparties, Counterparty
+
+    async def mark_not_duplicates(self, first: str, second: str, *, by: str, reason: str, at) -> bool:
+        a, b = sorted((first, second))
+        t = tables.not_duplicates
+        if (await self.session.execute(select(t.c.first_id).where(t.c.first_id == a, t.c.second_id == b))).first():
+            return False
+        await self.session.execute(insert(t).values(first_id=a, second_id=b, decided_by=by, reason=reason,
+                                                    decided_at=at))
+        return True
+
+    async def not_duplicates_of(self, counterparty_id: str) -> list[str]:
+        t = tables.not_duplicates
+        rows = await self.session.execute(select(t.c.first_id, t.c.second_id).where(
+            (t.c.first_id == counterparty_id) | (t.c.second_id == counterparty_id)))
+        return [b if a == counterparty_id else a for a, b in rows]
 
     async def verified_with_inn(self, inn: str) -> list[Counterparty]:
         t = self.table
@@ -107,23 +127,16 @@ class ApprovalRepository:
         steps = await self.session.execute(select(s).where(s.c.approval_id == approval_id).order_by(s.c.stage_no))
         return Approval(**row, steps=[ApprovalStep(**r) for r in steps.mappings()])
 
+    async def move_counterparty(self, from_id: str, to_id: str) -> None:
+        t = tables.approvals
+        await self.session.execute(update(t).where(t.c.counterparty_id == from_id).values(counterparty_id=to_id))
+
     async def in_flight_for_counterparty_ref(self, counterparty_ref: str) -> list[str]:
         t = tables.approvals
         rows = await self.session.execute(
             select(t.c.id).where(t.c.counterparty_ref == counterparty_ref, t.c.status == "in_progress")
             .order_by(t.c.created_at))
         return list(rows.scalars())
-
-    async def add_history(self, approval_id: str, *, at, kind: str, actor_ref: str, detail: dict) -> None:
-        await self.session.execute(insert(tables.approval_history).values(
-            approval_id=approval_id, at=at, kind=kind, actor_ref=actor_ref, detail=detail))
-
-    async def history(self, approval_id: str) -> list[dict]:
-        h = tables.approval_history
-        rows = await self.session.execute(
-            select(h.c.at, h.c.kind, h.c.actor_ref, h.c.detail).where(h.c.approval_id == approval_id)
-            .order_by(h.c.at, h.c.id))
-        return [dict(r) for r in rows.mappings()]
 
     async def save(self, approval: Approval) -> None:
         values = {k: getattr(approval, k) for k in _APPROVAL_COLUMNS if k != "id"}

@@ -35,9 +35,44 @@ counterparties = Table(
     Column("country", String(2)),
     Column("quality_flags", JSON, nullable=False),
     Column("addresses", JSON, nullable=False, server_default="[]"),
+    Column("short_name", String(300)),
+    Column("vat", String(20)),
+    Column("normalized_name", String(500)),
+    Column("merged_into", String(36)),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_counterparties_inn", "inn"),
+    Index("ix_counterparties_normalized_name", "normalized_name"),
+    Index("ix_counterparties_status", "status"),
+)
+
+# Pairs the steward declared distinct (e.g. branches sharing an INN): never proposed again.
+not_duplicates = Table(
+    "not_duplicates",
+    metadata,
+    Column("first_id", String(36), primary_key=True),
+    Column("second_id", String(36), primary_key=True),
+    Column("decided_by", String(36), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=False),
+)
+
+# Append-only, hash-chained history of every change to registry records, documents and
+# approvals. Each entry carries the hash of the previous one; nothing updates or deletes.
+history = Table(
+    "history",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("entity_type", String(32), nullable=False),
+    Column("entity_id", String(36), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("reason", Text),
+    Column("data", JSON, nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Index("ix_history_entity", "entity_type", "entity_id"),
 )
 
 # Opaque references to records in other systems ("crm:<id>"); one owner per reference.
@@ -112,16 +147,4 @@ approval_steps = Table(
     Column("decided_by", String(36)),
     Column("decided_at", UtcDateTime()),
     Column("comment", Text),
-)
-
-# What happened to an approval besides decisions (e.g. a new initiator), append-only.
-approval_history = Table(
-    "approval_history",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("approval_id", String(36), ForeignKey("approvals.id"), nullable=False, index=True),
-    Column("at", UtcDateTime(), nullable=False),
-    Column("kind", String(64), nullable=False),
-    Column("actor_ref", String(100), nullable=False),
-    Column("detail", JSON, nullable=False),
 )

@@ -1,17 +1,29 @@
 """The counterparty registry's rules: soft-synced records are always accepted; what is
-wrong with them becomes data-quality flags for the steward, never a rejection."""
+wrong with them becomes data-quality flags for the steward, never a rejection. The
+steward's actions are strict: a record is verified only when its identifiers are
+complete and valid for its country and legal form."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from stdnum.exceptions import ValidationError
 from stdnum.ru import inn as ru_inn
-from stdnum.ru import ogrn as ru_ogrn
+
+from ecm_service.domain.identifiers import _valid, quality_flags
+from ecm_service.domain.names import normalize_name
 
 PENDING = "pending_verification"
 VERIFIED = "verified"
+REJECTED = "rejected"
+MERGED = "merged"
+ARCHIVED = "archived"
+STATUSES = (PENDING, VERIFIED, REJECTED, MERGED, ARCHIVED)
+EDITABLE = ("name", "short_name", "legal_form", "country", "inn", "kpp", "ogrn", "vat", "addresses")
+
+
+class StewardRuleBroken(Exception):
+    """The action is not allowed in the record's present state (HTTP 409)."""
 
 
 @dataclass
@@ -28,29 +40,55 @@ class Counterparty:
     country: str | None = None
     quality_flags: list[str] = field(default_factory=list)
     addresses: list[dict] = field(default_factory=list)
+    short_name: str | None = None
+    vat: str | None = None
+    normalized_name: str | None = None
+    merged_into: str | None = None
 
+    def refresh_derived(self) -> None:
+        self.quality_flags = quality_flags(inn=self.inn, kpp=self.kpp, ogrn=self.ogrn, country=self.country,
+                                           legal_form=self.legal_form, vat=self.vat)
+        self.normalized_name = normalize_name(self.name)
 
-def quality_flags(*, inn: str | None, kpp: str | None, ogrn: str | None, country: str | None) -> list[str]:
-    if country not in (None, "RU"):
-        return [] if inn else ["tax_id_missing"]
-    flags = []
-    if not inn:
-        flags.append("inn_missing")
-    elif not _valid(ru_inn, inn):
-        flags.append("inn_invalid")
-    if ogrn and not _valid(ru_ogrn, ogrn):
-        flags.append("ogrn_invalid")
-    if kpp and not (len(kpp) == 9 and kpp[:4].isdigit() and kpp[6:].isdigit()):
-        flags.append("kpp_invalid")
-    return flags
+    def verify(self, at: datetime) -> None:
+        if self.status not in (PENDING, REJECTED):
+            raise StewardRuleBroken(f"a {self.status} record cannot be verified")
+        self.refresh_derived()
+        if self.quality_flags:
+            raise StewardRuleBroken(f"identifiers are missing or invalid: {', '.join(self.quality_flags)}")
+        self.status, self.updated_at = VERIFIED, at
 
+    def reject(self, at: datetime) -> None:
+        if self.status not in (PENDING,):
+            raise StewardRuleBroken(f"a {self.status} record cannot be rejected")
+        self.status, self.updated_at = REJECTED, at
 
-def _valid(module, value: str) -> bool:
-    try:
-        module.validate(value)
-        return True
-    except ValidationError:
-        return False
+    def merge_into(self, survivor: Counterparty, at: datetime) -> None:
+        if survivor.id == self.id:
+            raise StewardRuleBroken("a record cannot be merged into itself")
+        if self.status in (MERGED, ARCHIVED) or survivor.status in (MERGED, ARCHIVED, REJECTED):
+            raise StewardRuleBroken(f"cannot merge a {self.status} record into a {survivor.status} one")
+        self.status, self.merged_into, self.updated_at = MERGED, survivor.id, at
+
+    def edit(self, changes: dict, at: datetime) -> dict:
+        """Applies field changes; returns {field: [old, new]} for the history."""
+        if self.status in (MERGED, ARCHIVED):
+            raise StewardRuleBroken(f"a {self.status} record cannot be edited")
+        unknown = sorted(set(changes) - set(EDITABLE))
+        if unknown:
+            raise StewardRuleBroken(f"{', '.join(unknown)} cannot be edited")
+        diff = {name: [getattr(self, name), value] for name, value in changes.items() if getattr(self, name) != value}
+        # Check on a copy: a refused edit leaves the record exactly as it was.
+        candidate = replace(self, **{name: new for name, (_, new) in diff.items()})
+        candidate.refresh_derived()
+        if self.status == VERIFIED and candidate.quality_flags:
+            raise StewardRuleBroken(
+                f"a verified record must keep valid identifiers: {', '.join(candidate.quality_flags)}")
+        for name, (_, new) in diff.items():
+            setattr(self, name, new)
+        self.quality_flags, self.normalized_name = candidate.quality_flags, candidate.normalized_name
+        self.updated_at = at
+        return diff
 
 
 def pick_verified_match(candidates: list[Counterparty], *, inn: str | None, kpp: str | None) -> Counterparty | None:

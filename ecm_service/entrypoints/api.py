@@ -51,6 +51,10 @@ class CounterpartyOut(BaseModel):
     country: str | None
     quality_flags: list[str]
     addresses: list[dict]
+    short_name: str | None = None
+    vat: str | None = None
+    normalized_name: str | None = None
+    merged_into: str | None = None
     external_refs: list[ExternalRef]
     created_at: datetime
     updated_at: datetime
@@ -282,7 +286,7 @@ async def get_approval(approval_id: str, request: Request, _: User = Depends(req
         if approval is None:
             raise HTTPException(404, f"approval {approval_id} not found")
         return _approval_out(approval, await uow.external_refs.refs_of(APPROVAL, approval_id),
-                             await uow.approvals.history(approval_id))
+                             await uow.history.of(APPROVAL, approval_id))
 
 
 @router.post("/approvals/{approval_id}/decisions", response_model=ApprovalOut)

@@ -16,7 +16,7 @@ async def seed_demo_data(sessions) -> None:
     record = dict(
         id=str(uuid.uuid5(DEMO, "counterparty:sber")), name='ПАО "Сбербанк России"', status="verified",
         inn="7707083893", kpp="773601001", ogrn="1027700132195", legal_form="ПАО", country="RU",
-        quality_flags=[], created_at=now, updated_at=now,
+        quality_flags=[], normalized_name='ПАО СБЕРБАНК РОССИИ', created_at=now, updated_at=now,
     )
     async with sessions() as session, session.begin():
         t = tables.counterparties

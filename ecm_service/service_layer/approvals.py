@@ -48,6 +48,10 @@ async def start_approval(
     )
     await uow.approvals.add(approval)
     await uow.external_refs.attach(APPROVAL, approval.id, cmd.external_ref)
+    await uow.history.append(
+        entity_type=APPROVAL, entity_id=approval.id, action="started", actor=cmd.initiator_ref.as_text(),
+        data={"route": [route.doc_type, route.version], "document_version_id": cmd.document_version_id,
+              "sha256": cmd.sha256, "external_ref": cmd.external_ref.as_text()})
     await publish_status(uow, approval, causation_id=envelope.event_id)
     return {"approval_id": approval.id}
 
@@ -60,9 +64,13 @@ async def decide(
         approval = await uow.approvals.get(approval_id, for_update=True)
         if approval is None:
             raise NotFound(f"approval {approval_id} not found")
-        approval.decide(user_id=user_id, role=role, decision=decision, comment=comment, reason=reason,
-                        at=datetime.now(timezone.utc))
+        step = approval.decide(user_id=user_id, role=role, decision=decision, comment=comment, reason=reason,
+                               at=datetime.now(timezone.utc))
         await uow.approvals.save(approval)
+        await uow.history.append(
+            entity_type=APPROVAL, entity_id=approval.id, action="decided", actor=f"user:{user_id}",
+            reason=reason, data={"stage": step.name, "role": role, "decision": decision, "comment": comment,
+                                 "sha256": approval.document_sha256, "status": approval.status})
         await publish_status(uow, approval, causation_id=None)
         await uow.commit()
     return approval
@@ -81,9 +89,9 @@ async def reassign_initiator(uow: EcmUnitOfWork, cmd: ecm_commands.ReassignIniti
         approval.revision += 1
         approval.updated_at = datetime.now(timezone.utc)
         await uow.approvals.save(approval)
-        await uow.approvals.add_history(
-            approval.id, at=cmd.reassigned_at, kind="initiator_changed", actor_ref=cmd.reassigned_by_ref.as_text(),
-            detail={"from": previous, "to": approval.initiator_ref},
+        await uow.history.append(
+            entity_type=APPROVAL, entity_id=approval.id, action="initiator_changed", at=cmd.reassigned_at,
+            actor=cmd.reassigned_by_ref.as_text(), data={"from": previous, "to": approval.initiator_ref},
         )
         await publish_status(uow, approval, causation_id=envelope.event_id)
         moved.append(approval.id)

@@ -34,6 +34,9 @@ async def store_version(
         version = dict(id=str(uuid.uuid4()), document_id=document_id, version_no=version_no, sha256=sha256,
                        size=size, content_type=content_type, filename=filename, created_by=user_id, created_at=now)
         await uow.documents.add_version(**version)
+        await uow.history.append(entity_type=DOCUMENT, entity_id=document_id, action="version_stored",
+                                 actor=f"user:{user_id}", data={"version_no": version_no, "sha256": sha256,
+                                                                "size": size})
         await uow.commit()
         document = await uow.documents.get(document_id)
     return document, version, True

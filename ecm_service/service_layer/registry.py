@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from ecm_service.domain.counterparty import PENDING, Counterparty, pick_verified_match, quality_flags
+from ecm_service.domain.counterparty import PENDING, Counterparty, pick_verified_match
+from ecm_service.domain.identifiers import compact
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas import ecm_commands, ecm_events
 from schemas.envelope import Envelope, new_envelope
@@ -18,7 +19,7 @@ SOURCE = "ecm"
 
 async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpartyV1, envelope: Envelope) -> dict:
     now = datetime.now(timezone.utc)
-    ids = dict(inn=_clean(cmd.inn), kpp=_clean(cmd.kpp), ogrn=_clean(cmd.ogrn))
+    ids = dict(inn=compact(cmd.inn), kpp=compact(cmd.kpp), ogrn=compact(cmd.ogrn))
     country = (cmd.country or "RU").upper()
     existing_id = await uow.external_refs.find(COUNTERPARTY, cmd.external_ref)
     if existing_id:
@@ -27,8 +28,8 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
         if record.status == PENDING:  # a verified record is master data: sync never overwrites it
             record.name, record.legal_form, record.country = cmd.name, cmd.legal_form, country
             record.inn, record.kpp, record.ogrn = ids["inn"], ids["kpp"], ids["ogrn"]
-            record.quality_flags = quality_flags(country=country, **ids)
             record.addresses = [a.model_dump() for a in cmd.addresses]
+            record.refresh_derived()
             record.updated_at = now
             await uow.counterparties.save(record)
     else:
@@ -39,14 +40,19 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
             outcome = "created"
             record = Counterparty(
                 id=str(uuid.uuid4()), name=cmd.name, status=PENDING, created_at=now, updated_at=now,
-                legal_form=cmd.legal_form, country=country, quality_flags=quality_flags(country=country, **ids),
-                addresses=[a.model_dump() for a in cmd.addresses], **ids,
+                legal_form=cmd.legal_form, country=country, addresses=[a.model_dump() for a in cmd.addresses], **ids,
             )
+            record.refresh_derived()
             await uow.counterparties.add(record)
         await uow.external_refs.attach(COUNTERPARTY, record.id, cmd.external_ref)
+    seq = await uow.history.append(
+        entity_type=COUNTERPARTY, entity_id=record.id, action=f"sync_{outcome}",
+        actor=f"{cmd.external_ref.system}:sync",
+        data={"source_ref": cmd.external_ref.as_text(), "quality_flags": record.quality_flags})
     event = ecm_events.CounterpartySyncedV1(
         counterparty_id=record.id, status=record.status, outcome=outcome, legal_name=record.name,
         inn=record.inn, kpp=record.kpp, ogrn=record.ogrn, source_ref=cmd.external_ref,
+        registry_seq=seq,
     )
     await uow.publish(
         ECM_EVENTS, record.id,
@@ -54,8 +60,3 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
                      correlation_id=envelope.correlation_id, causation_id=envelope.event_id),
     )
     return {"counterparty_id": record.id, "outcome": outcome}
-
-
-def _clean(value: str | None) -> str | None:
-    value = (value or "").strip().replace(" ", "")
-    return value or None

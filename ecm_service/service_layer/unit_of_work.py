@@ -1,4 +1,5 @@
 from ecm_service.adapters import repositories, tables
+from ecm_service.adapters.history import HistoryLog
 from infra.unit_of_work import SqlUnitOfWork
 
 
@@ -11,3 +12,4 @@ class EcmUnitOfWork(SqlUnitOfWork):
         self.external_refs = repositories.ExternalRefRepository(session)
         self.documents = repositories.DocumentRepository(session)
         self.approvals = repositories.ApprovalRepository(session)
+        self.history = HistoryLog(session)

@@ -144,3 +144,55 @@ def test_health_readiness_metrics_and_openapi_are_served(api, system):
     assert metric(bridge, "bridge_direction_paused", direction="crm-to-ecm") == 0
     assert api.crm(SALES, "GET", "/api/deals/missing").status_code == 404
     assert api.ecm("legal-lena", "GET", "/api/approvals/missing").status_code == 404
+
+
+def test_the_steward_verifies_and_merges_and_the_crm_follows(api):
+    def pending_record(flow):
+        return wait_until(lambda: api.ecm("steward-stas", "GET",
+                                          f"/api/counterparties?external_ref=crm:{flow['org']['id']}").json(),
+                          timeout=60, message="pending record")[0]
+
+    first = request_approval(api, create_deal_with_document(api, name="ООО «Газ-Сервис»"))
+    record = pending_record(first)
+    url = f"/api/counterparties/{record['id']}"
+    refused = api.ecm("steward-stas", "POST", f"{url}/verify", json={})
+    assert refused.status_code == 409 and "inn_missing" in refused.json()["detail"]
+    assert api.ecm("legal-lena", "POST", f"{url}/verify", json={}).status_code == 403
+    assert api.ecm("steward-stas", "POST", f"{url}/reject", json={}).status_code == 422  # a reason is required
+
+    edited = api.ecm("steward-stas", "PATCH", url, json={
+        "inn": "7736050003", "kpp": "773601001", "ogrn": "1027700070518", "reason": "checked the state register"})
+    assert edited.status_code == 200 and edited.json()["quality_flags"] == []
+    verified = api.ecm("steward-stas", "POST", f"{url}/verify", json={"reason": "documents seen"})
+    assert verified.json()["status"] == "verified"
+    org = wait_until(lambda: (o := api.crm(SALES, "GET", f"/api/organizations/{first['org']['id']}").json())
+                     ["registry"] and o["registry"]["status"] == "linked" and o,
+                     timeout=60, message="CRM sees the verification")
+    assert org["registry"]["id"] == record["id"]
+    assert org["inn"] is None  # the CRM's own fields are never overwritten (filling them is reconciliation's job)
+
+    second = request_approval(api, create_deal_with_document(api, name="Газ Сервис (typed again)"))
+    duplicate = pending_record(second)
+    merged = api.ecm("steward-stas", "POST", f"/api/counterparties/{duplicate['id']}/merge",
+                     json={"into_id": record["id"], "reason": "same company typed twice"})
+    assert merged.status_code == 200 and merged.json() == {
+        "id": duplicate["id"], "status": "merged", "quality_flags": duplicate["quality_flags"],
+        "merged_into": record["id"], "changed": None}
+    survivor = api.ecm("steward-stas", "GET", url).json()
+    assert {"system": "crm", "id": second["org"]["id"]} in survivor["external_refs"]
+    assert ecm_approval(api, second)["counterparty_id"] == record["id"]
+    wait_until(lambda: api.crm(SALES, "GET", f"/api/organizations/{second['org']['id']}").json()["registry"]
+               == {"id": record["id"], "status": "linked", "legal_name": "ООО «Газ-Сервис»"},
+               timeout=60, message="the CRM follows the merge")
+
+    sber = next(c for c in api.ecm("steward-stas", "GET", "/api/counterparties?status=verified").json()
+                if c["inn"] == "7707083893")
+    body = {"other_id": sber["id"], "reason": "different companies"}
+    assert api.ecm("steward-stas", "POST", f"{url}/not-duplicate", json=body).json() == {"recorded": True}
+    assert api.ecm("steward-stas", "POST", f"{url}/not-duplicate", json=body).json() == {"recorded": False}
+
+    actions = [h["action"] for h in api.ecm("ecm-auditor", "GET", f"{url}/history").json()]
+    assert actions == ["sync_created", "edited", "verified", "absorbed", "not_duplicate"]
+    chain = api.ecm("ecm-auditor", "GET", "/api/history/verify").json()
+    assert chain["intact"] is True and chain["entries"] >= len(actions)
+    assert api.ecm("legal-lena", "GET", "/api/history/verify").status_code == 403

@@ -148,9 +148,9 @@ def test_transferring_responsibility_moves_in_flight_approvals_to_the_new_manage
     reassigned = wait_until(
         lambda: (a := api.ecm("legal-lena", "GET", path).json())["initiator_ref"] == f"crm:{boris['id']}" and a,
         timeout=60, message="ECM initiator follows the transfer")
-    (history,) = reassigned["history"]
-    assert history["kind"] == "initiator_changed" and history["actor_ref"] == f"crm:{anna['id']}"
-    assert history["detail"] == {"from": f"crm:{anna['id']}", "to": f"crm:{boris['id']}"}
+    (history,) = [h for h in reassigned["history"] if h["action"] == "initiator_changed"]
+    assert history["actor"] == f"crm:{anna['id']}"
+    assert history["data"] == {"from": f"crm:{anna['id']}", "to": f"crm:{boris['id']}"}
 
     decide(api, approval["id"], "legal")
     wait_crm_status(api, flow, "in_progress", "finance")

@@ -76,7 +76,7 @@ async def test_ecm_applies_commands_once_and_dead_letters_garbage(ecm, broker):
     async with ecm.session_factory() as session:
         status = await session.scalar(select(ecm_tables.counterparties.c.status))
         flags = await session.scalar(select(ecm_tables.counterparties.c.quality_flags))
-    assert status == "pending_verification" and flags == ["inn_missing"]
+    assert status == "pending_verification" and flags == ["inn_missing", "ogrn_missing", "kpp_missing"]
     (letter,) = await read_all(broker, dead_letter_topic(topic))
     ctx = error_context(letter.headers)
     assert letter.value == b"{garbage" and ctx["error.class"] == "InvalidMessage" and ctx["source.topic"] == topic

@@ -58,3 +58,14 @@ def test_demo_users_cover_every_role_and_keep_their_tokens(tmp_path):
     assert {"sales", "legal", "finance", "director", "steward", "auditor", "admin", "integration"} <= roles
     assert all(set(u) == {"name", "role", "service", "token"} for u in json.loads(path.read_text()))
     assert ensure_demo_users(path) == first and len(first) == len(DEMO_USERS)
+
+
+def test_crm_keeps_the_newest_registry_link_whatever_order_updates_arrive_in():
+    from crm_service.domain.model import Organization
+
+    org = Organization(id="o", name="n", created_by="u", created_at=NOW)
+    assert org.apply_registry_link(registry_id="survivor", status="linked", name="ПАО", seq=9)  # the merge
+    assert not org.apply_registry_link(registry_id="duplicate", status="pending_verification", name="n", seq=4)
+    assert (org.registry_id, org.registry_status, org.registry_seq) == ("survivor", "linked", 9)
+    assert org.apply_registry_link(registry_id="survivor", status="linked", name="ПАО (renamed)", seq=None)
+    assert org.registry_seq == 9

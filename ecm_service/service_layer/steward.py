@@ -1,0 +1,116 @@
+"""The data steward's actions on the registry. Each is recorded in the hash-chained
+history with who, when and why, and announced through the outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from ecm_service.domain.counterparty import Counterparty, StewardRuleBroken
+from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE
+from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+from schemas import ecm_events
+from schemas.envelope import new_envelope
+from schemas.topics import ECM_EVENTS
+
+
+class NotFound(Exception):
+    pass
+
+
+def _actor(user) -> str:
+    return f"user:{user.id}"
+
+
+async def _load(uow: EcmUnitOfWork, counterparty_id: str) -> Counterparty:
+    record = await uow.counterparties.get(counterparty_id, for_update=True)
+    if record is None:
+        raise NotFound(f"counterparty {counterparty_id} not found")
+    return record
+
+
+async def _announce(uow: EcmUnitOfWork, record: Counterparty, change: str, *, reason: str | None,
+                    correlation_id: str, seq: int, shown: Counterparty | None = None) -> None:
+    shown = shown or record
+    event = ecm_events.CounterpartyChangedV1(
+        counterparty_id=record.id, change=change, status=record.status, registry_id=shown.id,
+        registry_status=shown.status, legal_name=shown.name, inn=shown.inn, kpp=shown.kpp, ogrn=shown.ogrn,
+        external_refs=await uow.external_refs.refs_of(COUNTERPARTY, shown.id), reason=reason, registry_seq=seq,
+    )
+    await uow.publish(ECM_EVENTS, shown.id, new_envelope(
+        type=ecm_events.COUNTERPARTY_CHANGED, schema_version=1, source=SOURCE, payload=event,
+        correlation_id=correlation_id))
+
+
+async def verify(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str | None, correlation_id: str):
+    async with uow:
+        record = await _load(uow, counterparty_id)
+        record.verify(datetime.now(timezone.utc))
+        await uow.counterparties.save(record)
+        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="verified",
+                                 actor=_actor(user), reason=reason, data={"status": record.status})
+        await _announce(uow, record, "verified", reason=reason, correlation_id=correlation_id, seq=seq)
+        await uow.commit()
+    return record
+
+
+async def reject(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str, correlation_id: str):
+    async with uow:
+        record = await _load(uow, counterparty_id)
+        record.reject(datetime.now(timezone.utc))
+        await uow.counterparties.save(record)
+        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="rejected",
+                                 actor=_actor(user), reason=reason, data={"status": record.status})
+        await _announce(uow, record, "rejected", reason=reason, correlation_id=correlation_id, seq=seq)
+        await uow.commit()
+    return record
+
+
+async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user, reason: str,
+                correlation_id: str):
+    """The duplicate's external refs and approvals move to the survivor."""
+    async with uow:
+        first, second = sorted((counterparty_id, into_id))  # lock in one order: no deadlock between merges
+        locked = {cid: await _load(uow, cid) for cid in (first, second)}
+        record, survivor = locked[counterparty_id], locked[into_id]
+        now = datetime.now(timezone.utc)
+        record.merge_into(survivor, now)
+        moved = [ref.as_text() for ref in await uow.external_refs.refs_of(COUNTERPARTY, record.id)]
+        await uow.external_refs.move_all(COUNTERPARTY, record.id, survivor.id)
+        await uow.approvals.move_counterparty(record.id, survivor.id)
+        await uow.counterparties.save(record)
+        await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="merged", actor=_actor(user),
+                                 reason=reason, data={"survivor": survivor.id, "moved_refs": moved})
+        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=survivor.id, action="absorbed",
+                                 actor=_actor(user), reason=reason, data={"merged": record.id, "moved_refs": moved})
+        await _announce(uow, record, "merged", reason=reason, correlation_id=correlation_id, seq=seq, shown=survivor)
+        await uow.commit()
+    return record, survivor
+
+
+async def mark_not_duplicate(uow: EcmUnitOfWork, *, counterparty_id: str, other_id: str, user, reason: str) -> bool:
+    if counterparty_id == other_id:
+        raise StewardRuleBroken("a record is trivially not a duplicate of itself")
+    async with uow:
+        for cid in (counterparty_id, other_id):
+            await _load(uow, cid)
+        created = await uow.counterparties.mark_not_duplicates(
+            counterparty_id, other_id, by=user.id, reason=reason, at=datetime.now(timezone.utc))
+        if created:
+            for this, that in ((counterparty_id, other_id), (other_id, counterparty_id)):
+                await uow.history.append(entity_type=COUNTERPARTY, entity_id=this, action="not_duplicate",
+                                         actor=_actor(user), reason=reason, data={"other": that})
+        await uow.commit()
+    return created
+
+
+async def edit(uow: EcmUnitOfWork, *, counterparty_id: str, changes: dict, user, reason: str, correlation_id: str):
+    async with uow:
+        record = await _load(uow, counterparty_id)
+        diff = record.edit(changes, datetime.now(timezone.utc))
+        if diff:
+            await uow.counterparties.save(record)
+            seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="edited",
+                                     actor=_actor(user), reason=reason, data={"changes": diff})
+            await _announce(uow, record, "edited", reason=reason, correlation_id=correlation_id, seq=seq)
+        await uow.commit()
+    return record, diff

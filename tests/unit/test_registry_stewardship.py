@@ -1,0 +1,64 @@
+from datetime import datetime, timezone
+
+import pytest
+
+from ecm_service.domain.counterparty import Counterparty, StewardRuleBroken
+from ecm_service.domain.names import normalize_name, split_legal_form
+
+NOW = datetime.now(timezone.utc)
+
+
+def record(**fields):
+    values = dict(id="c", name="ООО «Ромашка»", status="pending_verification", created_at=NOW, updated_at=NOW,
+                  country="RU")
+    values.update(fields)
+    party = Counterparty(**values)
+    party.refresh_derived()
+    return party
+
+
+@pytest.mark.parametrize("a, b", [
+    ("ООО «Ромашка»", 'ООО "Ромашка"'),
+    ("Общество с ограниченной ответственностью «Ромашка»", "ооо ромашка"),
+    ("ЗАО „Ёлка“", "ЗАО Елка"),
+    ("Romashka, LLC", "romashka llc"),
+    ("Публичное акционерное общество «Сбербанк России»", "ПАО Сбербанк России"),
+])
+def test_names_normalise_to_one_spelling(a, b):
+    assert normalize_name(a) == normalize_name(b)
+
+
+def test_legal_form_is_split_from_the_name():
+    assert split_legal_form("Общество с ограниченной ответственностью «Ромашка»") == ("ООО", "РОМАШКА")
+    assert split_legal_form("Vector GmbH") == ("GMBH", "VECTOR")
+
+
+def test_a_record_with_missing_ids_cannot_be_verified():
+    party = record()
+    with pytest.raises(StewardRuleBroken, match="inn_missing"):
+        party.verify(NOW)
+    assert party.status == "pending_verification"
+
+
+def test_complete_ids_verify_and_a_verified_record_keeps_them_valid():
+    party = record(inn="7707083893", kpp="773601001", ogrn="1027700132195")
+    party.verify(NOW)
+    assert party.status == "verified"
+    with pytest.raises(StewardRuleBroken, match="inn_invalid"):
+        party.edit({"inn": "7707083894"}, NOW)
+    assert party.inn == "7707083893"  # the refused edit changed nothing
+    assert party.edit({"short_name": "Ромашка"}, NOW) == {"short_name": [None, "Ромашка"]}
+    with pytest.raises(StewardRuleBroken, match="cannot be edited"):
+        party.edit({"status": "archived"}, NOW)
+
+
+def test_merge_rules():
+    a, b = record(id="a"), record(id="b", inn="7707083893", kpp="773601001", ogrn="1027700132195")
+    with pytest.raises(StewardRuleBroken):
+        a.merge_into(a, NOW)
+    a.merge_into(b, NOW)
+    assert (a.status, a.merged_into) == ("merged", "b")
+    with pytest.raises(StewardRuleBroken):
+        a.merge_into(b, NOW)
+    with pytest.raises(StewardRuleBroken):
+        a.reject(NOW)
