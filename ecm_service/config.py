@@ -12,6 +12,8 @@ class EcmSettings(ServiceSettings):
     port: int = Field(8002, validation_alias="ECM_PORT")
     database_url: str = "sqlite+aiosqlite:///var/ecm.db"
     content_dir: Path = Path("var/ecm-content")
+    imports_dir: Path = Path("var/ecm-imports")
+    max_import_bytes: int = 2 * 1024 * 1024 * 1024
     routes_file: Path = Path(__file__).parent / "approval_routes.json"
     max_upload_bytes: int = 50 * 1024 * 1024
     consumer_group: str = "ecm-service"

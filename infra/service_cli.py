@@ -20,20 +20,22 @@ def run_cli(
     *, service: str, settings_cls, users_table, migrations_dir: Path, app_factory: str, seed_data: SeedData,
     extra_commands: dict | None = None,
 ) -> int:
-    """extra_commands: name -> (help, async function(settings) -> exit code)."""
+    """extra_commands: name -> (help, add_arguments(parser) or None, async run(settings, args) -> exit code)."""
     parser = argparse.ArgumentParser(prog=f"python -m {service}_service", description=f"The {service.upper()} service.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply Alembic migrations up to head")
     seed = sub.add_parser("seed-demo", help="create demo users and demo data (development only, idempotent)")
     seed.add_argument("--users-file", type=Path, required=True, help="demo-users.json written by the launcher")
     sub.add_parser("serve", help="run the HTTP API, the outbox relay and the command consumer")
-    for name, (help_, _) in (extra_commands or {}).items():
-        sub.add_parser(name, help=help_)
+    for name, (help_, add_arguments, _) in (extra_commands or {}).items():
+        extra = sub.add_parser(name, help=help_)
+        if add_arguments:
+            add_arguments(extra)
     args = parser.parse_args()
     settings = settings_cls()
 
     if args.command in (extra_commands or {}):
-        return asyncio.run(extra_commands[args.command][1](settings))
+        return asyncio.run(extra_commands[args.command][2](settings, args))
 
     if args.command == "migrate":
         upgrade_to_head(migrations_dir, settings.database_url)

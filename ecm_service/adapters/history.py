@@ -50,6 +50,26 @@ class HistoryLog:
             data=entry["data"], at=at, prev_hash=prev, hash=digest))
         return result.inserted_primary_key[0]
 
+    async def append_many(self, entries: list[dict], at: datetime | None = None) -> None:
+        """Chains many entries in one statement (bulk loads). Each item has entity_type,
+        entity_id, action, actor, data and optionally reason."""
+        if not entries:
+            return
+        at = at or datetime.now(timezone.utc)
+        if self.session.bind.dialect.name == "postgresql":
+            await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
+        prev = (await self.session.execute(
+            select(history.c.hash).order_by(history.c.seq.desc()).limit(1))).scalar() or GENESIS
+        rows = []
+        for item in entries:
+            entry = _entry(at=at, reason=item.get("reason"), **{k: item[k] for k in
+                                                               ("entity_type", "entity_id", "action", "actor", "data")})
+            digest = entry_hash(prev, entry)
+            rows.append({**{k: entry[k] for k in ("entity_type", "entity_id", "action", "actor", "reason", "data")},
+                         "at": at, "prev_hash": prev, "hash": digest})
+            prev = digest
+        await self.session.execute(insert(history), rows)
+
     async def of(self, entity_type: str, entity_id: str) -> list[dict]:
         rows = await self.session.execute(
             select(history.c.seq, history.c.action, history.c.actor, history.c.reason, history.c.data,

@@ -148,3 +148,20 @@ approval_steps = Table(
     Column("decided_at", UtcDateTime()),
     Column("comment", Text),
 )
+
+# Bulk loads of counterparties from accounting systems, run as background jobs.
+bulk_loads = Table(
+    "bulk_loads",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("file_name", String(255), nullable=False),
+    Column("system", String(32), nullable=False),
+    Column("created_by", String(36), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime()),
+    Column("rows_done", Integer, nullable=False, server_default="0"),
+    Column("counts", JSON, nullable=False),
+    Column("report_path", String(500)),
+    Column("error", Text),
+)

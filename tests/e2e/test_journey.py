@@ -196,3 +196,23 @@ def test_the_steward_verifies_and_merges_and_the_crm_follows(api):
     chain = api.ecm("ecm-auditor", "GET", "/api/history/verify").json()
     assert chain["intact"] is True and chain["entries"] >= len(actions)
     assert api.ecm("legal-lena", "GET", "/api/history/verify").status_code == 403
+
+
+def test_bulk_load_through_the_api_reports_every_row(api):
+    rows = "Код;Наименование;ИНН;КПП;ОГРН\nE2E-1;ООО «Север»;7736050003;773601001;1027700070518\nE2E-2;;;;\n"
+    files = {"file": ("export.csv", rows.encode("cp1251"), "text/csv")}
+    assert api.ecm("legal-lena", "POST", "/api/counterparties/bulk-loads", files=files).status_code == 403
+    wrong = api.ecm("steward-stas", "POST", "/api/counterparties/bulk-loads",
+                    files={"file": ("export.txt", b"x", "text/plain")})
+    assert wrong.status_code == 422
+    started = api.ecm("steward-stas", "POST", "/api/counterparties/bulk-loads", files=files,
+                      data={"system": "erp", "verify_clean_rows": "true"})
+    assert started.status_code == 202, started.text
+    load_url = f"/api/counterparties/bulk-loads/{started.json()['id']}"
+    done = wait_until(lambda: (s := api.ecm("steward-stas", "GET", load_url).json())["status"] != "running" and s,
+                      timeout=60, message="bulk load finished")
+    assert done["status"] == "done" and done["counts"] == {"created": 1, "error": 1}
+    report = api.ecm("ecm-auditor", "GET", done["report_url"])
+    assert report.status_code == 200 and "name is required" in report.text
+    (party,) = api.ecm("steward-stas", "GET", "/api/counterparties?external_ref=erp:E2E-1").json()
+    assert party["status"] == "verified" and party["name"] == "ООО «Север»"

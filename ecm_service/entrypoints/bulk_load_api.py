@@ -1,0 +1,105 @@
+"""Bulk load of counterparties from accounting exports (steward or admin)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from ecm_service.adapters import tables
+from ecm_service.service_layer.bulk_load import run_job, start_job
+from infra.users import User
+from infra.web import require_roles
+
+router = APIRouter(prefix="/api/counterparties/bulk-loads", tags=["bulk load"])
+LOADERS = ("steward", "admin")
+KINDS = ("csv", "xlsx", "jsonl")
+_running: set[asyncio.Task] = set()
+
+
+class LoadOut(BaseModel):
+    id: str
+    status: str
+    file_name: str
+    system: str
+    started_at: datetime
+    finished_at: datetime | None
+    rows_done: int
+    counts: dict[str, int]
+    error: str | None
+    report_url: str | None
+
+
+def _out(row) -> LoadOut:
+    done = row["status"] in ("done", "failed") and row["report_path"]
+    return LoadOut(**{k: row[k] for k in ("id", "status", "file_name", "system", "started_at", "finished_at",
+                                          "rows_done", "counts", "error")},
+                   report_url=f"/api/counterparties/bulk-loads/{row['id']}/report" if done else None)
+
+
+def _save(upload, target: Path, limit: int) -> int:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with open(target, "wb") as out:
+        while chunk := upload.read(1024 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"file exceeds {limit} bytes")
+            out.write(chunk)
+    return size
+
+
+@router.post("", status_code=202, response_model=LoadOut,
+             summary="Load counterparties from a CSV, XLSX or JSONL export")
+async def start(request: Request, file: UploadFile = File(...),
+                system: str = Form("1c", pattern=r"^[a-z0-9_\-]{1,32}$", description="the source system's name"),
+                verify_clean_rows: bool = Form(False, description="rows with complete, valid ids become verified"),
+                user: User = Depends(require_roles(*LOADERS))):
+    container = request.app.state.container
+    kind = Path(file.filename or "").suffix.lower().lstrip(".")
+    if kind not in KINDS:
+        raise HTTPException(422, f"unsupported file type {kind!r}: use one of {', '.join(KINDS)}")
+    load_id = await start_job(container.session_factory, file_name=file.filename or "upload", system=system,
+                              user_id=user.id)
+    folder = container.settings.imports_dir
+    path = folder / f"{load_id}.{kind}"
+    try:
+        size = await run_in_threadpool(_save, file.file, path, container.settings.max_import_bytes)
+    except ValueError as exc:
+        path.unlink(missing_ok=True)
+        raise HTTPException(413, str(exc)) from exc
+    if size == 0:
+        raise HTTPException(422, "the file is empty")
+    task = asyncio.create_task(run_job(
+        container.session_factory, load_id=load_id, path=path, kind=kind, system=system, actor=f"user:{user.id}",
+        verify_clean=verify_clean_rows, report_path=folder / f"{load_id}.report.csv"))
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return await status(load_id, request, user)
+
+
+@router.get("/{load_id}", response_model=LoadOut)
+async def status(load_id: str, request: Request, _: User = Depends(require_roles(*LOADERS, "auditor"))):
+    async with request.app.state.container.session_factory() as session:
+        row = (await session.execute(select(tables.bulk_loads).where(tables.bulk_loads.c.id == load_id))
+               ).mappings().first()
+    if row is None:
+        raise HTTPException(404, f"bulk load {load_id} not found")
+    return _out(row)
+
+
+@router.get("/{load_id}/report", summary="The row-level report (CSV)")
+async def report(load_id: str, request: Request, user: User = Depends(require_roles(*LOADERS, "auditor"))):
+    load = await status(load_id, request, user)
+    path = request.app.state.container.settings.imports_dir / f"{load_id}.report.csv"
+    if load.report_url is None or not path.exists():
+        raise HTTPException(409, f"bulk load {load_id} is {load.status}; the report is not ready")
+    return FileResponse(path, media_type="text/csv", filename=f"bulk-load-{load_id}.csv")
+
+

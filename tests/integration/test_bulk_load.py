@@ -1,0 +1,81 @@
+"""Bulk load on both backends: row-level outcomes, duplicates within the file and
+against the registry, and re-runs that update instead of duplicating."""
+
+import csv
+from datetime import datetime, timezone
+
+from sqlalchemy import func, select
+
+from ecm_service.adapters import tables
+from ecm_service.adapters.history import verify_chain
+from ecm_service.adapters.row_sources import read_rows
+from ecm_service.service_layer.bulk_load import BulkLoader
+
+HEADER = "Код;Наименование;ИНН;КПП;ОГРН\n"
+ROWS = [
+    "1;ООО «Ромашка»;7736050003;773601001;1027700070518",   # clean
+    "2;Лютик;7707083894;;",                                  # bad INN check digit: flagged, still loaded
+    "3;;7707083893;773601001;",                              # no name
+    "1;Повтор кода;;;",                                      # code repeated
+    "4;Ромашка (дубль);7736050003;773601001;1027700070518",  # same INN+KPP as row 2 of the file
+    "5;Сбер из 1С;7707083893;773601001;1027700132195",       # already in the registry, verified
+]
+
+
+async def _seed_verified(ecm):
+    now = datetime.now(timezone.utc)
+    async with ecm.session_factory() as session, session.begin():
+        await session.execute(tables.counterparties.insert().values(
+            id="sber", name='ПАО "Сбербанк России"', status="verified", inn="7707083893", kpp="773601001",
+            ogrn="1027700132195", country="RU", quality_flags=[], created_at=now, updated_at=now))
+
+
+async def _load(ecm, tmp_path, lines, name="export.csv"):
+    path = tmp_path / name
+    path.write_text(HEADER + "\n".join(lines) + "\n", encoding="utf-8")
+    report = tmp_path / f"{name}.report.csv"
+    loader = BulkLoader(ecm.session_factory, system="1c", actor="test", verify_clean=True, chunk_size=2)
+    result = await loader.run(read_rows(path), report)
+    with open(report, encoding="utf-8") as handle:
+        return result, {row["row"]: row for row in csv.DictReader(handle)}
+
+
+async def _count(ecm, table):
+    async with ecm.session_factory() as session:
+        return await session.scalar(select(func.count()).select_from(table))
+
+
+async def test_every_row_gets_an_outcome_and_nothing_is_duplicated(ecm, tmp_path):
+    await _seed_verified(ecm)
+    result, report = await _load(ecm, tmp_path, ROWS)
+    outcomes = {row: r["outcome"] for row, r in report.items()}
+    assert outcomes == {"2": "created", "3": "created", "4": "error", "5": "duplicate_in_file",
+                        "6": "duplicate_in_file", "7": "linked_existing"}
+    assert report["4"]["message"] == "name is required"
+    assert report["5"]["message"] == "code already on row 2"
+    assert report["6"]["message"] == "same INN and KPP as row 2"
+    assert report["7"]["counterparty_id"] == "sber"
+    assert "inn_invalid" in report["3"]["quality_flags"]
+    assert result.rows == 6 and result.counts["created"] == 2
+
+    async with ecm.session_factory() as session:
+        statuses = dict((await session.execute(select(tables.counterparties.c.name,
+                                                      tables.counterparties.c.status))).all())
+    assert statuses["ООО «Ромашка»"] == "verified"  # clean row, verify_clean asked for
+    assert statuses["Лютик"] == "pending_verification"  # flagged rows wait for the steward
+    assert await _count(ecm, tables.counterparties) == 3
+
+    # The same file again: found by code, nothing new.
+    _, again = await _load(ecm, tmp_path, ROWS, name="again.csv")
+    assert [again[row]["outcome"] for row in ("2", "3", "7")] == ["unchanged", "unchanged", "differs"]
+    assert again["7"]["message"] == "the verified record differs in name; left for the steward"
+    assert await _count(ecm, tables.counterparties) == 3
+
+    # A corrected file updates the record it names.
+    _, fixed = await _load(ecm, tmp_path, [ROWS[0], "2;Лютик;7707083893;773601001;1027700132195"], "fixed.csv")
+    assert fixed["3"]["outcome"] == "updated" and fixed["2"]["outcome"] == "unchanged"
+    async with ecm.session_factory() as session:
+        assert (await verify_chain(session)).intact
+        refs = await session.scalar(select(func.count()).select_from(tables.external_refs)
+                                    .where(tables.external_refs.c.system == "1c"))
+    assert refs == 3
