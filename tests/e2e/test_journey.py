@@ -199,7 +199,7 @@ def test_the_steward_verifies_and_merges_and_the_crm_follows(api):
 
 
 def test_bulk_load_through_the_api_reports_every_row(api):
-    rows = "Код;Наименование;ИНН;КПП;ОГРН\nE2E-1;ООО «Север»;7736050003;773601001;1027700070518\nE2E-2;;;;\n"
+    rows = "Код;Наименование;ИНН;КПП;ОГРН\nE2E-1;ООО «Север»;7708004767;770801001;1027700035769\nE2E-2;;;;\n"
     files = {"file": ("export.csv", rows.encode("cp1251"), "text/csv")}
     assert api.ecm("legal-lena", "POST", "/api/counterparties/bulk-loads", files=files).status_code == 403
     wrong = api.ecm("steward-stas", "POST", "/api/counterparties/bulk-loads",
