@@ -1,7 +1,9 @@
 """The foundation journey through the public HTTP APIs of three real processes, on
 SQLite and on PostgreSQL."""
 
+import csv
 import hashlib
+import io
 import json
 import uuid
 
@@ -64,6 +66,16 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
         ("in_progress", "legal"), ("in_progress", "finance"), ("in_progress", "director"), ("approved", None)]
     times = [h["at"] for h in trace["hops"]]
     assert times == sorted(times)
+
+    sheet = api.ecm("ecm-auditor", "GET", f"/api/approvals/{approval['id']}/sheet.csv")
+    lines = list(csv.reader(io.StringIO(sheet.content.decode("utf-8-sig"))))
+    assert [(r[1], r[3], r[4], r[6]) for r in lines[1:]] == [
+        ("legal", "approved", "legal-lena", sha), ("finance", "approved", "finance-fedor", sha),
+        ("director", "approved", "director-dina", sha)]
+    assert lines[1][7] == "clause 4 checked"
+    page = api.ecm("ecm-auditor", "GET", f"/api/approvals/{approval['id']}/sheet.html")
+    assert page.status_code == 200 and "Лист согласования" in page.text and sha in page.text
+    assert api.ecm("ecm-integration", "GET", f"/api/approvals/{approval['id']}/sheet.csv").status_code == 403
 
     org = api.crm(SALES, "GET", f"/api/organizations/{flow['org']['id']}").json()
     assert org["registry"] == {"id": counterparty["id"], "status": "pending_verification",
