@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.table import print_table  # noqa: E402
 from ecm_service.adapters.row_sources import read_rows  # noqa: E402
 from ecm_service.service_layer.bulk_load import BulkLoader  # noqa: E402
 from infra.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
@@ -69,11 +70,7 @@ def main() -> None:
         ("re-run of the same file", f"{rerun:.1f} s", f"{read / rerun:,.0f} rows/s"),
         ("  outcomes", "", ", ".join(f"{k} {v}" for k, v in sorted(recounts.items()))),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure'.ljust(width)} | {'value':>10} | rate")
-    print("-" * (width + 40))
-    for label, value, rate in rows:
-        print(f"{label.ljust(width)} | {str(value):>10} | {rate}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.table import print_table  # noqa: E402
 from deploy.broker import free_port  # noqa: E402
 from deploy.local_run import LauncherSettings, LocalSystem  # noqa: E402
 from infra.kafka import ensure_topics  # noqa: E402
@@ -152,11 +153,7 @@ def main() -> None:
         ("ratio end-to-end / raw", "", f"{(n / e2e_s) / (n / raw_s):.3f}"),
         *[(f"peak RSS {name}", f"{mb:.0f} MB", "") for name, mb in rss.items()],
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure'.ljust(width)} | {'value':>10} | rate")
-    print("-" * (width + 28))
-    for label, value, rate in rows:
-        print(f"{label.ljust(width)} | {str(value):>10} | {rate}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -41,28 +41,27 @@ async def _announce(uow: EcmUnitOfWork, record: Counterparty, change: str, *, re
         correlation_id=correlation_id))
 
 
-async def verify(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str | None, correlation_id: str):
+async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str | None,
+                         correlation_id: str, change: str) -> Counterparty:
     async with uow:
         record = await _load(uow, counterparty_id)
-        record.verify(datetime.now(timezone.utc))
+        getattr(record, {"verified": "verify", "rejected": "reject"}[change])(datetime.now(timezone.utc))
         await uow.counterparties.save(record)
-        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="verified",
-                                 actor=_actor(user), reason=reason, data={"status": record.status})
-        await _announce(uow, record, "verified", reason=reason, correlation_id=correlation_id, seq=seq)
+        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action=change,
+                                       actor=_actor(user), reason=reason, data={"status": record.status})
+        await _announce(uow, record, change, reason=reason, correlation_id=correlation_id, seq=seq)
         await uow.commit()
     return record
+
+
+async def verify(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str | None, correlation_id: str):
+    return await _change_status(uow, counterparty_id=counterparty_id, user=user, reason=reason,
+                                correlation_id=correlation_id, change="verified")
 
 
 async def reject(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str, correlation_id: str):
-    async with uow:
-        record = await _load(uow, counterparty_id)
-        record.reject(datetime.now(timezone.utc))
-        await uow.counterparties.save(record)
-        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="rejected",
-                                 actor=_actor(user), reason=reason, data={"status": record.status})
-        await _announce(uow, record, "rejected", reason=reason, correlation_id=correlation_id, seq=seq)
-        await uow.commit()
-    return record
+    return await _change_status(uow, counterparty_id=counterparty_id, user=user, reason=reason,
+                                correlation_id=correlation_id, change="rejected")
 
 
 async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user, reason: str,

@@ -53,13 +53,19 @@ def start_system(tmp_path_factory, backend: str, extra_env: dict | None = None) 
     return system, databases
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def system(request, tmp_path_factory):
-    system, databases = start_system(tmp_path_factory, request.param)
+def running_system(tmp_path_factory, backend: str, extra_env: dict | None = None):
+    """Generator for a module-scoped `system` fixture: started, yielded, stopped, cleaned."""
+    system, databases = start_system(tmp_path_factory, backend, extra_env)
     yield system
     system.stop()
     for name in databases:
         drop_pg_database(name)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def system(request, tmp_path_factory):
+    """Modules that need one backend or other settings override this fixture."""
+    yield from running_system(tmp_path_factory, request.param)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.e2e.conftest import Api, start_system
+from tests.e2e.conftest import running_system
 from tests.e2e.journey import (
     create_deal_with_document,
     crm_approval,
@@ -19,24 +19,15 @@ from tests.e2e.journey import (
     request_approval,
     wait_crm_status,
 )
-from tests.support.databases import drop_pg_database
 from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     # Few, short retries so an ECM outage dead-letters quickly in this module.
-    system, databases = start_system(tmp_path_factory, "postgresql",
-                                     extra_env={"BRIDGE_MAX_ATTEMPTS": "2", "BRIDGE_RETRY_MAX_WAIT": "0.2"})
-    yield system
-    system.stop()
-    for name in databases:
-        drop_pg_database(name)
+    yield from running_system(tmp_path_factory, "postgresql",
+                              extra_env={"BRIDGE_MAX_ATTEMPTS": "2", "BRIDGE_RETRY_MAX_WAIT": "0.2"})
 
-
-@pytest.fixture(scope="module")
-def api(system):
-    return Api(system)
 
 
 def bridgectl(system, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import pytest
 from infra.dead_letters import error_context
 from infra.topic_inspection import committed_offsets, end_offsets
 from schemas.topics import DATA_TOPICS, dead_letter_topic
-from tests.e2e.conftest import Api, start_system
+from tests.e2e.conftest import running_system
 from tests.e2e.journey import (
     SALES,
     create_deal_with_document,
@@ -18,7 +18,6 @@ from tests.e2e.journey import (
     request_approval,
     wait_crm_status,
 )
-from tests.support.databases import drop_pg_database
 from tests.support.kafka import produce, read_all, republish
 from tests.support.polling import wait_until
 
@@ -28,16 +27,8 @@ GROUPS = {"crm.events": "sync-bridge", "ecm.events": "sync-bridge", "ecm.command
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    system, databases = start_system(tmp_path_factory, "postgresql")
-    yield system
-    system.stop()
-    for name in databases:
-        drop_pg_database(name)
+    yield from running_system(tmp_path_factory, "postgresql")
 
-
-@pytest.fixture(scope="module")
-def api(system):
-    return Api(system)
 
 
 def run(coro):

@@ -7,20 +7,15 @@ import httpx
 import pytest
 
 from deploy.broker import free_port
-from tests.e2e.conftest import Api, start_system
+from tests.e2e.conftest import running_system
 from tests.e2e.journey import create_deal_with_document, request_approval, wait_crm_status
 from tests.e2e.test_reliability import ecm_counts, wait_drained
-from tests.support.databases import drop_pg_database
 from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    system, databases = start_system(tmp_path_factory, "postgresql")
-    yield system
-    system.stop()
-    for name in databases:
-        drop_pg_database(name)
+    yield from running_system(tmp_path_factory, "postgresql")
 
 
 def assigned(url: str) -> set[str]:
@@ -30,8 +25,7 @@ def assigned(url: str) -> set[str]:
         return set()
 
 
-def test_two_workers_share_partitions_and_survive_losing_one(system):
-    api = Api(system)
+def test_two_workers_share_partitions_and_survive_losing_one(system, api):
     second = system.start_extra_bridge("bridge-2", free_port())
     # After the rebalance each worker holds part of the partitions, and together all of them.
     wait_until(lambda: assigned(system.bridge_url) and assigned(second)

@@ -13,23 +13,26 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture
-async def crm(backend, databases, broker, tmp_path):
-    settings = CrmSettings(database_url=databases.url("crm", backend), kafka_bootstrap_servers=broker,
-                           files_dir=tmp_path / "crm-files")
-    container = crm_bootstrap(settings)
+async def _container(bootstrap, settings):
+    """A service's real wiring on a fresh database, its producer started."""
+    container = bootstrap(settings)
     await container.producer.start()
     yield container
     await container.producer.stop()
     await container.engine.dispose()
+
+
+@pytest.fixture
+async def crm(backend, databases, broker, tmp_path):
+    async for container in _container(crm_bootstrap, CrmSettings(
+            database_url=databases.url("crm", backend), kafka_bootstrap_servers=broker,
+            files_dir=tmp_path / "crm-files")):
+        yield container
 
 
 @pytest.fixture
 async def ecm(backend, databases, broker, tmp_path):
-    settings = EcmSettings(database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
-                           content_dir=tmp_path / "ecm-content")
-    container = ecm_bootstrap(settings)
-    await container.producer.start()
-    yield container
-    await container.producer.stop()
-    await container.engine.dispose()
+    async for container in _container(ecm_bootstrap, EcmSettings(
+            database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
+            content_dir=tmp_path / "ecm-content", imports_dir=tmp_path / "imports")):
+        yield container
