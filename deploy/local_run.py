@@ -185,7 +185,10 @@ def main() -> int:
     def _terminate(signum, _frame):
         raise KeyboardInterrupt
 
+    # SIGINT explicitly too: a launcher started in the background of a script inherits
+    # SIGINT ignored, and Ctrl-C / `kill -INT` must still stop everything.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     code = 0
     try:
         system.start()
