@@ -1,5 +1,6 @@
 """Commands the CRM accepts on `crm.commands` (its own vocabulary)."""
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
@@ -16,6 +17,8 @@ class UpdateApprovalStatusV1(Contract):
     registry_approval_id: str
     # The CRM user to notify (the approval's current initiator), when known.
     notify_user_id: str | None = None
+    # When the ECM made the change (its event's time), for the request's trace.
+    changed_at: datetime | None = None
 
 
 class UpdateOrganizationLinkV1(Contract):

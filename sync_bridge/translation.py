@@ -127,6 +127,7 @@ def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusCha
                 reason=event.reason, registry_approval_id=event.approval_id,
                 notify_user_id=event.initiator_ref.id if event.initiator_ref and event.initiator_ref.system == CRM
                 else None,
+                changed_at=source.occurred_at,
             ),
             CRM_COMMANDS, key,
         )

@@ -69,10 +69,10 @@ class ApprovalRequestRepository(TableRepository):
         ).mappings().first()
         return ApprovalRequest(**row) if row else None
 
-    async def record_status(self, request: ApprovalRequest, command_id: str) -> None:
+    async def record_status(self, request: ApprovalRequest, command_id: str, changed_at=None) -> None:
         await self.session.execute(insert(tables.approval_status_history).values(
             approval_request_id=request.id, status=request.status, stage=request.stage, revision=request.revision,
-            command_id=command_id, applied_at=request.updated_at))
+            command_id=command_id, changed_at=changed_at, applied_at=request.updated_at))
 
     async def status_history(self, request_id: str) -> list[dict]:
         h = tables.approval_status_history

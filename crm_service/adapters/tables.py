@@ -87,6 +87,7 @@ approval_status_history = Table(
     Column("stage", String(64)),
     Column("revision", Integer, nullable=False),
     Column("command_id", String(36), nullable=False),
+    Column("changed_at", UtcDateTime()),  # when the ECM made the change
     Column("applied_at", UtcDateTime(), nullable=False),
 )
 

@@ -149,7 +149,7 @@ async def update_approval_status(
     )
     if changed:
         await uow.approval_requests.save(request)
-        await uow.approval_requests.record_status(request, command_id)
+        await uow.approval_requests.record_status(request, command_id, cmd.changed_at)
         if cmd.notify_user_id:
             stage = f" ({request.stage})" if request.stage else ""
             await uow.notifications.add(
@@ -200,10 +200,10 @@ async def trace_approval_request(uow: CrmUnitOfWork, request_id: str) -> dict:
         history = await uow.approval_requests.status_history(request_id)
     hops = [{"hop": "crm.requested", "at": request.requested_at}]
     hops.append({"hop": "crm.event_published", "at": published_at, "event_id": request.request_event_id})
-    hops += [
-        {"hop": "ecm.status_received", "at": h["applied_at"], "status": h["status"], "stage": h["stage"],
-         "revision": h["revision"]}
-        for h in history
-    ]
+    for h in history:
+        detail = {"status": h["status"], "stage": h["stage"], "revision": h["revision"]}
+        if h["changed_at"] is not None:
+            hops.append({"hop": "ecm.status_changed", "at": h["changed_at"], **detail})
+        hops.append({"hop": "crm.status_received", "at": h["applied_at"], **detail})
     return {"id": request.id, "status": request.status, "stage": request.stage,
             "registry_approval_id": request.registry_approval_id, "hops": hops}
