@@ -7,6 +7,7 @@ import asyncio
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 log = structlog.get_logger()
 
@@ -19,15 +20,18 @@ def make_producer(bootstrap_servers: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, request_timeout_ms=15000)
 
 
-async def ensure_topics(bootstrap_servers: str, topics: dict[str, int], *, timeout: float = 30.0) -> None:
-    """Create topics with explicit partition counts; existing topics are left alone."""
+async def ensure_topics(bootstrap_servers: str, topics: dict[str, int], *, timeout: float = 30.0,
+                        replication_factor: int = 1) -> None:
+    """Create topics with explicit partition counts; existing topics are left alone (in
+    production deploy/kafka/create-topics.sh provisions them first, with their configs)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
+            missing = [NewTopic(name, partitions, replication_factor)
+                       for name, partitions in topics.items() if name not in existing]
             if missing:
                 response = await admin.create_topics(missing)
                 for name, code, message in _topic_errors(response):
@@ -35,13 +39,9 @@ async def ensure_topics(bootstrap_servers: str, topics: dict[str, int], *, timeo
                         raise RuntimeError(f"cannot create topic {name}: {code} {message}")
                 log.info("topics_created", topics=[t.name for t in missing])
             return
-        except (TimeoutError, OSError, ConnectionError) as exc:
+        except (TimeoutError, OSError, KafkaConnectionError) as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"broker {bootstrap_servers} unreachable: {exc}") from exc
-            await asyncio.sleep(0.5)
-        except Exception as exc:  # aiokafka raises KafkaConnectionError and friends
-            if "Connect" not in type(exc).__name__ or asyncio.get_running_loop().time() > deadline:
-                raise
             await asyncio.sleep(0.5)
         finally:
             await admin.close()

@@ -15,8 +15,9 @@ from schemas.topics import provisioning
 log = structlog.get_logger()
 
 
-async def start_producer(producer: AIOKafkaProducer, bootstrap: str, partitions: int, timeout: float = 60.0) -> None:
-    await ensure_topics(bootstrap, provisioning(partitions), timeout=timeout)
+async def start_producer(producer: AIOKafkaProducer, bootstrap: str, partitions: int, timeout: float = 60.0,
+                         replication: int = 1) -> None:
+    await ensure_topics(bootstrap, provisioning(partitions), timeout=timeout, replication_factor=replication)
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:

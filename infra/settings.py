@@ -18,6 +18,7 @@ class ServiceSettings(BaseSettings):
         "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
     )
     topic_partitions: int = Field(6, ge=1, validation_alias=AliasChoices("KAFKA_TOPIC_PARTITIONS"))
+    topic_replication: int = Field(1, ge=1, validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR"))
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))
     log_json: bool | None = Field(None, validation_alias=AliasChoices("LOG_JSON"))
     host: str = "127.0.0.1"

@@ -14,7 +14,8 @@ from sync_bridge.app import app, settings
 
 def main() -> None:
     configure_logging("bridge", json_logs=settings.json_logs, level=settings.log_level)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, provisioning(settings.topic_partitions)))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, provisioning(settings.topic_partitions),
+                              replication_factor=settings.topic_replication))
     # Started programmatically (not through faust's CLI) so that stdout is not redirected
     # into faust's logger: our structured logs stay one JSON object per line.
     worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)

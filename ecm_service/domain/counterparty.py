@@ -10,7 +10,7 @@ from datetime import datetime
 
 from stdnum.ru import inn as ru_inn
 
-from ecm_service.domain.identifiers import _valid, quality_flags
+from ecm_service.domain.identifiers import passes, quality_flags
 from ecm_service.domain.names import normalize_name
 
 PENDING = "pending_verification"
@@ -94,7 +94,7 @@ class Counterparty:
 def pick_verified_match(candidates: list[Counterparty], *, inn: str | None, kpp: str | None) -> Counterparty | None:
     """Link only when identifiers agree: INN+KPP, or INN alone when it names exactly one
     verified record. Anything less is left for the steward."""
-    if not inn or not _valid(ru_inn, inn):
+    if not inn or not passes(ru_inn, inn):
         return None
     same_inn = [c for c in candidates if c.status == VERIFIED and c.inn == inn]
     if kpp:

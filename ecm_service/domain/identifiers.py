@@ -21,7 +21,8 @@ EU = {"AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "H
       "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK"}
 
 
-def _valid(module, value: str) -> bool:  # noqa: used by the registry rules
+def passes(module, value: str) -> bool:
+    """True when python-stdnum's module accepts the value (check digits included)."""
     try:
         module.validate(value)
         return True
@@ -40,17 +41,17 @@ def quality_flags(*, inn: str | None, kpp: str | None, ogrn: str | None, country
         if country in EU:
             if not vat:
                 return ["vat_missing"]
-            return [] if _valid(eu_vat, vat) else ["vat_invalid"]
+            return [] if passes(eu_vat, vat) else ["vat_invalid"]
         return [] if (vat or inn) else ["tax_id_missing"]
     flags = []
     sole_trader = is_sole_trader(legal_form=legal_form, inn=inn)
     if not inn:
         flags.append("inn_missing")
-    elif not _valid(ru_inn, inn):
+    elif not passes(ru_inn, inn):
         flags.append("inn_invalid")
     if not ogrn:
         flags.append("ogrn_missing")
-    elif not _valid(ru_ogrn, ogrn) or len(ogrn) != (15 if sole_trader else 13):
+    elif not passes(ru_ogrn, ogrn) or len(ogrn) != (15 if sole_trader else 13):
         flags.append("ogrn_invalid")
     if sole_trader:
         if kpp:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ecm_service.adapters import tables
 from ecm_service.adapters.history import HistoryLog
+from ecm_service.adapters.row_sources import read_rows
 from ecm_service.domain.counterparty import MERGED, PENDING, VERIFIED
 from ecm_service.domain.identifiers import compact, quality_flags
 from ecm_service.domain.names import normalize_name
@@ -211,8 +212,6 @@ async def run_job(session_factory, *, load_id: str, path: Path, kind: str, syste
     async def progress(rows: int, counts: Counter) -> None:
         async with session_factory() as session, session.begin():
             await session.execute(update(t).where(t.c.id == load_id).values(rows_done=rows, counts=dict(counts)))
-
-    from ecm_service.adapters.row_sources import read_rows
 
     try:
         loader = BulkLoader(session_factory, system=system, actor=actor, verify_clean=verify_clean)

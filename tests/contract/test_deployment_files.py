@@ -54,6 +54,7 @@ def test_each_app_names_the_cluster_and_starts_with_its_compose_environment(monk
         monkeypatch.setenv(key, value)
     settings = settings_cls()  # fails fast, as the container would, on a missing or unknown value
     assert settings.kafka_bootstrap_servers == ",".join(BROKERS) and not settings.is_development
+    assert (settings.topic_partitions, settings.topic_replication) == (12, 3)  # as the provisioning script
     assert settings.host == "0.0.0.0"
 
 
