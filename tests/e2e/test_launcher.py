@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import httpx
 
@@ -28,8 +29,19 @@ def test_the_launcher_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     launcher = subprocess.Popen([sys.executable, "-m", "deploy.local_run"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def collect():
+        for line in launcher.stdout:  # line by line, so the test sees output as it comes
+            lines.append(line)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
     try:
-        wait_until(lambda: all(listening(p) for p in ports.values()), timeout=90, message="all ports open")
+        # The launcher says it is ready only once every part answers its health check.
+        wait_until(lambda: any("Press Ctrl-C to stop everything." in line for line in lines), timeout=120,
+                   message="the launcher reports the system running")
+        assert all(listening(p) for p in ports.values())
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{ports['BRIDGE_WEB_PORT']}/health").status_code == 200,
                    timeout=60, message="bridge healthy")
         users = json.loads((tmp_path / "var" / "demo-users.json").read_text())
@@ -37,7 +49,9 @@ def test_the_launcher_starts_everything_and_ctrl_c_stops_everything(tmp_path):
         assert (tmp_path / "var" / "crm.db").exists() and (tmp_path / "var" / "ecm.db").exists()
     finally:
         launcher.send_signal(signal.SIGINT)
-        output, _ = launcher.communicate(timeout=60)
+        launcher.wait(timeout=60)
+        reader.join(timeout=10)
+    output = "".join(lines)
     assert launcher.returncode == 0, output
     assert f"CRM API      http://127.0.0.1:{ports['CRM_PORT']}" in output
     assert "all processes stopped." in output
