@@ -8,6 +8,7 @@ from pathlib import Path
 from ecm_service.adapters import tables
 from ecm_service.config import EcmSettings
 from ecm_service.domain.approval import Route
+from ecm_service.domain.retention import load_retention
 from ecm_service.domain.routes import load_routes
 from ecm_service.service_layer.commands import ACCEPTED_COMMANDS, apply_command
 from ecm_service.service_layer.metrics import refresh_approval_metrics
@@ -23,6 +24,7 @@ from schemas.topics import ECM_COMMANDS
 class EcmContainer(ServiceContainer):
     content_store: ContentStore | None = None
     routes: dict[str, Route] = field(default_factory=dict)
+    retention: dict[str, int] = field(default_factory=dict)
 
     name = "ecm"
     commands_topic = ECM_COMMANDS
@@ -51,4 +53,5 @@ def bootstrap(settings: EcmSettings | None = None) -> EcmContainer:
         producer=make_producer(settings.kafka_bootstrap_servers),
         content_store=ContentStore(settings.content_dir),
         routes=load_routes(settings.routes_file),
+        retention=load_retention(settings.document_types_file),
     )

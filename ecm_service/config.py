@@ -15,5 +15,6 @@ class EcmSettings(ServiceSettings):
     imports_dir: Path = Path("var/ecm-imports")
     max_import_bytes: int = 2 * 1024 * 1024 * 1024
     routes_file: Path = Path(__file__).parent / "approval_routes.json"
+    document_types_file: Path = Path(__file__).parent / "document_types.json"
     max_upload_bytes: int = 50 * 1024 * 1024
     consumer_group: str = "ecm-service"

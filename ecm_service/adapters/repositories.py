@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters import tables
@@ -83,10 +83,30 @@ class DocumentRepository:
     async def add_document(self, **values) -> None:
         await self.session.execute(insert(tables.documents).values(**values))
 
-    async def get(self, document_id: str) -> dict | None:
+    async def get(self, document_id: str, *, for_update: bool = False) -> dict | None:
         t = tables.documents
-        row = (await self.session.execute(select(t).where(t.c.id == document_id))).mappings().first()
+        query = select(t).where(t.c.id == document_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self.session.execute(query)).mappings().first()
         return dict(row) if row else None
+
+    async def update_document(self, document_id: str, **values) -> None:
+        t = tables.documents
+        await self.session.execute(update(t).where(t.c.id == document_id).values(**values))
+
+    async def retention_expired(self, now) -> list[dict]:
+        t = tables.documents
+        rows = await self.session.execute(
+            select(t).where(t.c.retain_until <= now, t.c.disposed_at.is_(None)).order_by(t.c.retain_until))
+        return [dict(r) for r in rows.mappings()]
+
+    async def content_used_elsewhere(self, sha256: str, document_id: str) -> bool:
+        v, d = tables.document_versions, tables.documents
+        found = await self.session.execute(
+            select(v.c.id).join(d, d.c.id == v.c.document_id)
+            .where(v.c.sha256 == sha256, v.c.document_id != document_id, d.c.disposed_at.is_(None)).limit(1))
+        return found.first() is not None
 
     async def versions(self, document_id: str) -> list[dict]:
         v = tables.document_versions
@@ -126,6 +146,11 @@ class ApprovalRepository:
         s = tables.approval_steps
         steps = await self.session.execute(select(s).where(s.c.approval_id == approval_id).order_by(s.c.stage_no))
         return Approval(**row, steps=[ApprovalStep(**r) for r in steps.mappings()])
+
+    async def in_flight_for_document(self, document_id: str) -> int:
+        t = tables.approvals
+        return await self.session.scalar(
+            select(func.count()).select_from(t).where(t.c.document_id == document_id, t.c.status == "in_progress"))
 
     async def move_counterparty(self, from_id: str, to_id: str) -> None:
         t = tables.approvals

@@ -1,6 +1,7 @@
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -11,6 +12,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.sql import false
 
 from infra.messaging_tables import inbox_table, outbox_table
 from infra.users import users_table
@@ -95,6 +97,10 @@ documents = Table(
     Column("title", String(500), nullable=False),
     Column("owner_id", String(36), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    Column("retain_until", UtcDateTime()),
+    Column("legal_hold", Boolean, nullable=False, server_default=false()),
+    Column("legal_hold_reason", Text),
+    Column("disposed_at", UtcDateTime()),
 )
 
 document_versions = Table(

@@ -120,6 +120,10 @@ class DocumentOut(BaseModel):
     doc_type: str
     title: str
     created_at: datetime
+    retain_until: datetime | None
+    legal_hold: bool
+    legal_hold_reason: str | None
+    disposed_at: datetime | None
     external_refs: list[ExternalRef]
     versions: list[VersionOut]
 
@@ -158,7 +162,7 @@ async def upload_document(
     document, version, created = await store_version(
         container.uow(), user_id=user.id, doc_type=doc_type, title=title,
         filename=(file.filename or "document")[-255:], content_type=file.content_type or "application/octet-stream",
-        sha256=actual, size=size, external_ref=ref,
+        sha256=actual, size=size, external_ref=ref, retention=container.retention,
     )
     return StoredVersion(id=document["id"], version_id=version["id"], version_no=version["version_no"],
                          sha256=version["sha256"], size=version["size"], created=created)
@@ -199,6 +203,10 @@ async def document_content(document_id: str, request: Request, version: int | No
     container = _container(request)
     async with container.uow() as uow:
         versions = await uow.documents.versions(document_id)
+        document = await uow.documents.get(document_id)
+    if document is not None and document["disposed_at"] is not None:
+        raise HTTPException(410, f"document {document_id} was disposed of on {document['disposed_at']:%Y-%m-%d} "
+                                 "after its retention period")
     chosen = [v for v in versions if version is None or v["version_no"] == version]
     if not chosen:
         raise HTTPException(404, f"document {document_id} (version {version or 'latest'}) not found")

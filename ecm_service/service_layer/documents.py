@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
+from ecm_service.domain.retention import FALLBACK, disposal_blocker, retain_until
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas.common import ExternalRef
 
@@ -13,7 +14,7 @@ DOCUMENT = "document"
 
 async def store_version(
     uow: EcmUnitOfWork, *, user_id: str, doc_type: str, title: str, filename: str, content_type: str,
-    sha256: str, size: int, external_ref: ExternalRef | None,
+    sha256: str, size: int, external_ref: ExternalRef | None, retention: dict[str, int] | None = None,
 ) -> tuple[dict, dict, bool]:
     """Returns (document, version, created). Storing the same bytes under the same
     external ref again returns the existing version: transfers may be retried."""
@@ -27,8 +28,10 @@ async def store_version(
             version_no = len(versions) + 1
         else:
             document_id, version_no = str(uuid.uuid4()), 1
+            years = (retention or {}).get(doc_type, (retention or {}).get(FALLBACK))
             await uow.documents.add_document(id=document_id, doc_type=doc_type, title=title, owner_id=user_id,
-                                             created_at=now)
+                                             created_at=now,
+                                             retain_until=retain_until(now, years) if years is not None else None)
             if external_ref:
                 await uow.external_refs.attach(DOCUMENT, document_id, external_ref)
         version = dict(id=str(uuid.uuid4()), document_id=document_id, version_no=version_no, sha256=sha256,
@@ -40,3 +43,57 @@ async def store_version(
         await uow.commit()
         document = await uow.documents.get(document_id)
     return document, version, True
+
+
+class NotFound(Exception):
+    pass
+
+
+class DocumentGone(Exception):
+    pass
+
+
+async def set_legal_hold(uow: EcmUnitOfWork, *, document_id: str, hold: bool, user_id: str, reason: str) -> dict:
+    async with uow:
+        document = await uow.documents.get(document_id, for_update=True)
+        if document is None:
+            raise NotFound(f"document {document_id} not found")
+        if document["disposed_at"]:
+            raise DocumentGone(f"document {document_id} was disposed of")
+        if document["legal_hold"] != hold:
+            await uow.documents.update_document(document_id, legal_hold=hold,
+                                                legal_hold_reason=reason if hold else None)
+            await uow.history.append(entity_type=DOCUMENT, entity_id=document_id,
+                                     action="legal_hold_set" if hold else "legal_hold_released",
+                                     actor=f"user:{user_id}", reason=reason, data={})
+        await uow.commit()
+        return await uow.documents.get(document_id)
+
+
+async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, actor: str,
+                          dry_run: bool) -> list[dict]:
+    """Disposes of every document whose retention has run out and that nothing keeps:
+    its versions' bytes are deleted (unless another live document shares them) and the
+    disposal is recorded; the card and its history stay."""
+    results = []
+    async with uow:
+        for document in await uow.documents.retention_expired(now):
+            blocker = disposal_blocker(document, now=now,
+                                       approvals_in_flight=await uow.approvals.in_flight_for_document(document["id"]))
+            if blocker:
+                results.append({"id": document["id"], "eligible": False, "disposed": False, "reason": blocker})
+                continue
+            results.append({"id": document["id"], "eligible": True, "disposed": not dry_run, "reason": None})
+            if dry_run:
+                continue
+            versions = await uow.documents.versions(document["id"])
+            await uow.documents.update_document(document["id"], disposed_at=now)
+            deleted = []
+            for version in versions:
+                if not await uow.documents.content_used_elsewhere(version["sha256"], document["id"]):
+                    content_store.path_for(version["sha256"]).unlink(missing_ok=True)
+                    deleted.append(version["sha256"])
+            await uow.history.append(entity_type=DOCUMENT, entity_id=document["id"], action="disposed", actor=actor,
+                                     data={"versions": len(versions), "content_deleted": deleted}, at=now)
+        await uow.commit()
+    return results

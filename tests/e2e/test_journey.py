@@ -231,3 +231,34 @@ def test_bulk_load_through_the_api_reports_every_row(api):
     assert report.status_code == 200 and "name is required" in report.text
     (party,) = api.ecm("steward-stas", "GET", "/api/counterparties?external_ref=erp:E2E-1").json()
     assert party["status"] == "verified" and party["name"] == "ООО «Север»"
+
+
+def test_legal_hold_keeps_a_document_that_retention_would_dispose_of(api):
+    # Runs last in this module: it disposes of every finished document past a far date.
+    held = request_approval(api, create_deal_with_document(api, name="Под удержанием"))
+    held_doc = ecm_approval(api, held)["document"]["id"]
+    gone = request_approval(api, create_deal_with_document(api, name="На уничтожение"))
+    gone_approval = ecm_approval(api, gone)
+    for role in ("legal", "finance", "director"):
+        decide(api, gone_approval["id"], role)
+    hold = {"reason": "court case А40-1/2026"}
+    assert api.ecm("finance-fedor", "POST", f"/api/documents/{held_doc}/legal-hold",
+                   json=hold).status_code == 403
+    placed = api.ecm("legal-lena", "POST", f"/api/documents/{held_doc}/legal-hold", json=hold)
+    assert placed.status_code == 200 and placed.json()["legal_hold"] is True
+    for approval in api.ecm("legal-lena", "GET", "/api/approvals?status=in_progress&limit=1000").json():
+        decide(api, approval["id"], "legal", "reject", reason="closing the test module")
+
+    far = {"as_of": "2099-01-01T00:00:00Z", "dry_run": True}
+    assert api.ecm("legal-lena", "POST", "/api/documents/disposals", json=far).status_code == 403
+    preview = {d["id"]: d for d in api.ecm("ecm-admin", "POST", "/api/documents/disposals", json=far).json()
+               ["documents"]}
+    assert preview[held_doc]["reason"] == "under legal hold"
+    assert preview[gone_approval["document"]["id"]]["eligible"] is True
+    assert api.ecm("legal-lena", "GET", f"/api/documents/{gone_approval['document']['id']}/content").status_code \
+        == 200  # a dry run changes nothing
+    done = api.ecm("ecm-admin", "POST", "/api/documents/disposals", json={**far, "dry_run": False}).json()
+    assert {d["id"] for d in done["documents"] if d["disposed"]} >= {gone_approval["document"]["id"]}
+    gone_content = api.ecm("legal-lena", "GET", f"/api/documents/{gone_approval['document']['id']}/content")
+    assert gone_content.status_code == 410 and "retention" in gone_content.json()["detail"]
+    assert api.ecm("legal-lena", "GET", f"/api/documents/{held_doc}/content").status_code == 200

@@ -1,0 +1,55 @@
+"""Disposal after retention on both backends: held documents stay, shared content stays,
+the disposal is recorded, a dry run changes nothing."""
+
+import io
+from datetime import datetime, timedelta, timezone
+
+from ecm_service.service_layer import documents
+from ecm_service.service_layer.documents import store_version
+
+
+async def _store(ecm, content: bytes, doc_type: str):
+    sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
+    doc, _, _ = await store_version(ecm.uow(), user_id="u", doc_type=doc_type, title="t", filename="f.txt",
+                                    content_type="text/plain", sha256=sha, size=size, external_ref=None,
+                                    retention=ecm.retention)
+    return doc, sha
+
+
+async def test_disposal_respects_holds_and_shared_content(ecm):
+    now = datetime.now(timezone.utc)
+    held, _ = await _store(ecm, b"held contract", "contract")
+    expired, shared_sha = await _store(ecm, b"shared bytes", "proposal")
+    keeper, _ = await _store(ecm, b"shared bytes", "contract")  # same bytes, another document
+    lone, lone_sha = await _store(ecm, b"lone bytes", "proposal")
+    assert expired["retain_until"] - now > timedelta(days=3 * 365 - 2)  # proposal: 3 years
+    await documents.set_legal_hold(ecm.uow(), document_id=held["id"], hold=True, user_id="legal",
+                                   reason="litigation 12/2026")
+
+    in_four_years = now + timedelta(days=4 * 366)
+    preview = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=in_four_years, actor="test",
+                                              dry_run=True)
+    assert {r["id"]: (r["eligible"], r["disposed"]) for r in preview} == {
+        expired["id"]: (True, False), lone["id"]: (True, False)}
+    assert ecm.content_store.path_for(lone_sha).exists()
+
+    done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=now + timedelta(days=6 * 366),
+                                           actor="test", dry_run=False)
+    outcome = {r["id"]: (r["disposed"], r["reason"]) for r in done}
+    assert outcome[held["id"]] == (False, "under legal hold")
+    assert outcome[expired["id"]] == (True, None) and outcome[lone["id"]] == (True, None)
+    assert outcome[keeper["id"]] == (True, None)  # its 5 years ran out too by then
+    assert not ecm.content_store.path_for(lone_sha).exists()
+    async with ecm.uow() as uow:
+        history = await uow.history.of("document", lone["id"])
+        assert [h["action"] for h in history] == ["version_stored", "disposed"]
+        assert (await uow.documents.get(held["id"]))["disposed_at"] is None
+
+
+async def test_shared_content_survives_while_another_document_needs_it(ecm):
+    now = datetime.now(timezone.utc)
+    expired, sha = await _store(ecm, b"bytes in two documents", "proposal")
+    await _store(ecm, b"bytes in two documents", "contract")
+    await documents.dispose_expired(ecm.uow(), ecm.content_store, now=now + timedelta(days=4 * 366), actor="test",
+                                    dry_run=False)
+    assert ecm.content_store.path_for(sha).exists()

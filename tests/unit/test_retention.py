@@ -1,0 +1,23 @@
+from datetime import datetime, timedelta, timezone
+
+from ecm_service.domain.retention import disposal_blocker, retain_until
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+
+def test_retention_counts_whole_years_and_survives_leap_days():
+    assert retain_until(datetime(2024, 2, 29, tzinfo=timezone.utc), 5) == datetime(2029, 2, 28, tzinfo=timezone.utc)
+    assert retain_until(NOW, 3) == datetime(2029, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+
+def test_what_keeps_a_document():
+    past = NOW - timedelta(days=1)
+    doc = {"retain_until": past, "legal_hold": False, "disposed_at": None}
+    assert disposal_blocker(doc, now=NOW, approvals_in_flight=0) is None
+    assert disposal_blocker({**doc, "legal_hold": True}, now=NOW, approvals_in_flight=0) == "under legal hold"
+    assert disposal_blocker(doc, now=NOW, approvals_in_flight=1) == "an approval is in progress"
+    assert disposal_blocker({**doc, "retain_until": NOW + timedelta(days=1)}, now=NOW,
+                            approvals_in_flight=0) == "retention has not run out"
+    assert disposal_blocker({**doc, "retain_until": None}, now=NOW, approvals_in_flight=0) == \
+        "retention has not run out"
+    assert disposal_blocker({**doc, "disposed_at": past}, now=NOW, approvals_in_flight=0) == "already disposed"
