@@ -118,3 +118,17 @@ async def follow_operator_decisions() -> None:
         except Exception as exc:  # broker away: keep the last known state, read again
             log.warning("control_follow_failed", error=str(exc), error_class=type(exc).__name__)
             await asyncio.sleep(1.0)
+
+
+async def handle_until_done(handle, event: faust.EventT) -> None:
+    """`deliver` only raises when even the dead letter cannot be written (the broker is
+    away). Trying again, in place, keeps the partition's order and loses nothing; letting
+    the exception out would stop the agent for good."""
+    while True:
+        try:
+            await handle(event)
+            return
+        except Exception as exc:
+            log.error("event_handling_failed_retrying", error=str(exc)[:300], error_class=type(exc).__name__,
+                      topic=event.message.topic, partition=event.message.partition, offset=event.message.offset)
+            await asyncio.sleep(1.0)

@@ -1,8 +1,8 @@
 from sync_bridge.app import app, crm_events_topic
-from sync_bridge.handling import handle_crm_event
+from sync_bridge.handling import handle_crm_event, handle_until_done
 
 
 @app.agent(crm_events_topic)
 async def crm_to_ecm(stream):
     async for event in stream.events():
-        await handle_crm_event(event)
+        await handle_until_done(handle_crm_event, event)
