@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import MetaData, func, select, update
+from sqlalchemy import MetaData, Table, func, select, update
 
 from infra.db import make_engine
 from infra.messaging_tables import outbox_table
@@ -12,22 +12,25 @@ from infra.messaging_tables import outbox_table
 OUTBOX = outbox_table(MetaData())
 
 
+async def unsent_backlog(connection, outbox: Table = OUTBOX) -> tuple[int, float]:
+    """(unpublished rows, age in seconds of the oldest one) — for a connection or a session."""
+    count, oldest = (await connection.execute(
+        select(func.count(), func.min(outbox.c.created_at)).where(outbox.c.published_at.is_(None)))).one()
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    return count, (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0
+
+
 async def backlog(database_url: str) -> dict:
     """Unsent rows and the age of the oldest one, in seconds."""
     engine = make_engine(database_url)
     try:
         async with engine.connect() as conn:
-            row = (await conn.execute(
-                select(func.count(), func.min(OUTBOX.c.created_at)).where(OUTBOX.c.published_at.is_(None))
-            )).one()
+            unsent, age = await unsent_backlog(conn)
             total = await conn.scalar(select(func.count()).select_from(OUTBOX))
     finally:
         await engine.dispose()
-    oldest = row[1]
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=timezone.utc)
-    age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0
-    return {"unsent": row[0], "oldest_unsent_age_s": round(age, 1), "total": total}
+    return {"unsent": unsent, "oldest_unsent_age_s": round(age, 1), "total": total}
 
 
 async def mark_for_republish(database_url: str, since: datetime, until: datetime | None = None) -> int:

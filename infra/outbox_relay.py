@@ -11,10 +11,11 @@ from datetime import datetime, timezone
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from infra.metrics import MESSAGES_PUBLISHED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE
+from infra.outbox_admin import unsent_backlog
 
 log = structlog.get_logger()
 
@@ -72,15 +73,10 @@ class OutboxRelay:
         return len(rows)
 
     async def refresh_backlog_metrics(self) -> None:
-        o = self._outbox
         async with self._sessions() as session:
-            count, oldest = (await session.execute(
-                select(func.count(), func.min(o.c.created_at)).where(o.c.published_at.is_(None)))).one()
+            count, age = await unsent_backlog(session, self._outbox)
         OUTBOX_BACKLOG.labels(self._service).set(count)
-        if oldest is not None and oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=timezone.utc)
-        OUTBOX_OLDEST_AGE.labels(self._service).set(
-            (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0)
+        OUTBOX_OLDEST_AGE.labels(self._service).set(age)
 
     async def run_forever(self) -> None:
         next_refresh = 0.0

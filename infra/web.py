@@ -6,10 +6,12 @@ import time
 from collections.abc import Callable
 
 import structlog
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from infra.content_store import ContentStore, FileTooLarge
 from infra.logs import bind_contextvars, clear_contextvars, new_correlation_id
 from infra.users import User, find_user_by_token
 
@@ -63,3 +65,14 @@ def require_roles(*roles: str) -> Callable:
 
 def correlation_id(request: Request) -> str:
     return request.state.correlation_id
+
+
+async def receive_upload(store: ContentStore, upload: UploadFile, max_bytes: int) -> tuple[str, int]:
+    """Streams an upload into the content store: (sha256, size); 413 over the limit, 422 when empty."""
+    try:
+        sha256, size = await run_in_threadpool(store.put, upload.file, max_bytes=max_bytes)
+    except FileTooLarge as exc:
+        raise HTTPException(413, str(exc)) from exc
+    if size == 0:
+        raise HTTPException(422, "the file is empty")
+    return sha256, size

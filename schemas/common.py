@@ -1,5 +1,7 @@
 """Value types that appear in both sides' messages."""
 
+from __future__ import annotations
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -15,3 +17,11 @@ class ExternalRef(Contract):
 
     def as_text(self) -> str:
         return f"{self.system}:{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> ExternalRef:
+        """The inverse of as_text: "crm:42" -> ExternalRef(system="crm", id="42")."""
+        system, sep, ident = text.partition(":")
+        if not sep or not system or not ident:
+            raise ValueError(f"not an external ref: {text!r}")
+        return cls(system=system, id=ident)

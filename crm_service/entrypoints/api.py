@@ -7,14 +7,12 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.model import NotAllowed
 from crm_service.service_layer import handlers
-from infra.content_store import FileTooLarge
 from infra.users import User
-from infra.web import correlation_id, require_roles
+from infra.web import correlation_id, receive_upload, require_roles
 from schemas.crm_events import Address
 
 router = APIRouter(prefix="/api")
@@ -166,14 +164,7 @@ async def upload_document(
     user: User = Depends(require_roles(*SALES)),
 ):
     container = _container(request)
-    try:
-        sha256, size = await run_in_threadpool(
-            container.file_store.put, file.file, max_bytes=container.settings.max_upload_bytes
-        )
-    except FileTooLarge as exc:
-        raise HTTPException(413, str(exc)) from exc
-    if size == 0:
-        raise HTTPException(422, "the file is empty")
+    sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
     try:
         doc = await handlers.attach_document(
             container.uow(), user_id=user.id, deal_id=deal_id,

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from ecm_service.adapters import tables
 from ecm_service.domain.approval import ApprovalClosed, DecisionNotAllowed
@@ -17,9 +16,8 @@ from ecm_service.service_layer import approvals as approval_cases
 from ecm_service.service_layer.approvals import APPROVAL
 from ecm_service.service_layer.documents import DOCUMENT, store_version
 from ecm_service.service_layer.registry import COUNTERPARTY
-from infra.content_store import FileTooLarge
 from infra.users import User
-from infra.web import require_roles
+from infra.web import receive_upload, require_roles
 from schemas.common import ExternalRef
 
 router = APIRouter(prefix="/api")
@@ -34,10 +32,10 @@ def _container(request: Request):
 
 
 def parse_external_ref(text: str) -> ExternalRef:
-    system, sep, ident = text.partition(":")
-    if not sep or not system or not ident:
-        raise HTTPException(422, "external_ref must look like <system>:<id>, e.g. crm:42")
-    return ExternalRef(system=system, id=ident)
+    try:
+        return ExternalRef.parse(text)
+    except ValueError as exc:
+        raise HTTPException(422, "external_ref must look like <system>:<id>, e.g. crm:42") from exc
 
 
 class CounterpartyOut(BaseModel):
@@ -60,11 +58,16 @@ class CounterpartyOut(BaseModel):
     updated_at: datetime
 
 
-async def _ids_for_ref(uow, entity_type: str, external_ref: str | None) -> list[str] | None:
-    if external_ref is None:
-        return None
-    found = await uow.external_refs.find(entity_type, parse_external_ref(external_ref))
-    return [found] if found else []
+async def _listed_ids(uow, table, entity_type: str, *, external_ref: str | None, limit: int,
+                      status: str | None = None) -> list[str]:
+    """Ids for a list endpoint, oldest first: all, or the one an external ref names."""
+    query = select(table.c.id).order_by(table.c.created_at).limit(limit)
+    if external_ref is not None:
+        found = await uow.external_refs.find(entity_type, parse_external_ref(external_ref))
+        query = query.where(table.c.id.in_([found] if found else []))
+    if status:
+        query = query.where(table.c.status == status)
+    return list((await uow.session.execute(query)).scalars())
 
 
 @router.get("/counterparties", response_model=list[CounterpartyOut])
@@ -76,17 +79,9 @@ async def list_counterparties(
     _: User = Depends(require_roles(*STAFF)),
 ):
     async with _container(request).uow() as uow:
-        ids = await _ids_for_ref(uow, COUNTERPARTY, external_ref)
-        t = tables.counterparties
-        query = select(t.c.id).order_by(t.c.created_at).limit(limit)
-        if ids is not None:
-            query = query.where(t.c.id.in_(ids))
-        if status:
-            query = query.where(t.c.status == status)
-        result = []
-        for cid in (await uow.session.execute(query)).scalars():
-            result.append(await _counterparty_out(uow, cid))
-    return result
+        ids = await _listed_ids(uow, tables.counterparties, COUNTERPARTY, external_ref=external_ref, limit=limit,
+                                status=status)
+        return [await _counterparty_out(uow, cid) for cid in ids]
 
 
 @router.get("/counterparties/{counterparty_id}", response_model=CounterpartyOut)
@@ -149,14 +144,7 @@ async def upload_document(
 ):
     container = _container(request)
     ref = parse_external_ref(external_ref) if external_ref else None
-    try:
-        actual, size = await run_in_threadpool(
-            container.content_store.put, file.file, max_bytes=container.settings.max_upload_bytes
-        )
-    except FileTooLarge as exc:
-        raise HTTPException(413, str(exc)) from exc
-    if size == 0:
-        raise HTTPException(422, "the file is empty")
+    actual, size = await receive_upload(container.content_store, file, container.settings.max_upload_bytes)
     if sha256 and sha256 != actual:
         raise HTTPException(422, f"declared sha256 {sha256} does not match the received content ({actual})")
     document, version, created = await store_version(
@@ -172,12 +160,8 @@ async def upload_document(
 async def list_documents(request: Request, external_ref: str | None = None, limit: int = Query(100, ge=1, le=1000),
                          _: User = Depends(require_roles(*STAFF))):
     async with _container(request).uow() as uow:
-        ids = await _ids_for_ref(uow, DOCUMENT, external_ref)
-        t = tables.documents
-        query = select(t.c.id).order_by(t.c.created_at).limit(limit)
-        if ids is not None:
-            query = query.where(t.c.id.in_(ids))
-        return [await _document_out(uow, d) for d in (await uow.session.execute(query)).scalars()]
+        ids = await _listed_ids(uow, tables.documents, DOCUMENT, external_ref=external_ref, limit=limit)
+        return [await _document_out(uow, d) for d in ids]
 
 
 @router.get("/documents/{document_id}", response_model=DocumentOut)
@@ -273,18 +257,9 @@ async def list_approvals(
     limit: int = Query(100, ge=1, le=1000), _: User = Depends(require_roles(*STAFF)),
 ):
     async with _container(request).uow() as uow:
-        ids = await _ids_for_ref(uow, APPROVAL, external_ref)
-        t = tables.approvals
-        query = select(t.c.id).order_by(t.c.created_at).limit(limit)
-        if ids is not None:
-            query = query.where(t.c.id.in_(ids))
-        if status:
-            query = query.where(t.c.status == status)
-        result = []
-        for approval_id in (await uow.session.execute(query)).scalars():
-            approval = await uow.approvals.get(approval_id)
-            result.append(_approval_out(approval, await uow.external_refs.refs_of(APPROVAL, approval_id)))
-    return result
+        ids = await _listed_ids(uow, tables.approvals, APPROVAL, external_ref=external_ref, limit=limit,
+                                status=status)
+        return [_approval_out(await uow.approvals.get(a), await uow.external_refs.refs_of(APPROVAL, a)) for a in ids]
 
 
 @router.get("/approvals/{approval_id}", response_model=ApprovalOut)

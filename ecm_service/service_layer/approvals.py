@@ -118,7 +118,4 @@ async def publish_status(uow: EcmUnitOfWork, approval: Approval, *, causation_id
 
 
 def _ref(text: str | None) -> ExternalRef | None:
-    if not text:
-        return None
-    system, _, ident = text.partition(":")
-    return ExternalRef(system=system, id=ident)
+    return ExternalRef.parse(text) if text else None

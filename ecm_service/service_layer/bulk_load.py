@@ -62,6 +62,8 @@ class BulkLoader:
         self._actor = actor
         self._verify_clean = verify_clean
         self._chunk = chunk_size
+        # Keyed by hash (a million codes as strings would cost ~100 MB): a collision between
+        # two different 64-bit hashes in one file is far below one in a million.
         self._seen_codes: dict[int, int] = {}
         self._seen_keys: dict[int, int] = {}
 

@@ -9,6 +9,7 @@ import pytest
 from infra.dead_letters import error_context
 from infra.topic_inspection import committed_offsets, end_offsets
 from schemas.topics import DATA_TOPICS, dead_letter_topic
+from sync_bridge.bridgectl import CONSUMER_GROUPS
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import (
     SALES,
@@ -20,9 +21,6 @@ from tests.e2e.journey import (
 )
 from tests.support.kafka import produce, read_all, republish
 from tests.support.polling import wait_until
-
-GROUPS = {"crm.events": "sync-bridge", "ecm.events": "sync-bridge", "ecm.commands": "ecm-service",
-          "crm.commands": "crm-service"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def run(coro):
 async def _lag(bootstrap: str) -> int:
     """Messages not yet committed by the group that consumes each data topic."""
     lag = 0
-    for topic, group in GROUPS.items():
+    for topic, group in CONSUMER_GROUPS.items():
         ends = await end_offsets(bootstrap, [topic])
         committed = await committed_offsets(bootstrap, group, list(ends))
         lag += sum(max(0, end - (committed.get(tp) or 0)) for tp, end in ends.items())
