@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+
+import structlog
 
 from ecm_service.adapters import tables
 from ecm_service.config import EcmSettings
 from ecm_service.domain.approval import Route
+from ecm_service.domain.document_types import DocumentType, load_document_types
 from ecm_service.domain.retention import load_retention
 from ecm_service.domain.routes import load_routes
+from ecm_service.service_layer.approvals import sync_routes_from_file
 from ecm_service.service_layer.commands import ACCEPTED_COMMANDS, apply_command
-from ecm_service.service_layer.metrics import refresh_approval_metrics
+from ecm_service.service_layer.metrics import refresh_approval_metrics, run_deadline_clock
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra.container import ServiceContainer
 from infra.content_store import ContentStore
@@ -19,12 +25,23 @@ from infra.db import make_engine, make_session_factory
 from infra.kafka import make_producer
 from schemas.topics import ECM_COMMANDS
 
+log = structlog.get_logger()
+
+
+def load_delay_reasons(path: Path) -> dict[str, str]:
+    codes = json.loads(path.read_text())
+    if not isinstance(codes, dict) or not codes or not all(isinstance(v, str) for v in codes.values()):
+        raise ValueError(f"{path}: expected {{code: label, ...}} with at least one code")
+    return codes
+
 
 @dataclass
 class EcmContainer(ServiceContainer):
     content_store: ContentStore | None = None
     routes: dict[str, Route] = field(default_factory=dict)
     retention: dict[str, int] = field(default_factory=dict)
+    document_types: dict[str, DocumentType] = field(default_factory=dict)
+    delay_reasons: dict[str, str] = field(default_factory=dict)
 
     name = "ecm"
     commands_topic = ECM_COMMANDS
@@ -37,10 +54,20 @@ class EcmContainer(ServiceContainer):
         return EcmUnitOfWork(self.session_factory)
 
     async def handle_command(self, message, topic: str) -> None:
-        await apply_command(self.uow(), message, topic, self.routes)
+        await apply_command(self.uow(), message, topic, self.routes, self.document_types)
+
+    async def on_startup(self) -> None:
+        try:
+            added = await sync_routes_from_file(self.uow(), self.routes, at=datetime.now(timezone.utc))
+        except Exception as exc:  # not migrated yet: routes are then seeded on first use
+            log.warning("route_sync_failed", error=str(exc))
+        else:
+            if added:
+                log.info("route_versions_added", versions=added)
 
     def background_jobs(self) -> list:
-        return [refresh_approval_metrics(self.session_factory)]
+        return [refresh_approval_metrics(self.session_factory),
+                run_deadline_clock(self.uow, self.settings.deadline_check_seconds)]
 
 
 def bootstrap(settings: EcmSettings | None = None) -> EcmContainer:
@@ -54,4 +81,6 @@ def bootstrap(settings: EcmSettings | None = None) -> EcmContainer:
         content_store=ContentStore(settings.content_dir),
         routes=load_routes(settings.routes_file),
         retention=load_retention(settings.document_types_file),
+        document_types=load_document_types(settings.document_types_file),
+        delay_reasons=load_delay_reasons(settings.delay_reasons_file),
     )

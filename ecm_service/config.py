@@ -16,5 +16,7 @@ class EcmSettings(ServiceSettings):
     max_import_bytes: int = 2 * 1024 * 1024 * 1024
     routes_file: Path = Path(__file__).parent / "approval_routes.json"
     document_types_file: Path = Path(__file__).parent / "document_types.json"
+    delay_reasons_file: Path = Path(__file__).parent / "delay_reasons.json"
+    deadline_check_seconds: float = Field(30.0, gt=0)
     max_upload_bytes: int = 50 * 1024 * 1024
     consumer_group: str = "ecm-service"

@@ -36,6 +36,9 @@ class ServiceContainer:
     async def handle_command(self, message: Message, topic: str) -> None:
         raise NotImplementedError
 
+    async def on_startup(self) -> None:
+        """Runs once before the relay, the consumer and the background jobs start."""
+
     def background_jobs(self) -> list:
         """Extra coroutines the service runs beside its API (e.g. metric refreshers)."""
         return []

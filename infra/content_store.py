@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
+
+import filetype
 
 CHUNK = 1024 * 1024
 
@@ -15,9 +18,23 @@ class FileTooLarge(Exception):
     pass
 
 
+class CorruptContent(Exception):
+    """The stored bytes no longer hash to their name."""
+
+
 class ContentStore:
     def __init__(self, root: Path):
         self.root = root
+
+    def verified_path(self, sha256: str) -> Path:
+        """The file, after checking its bytes still hash to sha256 (read before serving)."""
+        path = self.path_for(sha256)
+        if not path.exists():
+            raise FileNotFoundError(f"content {sha256} is missing from the store")
+        actual = sha256_of_file(path)
+        if actual != sha256:
+            raise CorruptContent(f"stored content {sha256} now hashes to {actual}")
+        return path
 
     def path_for(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -46,3 +63,32 @@ class ContentStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def detect_content_type(path: Path, *, filename: str, declared: str | None) -> str:
+    """What the bytes are, not what the sender said: a known signature wins (a file named
+    .pdf that is an executable is stored as one); otherwise the file name's extension,
+    then plain text when the start decodes as UTF-8, then the declared type."""
+    with path.open("rb") as f:
+        head = f.read(8192)
+    kind = filetype.guess(head)
+    if kind is not None:
+        return kind.mime
+    guessed, _ = mimetypes.guess_type(filename)
+    if guessed:
+        return guessed
+    if head and b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text/plain"
+        except UnicodeDecodeError:
+            pass
+    return declared or "application/octet-stream"

@@ -26,6 +26,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
     async def lifespan(app: FastAPI):
         await start_producer(container.producer, settings.kafka_bootstrap_servers, settings.topic_partitions,
                              replication=settings.topic_replication)
+        await container.on_startup()
         tasks = BackgroundTasks()
         tasks.spawn("outbox-relay", container.relay().run_forever())
         tasks.spawn("command-consumer", container.command_consumer().run_forever())

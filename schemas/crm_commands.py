@@ -21,6 +21,27 @@ class UpdateApprovalStatusV1(Contract):
     changed_at: datetime | None = None
 
 
+class UpdateApprovalStatusV2(Contract):
+    """The sales view of an approval: status, stage, due date, overdue flag and delay
+    reason code as the ECM reports them."""
+
+    approval_request_id: str
+    status: Literal["in_progress", "awaiting_counterparty_verification", "returned", "approved", "rejected"]
+    stage: str | None = None
+    due_at: datetime | None = None
+    overdue: bool = False
+    delay_reason_code: str | None = None
+    revision: int
+    reason: str | None = None
+    registry_approval_id: str
+    notify_user_id: str | None = None
+    changed_at: datetime | None = None
+
+
+def update_approval_status_v1_to_v2(payload: dict) -> dict:
+    return {**payload, "overdue": False}
+
+
 class UpdateOrganizationLinkV1(Contract):
     organization_id: str
     registry_id: str

@@ -1,5 +1,6 @@
 """Events the ECM publishes on `ecm.events` (its own vocabulary)."""
 
+from datetime import datetime
 from typing import Literal
 
 from schemas.common import Contract, ExternalRef
@@ -34,6 +35,38 @@ class ApprovalStatusChangedV1(Contract):
     document_sha256: str
     # Who gets notified about this approval on the requesting side (an opaque ref).
     initiator_ref: ExternalRef | None = None
+
+
+APPROVAL_STATUSES = Literal["in_progress", "awaiting_counterparty_verification", "returned", "approved", "rejected"]
+APPROVAL_EVENTS = Literal["started", "stage_decided", "overdue", "completed", "reopened", "counterparty_verified",
+                          "delay_reason", "initiator_changed", "updated"]
+
+
+class ApprovalStatusChangedV2(Contract):
+    """Public summary of an approval after something happened to it. Carries the stage,
+    its due date, whether it is overdue and the delay reason code; never approvers'
+    internal comments or free-text delay explanations."""
+
+    approval_id: str
+    external_refs: list[ExternalRef]
+    counterparty_ref: ExternalRef | None = None
+    # What happened: started, stage_decided, overdue, completed (approved / rejected /
+    # returned), reopened (a new document version), counterparty_verified, ...
+    event: APPROVAL_EVENTS = "updated"
+    status: APPROVAL_STATUSES
+    stage: str | None = None
+    stage_no: int | None = None
+    due_at: datetime | None = None
+    overdue: bool = False
+    delay_reason_code: str | None = None
+    revision: int
+    reason: str | None = None
+    document_sha256: str
+    initiator_ref: ExternalRef | None = None
+
+
+def approval_status_changed_v1_to_v2(payload: dict) -> dict:
+    return {**payload, "event": "updated", "overdue": False}
 
 
 class CounterpartyChangedV1(Contract):

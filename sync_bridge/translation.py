@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from schemas import crm_commands, crm_events, ecm_commands, ecm_events
 from schemas.common import ExternalRef
 from schemas.envelope import Envelope, new_envelope
+from schemas.registry import LATEST
 from schemas.topics import CRM_COMMANDS, ECM_COMMANDS
 
 SOURCE = "sync-bridge"
@@ -38,8 +39,9 @@ def command_id(source_event_id: uuid.UUID, purpose: str) -> uuid.UUID:
 
 def _command(source: Envelope, purpose: str, type_: str, payload, topic: str, key: str) -> Outgoing:
     envelope = new_envelope(
-        type=type_, schema_version=1, source=SOURCE, payload=payload, correlation_id=source.correlation_id,
-        causation_id=source.event_id, event_id=command_id(source.event_id, purpose),
+        type=type_, schema_version=LATEST[type_][0], source=SOURCE, payload=payload,
+        correlation_id=source.correlation_id, causation_id=source.event_id,
+        event_id=command_id(source.event_id, purpose),
     )
     return Outgoing(topic=topic, key=key, envelope=envelope)
 
@@ -116,14 +118,15 @@ def counterparty_changed_to_crm(source: Envelope, event: ecm_events.Counterparty
     ]
 
 
-def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusChangedV1) -> list[Outgoing]:
+def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusChangedV2) -> list[Outgoing]:
     key = event.counterparty_ref.id if event.counterparty_ref and event.counterparty_ref.system == CRM \
         else event.approval_id
     return [
         _command(
             source, f"update_approval_status:{ref.id}", crm_commands.UPDATE_APPROVAL_STATUS,
-            crm_commands.UpdateApprovalStatusV1(
-                approval_request_id=ref.id, status=event.status, stage=event.stage, revision=event.revision,
+            crm_commands.UpdateApprovalStatusV2(
+                approval_request_id=ref.id, status=event.status, stage=event.stage, due_at=event.due_at,
+                overdue=event.overdue, delay_reason_code=event.delay_reason_code, revision=event.revision,
                 reason=event.reason, registry_approval_id=event.approval_id,
                 notify_user_id=event.initiator_ref.id if event.initiator_ref and event.initiator_ref.system == CRM
                 else None,

@@ -1,4 +1,5 @@
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy.sql import false
 
 from infra.messaging_tables import inbox_table, outbox_table
 from infra.users import users_table
@@ -67,11 +68,15 @@ approval_requests = Table(
     Column("organization_id", String(36), ForeignKey("organizations.id"), nullable=False),
     Column("requested_by", String(36), nullable=False),
     Column("requested_at", UtcDateTime(), nullable=False),
-    Column("status", String(32), nullable=False),
+    Column("status", String(40), nullable=False),
     Column("stage", String(64)),
     Column("reason", Text),
     Column("revision", Integer, nullable=False),
     Column("registry_approval_id", String(36)),
+    # The ECM's public summary of the current stage.
+    Column("due_at", UtcDateTime()),
+    Column("overdue", Boolean, nullable=False, server_default=false()),
+    Column("delay_reason_code", String(64)),
     Column("updated_at", UtcDateTime()),
     # The crm.approval_requested event this request was announced with (for tracing).
     Column("request_event_id", String(36)),
@@ -83,7 +88,7 @@ approval_status_history = Table(
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("approval_request_id", String(36), ForeignKey("approval_requests.id"), nullable=False, index=True),
-    Column("status", String(32), nullable=False),
+    Column("status", String(40), nullable=False),
     Column("stage", String(64)),
     Column("revision", Integer, nullable=False),
     Column("command_id", String(36), nullable=False),

@@ -88,15 +88,20 @@ class ApprovalRequest:
     registry_approval_id: str | None = None
     updated_at: datetime | None = None
     request_event_id: str | None = None
+    due_at: datetime | None = None
+    overdue: bool = False
+    delay_reason_code: str | None = None
 
     def apply_status(
         self, *, status: str, stage: str | None, revision: int, reason: str | None,
-        registry_approval_id: str, at: datetime,
+        registry_approval_id: str, at: datetime, due_at: datetime | None = None, overdue: bool = False,
+        delay_reason_code: str | None = None,
     ) -> bool:
         """Updates arrive at least once and may be replayed: only a newer revision counts."""
         if revision <= self.revision:
             return False
         self.status, self.stage, self.reason, self.revision = status, stage, reason, revision
+        self.due_at, self.overdue, self.delay_reason_code = due_at, overdue, delay_reason_code
         self.registry_approval_id = registry_approval_id
         self.updated_at = at
         return True

@@ -59,6 +59,9 @@ class ApprovalView(BaseModel):
     id: str
     status: str
     stage: str | None
+    due_at: datetime | None = None
+    overdue: bool = False
+    delay_reason_code: str | None = None
     reason: str | None
     document_id: str
     requested_at: datetime
@@ -111,8 +114,9 @@ def _org_out(org) -> OrganizationOut:
 
 def _approval_view(request) -> ApprovalView:
     return ApprovalView(
-        id=request.id, status=request.status, stage=request.stage, reason=request.reason,
-        document_id=request.document_id, requested_at=request.requested_at, updated_at=request.updated_at,
+        id=request.id, status=request.status, stage=request.stage, due_at=request.due_at, overdue=request.overdue,
+        delay_reason_code=request.delay_reason_code, reason=request.reason, document_id=request.document_id,
+        requested_at=request.requested_at, updated_at=request.updated_at,
     )
 
 

@@ -138,14 +138,15 @@ async def transfer_responsibility(
 
 
 async def update_approval_status(
-    uow: CrmUnitOfWork, cmd: crm_commands.UpdateApprovalStatusV1, command_id: str
+    uow: CrmUnitOfWork, cmd: crm_commands.UpdateApprovalStatusV2, command_id: str
 ) -> bool:
     request = await uow.approval_requests.get(cmd.approval_request_id, for_update=True)
     if request is None:
         return False
     changed = request.apply_status(
         status=cmd.status, stage=cmd.stage, revision=cmd.revision, reason=cmd.reason,
-        registry_approval_id=cmd.registry_approval_id, at=_now(),
+        registry_approval_id=cmd.registry_approval_id, at=_now(), due_at=cmd.due_at, overdue=cmd.overdue,
+        delay_reason_code=cmd.delay_reason_code,
     )
     if changed:
         await uow.approval_requests.save(request)

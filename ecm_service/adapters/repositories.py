@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters import tables
-from ecm_service.domain.approval import Approval, ApprovalStep
+from ecm_service.domain.approval import (
+    AWAITING_COUNTERPARTY,
+    IN_PROGRESS,
+    OPEN_STATUSES,
+    Approval,
+    ApprovalStep,
+    Assignment,
+)
 from ecm_service.domain.counterparty import VERIFIED, Counterparty
 from infra.table_repository import TableRepository
 from schemas.common import ExternalRef
@@ -70,6 +77,38 @@ class CounterpartyRepository(TableRepository):
             (t.c.first_id == counterparty_id) | (t.c.second_id == counterparty_id)))
         return [b if a == counterparty_id else a for a, b in rows]
 
+    async def similar(self, *, inn: str | None, normalized_name: str | None, exclude: list[str],
+                      limit: int) -> list[Counterparty]:
+        t = self.table
+        keys = [t.c.inn == inn] if inn else []
+        if normalized_name:
+            from ecm_service.domain.names import split_legal_form
+
+            _, core = split_legal_form(normalized_name)
+            keys.append(t.c.normalized_name.contains(core, autoescape=True) if len(core) >= 3
+                        else t.c.normalized_name == normalized_name)
+        if not keys:
+            return []
+        rows = await self.session.execute(
+            select(t).where(or_(*keys), t.c.id.not_in(exclude), t.c.status.not_in(("merged", "rejected")))
+            .order_by(t.c.created_at).limit(limit))
+        return [Counterparty(**r) for r in rows.mappings()]
+
+    async def search(self, *, text: str | None, status: str | None, limit: int) -> list[Counterparty]:
+        """By INN or OGRN when the text is digits, else by a part of the normalised name."""
+        from ecm_service.domain.names import normalize_name
+
+        t = self.table
+        query = select(t).order_by(t.c.name).limit(limit)
+        text = (text or "").strip()
+        if text.isdigit():
+            query = query.where(or_(t.c.inn == text, t.c.ogrn == text))
+        elif text:
+            query = query.where(t.c.normalized_name.contains(normalize_name(text), autoescape=True))
+        if status:
+            query = query.where(t.c.status == status)
+        return [Counterparty(**r) for r in (await self.session.execute(query)).mappings()]
+
     async def verified_with_inn(self, inn: str) -> list[Counterparty]:
         t = self.table
         rows = await self.session.execute(select(t).where(t.c.inn == inn, t.c.status == VERIFIED))
@@ -122,7 +161,7 @@ class DocumentRepository:
         return dict(row) if row else None
 
 
-_APPROVAL_COLUMNS = [f.name for f in fields(Approval) if f.name != "steps"]
+_APPROVAL_COLUMNS = [f.name for f in fields(Approval) if f.name not in ("steps", "assignments")]
 
 
 class ApprovalRepository:
@@ -135,6 +174,11 @@ class ApprovalRepository:
         )
         for step in approval.steps:
             await self.session.execute(insert(tables.approval_steps).values(**asdict(step)))
+        await self._insert_places(approval.assignments)
+
+    async def _insert_places(self, places: list[Assignment]) -> None:
+        if places:
+            await self.session.execute(insert(tables.approval_assignments), [asdict(p) for p in places])
 
     async def get(self, approval_id: str, *, for_update: bool = False) -> Approval | None:
         query = select(tables.approvals).where(tables.approvals.c.id == approval_id)
@@ -143,14 +187,43 @@ class ApprovalRepository:
         row = (await self.session.execute(query)).mappings().first()
         if row is None:
             return None
-        s = tables.approval_steps
+        s, a = tables.approval_steps, tables.approval_assignments
         steps = await self.session.execute(select(s).where(s.c.approval_id == approval_id).order_by(s.c.stage_no))
-        return Approval(**row, steps=[ApprovalStep(**r) for r in steps.mappings()])
+        places = await self.session.execute(
+            select(a).where(a.c.approval_id == approval_id).order_by(a.c.round, a.c.stage_no, a.c.decided_at))
+        approval = Approval(**row, steps=[ApprovalStep(**r) for r in steps.mappings()],
+                            assignments=[Assignment(**r) for r in places.mappings()])
+        approval._stored_places = {p.id for p in approval.assignments}
+        return approval
 
     async def in_flight_for_document(self, document_id: str) -> int:
         t = tables.approvals
         return await self.session.scalar(
-            select(func.count()).select_from(t).where(t.c.document_id == document_id, t.c.status == "in_progress"))
+            select(func.count()).select_from(t).where(t.c.document_id == document_id, t.c.status.in_(OPEN_STATUSES)))
+
+    async def open_for_document(self, document_id: str) -> list[str]:
+        t = tables.approvals
+        rows = await self.session.execute(
+            select(t.c.id).where(t.c.document_id == document_id, t.c.status.in_(OPEN_STATUSES))
+            .order_by(t.c.created_at))
+        return list(rows.scalars())
+
+    async def awaiting_counterparty(self, counterparty_ids: list[str]) -> list[str]:
+        t = tables.approvals
+        rows = await self.session.execute(
+            select(t.c.id).where(t.c.counterparty_id.in_(counterparty_ids), t.c.status == AWAITING_COUNTERPARTY)
+            .order_by(t.c.created_at))
+        return list(rows.scalars())
+
+    async def with_deadline_work(self, now) -> list[str]:
+        """Approvals whose current stage has a deadline and has not been escalated yet."""
+        t, s = tables.approvals, tables.approval_steps
+        rows = await self.session.execute(
+            select(t.c.id).join(s, (s.c.approval_id == t.c.id) & (s.c.stage_no == t.c.current_stage_no))
+            .where(t.c.status == IN_PROGRESS, s.c.status == "pending", s.c.due_at.is_not(None),
+                   s.c.escalated_at.is_(None))
+            .order_by(s.c.due_at))
+        return list(rows.scalars())
 
     async def move_counterparty(self, from_id: str, to_id: str) -> None:
         t = tables.approvals
@@ -159,7 +232,7 @@ class ApprovalRepository:
     async def in_flight_for_counterparty_ref(self, counterparty_ref: str) -> list[str]:
         t = tables.approvals
         rows = await self.session.execute(
-            select(t.c.id).where(t.c.counterparty_ref == counterparty_ref, t.c.status == "in_progress")
+            select(t.c.id).where(t.c.counterparty_ref == counterparty_ref, t.c.status.in_(OPEN_STATUSES))
             .order_by(t.c.created_at))
         return list(rows.scalars())
 
@@ -173,3 +246,11 @@ class ApprovalRepository:
                 update(tables.approval_steps).where(tables.approval_steps.c.id == step_values.pop("id"))
                 .values(**step_values)
             )
+        stored = getattr(approval, "_stored_places", set())
+        a = tables.approval_assignments
+        for place in approval.assignments:
+            if place.id in stored:
+                values = asdict(place)
+                await self.session.execute(update(a).where(a.c.id == values.pop("id")).values(**values))
+        await self._insert_places([p for p in approval.assignments if p.id not in stored])
+        approval._stored_places = {p.id for p in approval.assignments}

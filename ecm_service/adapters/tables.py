@@ -3,6 +3,8 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -133,12 +135,18 @@ approvals = Table(
     Column("correlation_id", String(128), nullable=False),
     Column("counterparty_id", String(36), ForeignKey("counterparties.id")),
     Column("counterparty_ref", String(100)),
-    Column("status", String(32), nullable=False),
+    Column("status", String(40), nullable=False),
     Column("current_stage_no", Integer),
     Column("revision", Integer, nullable=False),
     Column("reason", Text),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # Each new document version starts a new round of decisions.
+    Column("round", Integer, nullable=False, server_default="1"),
+    Column("reopen_policy", String(16), nullable=False, server_default="all"),
+    Column("needs_verified_counterparty", Boolean, nullable=False, server_default=false()),
+    Index("ix_approvals_status", "status"),
+    Index("ix_approvals_document_id", "document_id"),
 )
 
 approval_steps = Table(
@@ -148,11 +156,98 @@ approval_steps = Table(
     Column("approval_id", String(36), ForeignKey("approvals.id"), nullable=False, index=True),
     Column("stage_no", Integer, nullable=False),
     Column("name", String(64), nullable=False),
-    Column("role", String(32), nullable=False),
+    Column("role", String(100), nullable=False),
     Column("status", String(16), nullable=False),
     Column("decided_by", String(36)),
     Column("decided_at", UtcDateTime()),
     Column("comment", Text),
+    # The stage as the route version defined it when the approval started.
+    Column("assignees", JSON, nullable=False, server_default="[]"),
+    Column("quorum", Integer, nullable=False, server_default="1"),
+    Column("deadline_hours", Float),
+    Column("remind_before_hours", Float),
+    Column("escalation_role", String(32)),
+    Column("due_at", UtcDateTime()),
+    Column("reminded_at", UtcDateTime()),
+    Column("escalated_at", UtcDateTime()),
+    Column("delay_reason_code", String(64)),
+)
+
+# One place per assignee per stage per round; who filled it, for whom, on which hash.
+approval_assignments = Table(
+    "approval_assignments",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("approval_id", String(36), ForeignKey("approvals.id"), nullable=False, index=True),
+    Column("stage_no", Integer, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("assignee_role", String(32)),
+    Column("assignee_user", String(200)),
+    Column("status", String(16), nullable=False),
+    Column("decided_by", String(36)),
+    Column("decided_by_name", String(200)),
+    Column("on_behalf_of", String(200)),
+    Column("via_escalation", Boolean, nullable=False, server_default=false()),
+    Column("decided_at", UtcDateTime()),
+    Column("comment", Text),
+    Column("sha256", String(64)),
+    Index("ix_approval_assignments_open", "status", "assignee_role"),
+)
+
+# Every version of every route; approvals point at (doc_type, version).
+route_versions = Table(
+    "route_versions",
+    metadata,
+    Column("doc_type", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("spec", JSON, nullable=False),
+    Column("source", String(16), nullable=False),  # file | api
+    Column("created_by", String(100), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# A user names a deputy for a date range; the deputy decides on their behalf.
+deputies = Table(
+    "deputies",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(36), nullable=False, index=True),
+    Column("deputy_id", String(36), nullable=False, index=True),
+    Column("starts_on", Date, nullable=False),
+    Column("ends_on", Date, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime()),
+)
+
+# Why a stage is late, in the assignee's words and a code from the configured list.
+delay_reasons = Table(
+    "delay_reasons",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("approval_id", String(36), ForeignKey("approvals.id"), nullable=False, index=True),
+    Column("stage_no", Integer, nullable=False),
+    Column("stage_name", String(64), nullable=False),
+    Column("role", String(100), nullable=False),
+    Column("doc_type", String(64), nullable=False),
+    Column("code", String(64), nullable=False),
+    Column("text", Text),
+    Column("recorded_by", String(36), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
+)
+
+# Reminders and escalations for ECM staff (inbox and API), addressed to a role or a user.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),  # reminder | escalation
+    Column("approval_id", String(36), ForeignKey("approvals.id"), nullable=False),
+    Column("stage_no", Integer, nullable=False),
+    Column("to_role", String(32)),
+    Column("to_user", String(200)),
+    Column("text", String(500), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_notifications_to_role", "to_role"),
 )
 
 # Bulk loads of counterparties from accounting systems, run as background jobs.

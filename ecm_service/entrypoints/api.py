@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import date, datetime
 
+import structlog
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from prometheus_client import Counter
+from pydantic import BaseModel
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from ecm_service.adapters import tables
-from ecm_service.domain.approval import ApprovalClosed, DecisionNotAllowed
-from ecm_service.service_layer import approvals as approval_cases
-from ecm_service.service_layer.approvals import APPROVAL
-from ecm_service.service_layer.documents import DOCUMENT, store_version
+from ecm_service.service_layer.access import can_read_document, ensure_document_readable
+from ecm_service.service_layer.documents import DOCUMENT, DocumentGone, store_version
 from ecm_service.service_layer.registry import COUNTERPARTY
+from infra.content_store import CorruptContent, detect_content_type
 from infra.users import User
 from infra.web import receive_upload, require_roles
 from schemas.common import ExternalRef
+
+log = structlog.get_logger()
+CONTENT_INTEGRITY_FAILURES = Counter("ecm_content_integrity_failures_total",
+                                     "Stored document versions whose bytes no longer match their sha256 on read")
 
 router = APIRouter(prefix="/api")
 
@@ -132,6 +137,17 @@ class StoredVersion(BaseModel):
     created: bool
 
 
+async def _receive(container, file: UploadFile, declared_sha256: str | None) -> tuple[str, int, str]:
+    """Stores the bytes: (sha256, size, detected content type); 422 when the declared hash differs."""
+    actual, size = await receive_upload(container.content_store, file, container.settings.max_upload_bytes)
+    if declared_sha256 and declared_sha256 != actual:
+        raise HTTPException(422, f"declared sha256 {declared_sha256} does not match the received content ({actual})")
+    content_type = await run_in_threadpool(
+        detect_content_type, container.content_store.path_for(actual), filename=file.filename or "",
+        declared=file.content_type)
+    return actual, size, content_type
+
+
 @router.post("/documents", status_code=201, response_model=StoredVersion)
 async def upload_document(
     request: Request,
@@ -144,33 +160,66 @@ async def upload_document(
 ):
     container = _container(request)
     ref = parse_external_ref(external_ref) if external_ref else None
-    actual, size = await receive_upload(container.content_store, file, container.settings.max_upload_bytes)
-    if sha256 and sha256 != actual:
-        raise HTTPException(422, f"declared sha256 {sha256} does not match the received content ({actual})")
+    actual, size, content_type = await _receive(container, file, sha256)
     document, version, created = await store_version(
         container.uow(), user_id=user.id, doc_type=doc_type, title=title,
-        filename=(file.filename or "document")[-255:], content_type=file.content_type or "application/octet-stream",
+        filename=(file.filename or "document")[-255:], content_type=content_type,
         sha256=actual, size=size, external_ref=ref, retention=container.retention,
     )
     return StoredVersion(id=document["id"], version_id=version["id"], version_no=version["version_no"],
                          sha256=version["sha256"], size=version["size"], created=created)
 
 
+@router.post("/documents/{document_id}/versions", status_code=201, response_model=StoredVersion,
+             summary="Upload a new version; approvals in progress on the document re-open")
+async def upload_version(document_id: str, request: Request, file: UploadFile = File(...),
+                         sha256: str | None = Form(None, pattern=r"^[0-9a-f]{64}$"),
+                         user: User = Depends(require_roles(*UPLOADERS))):
+    container = _container(request)
+    async with container.uow() as uow:
+        await readable_document(uow, container, user, document_id)
+    actual, size, content_type = await _receive(container, file, sha256)
+    try:
+        document, version, created = await store_version(
+            container.uow(), user_id=user.id, doc_type="", title="", document_id=document_id,
+            filename=(file.filename or "document")[-255:], content_type=content_type, sha256=actual, size=size,
+            external_ref=None)
+    except DocumentGone as exc:
+        raise HTTPException(410, str(exc)) from exc
+    return StoredVersion(id=document["id"], version_id=version["id"], version_no=version["version_no"],
+                         sha256=version["sha256"], size=version["size"], created=created)
+
+
+async def readable_document(uow, container, user: User, document_id: str) -> dict:
+    """The document, or 404 when it does not exist and 403 when the user may not see it."""
+    document = await uow.documents.get(document_id)
+    if document is None:
+        raise HTTPException(404, f"document {document_id} not found")
+    await ensure_document_readable(uow, user, document, container.document_types, date.today())
+    return document
+
+
 @router.get("/documents", response_model=list[DocumentOut])
 async def list_documents(request: Request, external_ref: str | None = None, limit: int = Query(100, ge=1, le=1000),
-                         _: User = Depends(require_roles(*STAFF))):
-    async with _container(request).uow() as uow:
+                         user: User = Depends(require_roles(*STAFF))):
+    """Only the documents the caller may see."""
+    container = _container(request)
+    async with container.uow() as uow:
         ids = await _listed_ids(uow, tables.documents, DOCUMENT, external_ref=external_ref, limit=limit)
-        return [await _document_out(uow, d) for d in ids]
+        out = []
+        for document_id in ids:
+            document = await uow.documents.get(document_id)
+            if await can_read_document(uow, user, document, container.document_types, date.today()):
+                out.append(await _document_out(uow, document_id))
+        return out
 
 
 @router.get("/documents/{document_id}", response_model=DocumentOut)
-async def get_document(document_id: str, request: Request, _: User = Depends(require_roles(*STAFF))):
-    async with _container(request).uow() as uow:
-        out = await _document_out(uow, document_id)
-    if out is None:
-        raise HTTPException(404, f"document {document_id} not found")
-    return out
+async def get_document(document_id: str, request: Request, user: User = Depends(require_roles(*STAFF))):
+    container = _container(request)
+    async with container.uow() as uow:
+        await readable_document(uow, container, user, document_id)
+        return await _document_out(uow, document_id)
 
 
 async def _document_out(uow, document_id: str) -> DocumentOut | None:
@@ -183,109 +232,25 @@ async def _document_out(uow, document_id: str) -> DocumentOut | None:
 
 @router.get("/documents/{document_id}/content")
 async def document_content(document_id: str, request: Request, version: int | None = None,
-                           _: User = Depends(require_roles(*STAFF))):
+                           user: User = Depends(require_roles(*STAFF))):
+    """Streams a version's bytes after checking they still hash to the version's sha256."""
     container = _container(request)
     async with container.uow() as uow:
+        document = await readable_document(uow, container, user, document_id)
         versions = await uow.documents.versions(document_id)
-        document = await uow.documents.get(document_id)
-    if document is not None and document["disposed_at"] is not None:
+    if document["disposed_at"] is not None:
         raise HTTPException(410, f"document {document_id} was disposed of on {document['disposed_at']:%Y-%m-%d} "
                                  "after its retention period")
     chosen = [v for v in versions if version is None or v["version_no"] == version]
     if not chosen:
         raise HTTPException(404, f"document {document_id} (version {version or 'latest'}) not found")
     v = chosen[-1]
-    return FileResponse(container.content_store.path_for(v["sha256"]), media_type=v["content_type"],
-                        filename=v["filename"], headers={"X-Content-SHA256": v["sha256"]})
-
-
-class StepOut(BaseModel):
-    stage_no: int
-    name: str
-    role: str
-    status: str
-    decided_by: str | None
-    decided_at: datetime | None
-    comment: str | None
-
-
-class ApprovalOut(BaseModel):
-    id: str
-    status: str
-    current_stage: str | None
-    title: str
-    doc_type: str
-    route: dict
-    revision: int
-    reason: str | None
-    counterparty_id: str | None
-    initiator_ref: str
-    external_refs: list[ExternalRef]
-    document: dict
-    steps: list[StepOut]
-    history: list[dict] = []
-    created_at: datetime
-    updated_at: datetime
-
-
-class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    decision: Literal["approve", "reject"]
-    comment: str | None = Field(None, max_length=5000, description="internal: stays in the ECM")
-    reason: str | None = Field(None, max_length=500, description="shown to the requester on rejection")
-
-
-def _approval_out(approval, refs, history=()) -> ApprovalOut:
-    step = approval.current_step
-    return ApprovalOut(
-        id=approval.id, status=approval.status, current_stage=step.name if step else None, title=approval.title,
-        doc_type=approval.doc_type, route={"doc_type": approval.route_doc_type, "version": approval.route_version},
-        revision=approval.revision, reason=approval.reason, counterparty_id=approval.counterparty_id,
-        initiator_ref=approval.initiator_ref, external_refs=refs,
-        document={"id": approval.document_id, "version_id": approval.document_version_id,
-                  "sha256": approval.document_sha256},
-        steps=[StepOut(**{k: getattr(s, k) for k in StepOut.model_fields}) for s in approval.steps],
-        history=list(history),
-        created_at=approval.created_at, updated_at=approval.updated_at,
-    )
-
-
-@router.get("/approvals", response_model=list[ApprovalOut])
-async def list_approvals(
-    request: Request, external_ref: str | None = None, status: str | None = None,
-    limit: int = Query(100, ge=1, le=1000), _: User = Depends(require_roles(*STAFF)),
-):
-    async with _container(request).uow() as uow:
-        ids = await _listed_ids(uow, tables.approvals, APPROVAL, external_ref=external_ref, limit=limit,
-                                status=status)
-        return [_approval_out(await uow.approvals.get(a), await uow.external_refs.refs_of(APPROVAL, a)) for a in ids]
-
-
-@router.get("/approvals/{approval_id}", response_model=ApprovalOut)
-async def get_approval(approval_id: str, request: Request, _: User = Depends(require_roles(*STAFF))):
-    async with _container(request).uow() as uow:
-        approval = await uow.approvals.get(approval_id)
-        if approval is None:
-            raise HTTPException(404, f"approval {approval_id} not found")
-        return _approval_out(approval, await uow.external_refs.refs_of(APPROVAL, approval_id),
-                             await uow.history.of(APPROVAL, approval_id))
-
-
-@router.post("/approvals/{approval_id}/decisions", response_model=ApprovalOut)
-async def decide(approval_id: str, body: DecisionIn, request: Request,
-                 user: User = Depends(require_roles(*APPROVERS))):
-    container = _container(request)
     try:
-        approval = await approval_cases.decide(
-            container.uow(), approval_id=approval_id, user_id=user.id, role=user.role,
-            decision=body.decision, comment=body.comment, reason=body.reason,
-        )
-    except approval_cases.NotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except DecisionNotAllowed as exc:
-        raise HTTPException(403, str(exc)) from exc
-    except ApprovalClosed as exc:
-        raise HTTPException(409, str(exc)) from exc
-    async with container.uow() as uow:
-        return _approval_out(approval, await uow.external_refs.refs_of(APPROVAL, approval_id))
+        path = await run_in_threadpool(container.content_store.verified_path, v["sha256"])
+    except (CorruptContent, FileNotFoundError) as exc:
+        log.error("content_integrity_failed", document_id=document_id, version_no=v["version_no"], error=str(exc))
+        CONTENT_INTEGRITY_FAILURES.inc()
+        raise HTTPException(500, f"the stored content of document {document_id} version {v['version_no']} failed "
+                                 "its integrity check; it is not served. Operators were alerted.") from exc
+    return FileResponse(path, media_type=v["content_type"],
+                        filename=v["filename"], headers={"X-Content-SHA256": v["sha256"]})

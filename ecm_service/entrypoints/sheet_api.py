@@ -8,13 +8,11 @@ import io
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 
-from ecm_service.adapters import tables
-from ecm_service.service_layer.approvals import APPROVAL
+from ecm_service.entrypoints.approvals_api import readable_approval
 from infra.users import User
 from infra.web import require_roles
 
@@ -22,39 +20,37 @@ router = APIRouter(prefix="/api/approvals", tags=["approval sheet"])
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 READERS = ("legal", "finance", "director", "steward", "auditor", "admin")
 COLUMNS = ["№", "Этап / Stage", "Роль / Role", "Решение / Decision", "Кто / By", "Когда / When (UTC)",
-           "Версия / Version sha256", "Комментарий / Comment"]
+           "Версия / Version sha256", "Комментарий / Comment", "От имени / On behalf of", "Раунд / Round"]
 
 
-async def _sheet(request: Request, approval_id: str):
-    async with request.app.state.container.uow() as uow:
-        approval = await uow.approvals.get(approval_id)
-        if approval is None:
-            raise HTTPException(404, f"approval {approval_id} not found")
-        decisions = {(h["data"].get("stage"), h["actor"]): h for h in await uow.history.of(APPROVAL, approval_id)
-                     if h["action"] == "decided"}
-        names = dict((await uow.session.execute(select(tables.users.c.id, tables.users.c.name))).all())
-    rows = []
-    for step in approval.steps:
-        decided = decisions.get((step.name, f"user:{step.decided_by}")) if step.decided_by else None
-        rows.append([
-            step.stage_no, step.name, step.role, step.status, names.get(step.decided_by, step.decided_by),
-            step.decided_at.strftime("%Y-%m-%d %H:%M:%S") if step.decided_at else None,
-            decided["data"].get("sha256") if decided else None, step.comment,
-        ])
+async def _sheet(request: Request, approval_id: str, user: User):
+    """One row per decision ever made (every round, so decisions on superseded versions
+    stay visible with their hash), then one per stage still open or waiting."""
+    container = request.app.state.container
+    async with container.uow() as uow:
+        approval = await readable_approval(uow, container, user, approval_id)
+    steps = {s.stage_no: s for s in approval.steps}
+    decided = sorted((p for p in approval.assignments if p.decided_at), key=lambda p: (p.decided_at, p.stage_no))
+    rows = [[p.stage_no, steps[p.stage_no].name, p.assignee_user or p.assignee_role, p.status, p.decided_by_name,
+             p.decided_at.strftime("%Y-%m-%d %H:%M:%S"), p.sha256, p.comment,
+             p.on_behalf_of or ("escalation" if p.via_escalation else None), p.round] for p in decided]
+    done = {(p.stage_no, p.round) for p in decided}
+    rows += [[s.stage_no, s.name, s.role, s.status, None, None, None, None, None, approval.round]
+             for s in approval.steps if s.status in ("pending", "waiting") and (s.stage_no, approval.round) not in done]
     return approval, rows
 
 
 @router.get("/{approval_id}/sheet.html", response_class=HTMLResponse)
-async def sheet_html(approval_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
-    approval, rows = await _sheet(request, approval_id)
+async def sheet_html(approval_id: str, request: Request, user: User = Depends(require_roles(*READERS))):
+    approval, rows = await _sheet(request, approval_id, user)
     return templates.TemplateResponse(request, "approval_sheet.html", {
         "approval": approval, "columns": COLUMNS, "rows": rows,
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
 
 
 @router.get("/{approval_id}/sheet.csv")
-async def sheet_csv(approval_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
-    approval, rows = await _sheet(request, approval_id)
+async def sheet_csv(approval_id: str, request: Request, user: User = Depends(require_roles(*READERS))):
+    approval, rows = await _sheet(request, approval_id, user)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)

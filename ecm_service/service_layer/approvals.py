@@ -1,18 +1,28 @@
-"""Starting approvals on the route for the document type, and deciding on them."""
+"""Approvals: starting them on the current route version, deciding (also as a deputy or
+through escalation), re-opening on a new document version, waiting for a verified
+counterparty, the deadline clock, delay reasons, and the public events about all of it."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
-from ecm_service.domain.approval import Approval, Route, start_steps
-from ecm_service.domain.routes import route_for
+from ecm_service.domain.approval import (
+    AWAITING_COUNTERPARTY,
+    Actor,
+    Approval,
+    Route,
+)
+from ecm_service.domain.counterparty import VERIFIED
+from ecm_service.domain.document_types import DocumentType, policy_for
+from ecm_service.domain.routes import FALLBACK, parse_route
 from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra.retrying import PermanentError
 from schemas import ecm_commands, ecm_events
 from schemas.common import ExternalRef
 from schemas.envelope import Envelope, new_envelope
+from schemas.registry import LATEST
 from schemas.topics import ECM_EVENTS
 
 APPROVAL = "approval"
@@ -22,8 +32,66 @@ class NotFound(Exception):
     pass
 
 
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- route versions ---------------------------------------------------------------------
+
+
+async def sync_routes_from_file(uow: EcmUnitOfWork, file_routes: dict[str, Route], *, at: datetime) -> list[str]:
+    """At startup: a route whose file definition changed since the file last seeded it
+    becomes a new version. Versions made through the admin API are not overwritten by an
+    unchanged file."""
+    added = []
+    async with uow:
+        for doc_type, route in file_routes.items():
+            seeded = await uow.routes.latest_from(doc_type, "file")
+            if seeded is None or seeded["spec"] != route.spec():
+                version = await uow.routes.add(doc_type, route.spec(), source="file", created_by="routes-file", at=at)
+                await uow.history.append(entity_type="route", entity_id=doc_type[:36], action="version_added",
+                                         actor="system:routes-file", data={"version": version, "spec": route.spec()})
+                added.append(f"{doc_type} v{version}")
+        await uow.commit()
+    return added
+
+
+async def current_route(uow: EcmUnitOfWork, doc_type: str, file_routes: dict[str, Route]) -> Route:
+    """The latest version for the document type, else the fallback route's."""
+    for name in (doc_type, FALLBACK):
+        stored = await uow.routes.latest(name)
+        if stored:
+            return parse_route(name, stored["spec"], stored["version"])
+    # Nothing stored yet (the startup sync has not run): seed from the file.
+    route = file_routes.get(doc_type) or file_routes[FALLBACK]
+    version = await uow.routes.add(route.doc_type, route.spec(), source="file", created_by="routes-file", at=_now())
+    return parse_route(route.doc_type, route.spec(), version)
+
+
+async def change_route(uow: EcmUnitOfWork, *, doc_type: str, spec: dict, user) -> Route:
+    """Admin API: a new version. Approvals in flight keep the version they started on."""
+    route = parse_route(doc_type, spec)
+    async with uow:
+        version = await uow.routes.add(doc_type, route.spec(), source="api", created_by=f"user:{user.id}", at=_now())
+        await uow.history.append(entity_type="route", entity_id=doc_type[:36], action="version_added",
+                                 actor=f"user:{user.id}", data={"version": version, "spec": route.spec()})
+        await uow.commit()
+    return parse_route(doc_type, route.spec(), version)
+
+
+# --- starting ---------------------------------------------------------------------------
+
+
+async def counterparty_is_verified(uow: EcmUnitOfWork, counterparty_id: str | None) -> bool:
+    if not counterparty_id:
+        return False
+    record = await uow.counterparties.get(counterparty_id)
+    return record is not None and record.status == VERIFIED
+
+
 async def start_approval(
-    uow: EcmUnitOfWork, cmd: ecm_commands.StartApprovalV1, envelope: Envelope, routes: dict[str, Route]
+    uow: EcmUnitOfWork, cmd: ecm_commands.StartApprovalV1, envelope: Envelope, routes: dict[str, Route],
+    doc_types: dict[str, DocumentType],
 ) -> dict:
     existing = await uow.external_refs.find(APPROVAL, cmd.external_ref)
     if existing:  # the same request arriving under another command id
@@ -33,47 +101,165 @@ async def start_approval(
         raise PermanentError(f"document version {cmd.document_version_id} not found")
     if version["sha256"] != cmd.sha256:
         raise PermanentError("document version content hash differs from the requested one")
-    now = datetime.now(timezone.utc)
-    route = route_for(routes, cmd.doc_type)
-    approval_id = str(uuid.uuid4())
-    approval = Approval(
-        id=approval_id, document_id=cmd.document_id, document_version_id=cmd.document_version_id,
+    now = _now()
+    route = await current_route(uow, cmd.doc_type, routes)
+    counterparty_id = await uow.external_refs.find(COUNTERPARTY, cmd.counterparty_ref)
+    approval = Approval.start(
+        route=route, at=now, counterparty_verified=await counterparty_is_verified(uow, counterparty_id),
+        needs_verified_counterparty=policy_for(doc_types, cmd.doc_type).requires_verified_counterparty,
+        id=str(uuid.uuid4()), document_id=cmd.document_id, document_version_id=cmd.document_version_id,
         document_sha256=cmd.sha256, doc_type=cmd.doc_type, title=cmd.title,
-        route_doc_type=route.doc_type, route_version=route.version,
         initiator_ref=cmd.initiator_ref.as_text(), correlation_id=envelope.correlation_id,
-        created_at=now, updated_at=now,
-        counterparty_id=await uow.external_refs.find(COUNTERPARTY, cmd.counterparty_ref),
-        counterparty_ref=cmd.counterparty_ref.as_text(),
-        steps=start_steps(approval_id, route, lambda: str(uuid.uuid4())),
+        counterparty_id=counterparty_id, counterparty_ref=cmd.counterparty_ref.as_text(),
     )
     await uow.approvals.add(approval)
     await uow.external_refs.attach(APPROVAL, approval.id, cmd.external_ref)
     await uow.history.append(
         entity_type=APPROVAL, entity_id=approval.id, action="started", actor=cmd.initiator_ref.as_text(),
         data={"route": [route.doc_type, route.version], "document_version_id": cmd.document_version_id,
-              "sha256": cmd.sha256, "external_ref": cmd.external_ref.as_text()})
-    await publish_status(uow, approval, causation_id=envelope.event_id)
+              "sha256": cmd.sha256, "external_ref": cmd.external_ref.as_text(), "status": approval.status})
+    await publish_status(uow, approval, "started", causation_id=envelope.event_id)
     return {"approval_id": approval.id}
 
 
+# --- deciding ---------------------------------------------------------------------------
+
+
+async def _principals(uow: EcmUnitOfWork, actor: Actor, on: date) -> list[Actor]:
+    return await uow.deputies.principals_of(actor.id, on)
+
+
 async def decide(
-    uow: EcmUnitOfWork, *, approval_id: str, user_id: str, role: str, decision: str,
-    comment: str | None, reason: str | None,
+    uow: EcmUnitOfWork, *, approval_id: str, actor: Actor, decision: str, comment: str | None, reason: str | None,
 ) -> Approval:
     async with uow:
         approval = await uow.approvals.get(approval_id, for_update=True)
         if approval is None:
             raise NotFound(f"approval {approval_id} not found")
-        step = approval.decide(user_id=user_id, role=role, decision=decision, comment=comment, reason=reason,
-                               at=datetime.now(timezone.utc))
+        now = _now()
+        stage = approval.current_step
+        place = approval.decide(
+            actor=actor, decision=decision, comment=comment, reason=reason, at=now,
+            principals=await _principals(uow, actor, now.date()),
+            counterparty_verified=await counterparty_is_verified(uow, approval.counterparty_id))
         await uow.approvals.save(approval)
         await uow.history.append(
-            entity_type=APPROVAL, entity_id=approval.id, action="decided", actor=f"user:{user_id}",
-            reason=reason, data={"stage": step.name, "role": role, "decision": decision, "comment": comment,
-                                 "sha256": approval.document_sha256, "status": approval.status})
-        await publish_status(uow, approval, causation_id=None)
+            entity_type=APPROVAL, entity_id=approval.id, action="decided", actor=f"user:{actor.id}",
+            reason=reason, data={
+                "stage": stage.name, "stage_no": stage.stage_no, "round": approval.round, "role": actor.role,
+                "decision": decision, "comment": comment, "sha256": place.sha256, "by": actor.name,
+                "on_behalf_of": place.on_behalf_of, "via_escalation": place.via_escalation,
+                "status": approval.status})
+        event = "completed" if not approval.is_open or approval.status == "returned" else "stage_decided"
+        await publish_status(uow, approval, event, causation_id=None)
         await uow.commit()
     return approval
+
+
+async def record_delay_reason(uow: EcmUnitOfWork, *, approval_id: str, actor: Actor, code: str, text: str | None,
+                              codes: dict[str, str]) -> Approval:
+    if code not in codes:
+        raise ValueError(f"unknown delay reason code {code!r}; known: {', '.join(codes)}")
+    async with uow:
+        approval = await uow.approvals.get(approval_id, for_update=True)
+        if approval is None:
+            raise NotFound(f"approval {approval_id} not found")
+        now = _now()
+        step = approval.record_delay_reason(actor=actor, code=code, at=now,
+                                            principals=await _principals(uow, actor, now.date()))
+        await uow.approvals.save(approval)
+        await uow.delay_reasons.add(approval_id=approval.id, stage_no=step.stage_no, stage_name=step.name,
+                                    role=step.role, doc_type=approval.doc_type, code=code, text=text,
+                                    recorded_by=actor.id, recorded_at=now)
+        await uow.history.append(entity_type=APPROVAL, entity_id=approval.id, action="delay_reason",
+                                 actor=f"user:{actor.id}", data={"stage": step.name, "code": code, "text": text})
+        await publish_status(uow, approval, "delay_reason", causation_id=None)
+        await uow.commit()
+    return approval
+
+
+# --- reacting to the document and the registry --------------------------------------------
+
+
+async def reopen_for_new_version(uow: EcmUnitOfWork, *, document_id: str, version_id: str, sha256: str,
+                                 actor: str) -> list[str]:
+    """Inside the caller's transaction: every open approval of the document moves to the
+    new version; the stages its route's policy names are decided again."""
+    reopened = []
+    now = _now()
+    for approval_id in await uow.approvals.open_for_document(document_id):
+        approval = await uow.approvals.get(approval_id, for_update=True)
+        previous = approval.document_sha256
+        stages = approval.reopen(version_id=version_id, sha256=sha256, at=now,
+                                 counterparty_verified=await counterparty_is_verified(uow, approval.counterparty_id))
+        if approval.document_sha256 == previous:
+            continue
+        await uow.approvals.save(approval)
+        await uow.history.append(entity_type=APPROVAL, entity_id=approval.id, action="reopened", actor=actor,
+                                 data={"from_sha256": previous, "sha256": sha256, "version_id": version_id,
+                                       "policy": approval.reopen_policy, "stages": stages, "round": approval.round})
+        await publish_status(uow, approval, "reopened", causation_id=None)
+        reopened.append(approval.id)
+    return reopened
+
+
+async def resume_waiting(uow: EcmUnitOfWork, counterparty_ids: list[str], *, actor: str) -> list[str]:
+    """Inside the caller's transaction: the registry verified a counterparty; approvals
+    that waited for it before their last stage go on."""
+    resumed = []
+    now = _now()
+    for approval_id in await uow.approvals.awaiting_counterparty(counterparty_ids):
+        approval = await uow.approvals.get(approval_id, for_update=True)
+        if approval.counterparty_verified(now):
+            await uow.approvals.save(approval)
+            await uow.history.append(entity_type=APPROVAL, entity_id=approval.id, action="counterparty_verified",
+                                     actor=actor, data={"counterparty_id": approval.counterparty_id})
+            await publish_status(uow, approval, "counterparty_verified", causation_id=None)
+            resumed.append(approval.id)
+    return resumed
+
+
+# --- the deadline clock -----------------------------------------------------------------
+
+
+async def check_deadlines(uow: EcmUnitOfWork, *, now: datetime | None = None) -> dict:
+    """Reminders before a stage is due, escalation after. Each happens once per stage
+    entry; running the clock twice changes nothing the second time."""
+    now = now or _now()
+    counts = {"reminded": 0, "escalated": 0}
+    async with uow:
+        for approval_id in await uow.approvals.with_deadline_work(now):
+            approval = await uow.approvals.get(approval_id, for_update=True)
+            actions = approval.due_actions(now)
+            if not actions:
+                continue
+            step = approval.current_step
+            await uow.approvals.save(approval)
+            due = f"{step.due_at:%Y-%m-%d %H:%M} UTC"
+            if "remind" in actions:
+                counts["reminded"] += 1
+                for a in step.assignees:
+                    await uow.notifications.add(
+                        kind="reminder", approval_id=approval.id, stage_no=step.stage_no, to_role=a.get("role"),
+                        to_user=a.get("user"), text=f"«{approval.title[:200]}»: stage {step.name} is due {due}",
+                        created_at=now)
+            if "escalate" in actions:
+                counts["escalated"] += 1
+                await uow.history.append(entity_type=APPROVAL, entity_id=approval.id, action="escalated",
+                                         actor="system:deadlines", at=now,
+                                         data={"stage": step.name, "due_at": step.due_at.isoformat(),
+                                               "escalation_role": step.escalation_role})
+                for role in filter(None, [step.escalation_role]):
+                    await uow.notifications.add(
+                        kind="escalation", approval_id=approval.id, stage_no=step.stage_no, to_role=role,
+                        text=f"«{approval.title[:200]}»: stage {step.name} was due {due} and is escalated to you",
+                        created_at=now)
+                await publish_status(uow, approval, "overdue", causation_id=None, now=now)
+        await uow.commit()
+    return counts
+
+
+# --- responsibility moved on the requesting side ----------------------------------------
 
 
 async def reassign_initiator(uow: EcmUnitOfWork, cmd: ecm_commands.ReassignInitiatorV1, envelope: Envelope) -> dict:
@@ -87,24 +273,34 @@ async def reassign_initiator(uow: EcmUnitOfWork, cmd: ecm_commands.ReassignIniti
             continue
         approval.initiator_ref = cmd.new_initiator_ref.as_text()
         approval.revision += 1
-        approval.updated_at = datetime.now(timezone.utc)
+        approval.updated_at = _now()
         await uow.approvals.save(approval)
         await uow.history.append(
             entity_type=APPROVAL, entity_id=approval.id, action="initiator_changed", at=cmd.reassigned_at,
             actor=cmd.reassigned_by_ref.as_text(), data={"from": previous, "to": approval.initiator_ref},
         )
-        await publish_status(uow, approval, causation_id=envelope.event_id)
+        await publish_status(uow, approval, "initiator_changed", causation_id=envelope.event_id)
         moved.append(approval.id)
     return {"reassigned": moved}
 
 
-async def publish_status(uow: EcmUnitOfWork, approval: Approval, *, causation_id) -> None:
-    step = approval.current_step
-    event = ecm_events.ApprovalStatusChangedV1(
+# --- the public event -------------------------------------------------------------------
+
+
+async def publish_status(uow: EcmUnitOfWork, approval: Approval, event: str, *, causation_id,
+                         now: datetime | None = None) -> None:
+    """The public summary: stage, due date, overdue flag, delay reason code. Internal
+    comments and free-text delay explanations never leave the ECM."""
+    step = approval.current_step if approval.is_open else None
+    payload = ecm_events.ApprovalStatusChangedV2(
         approval_id=approval.id,
         external_refs=await uow.external_refs.refs_of(APPROVAL, approval.id),
         counterparty_ref=_ref(approval.counterparty_ref),
-        status=approval.status, stage=step.name if step else None, stage_no=approval.current_stage_no,
+        event=event, status=approval.status,
+        stage=step.name if step else None, stage_no=approval.current_stage_no if step else None,
+        due_at=step.due_at if step and approval.status != AWAITING_COUNTERPARTY else None,
+        overdue=approval.overdue(now or _now()) or bool(step and step.escalated_at),
+        delay_reason_code=step.delay_reason_code if step else None,
         revision=approval.revision, reason=approval.reason, document_sha256=approval.document_sha256,
         initiator_ref=_ref(approval.initiator_ref),
     )
@@ -112,8 +308,10 @@ async def publish_status(uow: EcmUnitOfWork, approval: Approval, *, causation_id
         ECM_EVENTS, approval.counterparty_id or approval.id,
         # The approval keeps the correlation id of the request that started it, so the
         # decisions made days later still trace back to that request.
-        new_envelope(type=ecm_events.APPROVAL_STATUS_CHANGED, schema_version=1, source=SOURCE, payload=event,
-                     correlation_id=approval.correlation_id, causation_id=causation_id),
+        new_envelope(type=ecm_events.APPROVAL_STATUS_CHANGED,
+                     schema_version=LATEST[ecm_events.APPROVAL_STATUS_CHANGED][0], source=SOURCE, payload=payload,
+                     correlation_id=approval.correlation_id,
+                     causation_id=causation_id),
     )
 
 

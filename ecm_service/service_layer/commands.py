@@ -13,7 +13,8 @@ ACCEPTED_COMMANDS = frozenset({
 })
 
 
-async def apply_command(uow: EcmUnitOfWork, message: Message, topic: str, routes: dict[str, Route]) -> None:
+async def apply_command(uow: EcmUnitOfWork, message: Message, topic: str, routes: dict[str, Route],
+                        doc_types: dict | None = None) -> None:
     envelope = message.envelope
     async with uow:
         if await uow.already_applied(envelope.event_id):
@@ -21,7 +22,7 @@ async def apply_command(uow: EcmUnitOfWork, message: Message, topic: str, routes
         if envelope.type == ecm_commands.SYNC_COUNTERPARTY:
             detail = await registry.sync_counterparty(uow, message.payload, envelope)
         elif envelope.type == ecm_commands.START_APPROVAL:
-            detail = await approvals.start_approval(uow, message.payload, envelope, routes)
+            detail = await approvals.start_approval(uow, message.payload, envelope, routes, doc_types or {})
         else:
             detail = await approvals.reassign_initiator(uow, message.payload, envelope)
         await uow.mark_applied(envelope.event_id, envelope.type, topic, detail)

@@ -6,21 +6,39 @@ import uuid
 from datetime import datetime, timezone
 
 from ecm_service.domain.retention import FALLBACK, disposal_blocker, retain_until
+from ecm_service.service_layer.approvals import reopen_for_new_version
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas.common import ExternalRef
 
 DOCUMENT = "document"
 
 
+class NotFound(Exception):
+    pass
+
+
+class DocumentGone(Exception):
+    pass
+
+
 async def store_version(
     uow: EcmUnitOfWork, *, user_id: str, doc_type: str, title: str, filename: str, content_type: str,
     sha256: str, size: int, external_ref: ExternalRef | None, retention: dict[str, int] | None = None,
+    document_id: str | None = None,
 ) -> tuple[dict, dict, bool]:
     """Returns (document, version, created). Storing the same bytes under the same
-    external ref again returns the existing version: transfers may be retried."""
+    external ref again returns the existing version: transfers may be retried. A new
+    version of a document under approval re-opens its approvals (see approvals.reopen)."""
     now = datetime.now(timezone.utc)
     async with uow:
-        document_id = await uow.external_refs.find(DOCUMENT, external_ref) if external_ref else None
+        if document_id is not None:
+            document = await uow.documents.get(document_id, for_update=True)
+            if document is None:
+                raise NotFound(f"document {document_id} not found")
+            if document["disposed_at"]:
+                raise DocumentGone(f"document {document_id} was disposed of")
+        elif external_ref:
+            document_id = await uow.external_refs.find(DOCUMENT, external_ref)
         if document_id:
             versions = await uow.documents.versions(document_id)
             if versions and versions[-1]["sha256"] == sha256:
@@ -39,18 +57,13 @@ async def store_version(
         await uow.documents.add_version(**version)
         await uow.history.append(entity_type=DOCUMENT, entity_id=document_id, action="version_stored",
                                  actor=f"user:{user_id}", data={"version_no": version_no, "sha256": sha256,
-                                                                "size": size})
+                                                                "size": size, "content_type": content_type})
+        if version_no > 1:
+            await reopen_for_new_version(uow, document_id=document_id, version_id=version["id"], sha256=sha256,
+                                         actor=f"user:{user_id}")
         await uow.commit()
         document = await uow.documents.get(document_id)
     return document, version, True
-
-
-class NotFound(Exception):
-    pass
-
-
-class DocumentGone(Exception):
-    pass
 
 
 async def set_legal_hold(uow: EcmUnitOfWork, *, document_id: str, hold: bool, user_id: str, reason: str) -> dict:

@@ -9,7 +9,7 @@ from ecm_service.adapters import tables
 from infra.metrics import APPROVALS_BY_STATE
 
 log = structlog.get_logger()
-STATES = ("in_progress", "approved", "rejected")
+STATES = ("in_progress", "awaiting_counterparty_verification", "returned", "approved", "rejected")
 
 
 async def refresh_approval_metrics(session_factory, interval: float = 10.0) -> None:
@@ -22,4 +22,18 @@ async def refresh_approval_metrics(session_factory, interval: float = 10.0) -> N
                 APPROVALS_BY_STATE.labels(state).set(rows.get(state, 0))
         except Exception as exc:  # the database may be away for a moment
             log.warning("approval_metrics_failed", error=str(exc))
+        await asyncio.sleep(interval)
+
+
+async def run_deadline_clock(uow_factory, interval: float) -> None:
+    """Reminders and escalations, every `interval` seconds."""
+    from ecm_service.service_layer.approvals import check_deadlines
+
+    while True:
+        try:
+            counts = await check_deadlines(uow_factory())
+            if any(counts.values()):
+                log.info("deadline_clock", **counts)
+        except Exception as exc:  # the database may be away for a moment
+            log.warning("deadline_clock_failed", error=str(exc))
         await asyncio.sleep(interval)

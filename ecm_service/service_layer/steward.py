@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from ecm_service.domain.counterparty import Counterparty, StewardRuleBroken
+from ecm_service.domain.counterparty import VERIFIED, Counterparty, StewardRuleBroken
+from ecm_service.service_layer.approvals import resume_waiting
 from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas import ecm_events
@@ -50,6 +51,8 @@ async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reas
         seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action=change,
                                        actor=_actor(user), reason=reason, data={"status": record.status})
         await _announce(uow, record, change, reason=reason, correlation_id=correlation_id, seq=seq)
+        if record.status == VERIFIED:
+            await resume_waiting(uow, [record.id], actor=_actor(user))
         await uow.commit()
     return record
 
@@ -82,8 +85,19 @@ async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user,
         seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=survivor.id, action="absorbed",
                                  actor=_actor(user), reason=reason, data={"merged": record.id, "moved_refs": moved})
         await _announce(uow, record, "merged", reason=reason, correlation_id=correlation_id, seq=seq, shown=survivor)
+        if survivor.status == VERIFIED:
+            await resume_waiting(uow, [survivor.id], actor=_actor(user))
         await uow.commit()
     return record, survivor
+
+
+async def candidates_for(uow: EcmUnitOfWork, record: Counterparty, limit: int = 5) -> list[Counterparty]:
+    """Records a pending one may duplicate, for the steward to compare side by side: the
+    same INN or the same normalised name, minus pairs already declared distinct."""
+    distinct = set(await uow.counterparties.not_duplicates_of(record.id))
+    found = await uow.counterparties.similar(inn=record.inn, normalized_name=record.normalized_name,
+                                             exclude=[record.id, *distinct], limit=limit)
+    return sorted(found, key=lambda c: (c.status != VERIFIED, c.inn != record.inn, c.name))
 
 
 async def mark_not_duplicate(uow: EcmUnitOfWork, *, counterparty_id: str, other_id: str, user, reason: str) -> bool:

@@ -1,4 +1,4 @@
-from ecm_service.adapters import repositories, tables
+from ecm_service.adapters import approval_support, repositories, tables
 from ecm_service.adapters.history import HistoryLog
 from infra.unit_of_work import SqlUnitOfWork
 
@@ -13,3 +13,7 @@ class EcmUnitOfWork(SqlUnitOfWork):
         self.documents = repositories.DocumentRepository(session)
         self.approvals = repositories.ApprovalRepository(session)
         self.history = HistoryLog(session)
+        self.routes = approval_support.RouteStore(session)
+        self.deputies = approval_support.DeputyRepository(session)
+        self.delay_reasons = approval_support.DelayReasonRepository(session)
+        self.notifications = approval_support.NotificationRepository(session)

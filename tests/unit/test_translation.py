@@ -60,17 +60,29 @@ def _ecm_envelope(type_, payload):
 
 
 def test_approval_status_goes_to_crm_request_without_internal_comments():
-    event = ecm_events.ApprovalStatusChangedV1(
+    event = ecm_events.ApprovalStatusChangedV2(
         approval_id="a-1", external_refs=[ExternalRef(system="crm", id="req-1"), ExternalRef(system="erp", id="9")],
-        counterparty_ref=ExternalRef(system="crm", id="org-1"), status="rejected", stage=None, stage_no=None,
-        revision=3, reason="wrong price", document_sha256=SHA,
+        counterparty_ref=ExternalRef(system="crm", id="org-1"), event="completed", status="rejected", stage=None,
+        stage_no=None, revision=3, reason="wrong price", document_sha256=SHA,
     )
     out = approval_status_to_crm(_ecm_envelope(ecm_events.APPROVAL_STATUS_CHANGED, event), event)
     assert len(out) == 1 and out[0].topic == CRM_COMMANDS and out[0].key == "org-1"
+    assert out[0].envelope.schema_version == 2
     cmd = parse_message(encode(out[0].envelope)).payload
-    assert isinstance(cmd, crm_commands.UpdateApprovalStatusV1)
+    assert isinstance(cmd, crm_commands.UpdateApprovalStatusV2)
     assert (cmd.approval_request_id, cmd.status, cmd.revision, cmd.reason) == ("req-1", "rejected", 3, "wrong price")
     assert "comment" not in out[0].envelope.payload
+
+
+def test_overdue_stage_summary_reaches_the_crm_with_due_date_and_delay_code_only():
+    due = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+    event = ecm_events.ApprovalStatusChangedV2(
+        approval_id="a-1", external_refs=[ExternalRef(system="crm", id="req-1")], event="overdue",
+        status="in_progress", stage="legal", stage_no=1, due_at=due, overdue=True, delay_reason_code="workload",
+        revision=5, document_sha256=SHA)
+    (out,) = approval_status_to_crm(_ecm_envelope(ecm_events.APPROVAL_STATUS_CHANGED, event), event)
+    cmd = parse_message(encode(out.envelope)).payload
+    assert (cmd.stage, cmd.due_at, cmd.overdue, cmd.delay_reason_code) == ("legal", due, True, "workload")
 
 
 def test_counterparty_sync_result_reaches_crm_only_for_crm_records():

@@ -1,0 +1,249 @@
+"""Server-rendered pages for ECM staff (FastAPI + Jinja2, no JavaScript): the approver
+inbox, the approval card, the steward queue, registry search and the delay-reason
+report. Login is a form that takes a user's token and keeps it in an HttpOnly,
+SameSite=Strict cookie; every page applies the same rights as the API."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from ecm_service.domain.counterparty import StewardRuleBroken
+from ecm_service.entrypoints.approvals_api import (
+    DECIDERS,
+    REPORT_COLUMNS,
+    actor_of,
+    delay_report_rows,
+    inbox_for,
+    readable_approval,
+)
+from ecm_service.service_layer import approvals as cases
+from ecm_service.service_layer import steward
+from ecm_service.service_layer.access import ensure_document_readable
+from ecm_service.service_layer.approvals import APPROVAL
+from infra.content_store import CorruptContent
+from infra.users import User, find_user_by_token
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+COOKIE = "ecm_session"
+PAGE_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin")
+HOME = {"steward": "/ui/steward", "auditor": "/ui/registry", "admin": "/ui/registry"}
+
+
+class LoginRequired(Exception):
+    pass
+
+
+async def page_user(request: Request) -> User:
+    token = request.cookies.get(COOKIE)
+    container = request.app.state.container
+    user = await find_user_by_token(container.session_factory, container.users_table, token) if token else None
+    if user is None or user.role not in PAGE_ROLES:
+        raise HTTPException(303, headers={"Location": f"/ui/login?next={quote(request.url.path)}"})
+    return user
+
+
+def render(request: Request, template: str, user: User | None, status: int = 200, **context) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, {"user": user, **context}, status_code=status)
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    return render(request, "error.html", None, status=status, message=message, status_code=status)
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request, next: str = "/ui/"):
+    return render(request, "login.html", None, next=next if next.startswith("/ui/") else "/ui/")
+
+
+@router.post("/login")
+async def login(request: Request, token: str = Form(..., max_length=200), next: str = Form("/ui/")):
+    container = request.app.state.container
+    user = await find_user_by_token(container.session_factory, container.users_table, token.strip())
+    if user is None or user.role not in PAGE_ROLES:
+        return render(request, "login.html", None, status=401, next=next,
+                      error="Unknown token, or an account that has no ECM pages")
+    target = next if next.startswith("/ui/") and next != "/ui/" else HOME.get(user.role, "/ui/inbox")
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/ui",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+async def logout():
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/ui")
+    return response
+
+
+@router.get("/")
+async def home(user: User = Depends(page_user)):
+    return RedirectResponse(HOME.get(user.role, "/ui/inbox"), status_code=303)
+
+
+# --- approver inbox and approval card -------------------------------------------------------
+
+
+@router.get("/inbox", response_class=HTMLResponse)
+async def inbox_page(request: Request, user: User = Depends(page_user)):
+    container = request.app.state.container
+    items = await inbox_for(container, user) if user.role in DECIDERS else []
+    async with container.uow() as uow:
+        notes = await uow.notifications.for_actor(actor_of(user), limit=20)
+    return render(request, "inbox.html", user, items=items, notifications=notes)
+
+
+async def _card_context(request: Request, user: User, approval_id: str) -> dict:
+    container = request.app.state.container
+    async with container.uow() as uow:
+        approval = await readable_approval(uow, container, user, approval_id)
+        document = await uow.documents.get(approval.document_id)
+        versions = await uow.documents.versions(approval.document_id)
+        history = await uow.history.of(APPROVAL, approval_id)
+        delays = await uow.delay_reasons.of_approval(approval_id)
+        principals = await uow.deputies.principals_of(user.id, date.today())
+    try:
+        _, behalf, via_escalation = approval.place_for(actor_of(user), principals)
+        can_decide = user.role in DECIDERS
+    except Exception:
+        behalf, via_escalation, can_decide = None, False, False
+    return {"approval": approval, "document": document, "versions": versions, "history": history,
+            "delays": delays, "can_decide": can_decide, "on_behalf_of": behalf.name if behalf else None,
+            "via_escalation": via_escalation, "codes": container.delay_reasons,
+            "now": datetime.now(timezone.utc), "steps": {s.stage_no: s for s in approval.steps}}
+
+
+@router.get("/approvals/{approval_id}", response_class=HTMLResponse)
+async def approval_card(approval_id: str, request: Request, user: User = Depends(page_user)):
+    return render(request, "approval.html", user, **await _card_context(request, user, approval_id))
+
+
+@router.post("/approvals/{approval_id}/decision", response_class=HTMLResponse)
+async def decide_from_card(approval_id: str, request: Request, decision: str = Form(...),
+                           comment: str = Form("", max_length=5000), reason: str = Form("", max_length=500),
+                           user: User = Depends(page_user)):
+    if user.role not in DECIDERS:
+        raise HTTPException(403, f"role {user.role!r} does not decide on approvals")
+    container = request.app.state.container
+    try:
+        await cases.decide(container.uow(), approval_id=approval_id, actor=actor_of(user), decision=decision,
+                           comment=comment.strip() or None, reason=reason.strip() or None)
+    except ValueError as exc:  # InvalidDecision: the form is shown again with the message
+        context = await _card_context(request, user, approval_id)
+        return render(request, "approval.html", user, status=422, error=str(exc), comment=comment, **context)
+    return RedirectResponse(f"/ui/approvals/{approval_id}?done={decision}", status_code=303)
+
+
+@router.post("/approvals/{approval_id}/delay-reason", response_class=HTMLResponse)
+async def delay_reason_from_card(approval_id: str, request: Request, code: str = Form(...),
+                                 text: str = Form("", max_length=2000), user: User = Depends(page_user)):
+    container = request.app.state.container
+    try:
+        await cases.record_delay_reason(container.uow(), approval_id=approval_id, actor=actor_of(user), code=code,
+                                        text=text.strip() or None, codes=container.delay_reasons)
+    except ValueError as exc:
+        context = await _card_context(request, user, approval_id)
+        return render(request, "approval.html", user, status=422, error=str(exc), **context)
+    return RedirectResponse(f"/ui/approvals/{approval_id}?done=delay_reason", status_code=303)
+
+
+@router.get("/documents/{document_id}/content")
+async def download(document_id: str, request: Request, version: int | None = None, user: User = Depends(page_user)):
+    container = request.app.state.container
+    async with container.uow() as uow:
+        document = await uow.documents.get(document_id)
+        if document is None:
+            raise HTTPException(404, f"document {document_id} not found")
+        await ensure_document_readable(uow, user, document, container.document_types, date.today())
+        versions = [v for v in await uow.documents.versions(document_id) if version in (None, v["version_no"])]
+    if document["disposed_at"] or not versions:
+        return error_page(request, 410 if document["disposed_at"] else 404, "This version is not available")
+    v = versions[-1]
+    try:
+        path = await run_in_threadpool(container.content_store.verified_path, v["sha256"])
+    except (CorruptContent, FileNotFoundError):
+        return error_page(request, 500, "The stored content failed its integrity check and is not served")
+    return FileResponse(path, media_type=v["content_type"], filename=v["filename"],
+                        headers={"X-Content-SHA256": v["sha256"]})
+
+
+# --- steward queue and registry search --------------------------------------------------------
+
+
+@router.get("/steward", response_class=HTMLResponse)
+async def steward_queue(request: Request, user: User = Depends(page_user), done: str | None = None,
+                        error: str | None = None):
+    if user.role not in ("steward", "auditor", "admin"):
+        raise HTTPException(403, "the steward queue is for the registry's data steward (auditors read it)")
+    container = request.app.state.container
+    async with container.uow() as uow:
+        pending = await uow.counterparties.search(text=None, status="pending_verification", limit=100)
+        rows = [{"record": r, "candidates": await steward.candidates_for(uow, r)} for r in pending]
+    return render(request, "steward.html", user, rows=rows, done=done, error=error)
+
+
+@router.post("/steward/{counterparty_id}/{action}")
+async def steward_action(counterparty_id: str, action: str, request: Request, user: User = Depends(page_user),
+                         reason: str = Form("", max_length=2000), other_id: str = Form("", max_length=36)):
+    if user.role != "steward":
+        raise HTTPException(403, "only the steward changes the registry")
+    uow, cid, reason = request.app.state.container.uow(), request.state.correlation_id, reason.strip()
+    try:
+        if action == "verify":
+            await steward.verify(uow, counterparty_id=counterparty_id, user=user, reason=reason or None,
+                                 correlation_id=cid)
+        elif len(reason) < 3:
+            raise StewardRuleBroken(f"{action.replace('-', ' ')} needs a reason")
+        elif action == "reject":
+            await steward.reject(uow, counterparty_id=counterparty_id, user=user, reason=reason, correlation_id=cid)
+        elif action == "merge":
+            await steward.merge(uow, counterparty_id=counterparty_id, into_id=other_id, user=user, reason=reason,
+                                correlation_id=cid)
+        elif action == "not-duplicate":
+            await steward.mark_not_duplicate(uow, counterparty_id=counterparty_id, other_id=other_id, user=user,
+                                             reason=reason)
+        else:
+            raise HTTPException(404, f"no steward action {action!r}")
+    except (StewardRuleBroken, steward.NotFound) as exc:
+        return RedirectResponse(f"/ui/steward?error={quote(str(exc))}", status_code=303)
+    return RedirectResponse(f"/ui/steward?done={quote(action)}", status_code=303)
+
+
+@router.get("/registry", response_class=HTMLResponse)
+async def registry_search(request: Request, q: str = "", status: str = "", user: User = Depends(page_user)):
+    async with request.app.state.container.uow() as uow:
+        found = await uow.counterparties.search(text=q[:200], status=status or None, limit=200)
+    return render(request, "registry.html", user, q=q, status=status, found=found)
+
+
+# --- delay-reason report ---------------------------------------------------------------------
+
+
+@router.get("/reports/delays", response_class=HTMLResponse)
+async def delay_report(request: Request, user: User = Depends(page_user)):
+    if user.role == "steward":
+        raise HTTPException(403, "the delay report is for approvers, auditors and admins")
+    rows = await delay_report_rows(request.app.state.container)
+    return render(request, "delays.html", user, rows=rows, total=sum(r["count"] for r in rows))
+
+
+@router.get("/reports/delays.csv")
+async def delay_report_csv(request: Request, user: User = Depends(page_user)):
+    if user.role == "steward":
+        raise HTTPException(403, "the delay report is for approvers, auditors and admins")
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS)
+    writer.writeheader()
+    writer.writerows(await delay_report_rows(request.app.state.container))
+    return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="delay-reasons.csv"'})
