@@ -223,7 +223,7 @@ async def steward_action(counterparty_id: str, action: str, request: Request, us
 async def registry_search(request: Request, q: str = "", status: str = "", user: User = Depends(page_user)):
     async with request.app.state.container.uow() as uow:
         found = await uow.counterparties.search(text=q[:200], status=status or None, limit=200)
-    return render(request, "registry.html", user, q=q, status=status, found=found)
+    return render(request, "registry.html", user, q=q, status_filter=status, found=found)
 
 
 # --- delay-reason report ---------------------------------------------------------------------

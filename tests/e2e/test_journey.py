@@ -12,11 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.journey import (
     SALES,
+    approve_all,
     create_deal_with_document,
     crm_approval,
     decide,
     ecm_approval,
     request_approval,
+    verify_counterparty,
     wait_crm_status,
 )
 from tests.support.polling import wait_until
@@ -54,7 +56,15 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
     decide(api, approval["id"], "legal", comment="clause 4 checked")
     wait_crm_status(api, flow, "in_progress", "finance")
     decide(api, approval["id"], "finance")
-    wait_crm_status(api, flow, "in_progress", "director")
+    # A contract needs a verified counterparty before its last stage: sales sees that it
+    # waits, nobody is asked anything; the steward completes and verifies the record.
+    waiting = wait_crm_status(api, flow, "awaiting_counterparty_verification", "director")
+    assert waiting["overdue"] is False
+    early = api.ecm("director-dina", "POST", f"/api/approvals/{approval['id']}/decisions", json={"decision": "approve"})
+    assert early.status_code == 409
+    verify_counterparty(api, counterparty["id"])
+    due = wait_crm_status(api, flow, "in_progress", "director")
+    assert due["due_at"] is not None
     decide(api, approval["id"], "director")
     final = wait_crm_status(api, flow, "approved", None)
     assert final["id"] == flow["request"]["id"]
@@ -64,7 +74,8 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
     assert trace["hops"][1]["at"] is not None and trace["registry_approval_id"] == approval["id"]
     assert [(h["hop"], h["status"], h["stage"]) for h in trace["hops"][2:]] == [
         (hop, status, stage)
-        for status, stage in (("in_progress", "legal"), ("in_progress", "finance"), ("in_progress", "director"),
+        for status, stage in (("in_progress", "legal"), ("in_progress", "finance"),
+                              ("awaiting_counterparty_verification", "director"), ("in_progress", "director"),
                               ("approved", None))
         for hop in ("ecm.status_changed", "crm.status_received")]
     times = [h["at"] for h in trace["hops"]]
@@ -80,9 +91,9 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
     assert page.status_code == 200 and "Лист согласования" in page.text and sha in page.text
     assert api.ecm("ecm-integration", "GET", f"/api/approvals/{approval['id']}/sheet.csv").status_code == 403
 
-    org = api.crm(SALES, "GET", f"/api/organizations/{flow['org']['id']}").json()
-    assert org["registry"] == {"id": counterparty["id"], "status": "pending_verification",
-                               "legal_name": "Вектор плюс"}
+    org = wait_until(lambda: (o := api.crm(SALES, "GET", f"/api/organizations/{flow['org']['id']}").json())
+                     ["registry"]["status"] == "linked" and o, timeout=60, message="verified link in the CRM")
+    assert org["registry"] == {"id": counterparty["id"], "status": "linked", "legal_name": "Вектор плюс"}
 
     # One correlation id follows the request through all three processes' logs.
     for name in ("crm", "bridge", "ecm"):
@@ -239,15 +250,14 @@ def test_legal_hold_keeps_a_document_that_retention_would_dispose_of(api):
     held_doc = ecm_approval(api, held)["document"]["id"]
     gone = request_approval(api, create_deal_with_document(api, name="На уничтожение"))
     gone_approval = ecm_approval(api, gone)
-    for role in ("legal", "finance", "director"):
-        decide(api, gone_approval["id"], role)
+    assert approve_all(api, gone_approval["id"])["status"] == "approved"
     hold = {"reason": "court case А40-1/2026"}
     assert api.ecm("finance-fedor", "POST", f"/api/documents/{held_doc}/legal-hold",
                    json=hold).status_code == 403
     placed = api.ecm("legal-lena", "POST", f"/api/documents/{held_doc}/legal-hold", json=hold)
     assert placed.status_code == 200 and placed.json()["legal_hold"] is True
     for approval in api.ecm("legal-lena", "GET", "/api/approvals?status=in_progress&limit=1000").json():
-        decide(api, approval["id"], "legal", "reject", reason="closing the test module")
+        decide(api, approval["id"], "legal", "reject", comment="test module ends", reason="closing the test module")
 
     far = {"as_of": "2099-01-01T00:00:00Z", "dry_run": True}
     assert api.ecm("legal-lena", "POST", "/api/documents/disposals", json=far).status_code == 403

@@ -1,0 +1,155 @@
+"""The ECM's pages in real Chromium against the real processes: login, the approver
+inbox (overdue first), the approval card (download, decision form with the required
+comment), the steward queue (flags and candidates side by side, merge), registry search
+and the delay-reason report, with the same rights as the API."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.e2e.conftest import running_system
+from tests.e2e.journey import create_deal_with_document, ecm_approval, request_approval
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    yield from running_system(tmp_path_factory, "postgresql")
+
+
+@pytest.fixture(scope="module")
+def browser(system):
+    # After the system: Playwright's sync API keeps an event loop running in this thread
+    # until it stops, and the system fixture creates its databases with asyncio.run.
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    yield page
+    context.close()
+
+
+def login(page: Page, system, api, user: str, next_path: str = "/ui/") -> None:
+    page.goto(f"{system.ecm_url}/ui/login?next={next_path}")
+    page.fill("#token", api.tokens[user])
+    page.click("button[type=submit]")
+
+
+def test_login_is_required_and_a_wrong_token_is_refused(page, system, api):
+    page.goto(f"{system.ecm_url}/ui/inbox")
+    assert "/ui/login" in page.url
+    page.fill("#token", "not-a-token")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("alert")).to_contain_text("Unknown token")
+    login(page, system, api, "legal-lena")
+    expect(page.locator("header .who")).to_contain_text("legal-lena (legal)")
+
+
+def test_inbox_lists_my_stages_overdue_first_and_the_card_takes_a_decision(page, system, api):
+    calm = request_approval(api, create_deal_with_document(api, name="Спокойный договор"))
+    calm_approval = ecm_approval(api, calm)
+    # An admin shortens the contract route's first deadline: the next approval is due at once.
+    route = api.ecm("ecm-admin", "GET", "/api/admin/routes").json()
+    latest = max((r for r in route if r["doc_type"] == "contract"), key=lambda r: r["version"])
+    spec = latest["spec"]
+    spec["stages"][0] = {**spec["stages"][0], "deadline_hours": 0.0003, "remind_before_hours": None}
+    spec["stages"][0] = {k: v for k, v in spec["stages"][0].items() if v is not None}
+    changed = api.ecm("ecm-admin", "PUT", "/api/admin/routes/contract", json=spec)
+    assert changed.status_code == 201, changed.text
+    urgent = request_approval(api, create_deal_with_document(api, name="Срочный договор"))
+    urgent_approval = ecm_approval(api, urgent)
+    assert urgent_approval["route"]["version"] == changed.json()["version"]
+    time.sleep(1.5)
+    preview = api.ecm("ecm-admin", "GET", "/api/admin/routes/in-flight").json()
+    assert {r["version"] for r in preview if r["doc_type"] == "contract"} >= {latest["version"],
+                                                                              changed.json()["version"]}
+
+    login(page, system, api, "legal-lena")
+    rows = page.locator("#inbox tbody tr")
+    ids = [rows.nth(i).get_attribute("data-approval") for i in range(rows.count())]
+    assert ids.index(urgent_approval["id"]) < ids.index(calm_approval["id"])
+    assert "overdue" in (page.locator(f"tr[data-approval='{urgent_approval['id']}']").get_attribute("class") or "")
+
+    page.click(f"tr[data-approval='{calm_approval['id']}'] a")
+    expect(page.locator("#current-stage")).to_have_text("legal")
+    with page.expect_download() as download:
+        page.click("#versions a")
+    assert hashlib.sha256(open(download.value.path(), "rb").read()).hexdigest() == calm["document"]["sha256"]
+
+    page.click("button[value=reject]")  # no comment
+    expect(page.get_by_role("alert")).to_contain_text("comment is required")
+    expect(page.locator("#status")).to_contain_text("in_progress")
+    page.fill("#comment", "пункт 4 проверен")
+    page.click("button[value=approve]")
+    expect(page.get_by_role("status")).to_contain_text("approve")
+    expect(page.locator("#current-stage")).to_have_text("finance")
+    expect(page.locator("#decisions")).to_contain_text("legal-lena")
+    assert page.locator("#decision-form").count() == 0  # nothing left for legal on this approval
+
+    # The delay reason recorded on the urgent card shows up in the report.
+    page.goto(f"{system.ecm_url}/ui/approvals/{urgent_approval['id']}")
+    page.select_option("#delay-code", "waiting_for_internal_expertise")
+    page.fill("#delay-text", "ждём заключение службы безопасности")
+    page.click("#delay-form button")
+    expect(page.locator("#stages")).to_contain_text("waiting_for_internal_expertise")
+    page.goto(f"{system.ecm_url}/ui/reports/delays")
+    expect(page.locator("#delays")).to_contain_text("waiting_for_internal_expertise")
+    report = api.ecm("ecm-auditor", "GET", "/api/reports/delay-reasons").json()
+    assert any(r["code"] == "waiting_for_internal_expertise" and r["stage_name"] == "legal" for r in report)
+
+
+def test_pages_respect_rights(page, system, api):
+    flow = request_approval(api, create_deal_with_document(api, name="Чужой договор"))
+    approval = ecm_approval(api, flow)
+    login(page, system, api, "steward-stas")
+    response = page.goto(f"{system.ecm_url}/ui/approvals/{approval['id']}")
+    assert response.status == 403
+    assert api.ecm("steward-stas", "GET", f"/api/approvals/{approval['id']}").status_code == 403
+    # The auditor reads the card but gets no decision form.
+    login(page, system, api, "ecm-auditor", f"/ui/approvals/{approval['id']}")
+    expect(page.locator("#current-stage")).to_have_text("legal")
+    assert page.locator("#decision-form").count() == 0
+
+
+def test_steward_queue_shows_flags_and_candidates_side_by_side_and_merges(page, system, api):
+    flow = request_approval(api, create_deal_with_document(api, name="Сбербанк России"))
+    approval = ecm_approval(api, flow)
+    login(page, system, api, "steward-stas")
+    assert page.url.endswith("/ui/steward")
+    section = page.locator(f"section[data-counterparty='{approval['counterparty_id']}']")
+    expect(section.locator(".flags")).to_contain_text("inn_missing")
+    candidate = section.locator(".candidate").first
+    expect(candidate).to_contain_text("Сбербанк России")
+    expect(candidate).to_contain_text("7707083893")
+
+    section.locator("form[action$='/verify'] button").click()  # ids missing: refused with the reason
+    expect(page.get_by_role("alert")).to_contain_text("identifiers are missing")
+
+    section = page.locator(f"section[data-counterparty='{approval['counterparty_id']}']")
+    merge = section.locator(".candidate").first.locator("form[action$='/merge']")
+    merge.locator("input[name=reason]").fill("the same bank, typed by sales without its INN")
+    merge.locator("button").click()
+    expect(page.get_by_role("status")).to_contain_text("merge")
+    assert page.locator(f"section[data-counterparty='{approval['counterparty_id']}']").count() == 0
+
+    page.goto(f"{system.ecm_url}/ui/registry?q=7707083893")
+    expect(page.locator("#results")).to_contain_text("Сбербанк России")
+    page.goto(f"{system.ecm_url}/ui/registry?q=" + "сбербанк")
+    assert re.search(r"merged", page.locator("#results").inner_text())
+    # The merged record's approval now points at the survivor.
+    moved = api.ecm("ecm-auditor", "GET", f"/api/approvals/{approval['id']}").json()
+    survivor = api.ecm("steward-stas", "GET", "/api/counterparties?status=verified").json()
+    assert moved["counterparty_id"] in {c["id"] for c in survivor if c["inn"] == "7707083893"}

@@ -1,0 +1,201 @@
+"""Approvals on both backends through the ECM's service layer: route versions, deputies,
+re-opening on a new version, the verified-counterparty policy, the deadline clock,
+delay reasons and rights by participation, with the events they publish."""
+
+import io
+import json
+import uuid
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from ecm_service.adapters import tables
+from ecm_service.domain.approval import Actor, DecisionNotAllowed
+from ecm_service.service_layer import approvals as cases
+from ecm_service.service_layer import steward
+from ecm_service.service_layer.access import can_read_document
+from ecm_service.service_layer.commands import apply_command
+from ecm_service.service_layer.documents import store_version
+from infra.users import User, upsert_user
+from schemas import ecm_commands
+from schemas.common import ExternalRef
+from schemas.envelope import new_envelope
+from schemas.registry import encode, parse_message
+
+VALID = {"inn": "7707083893", "kpp": "773601001", "ogrn": "1027700132195"}
+
+
+async def person(ecm, name: str, role: str) -> Actor:
+    user_id = await upsert_user(ecm.session_factory, tables.users, name=name, role=role, token=uuid.uuid4().hex)
+    return Actor(id=user_id, name=name, role=role)
+
+
+async def store(ecm, content: bytes, *, document_id=None, doc_type="contract"):
+    sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
+    doc, version, _ = await store_version(
+        ecm.uow(), user_id="integration", doc_type=doc_type, title="Договор поставки", filename="c.txt",
+        content_type="text/plain", sha256=sha, size=size, external_ref=None, document_id=document_id,
+        retention=ecm.retention)
+    return doc, version
+
+
+async def command(ecm, type_, payload):
+    envelope = new_envelope(type=type_, schema_version=1, source="it", correlation_id="c", payload=payload)
+    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+
+
+async def start(ecm, *, doc_type="contract", ids=None) -> tuple[str, dict]:
+    doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode(), doc_type=doc_type)
+    org = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    await command(ecm, ecm_commands.SYNC_COUNTERPARTY,
+                  ecm_commands.SyncCounterpartyV1(external_ref=org, name="ООО «Вектор»", **(ids or {})))
+    request = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    await command(ecm, ecm_commands.START_APPROVAL, ecm_commands.StartApprovalV1(
+        external_ref=request, counterparty_ref=org, initiator_ref=ExternalRef(system="crm", id="u"),
+        document_id=doc["id"], document_version_id=version["id"], sha256=version["sha256"], doc_type=doc_type,
+        title="Договор поставки"))
+    async with ecm.uow() as uow:
+        return await uow.external_refs.find(cases.APPROVAL, request), doc
+
+
+async def events(ecm, approval_id: str) -> list[dict]:
+    o = tables.outbox
+    async with ecm.session_factory() as session:
+        rows = await session.execute(select(o.c.body).where(o.c.message_type == "ecm.approval_status_changed")
+                                     .order_by(o.c.id))
+    payloads = [json.loads(body)["payload"] for body in rows.scalars()]
+    return [p for p in payloads if p["approval_id"] == approval_id]
+
+
+async def decide(ecm, approval_id, actor, decision="approve", comment=None):
+    return await cases.decide(ecm.uow(), approval_id=approval_id, actor=actor, decision=decision, comment=comment,
+                              reason=None)
+
+
+@pytest.fixture
+async def people(ecm):
+    return {role: await person(ecm, f"{role}-{uuid.uuid4().hex[:6]}", role)
+            for role in ("legal", "finance", "director", "steward")}
+
+
+async def test_route_versions_in_flight_approvals_keep_theirs_and_new_ones_take_the_latest(ecm, people):
+    assert await cases.sync_routes_from_file(ecm.uow(), ecm.routes, at=datetime.now(timezone.utc)) \
+        == ["contract v1", "default v1"]
+    assert await cases.sync_routes_from_file(ecm.uow(), ecm.routes, at=datetime.now(timezone.utc)) == []
+    old, _ = await start(ecm)
+    admin = User(id="admin-id", name="ecm-admin", role="admin")
+    route = await cases.change_route(ecm.uow(), doc_type="contract", user=admin, spec={"stages": [
+        {"name": "legal board", "assignees": [{"role": "legal"}, {"role": "legal"}, {"role": "legal"}], "quorum": 2},
+        {"name": "director", "role": "director"}]})
+    assert route.version == 2
+    new, _ = await start(ecm)
+    async with ecm.uow() as uow:
+        before, after = await uow.approvals.get(old), await uow.approvals.get(new)
+        preview = await uow.routes.in_flight_by_version()
+    assert (before.route_version, [s.name for s in before.steps]) == (1, ["legal", "finance", "director"])
+    assert (after.route_version, [s.name for s in after.steps]) == (2, ["legal board", "director"])
+    assert {(r["doc_type"], r["version"], r["count"]) for r in preview} == {("contract", 1, 1), ("contract", 2, 1)}
+    # The quorum stage passes on two of three legal approvals.
+    second_legal = await person(ecm, "legal-second", "legal")
+    await decide(ecm, new, people["legal"])
+    approval = await decide(ecm, new, second_legal)
+    assert approval.current_step.name == "director"
+    # The file unchanged at the next start does not undo the admin's version.
+    assert await cases.sync_routes_from_file(ecm.uow(), ecm.routes, at=datetime.now(timezone.utc)) == []
+
+
+async def test_a_deputy_decides_and_the_history_and_event_name_both(ecm, people):
+    approval_id, _ = await start(ecm)
+    deputy = await person(ecm, "deputy-dmitry", "finance")
+    with pytest.raises(DecisionNotAllowed):
+        await decide(ecm, approval_id, deputy)
+    async with ecm.uow() as uow:
+        await uow.deputies.add(user_id=people["legal"].id, deputy_id=deputy.id, starts_on=date.today(),
+                               ends_on=date.today() + timedelta(days=7), at=datetime.now(timezone.utc))
+        await uow.commit()
+    approval = await decide(ecm, approval_id, deputy)
+    assert approval.current_step.name == "finance"
+    async with ecm.uow() as uow:
+        (decided,) = [h for h in await uow.history.of("approval", approval_id) if h["action"] == "decided"]
+    assert (decided["data"]["by"], decided["data"]["on_behalf_of"]) == ("deputy-dmitry", people["legal"].name)
+    published = await events(ecm, approval_id)
+    assert [(e["event"], e["status"], e["stage"]) for e in published] == [
+        ("started", "in_progress", "legal"), ("stage_decided", "in_progress", "finance")]
+    assert published[0]["due_at"] and published[0]["overdue"] is False
+
+
+async def test_return_for_changes_then_a_new_version_reopens_and_decisions_carry_the_new_hash(ecm, people):
+    approval_id, doc = await start(ecm)
+    await decide(ecm, approval_id, people["legal"])
+    await decide(ecm, approval_id, people["finance"], "return", comment="price in 4.2 is wrong")
+    _, version = await store(ecm, b"contract, corrected price", document_id=doc["id"])
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(approval_id)
+    assert (approval.status, approval.current_step.name, approval.round) == ("in_progress", "legal", 2)
+    assert approval.document_sha256 == version["sha256"] != doc["id"]
+    place = next(p for p in (await decide(ecm, approval_id, people["legal"])).assignments
+                 if p.round == 2 and p.decided_by)
+    assert place.sha256 == version["sha256"]
+    assert [e["event"] for e in await events(ecm, approval_id)] == [
+        "started", "stage_decided", "completed", "reopened", "stage_decided"]
+    assert (await events(ecm, approval_id))[2]["status"] == "returned"
+
+
+async def test_contract_waits_for_a_verified_counterparty_before_its_last_stage(ecm, people):
+    approval_id, _ = await start(ecm, ids=VALID)
+    await decide(ecm, approval_id, people["legal"])
+    approval = await decide(ecm, approval_id, people["finance"])
+    assert approval.status == "awaiting_counterparty_verification"
+    await steward.verify(ecm.uow(), counterparty_id=approval.counterparty_id, user=people["steward"],
+                         reason="checked in EGRUL", correlation_id="c")
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(approval_id)
+    assert approval.status == "in_progress" and approval.current_step.status == "pending"
+    approval = await decide(ecm, approval_id, people["director"])
+    assert approval.status == "approved"
+    assert [(e["event"], e["status"]) for e in await events(ecm, approval_id)][-3:] == [
+        ("stage_decided", "awaiting_counterparty_verification"), ("counterparty_verified", "in_progress"),
+        ("completed", "approved")]
+
+
+async def test_deadline_clock_reminds_then_escalates_once_and_delay_reasons_are_reported(ecm, people):
+    approval_id, _ = await start(ecm)
+    now = datetime.now(timezone.utc)
+    assert await cases.check_deadlines(ecm.uow(), now=now + timedelta(hours=21)) == {"reminded": 1, "escalated": 0}
+    assert await cases.check_deadlines(ecm.uow(), now=now + timedelta(hours=25)) == {"reminded": 0, "escalated": 1}
+    assert await cases.check_deadlines(ecm.uow(), now=now + timedelta(hours=26)) == {"reminded": 0, "escalated": 0}
+    async with ecm.uow() as uow:
+        legal_notes = await uow.notifications.for_actor(people["legal"])
+        director_notes = await uow.notifications.for_actor(people["director"])
+    assert [n["kind"] for n in legal_notes] == ["reminder"] and [n["kind"] for n in director_notes] == ["escalation"]
+    overdue = (await events(ecm, approval_id))[-1]
+    assert (overdue["event"], overdue["overdue"], overdue["stage"]) == ("overdue", True, "legal")
+
+    with pytest.raises(ValueError, match="unknown delay reason"):
+        await cases.record_delay_reason(ecm.uow(), approval_id=approval_id, actor=people["legal"], code="bored",
+                                        text=None, codes=ecm.delay_reasons)
+    await cases.record_delay_reason(ecm.uow(), approval_id=approval_id, actor=people["legal"], code="workload",
+                                    text="quarter close", codes=ecm.delay_reasons)
+    last = (await events(ecm, approval_id))[-1]
+    assert last["delay_reason_code"] == "workload" and "quarter close" not in str(last)
+    # The escalation role may now decide the overdue stage.
+    approval = await decide(ecm, approval_id, people["director"])
+    assert approval.current_step.name == "finance"
+    async with ecm.uow() as uow:
+        report = await uow.delay_reasons.report()
+    assert report == [{"stage_name": "legal", "role": "legal", "doc_type": "contract", "code": "workload",
+                       "count": 1}]
+
+
+async def test_documents_are_visible_to_owner_participants_and_granted_roles_only(ecm, people):
+    _, doc = await start(ecm, doc_type="memo")  # default type: legal is granted; finance is not on its route
+    today = date.today()
+    as_user = {role: User(id=a.id, name=a.name, role=a.role) for role, a in people.items()}
+    async with ecm.uow() as uow:
+        seen = {role: await can_read_document(uow, u, doc, ecm.document_types, today) for role, u in as_user.items()}
+        auditor = await can_read_document(uow, User("x", "aud", "auditor"), doc, ecm.document_types, today)
+        owner = await can_read_document(uow, User("integration", "bridge", "integration"), doc, ecm.document_types,
+                                        today)
+    assert seen == {"legal": True, "finance": False, "director": True, "steward": False}
+    assert auditor and owner
