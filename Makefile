@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration test-e2e lint bench schemas-check asyncapi install clean
+.PHONY: run test browser test-unit test-integration test-e2e lint bench schemas-check asyncapi install clean
 
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,7 +17,7 @@ install: $(STAMP)
 run: $(STAMP)
 	PYTHONPATH=. $(PY) -m deploy.local_run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	PYTHONPATH=. $(PY) -m pytest
 
 test-unit: $(STAMP)
@@ -26,7 +26,10 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	PYTHONPATH=. $(PY) -m pytest tests/integration
 
-test-e2e: $(STAMP)
+browser:
+	@bash tools/ensure-chromium.sh
+
+test-e2e: $(STAMP) browser
 	PYTHONPATH=. $(PY) -m pytest tests/e2e
 
 bench: $(STAMP)

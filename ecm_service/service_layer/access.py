@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from ecm_service.adapters import tables
 from ecm_service.domain.approval import Actor
@@ -26,20 +26,21 @@ class Forbidden(Exception):
 
 
 async def participates(uow: EcmUnitOfWork, document_id: str, people: list[Actor]) -> bool:
-    a, s, ap = tables.approval_assignments, tables.approval_steps, tables.approvals
+    """Anyone a stage of one of the document's approvals names (now or later in its
+    route, by role or by name, or as its escalation role), or who decided on one."""
+    s, a, ap = tables.approval_steps, tables.approval_assignments, tables.approvals
+    steps = (await uow.session.execute(
+        select(s.c.assignees, s.c.escalation_role).join(ap, ap.c.id == s.c.approval_id)
+        .where(ap.c.document_id == document_id))).all()
     for who in people:
-        place = or_(a.c.assignee_user == who.name, (a.c.assignee_role == who.role) & a.c.assignee_user.is_(None),
-                    a.c.decided_by == who.id)
-        found = await uow.session.execute(
-            select(a.c.id).join(ap, ap.c.id == a.c.approval_id).where(ap.c.document_id == document_id, place).limit(1))
-        if found.first():
-            return True
-        escalation = await uow.session.execute(
-            select(s.c.id).join(ap, ap.c.id == s.c.approval_id)
-            .where(ap.c.document_id == document_id, s.c.escalation_role == who.role).limit(1))
-        if escalation.first():
-            return True
-    return False
+        for assignees, escalation_role in steps:
+            if escalation_role == who.role or any(
+                    x.get("user") == who.name or (x.get("role") == who.role and not x.get("user")) for x in assignees):
+                return True
+    decided = await uow.session.execute(
+        select(a.c.id).join(ap, ap.c.id == a.c.approval_id)
+        .where(ap.c.document_id == document_id, a.c.decided_by.in_([p.id for p in people])).limit(1))
+    return decided.first() is not None
 
 
 async def can_read_document(uow: EcmUnitOfWork, user, document: dict, doc_types: dict[str, DocumentType],
