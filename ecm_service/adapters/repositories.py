@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -216,14 +216,21 @@ class ApprovalRepository:
         return list(rows.scalars())
 
     async def with_deadline_work(self, now) -> list[str]:
-        """Approvals whose current stage has a deadline and has not been escalated yet."""
+        """Approvals whose current stage owes a reminder or an escalation now. Reads only
+        the stages' deadline columns (no rows locked); the clock then loads these few."""
         t, s = tables.approvals, tables.approval_steps
         rows = await self.session.execute(
-            select(t.c.id).join(s, (s.c.approval_id == t.c.id) & (s.c.stage_no == t.c.current_stage_no))
+            select(t.c.id, s.c.due_at, s.c.remind_before_hours, s.c.reminded_at)
+            .join(s, (s.c.approval_id == t.c.id) & (s.c.stage_no == t.c.current_stage_no))
             .where(t.c.status == IN_PROGRESS, s.c.status == "pending", s.c.due_at.is_not(None),
                    s.c.escalated_at.is_(None))
             .order_by(s.c.due_at))
-        return list(rows.scalars())
+        due = []
+        for approval_id, due_at, remind_before, reminded_at in rows:
+            remind_from = due_at - timedelta(hours=remind_before) if remind_before and not reminded_at else None
+            if now > due_at or (remind_from is not None and now >= remind_from):
+                due.append(approval_id)
+        return due
 
     async def move_counterparty(self, from_id: str, to_id: str) -> None:
         t = tables.approvals

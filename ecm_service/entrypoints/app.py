@@ -1,5 +1,7 @@
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecm_service.bootstrap import bootstrap
 from ecm_service.config import EcmSettings
@@ -33,6 +35,16 @@ def create_app(settings: EcmSettings | None = None) -> FastAPI:
     app = build_app(title="ECM", service="ecm", container=container, routers=routers)
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _answer(status))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # Pages answer refusals with a page; redirects (login) and the API keep JSON.
+        if request.url.path.startswith("/ui/") and exc.status_code >= 400:
+            from ecm_service.entrypoints.pages import error_page
+
+            return error_page(request, exc.status_code, str(exc.detail))
+        return await http_exception_handler(request, exc)
+
     return app
 
 

@@ -128,6 +128,16 @@ async def approval_card(approval_id: str, request: Request, user: User = Depends
     return render(request, "approval.html", user, **await _card_context(request, user, approval_id))
 
 
+@router.get("/approvals/{approval_id}/sheet", response_class=HTMLResponse)
+async def approval_sheet(approval_id: str, request: Request, user: User = Depends(page_user)):
+    from ecm_service.entrypoints.sheet_api import COLUMNS, sheet_rows
+
+    approval, rows = await sheet_rows(request, approval_id, user)
+    return templates.TemplateResponse(request, "approval_sheet.html", {
+        "approval": approval, "columns": COLUMNS, "rows": rows,
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+
+
 @router.post("/approvals/{approval_id}/decision", response_class=HTMLResponse)
 async def decide_from_card(approval_id: str, request: Request, decision: str = Form(...),
                            comment: str = Form("", max_length=5000), reason: str = Form("", max_length=500),

@@ -23,7 +23,7 @@ COLUMNS = ["№", "Этап / Stage", "Роль / Role", "Решение / Decis
            "Версия / Version sha256", "Комментарий / Comment", "От имени / On behalf of", "Раунд / Round"]
 
 
-async def _sheet(request: Request, approval_id: str, user: User):
+async def sheet_rows(request: Request, approval_id: str, user: User):
     """One row per decision ever made (every round, so decisions on superseded versions
     stay visible with their hash), then one per stage still open or waiting."""
     container = request.app.state.container
@@ -42,7 +42,7 @@ async def _sheet(request: Request, approval_id: str, user: User):
 
 @router.get("/{approval_id}/sheet.html", response_class=HTMLResponse)
 async def sheet_html(approval_id: str, request: Request, user: User = Depends(require_roles(*READERS))):
-    approval, rows = await _sheet(request, approval_id, user)
+    approval, rows = await sheet_rows(request, approval_id, user)
     return templates.TemplateResponse(request, "approval_sheet.html", {
         "approval": approval, "columns": COLUMNS, "rows": rows,
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
@@ -50,7 +50,7 @@ async def sheet_html(approval_id: str, request: Request, user: User = Depends(re
 
 @router.get("/{approval_id}/sheet.csv")
 async def sheet_csv(approval_id: str, request: Request, user: User = Depends(require_roles(*READERS))):
-    approval, rows = await _sheet(request, approval_id, user)
+    approval, rows = await sheet_rows(request, approval_id, user)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)

@@ -97,6 +97,9 @@ def test_inbox_lists_my_stages_overdue_first_and_the_card_takes_a_decision(page,
     expect(page.get_by_role("status")).to_contain_text("approve")
     expect(page.locator("#current-stage")).to_have_text("finance")
     expect(page.locator("#decisions")).to_contain_text("legal-lena")
+    page.click("#sheet-link")
+    expect(page.locator("body")).to_contain_text("пункт 4 проверен")
+    page.go_back()
     assert page.locator("#decision-form").count() == 0  # nothing left for legal on this approval
 
     # The delay reason recorded on the urgent card shows up in the report.
@@ -117,6 +120,7 @@ def test_pages_respect_rights(page, system, api):
     login(page, system, api, "steward-stas")
     response = page.goto(f"{system.ecm_url}/ui/approvals/{approval['id']}")
     assert response.status == 403
+    expect(page.get_by_role("alert")).to_contain_text("neither owns")
     assert api.ecm("steward-stas", "GET", f"/api/approvals/{approval['id']}").status_code == 403
     # The auditor reads the card but gets no decision form.
     login(page, system, api, "ecm-auditor", f"/ui/approvals/{approval['id']}")
