@@ -73,7 +73,7 @@ class CounterpartyChangedV1(Contract):
     """A steward verified, rejected, merged or edited a registry record."""
 
     counterparty_id: str
-    change: Literal["verified", "rejected", "merged", "edited"]
+    change: Literal["verified", "rejected", "merged", "edited", "archived"]
     status: str
     # The record other systems should point at: the survivor after a merge, else itself.
     registry_id: str

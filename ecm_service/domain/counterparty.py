@@ -63,6 +63,12 @@ class Counterparty:
             raise StewardRuleBroken(f"a {self.status} record cannot be rejected")
         self.status, self.updated_at = REJECTED, at
 
+    def archive(self, at: datetime) -> None:
+        """No longer in business with us (liquidated, closed): kept, never proposed or linked."""
+        if self.status in (MERGED, ARCHIVED):
+            raise StewardRuleBroken(f"a {self.status} record cannot be archived")
+        self.status, self.updated_at = ARCHIVED, at
+
     def merge_into(self, survivor: Counterparty, at: datetime) -> None:
         if survivor.id == self.id:
             raise StewardRuleBroken("a record cannot be merged into itself")

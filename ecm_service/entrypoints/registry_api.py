@@ -94,6 +94,15 @@ async def reject(counterparty_id: str, body: Reason, request: Request,
     return _result(record)
 
 
+@router.post("/counterparties/{counterparty_id}/archive", response_model=StewardResult,
+             summary="Archive a record (e.g. the company was liquidated); it stays, with its history")
+async def archive(counterparty_id: str, body: Reason, request: Request,
+                  user: User = Depends(require_roles(*STEWARD))):
+    record = await _run(steward.archive(_uow(request), counterparty_id=counterparty_id, user=user,
+                                        reason=body.reason, correlation_id=correlation_id(request)))
+    return _result(record)
+
+
 @router.post("/counterparties/{counterparty_id}/merge", response_model=StewardResult)
 async def merge(counterparty_id: str, body: MergeIn, request: Request,
                 user: User = Depends(require_roles(*STEWARD))):

@@ -46,7 +46,7 @@ async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reas
                          correlation_id: str, change: str) -> Counterparty:
     async with uow:
         record = await _load(uow, counterparty_id)
-        getattr(record, {"verified": "verify", "rejected": "reject"}[change])(datetime.now(timezone.utc))
+        getattr(record, {"verified": "verify", "rejected": "reject", "archived": "archive"}[change])(datetime.now(timezone.utc))
         await uow.counterparties.save(record)
         seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action=change,
                                        actor=_actor(user), reason=reason, data={"status": record.status})
@@ -65,6 +65,11 @@ async def verify(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str 
 async def reject(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str, correlation_id: str):
     return await _change_status(uow, counterparty_id=counterparty_id, user=user, reason=reason,
                                 correlation_id=correlation_id, change="rejected")
+
+
+async def archive(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str, correlation_id: str):
+    return await _change_status(uow, counterparty_id=counterparty_id, user=user, reason=reason,
+                                correlation_id=correlation_id, change="archived")
 
 
 async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user, reason: str,

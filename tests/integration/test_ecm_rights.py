@@ -38,6 +38,7 @@ MATRIX = [
     ("POST", "/api/counterparties/{cp}/verify", {"bogus": 1}, {"steward"}),
     ("POST", "/api/counterparties/{cp}/reject", {}, {"steward"}),
     ("POST", "/api/counterparties/{cp}/merge", {}, {"steward"}),
+    ("POST", "/api/counterparties/{cp}/archive", {}, {"steward"}),
     ("POST", "/api/counterparties/{cp}/not-duplicate", {}, {"steward"}),
     ("PATCH", "/api/counterparties/{cp}", {}, {"steward"}),
     ("GET", "/api/history/verify", None, {"auditor", "admin"}),

@@ -62,3 +62,16 @@ def test_merge_rules():
         a.merge_into(b, NOW)
     with pytest.raises(StewardRuleBroken):
         a.reject(NOW)
+
+
+def test_archive_keeps_the_record_and_closes_it_to_merges_and_edits():
+    party = record(inn="7707083893", kpp="773601001", ogrn="1027700132195")
+    party.verify(NOW)
+    party.archive(NOW)
+    assert party.status == "archived"
+    with pytest.raises(StewardRuleBroken):
+        party.archive(NOW)
+    with pytest.raises(StewardRuleBroken):
+        record(id="x").merge_into(party, NOW)
+    with pytest.raises(StewardRuleBroken):
+        party.edit({"short_name": "x"}, NOW)
