@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from crm_service.adapters import tables
 from crm_service.config import CrmSettings
 from crm_service.service_layer import handlers
+from crm_service.service_layer.reminders import run_reminders
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from infra.container import ServiceContainer
 from infra.content_store import ContentStore
@@ -16,9 +18,18 @@ from infra.kafka import make_producer
 from schemas.topics import CRM_COMMANDS
 
 
+def load_funnel(path: Path) -> dict:
+    funnel = json.loads(path.read_text())
+    stages, closed = funnel.get("stages") or [], funnel.get("closed") or []
+    if not stages or not set(closed) <= set(stages) or len(set(stages)) != len(stages):
+        raise ValueError(f"{path}: needs distinct 'stages', and 'closed' among them")
+    return funnel
+
+
 @dataclass
 class CrmContainer(ServiceContainer):
     file_store: ContentStore | None = None
+    funnel: dict = field(default_factory=dict)
 
     name = "crm"
     commands_topic = CRM_COMMANDS
@@ -33,6 +44,9 @@ class CrmContainer(ServiceContainer):
     async def handle_command(self, message, topic: str) -> None:
         await handlers.apply_command(self.uow(), message, topic)
 
+    def background_jobs(self) -> list:
+        return [run_reminders(self.uow, self.settings)]
+
 
 def bootstrap(settings: CrmSettings | None = None) -> CrmContainer:
     settings = settings or CrmSettings()
@@ -43,4 +57,5 @@ def bootstrap(settings: CrmSettings | None = None) -> CrmContainer:
         session_factory=make_session_factory(engine),
         producer=make_producer(settings.kafka_bootstrap_servers),
         file_store=ContentStore(settings.files_dir),
+        funnel=load_funnel(settings.funnel_file),
     )

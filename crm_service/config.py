@@ -13,4 +13,13 @@ class CrmSettings(ServiceSettings):
     database_url: str = "sqlite+aiosqlite:///var/crm.db"
     files_dir: Path = Path("var/crm-files")
     max_upload_bytes: int = 50 * 1024 * 1024
+    imports_dir: Path = Path("var/crm-imports")
+    max_import_bytes: int = 200 * 1024 * 1024
+    funnel_file: Path = Path(__file__).parent / "funnel.json"
+    # Activities due within this many minutes get a reminder (and the owner's hook is called).
+    remind_ahead_minutes: int = Field(15, ge=0)
+    reminder_check_seconds: float = Field(30.0, gt=0)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "crm@localhost"
     consumer_group: str = "crm-service"

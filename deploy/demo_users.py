@@ -12,6 +12,7 @@ from infra.tokens import new_token
 DEMO_USERS = [
     ("sales-anna", "sales", "crm"),
     ("sales-boris", "sales", "crm"),
+    ("sales-manager-maria", "manager", "crm"),
     ("crm-admin", "admin", "crm"),
     ("crm-auditor", "auditor", "crm"),
     ("crm-integration", "integration", "crm"),

@@ -76,3 +76,16 @@ async def receive_upload(store: ContentStore, upload: UploadFile, max_bytes: int
     if size == 0:
         raise HTTPException(422, "the file is empty")
     return sha256, size
+
+
+def save_upload(upload, target, limit: int) -> int:
+    """Copies an uploaded file to `target` in chunks; ValueError beyond `limit` bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with open(target, "wb") as out:
+        while chunk := upload.read(1024 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"file exceeds {limit} bytes")
+            out.write(chunk)
+    return size

@@ -20,7 +20,7 @@ REF = "#/components/schemas/{model}"
 # topic -> (channel id, producer, consumer, message types, description)
 CHANNELS = [
     (CRM_EVENTS, "crmEvents", "crm", "sync-bridge",
-     [crm_events.APPROVAL_REQUESTED, crm_events.RESPONSIBILITY_TRANSFERRED],
+     [crm_events.APPROVAL_REQUESTED, crm_events.RESPONSIBILITY_TRANSFERRED, crm_events.ORGANIZATIONS_MERGED],
      "Events the CRM publishes through its outbox. Key: CRM organization id."),
     (ECM_COMMANDS, "ecmCommands", "sync-bridge", "ecm",
      [ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR],

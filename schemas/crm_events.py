@@ -88,3 +88,15 @@ class ResponsibilityTransferredV1(Contract):
 
 
 RESPONSIBILITY_TRANSFERRED = "crm.responsibility_transferred"
+
+
+class OrganizationsMergedV1(Contract):
+    """A sales user merged two CRM organizations: the merged one now points at the survivor."""
+
+    merged_id: str
+    survivor_id: str
+    merged_by: str
+    merged_at: datetime
+
+
+ORGANIZATIONS_MERGED = "crm.organizations_merged"

@@ -23,6 +23,7 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
     ecm_commands.SYNC_COUNTERPARTY: (1, ecm_commands.SyncCounterpartyV1),
     ecm_commands.START_APPROVAL: (1, ecm_commands.StartApprovalV1),
     crm_events.RESPONSIBILITY_TRANSFERRED: (1, crm_events.ResponsibilityTransferredV1),
+    crm_events.ORGANIZATIONS_MERGED: (1, crm_events.OrganizationsMergedV1),
     ecm_commands.REASSIGN_INITIATOR: (1, ecm_commands.ReassignInitiatorV1),
     ecm_events.COUNTERPARTY_SYNCED: (1, ecm_events.CounterpartySyncedV1),
     ecm_events.COUNTERPARTY_CHANGED: (1, ecm_events.CounterpartyChangedV1),

@@ -29,7 +29,8 @@ log = structlog.get_logger()
 
 CRM_TO_ECM = DeliveryPolicy(consumer=f"{settings.app_id}:crm-to-ecm",
                             accepted_types=frozenset({crm_events.APPROVAL_REQUESTED,
-                                                      crm_events.RESPONSIBILITY_TRANSFERRED}),
+                                                      crm_events.RESPONSIBILITY_TRANSFERRED,
+                                                      crm_events.ORGANIZATIONS_MERGED}),
                             max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
 ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
                             accepted_types=frozenset(ECM_EVENT_TRANSLATIONS),
@@ -91,6 +92,11 @@ async def when_approval_requested_start_in_ecm(message: Message, _topic: str) ->
 async def when_crm_event_update_ecm(message: Message, topic: str) -> None:
     if message.envelope.type == crm_events.APPROVAL_REQUESTED:
         await when_approval_requested_start_in_ecm(message, topic)
+    elif message.envelope.type == crm_events.ORGANIZATIONS_MERGED:
+        # Acknowledged; making the registry's external refs follow a CRM merge is part of
+        # the reconciliation work (the ECM keeps both refs meanwhile, nothing is lost).
+        log.info("crm_organizations_merged_seen", merged_id=message.payload.merged_id,
+                 survivor_id=message.payload.survivor_id)
     else:
         await publish(responsibility_transferred_to_ecm(message.envelope, message.payload))
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 from sqlalchemy import insert, select, update
 
 from crm_service.adapters import tables
-from crm_service.domain.model import CLOSED_DEAL_STAGES, ApprovalRequest, Deal, Document, Organization
+from crm_service.domain.model import (
+    CLOSED_DEAL_STAGES,
+    Activity,
+    ApprovalRequest,
+    Contact,
+    Deal,
+    Document,
+    Lead,
+    Organization,
+)
 from infra.table_repository import TableRepository
 
 
@@ -79,3 +88,33 @@ class ApprovalRequestRepository(TableRepository):
         rows = await self.session.execute(
             select(h).where(h.c.approval_request_id == request_id).order_by(h.c.applied_at, h.c.id))
         return [dict(r) for r in rows.mappings()]
+
+
+class ContactRepository(TableRepository):
+    table, entity = tables.contacts, Contact
+
+    async def of_organization(self, organization_id: str) -> list[Contact]:
+        t = self.table
+        rows = await self.session.execute(select(t).where(t.c.organization_id == organization_id)
+                                          .order_by(t.c.full_name))
+        return [Contact(**r) for r in rows.mappings()]
+
+
+class LeadRepository(TableRepository):
+    table, entity = tables.leads, Lead
+
+
+class ActivityRepository(TableRepository):
+    table, entity = tables.activities, Activity
+
+    async def move_open(self, organization_id: str, deal_ids: list[str], new_owner_id: str) -> list[str]:
+        """Open activities of the organization and of the moved deals follow the new owner."""
+        t = self.table
+        where = t.c.organization_id == organization_id
+        if deal_ids:
+            where = where | t.c.deal_id.in_(deal_ids)
+        ids = list((await self.session.execute(
+            select(t.c.id).where(where, t.c.done_at.is_(None)).order_by(t.c.created_at))).scalars())
+        if ids:
+            await self.session.execute(update(t).where(t.c.id.in_(ids)).values(owner_id=new_owner_id))
+        return ids

@@ -1,4 +1,18 @@
-from sqlalchemy import JSON, BigInteger, Boolean, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.sql import false
 
 from infra.messaging_tables import inbox_table, outbox_table
@@ -31,7 +45,23 @@ organizations = Table(
     Column("registry_status", String(32)),
     Column("registry_name", String(500)),
     Column("registry_seq", BigInteger().with_variant(Integer, "sqlite")),
+    # Quick entry: everything optional.
+    Column("phones", JSON, nullable=False, server_default="[]"),
+    Column("emails", JSON, nullable=False, server_default="[]"),
+    Column("website", String(300)),
+    Column("activity_type", String(200)),
+    Column("region", String(200)),
+    Column("org_group", String(200)),
+    Column("category", String(200)),
+    Column("lead_source", String(200)),
+    Column("notes", Text),
+    # Blocking key for duplicate hints: the longest word of the name without its legal form.
+    Column("name_key", String(100)),
+    Column("merged_into", String(36)),
+    Column("updated_at", UtcDateTime()),
     Index("ix_organizations_inn", "inn"),
+    Index("ix_organizations_name_key", "name_key"),
+    Index("ix_organizations_owner_id", "owner_id"),
 )
 
 deals = Table(
@@ -43,6 +73,117 @@ deals = Table(
     Column("stage", String(32), nullable=False),
     Column("owner_id", String(36), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    Column("amount", Numeric(18, 2)),
+    Column("currency", String(3)),
+    Column("expected_close_date", Date),
+    Column("probability", Integer),
+    Column("closed_at", UtcDateTime()),
+    Index("ix_deals_stage", "stage"),
+)
+
+deal_stage_history = Table(
+    "deal_stage_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("deal_id", String(36), ForeignKey("deals.id"), nullable=False, index=True),
+    Column("from_stage", String(32)),
+    Column("to_stage", String(32), nullable=False),
+    Column("actor_id", String(36), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organizations.id"), index=True),
+    Column("full_name", String(300), nullable=False),
+    Column("position", String(200)),
+    Column("phones", JSON, nullable=False, server_default="[]"),
+    Column("emails", JSON, nullable=False, server_default="[]"),
+    # [{"label": "birthday", "date": "1980-05-01"}, ...]
+    Column("important_dates", JSON, nullable=False, server_default="[]"),
+    Column("notes", Text),
+    Column("owner_id", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+leads = Table(
+    "leads",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("title", String(500), nullable=False),
+    Column("company_name", String(500)),
+    Column("person_name", String(300)),
+    Column("phones", JSON, nullable=False, server_default="[]"),
+    Column("emails", JSON, nullable=False, server_default="[]"),
+    Column("inn", String(20)),
+    Column("source", String(200)),
+    Column("notes", Text),
+    Column("status", String(16), nullable=False),  # open | converted | disqualified
+    Column("owner_id", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("converted_at", UtcDateTime()),
+    Column("organization_id", String(36)),
+    Column("contact_id", String(36)),
+    Column("deal_id", String(36)),
+)
+
+activities = Table(
+    "activities",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),  # call | meeting | email | note | task
+    Column("subject", String(500), nullable=False),
+    Column("notes", Text),
+    Column("organization_id", String(36), ForeignKey("organizations.id"), index=True),
+    Column("deal_id", String(36), ForeignKey("deals.id"), index=True),
+    Column("contact_id", String(36), ForeignKey("contacts.id")),
+    Column("owner_id", String(36), nullable=False),
+    Column("due_at", UtcDateTime()),
+    Column("done_at", UtcDateTime()),
+    Column("reminded_at", UtcDateTime()),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_activities_owner_due", "owner_id", "due_at"),
+)
+
+# Sales teams (a manager transfers ownership within their team) and per-user settings.
+user_profiles = Table(
+    "user_profiles",
+    metadata,
+    Column("user_id", String(36), primary_key=True),
+    Column("team", String(100)),
+    # Where reminders go besides the CRM: an https:// chat webhook or a mailto: address.
+    Column("notify_hook", String(500)),
+)
+
+# Spreadsheet imports, run as background jobs (dry run, then apply).
+imports = Table(
+    "imports",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("file_name", String(255), nullable=False),
+    Column("file_path", String(500), nullable=False),
+    Column("created_by", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("header", JSON, nullable=False),
+    Column("mapping", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # uploaded | dry_running | dry_run | applying | applied | failed
+    Column("rows_total", Integer),
+    Column("rows_done", Integer, nullable=False, server_default="0"),
+    Column("counts", JSON, nullable=False, server_default="{}"),
+    Column("report_path", String(500)),
+    Column("error", Text),
+    Column("finished_at", UtcDateTime()),
+)
+
+# Stable keys of imported rows (INN+KPP, an external id, or the row's fingerprint):
+# importing the same file again updates instead of duplicating.
+import_keys = Table(
+    "import_keys",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("organization_id", String(36), nullable=False),
 )
 
 documents = Table(

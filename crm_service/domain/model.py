@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
+
+from crm_service.domain.names import name_key
 
 APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
 CLOSED_DEAL_STAGES = ("won", "lost")
@@ -27,6 +30,21 @@ class Organization:
     registry_status: str | None = None
     registry_name: str | None = None
     registry_seq: int | None = None
+    phones: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    website: str | None = None
+    activity_type: str | None = None
+    region: str | None = None
+    org_group: str | None = None
+    category: str | None = None
+    lead_source: str | None = None
+    notes: str | None = None
+    name_key: str | None = None
+    merged_into: str | None = None
+    updated_at: datetime | None = None
+
+    def refresh_name_key(self) -> None:
+        self.name_key = name_key(self.name)
 
     def apply_registry_link(self, *, registry_id: str, status: str, name: str, seq: int | None) -> bool:
         """Link updates may arrive out of order (a merge overtaking an older sync): only
@@ -38,16 +56,6 @@ class Organization:
         return True
 
 
-class NotAllowed(Exception):
-    pass
-
-
-def check_may_transfer(org: Organization, *, actor_id: str, actor_role: str) -> None:
-    """A sales user hands over their own organizations; an admin any."""
-    if actor_role != "admin" and org.owner_id != actor_id:
-        raise NotAllowed("only the responsible manager or an admin may transfer this organization")
-
-
 @dataclass
 class Deal:
     id: str
@@ -56,6 +64,68 @@ class Deal:
     owner_id: str
     created_at: datetime
     stage: str = "new"
+    amount: Decimal | None = None
+    currency: str | None = None
+    expected_close_date: date | None = None
+    probability: int | None = None
+    closed_at: datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.stage not in CLOSED_DEAL_STAGES
+
+
+@dataclass
+class Contact:
+    id: str
+    full_name: str
+    owner_id: str
+    created_at: datetime
+    organization_id: str | None = None
+    position: str | None = None
+    phones: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    important_dates: list[dict] = field(default_factory=list)
+    notes: str | None = None
+
+
+@dataclass
+class Lead:
+    id: str
+    title: str
+    owner_id: str
+    created_at: datetime
+    status: str = "open"
+    company_name: str | None = None
+    person_name: str | None = None
+    phones: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    inn: str | None = None
+    source: str | None = None
+    notes: str | None = None
+    converted_at: datetime | None = None
+    organization_id: str | None = None
+    contact_id: str | None = None
+    deal_id: str | None = None
+
+
+ACTIVITY_KINDS = ("call", "meeting", "email", "note", "task")
+
+
+@dataclass
+class Activity:
+    id: str
+    kind: str
+    subject: str
+    owner_id: str
+    created_at: datetime
+    notes: str | None = None
+    organization_id: str | None = None
+    deal_id: str | None = None
+    contact_id: str | None = None
+    due_at: datetime | None = None
+    done_at: datetime | None = None
+    reminded_at: datetime | None = None
 
 
 @dataclass

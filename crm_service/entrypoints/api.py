@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from crm_service.domain.hints import identifier_hints
-from crm_service.domain.model import NotAllowed
+from crm_service.domain.rights import NotAllowed
 from crm_service.service_layer import handlers
+from crm_service.service_layer.sales import approvals_of, duplicate_hints, link_text
 from infra.users import User
 from infra.web import correlation_id, receive_upload, require_roles
 from schemas.crm_events import Address
 
 router = APIRouter(prefix="/api")
 
-SALES = ("sales", "admin")
-READERS = ("sales", "admin", "auditor")
+SALES = ("sales", "manager", "admin")
+READERS = ("sales", "manager", "admin", "auditor")
 
 
 class OrganizationIn(BaseModel):
@@ -31,6 +33,15 @@ class OrganizationIn(BaseModel):
     legal_form: str | None = Field(None, max_length=100)
     country: str | None = Field(None, min_length=2, max_length=2)
     addresses: list[Address] = Field(default_factory=list, max_length=20)
+    phones: list[str] = Field(default_factory=list, max_length=20)
+    emails: list[str] = Field(default_factory=list, max_length=20)
+    website: str | None = Field(None, max_length=300)
+    activity_type: str | None = Field(None, max_length=200)
+    region: str | None = Field(None, max_length=200)
+    org_group: str | None = Field(None, max_length=200)
+    category: str | None = Field(None, max_length=200)
+    lead_source: str | None = Field(None, max_length=200)
+    notes: str | None = Field(None, max_length=10000)
 
 
 class OrganizationOut(BaseModel):
@@ -42,10 +53,24 @@ class OrganizationOut(BaseModel):
     legal_form: str | None
     country: str | None
     addresses: list[Address]
+    phones: list[str] = []
+    emails: list[str] = []
+    website: str | None = None
+    activity_type: str | None = None
+    region: str | None = None
+    org_group: str | None = None
+    category: str | None = None
+    lead_source: str | None = None
+    notes: str | None = None
     owner_id: str | None
     created_at: datetime
+    merged_into: str | None = None
     registry: dict | None
+    # "verified in the registry as ООО «Ромашка»": the registry's word, never a question.
+    link_text: str = ""
     hints: list[str]
+    # Possible duplicates (same INN or a similar name): a hint, never a refusal.
+    duplicates: list[dict] = []
 
 
 class DealIn(BaseModel):
@@ -53,6 +78,10 @@ class DealIn(BaseModel):
 
     organization_id: str = Field(min_length=1, max_length=36)
     title: str = Field(min_length=1, max_length=500)
+    amount: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=2)
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    expected_close_date: date | None = None
+    probability: int | None = Field(None, ge=0, le=100)
 
 
 class ApprovalView(BaseModel):
@@ -75,7 +104,13 @@ class DealOut(BaseModel):
     stage: str
     owner_id: str
     created_at: datetime
+    amount: Decimal | None = None
+    currency: str | None = None
+    expected_close_date: date | None = None
+    probability: int | None = None
+    closed_at: datetime | None = None
     approval: ApprovalView | None = None
+    approvals: list[dict] = []
 
 
 class DocumentOut(BaseModel):
@@ -100,15 +135,15 @@ class Accepted(BaseModel):
     status: str
 
 
-def _org_out(org) -> OrganizationOut:
+def _org_out(org, duplicates=()) -> OrganizationOut:
     registry = None
     if org.registry_id:
         registry = {"id": org.registry_id, "status": org.registry_status, "legal_name": org.registry_name}
     return OrganizationOut(
-        **{k: getattr(org, k) for k in ("id", "name", "inn", "kpp", "ogrn", "legal_form", "country", "addresses",
-                                              "owner_id", "created_at")},
-        registry=registry,
-        hints=identifier_hints(inn=org.inn, kpp=org.kpp, ogrn=org.ogrn),
+        **{k: getattr(org, k) for k in OrganizationOut.model_fields
+           if k not in ("registry", "hints", "duplicates", "link_text")},
+        registry=registry, link_text=link_text(org),
+        hints=identifier_hints(inn=org.inn, kpp=org.kpp, ogrn=org.ogrn), duplicates=list(duplicates),
     )
 
 
@@ -126,18 +161,24 @@ def _container(request: Request):
 
 @router.post("/organizations", status_code=201, response_model=OrganizationOut)
 async def create_organization(body: OrganizationIn, request: Request, user: User = Depends(require_roles(*SALES))):
-    org = await handlers.create_organization(_container(request).uow(), user_id=user.id,
-                                             **body.model_dump(exclude_none=True))
-    return _org_out(org)
+    """Only the name is required; identifiers that look wrong come back as hints, and
+    similar organizations as possible duplicates. Nothing here refuses a save."""
+    container = _container(request)
+    org = await handlers.create_organization(container.uow(), user_id=user.id,
+                                             **body.model_dump(exclude_none=True, mode="json"))
+    async with container.uow() as uow:
+        duplicates = await duplicate_hints(uow, name=org.name, inn=org.inn, exclude_id=org.id)
+    return _org_out(org, duplicates)
 
 
 @router.get("/organizations/{org_id}", response_model=OrganizationOut)
 async def get_organization(org_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
     async with _container(request).uow() as uow:
         org = await uow.organizations.get(org_id)
-    if org is None:
-        raise HTTPException(404, f"organization {org_id} not found")
-    return _org_out(org)
+        if org is None:
+            raise HTTPException(404, f"organization {org_id} not found")
+        duplicates = await duplicate_hints(uow, name=org.name, inn=org.inn, exclude_id=org.id)
+    return _org_out(org, duplicates)
 
 
 @router.post("/deals", status_code=201, response_model=DealOut)
@@ -154,9 +195,17 @@ async def get_deal(deal_id: str, request: Request, _: User = Depends(require_rol
     async with _container(request).uow() as uow:
         deal = await uow.deals.get(deal_id)
         approval = await uow.approval_requests.latest_for_deal(deal_id) if deal else None
+        approvals = await approvals_of(uow, deal_id=deal_id) if deal else []
     if deal is None:
         raise HTTPException(404, f"deal {deal_id} not found")
-    return DealOut(**deal.__dict__, approval=_approval_view(approval) if approval else None)
+    return DealOut(**deal.__dict__, approval=_approval_view(approval) if approval else None,
+                   approvals=[_public_approval(a) for a in approvals])
+
+
+def _public_approval(row: dict) -> dict:
+    """The sales view of one approval: what the ECM reported, never its internal comments."""
+    return {k: row[k] for k in ("id", "document_id", "filename", "doc_type", "status", "stage", "due_at",
+                                "overdue", "delay_reason_code", "reason", "requested_at", "updated_at")}
 
 
 @router.post("/deals/{deal_id}/documents", status_code=201, response_model=DocumentOut)

@@ -19,16 +19,24 @@ async def seed_demo_data(sessions) -> None:
     owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "user:sales-anna"))
     orgs = [
         # Typed on the run: a name and nothing else.
-        dict(id=demo_id("org:vector"), name="Вектор плюс", created_by=owner, owner_id=owner, created_at=now),
+        dict(id=demo_id("org:vector"), name="Вектор плюс", created_by=owner, owner_id=owner, created_at=now,
+             name_key="вектор", region="Москва"),
         # The same company the registry already holds as verified (see the ECM demo data).
         dict(id=demo_id("org:sber"), name="Сбербанк", inn="7707083893", created_by=owner, owner_id=owner,
-             created_at=now),
+             created_at=now, name_key="сбербанк", category="Банки"),
     ]
     deals = [
         dict(id=demo_id("deal:vector"), organization_id=demo_id("org:vector"), title="Supply contract 2027",
              stage="proposal", owner_id=owner, created_at=now),
     ]
+    # One sales team: the manager transfers ownership within it.
+    profiles = [dict(user_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"user:{name}")), team="moscow")
+                for name in ("sales-anna", "sales-boris", "sales-manager-maria")]
     async with sessions() as session, session.begin():
+        for profile in profiles:
+            p = tables.user_profiles
+            if not (await session.execute(select(p.c.user_id).where(p.c.user_id == profile["user_id"]))).first():
+                await session.execute(p.insert().values(**profile))
         for table, rows in ((tables.organizations, orgs), (tables.deals, deals)):
             for row in rows:
                 exists = (await session.execute(select(table.c.id).where(table.c.id == row["id"]))).first()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization, check_may_transfer
+from crm_service.adapters import tables
+from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization
+from crm_service.domain.rights import Actor, check_may_transfer
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from schemas import crm_commands, crm_events
 from schemas.envelope import new_envelope
@@ -33,18 +35,22 @@ def _new_id() -> str:
 
 async def create_organization(uow: CrmUnitOfWork, *, user_id: str, name: str, **fields) -> Organization:
     org = Organization(id=_new_id(), name=name, created_by=user_id, owner_id=user_id, created_at=_now(), **fields)
+    org.refresh_name_key()
     async with uow:
         await uow.organizations.add(org)
         await uow.commit()
     return org
 
 
-async def create_deal(uow: CrmUnitOfWork, *, user_id: str, organization_id: str, title: str) -> Deal:
-    deal = Deal(id=_new_id(), organization_id=organization_id, title=title, owner_id=user_id, created_at=_now())
+async def create_deal(uow: CrmUnitOfWork, *, user_id: str, organization_id: str, title: str, **fields) -> Deal:
+    deal = Deal(id=_new_id(), organization_id=organization_id, title=title, owner_id=user_id, created_at=_now(),
+                **fields)
     async with uow:
         if await uow.organizations.get(organization_id) is None:
             raise NotFound(f"organization {organization_id} not found")
         await uow.deals.add(deal)
+        await uow.session.execute(tables.deal_stage_history.insert().values(
+            deal_id=deal.id, from_stage=None, to_stage=deal.stage, actor_id=user_id, at=deal.created_at))
         await uow.commit()
     return deal
 
@@ -107,25 +113,30 @@ async def request_approval(
 
 async def transfer_responsibility(
     uow: CrmUnitOfWork, *, actor_id: str, actor_role: str, organization_id: str, new_owner_id: str,
-    move_open_deals: bool, correlation_id: str,
+    move_open_deals: bool, correlation_id: str, move_open_activities: bool = False,
 ) -> dict:
-    """Hands an organization (and, if asked, its open deals) to another manager. The
-    ECM hears of it through the outbox and moves in-flight approvals along."""
+    """Hands an organization (and, if asked, its open deals and open activities) to
+    another manager. The ECM hears of it through the outbox and moves in-flight
+    approvals along."""
     async with uow:
         org = await uow.organizations.get(organization_id, for_update=True)
         if org is None:
             raise NotFound(f"organization {organization_id} not found")
-        check_may_transfer(org, actor_id=actor_id, actor_role=actor_role)
-        if await uow.user_role(new_owner_id) not in ("sales", "admin"):
-            raise InvalidRequest(f"user {new_owner_id} is not a sales user or admin")
         previous = org.owner_id or org.created_by
+        actor = Actor(id=actor_id, role=actor_role, team=await uow.team_of(actor_id))
+        check_may_transfer(actor, owner_id=previous, owner_team=await uow.team_of(previous),
+                           new_owner_team=await uow.team_of(new_owner_id),
+                           new_owner_role=await uow.user_role(new_owner_id))
         at = _now()
         org.owner_id = new_owner_id
         await uow.organizations.save(org)
         moved = await uow.deals.move_open_deals(org.id, new_owner_id) if move_open_deals else []
+        moved_activities = await uow.activities.move_open(org.id, moved, new_owner_id) \
+            if move_open_activities else []
         await uow.organizations.add_history(
             org.id, at=at, kind="responsibility_transferred", actor_id=actor_id,
-            detail={"from": previous, "to": new_owner_id, "moved_deal_ids": moved})
+            detail={"from": previous, "to": new_owner_id, "moved_deal_ids": moved,
+                    "moved_activity_ids": moved_activities})
         event = crm_events.ResponsibilityTransferredV1(
             organization_id=org.id, previous_owner_id=previous, new_owner_id=new_owner_id,
             transferred_by=actor_id, transferred_at=at, moved_deal_ids=moved)
@@ -134,7 +145,7 @@ async def transfer_responsibility(
             correlation_id=correlation_id))
         await uow.commit()
     return {"organization_id": org.id, "previous_owner_id": previous, "new_owner_id": new_owner_id,
-            "moved_deal_ids": moved, "transferred_at": at}
+            "moved_deal_ids": moved, "moved_activity_ids": moved_activities, "transferred_at": at}
 
 
 async def update_approval_status(

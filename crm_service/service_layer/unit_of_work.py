@@ -14,7 +14,16 @@ class CrmUnitOfWork(SqlUnitOfWork):
         self.documents = repositories.DocumentRepository(session)
         self.approval_requests = repositories.ApprovalRequestRepository(session)
         self.notifications = repositories.NotificationRepository(session)
+        self.contacts = repositories.ContactRepository(session)
+        self.leads = repositories.LeadRepository(session)
+        self.activities = repositories.ActivityRepository(session)
 
     async def user_role(self, user_id: str) -> str | None:
         return (await self.session.execute(
             select(tables.users.c.role).where(tables.users.c.id == user_id))).scalar()
+
+    async def team_of(self, user_id: str | None) -> str | None:
+        if not user_id:
+            return None
+        return (await self.session.execute(
+            select(tables.user_profiles.c.team).where(tables.user_profiles.c.user_id == user_id))).scalar()

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from ecm_service.adapters import tables
 from ecm_service.service_layer.bulk_load import run_job, start_job
 from infra.users import User
-from infra.web import require_roles
+from infra.web import require_roles, save_upload
 
 router = APIRouter(prefix="/api/counterparties/bulk-loads", tags=["bulk load"])
 LOADERS = ("steward", "admin")
@@ -43,18 +43,6 @@ def _out(row) -> LoadOut:
                    report_url=f"/api/counterparties/bulk-loads/{row['id']}/report" if done else None)
 
 
-def _save(upload, target: Path, limit: int) -> int:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    size = 0
-    with open(target, "wb") as out:
-        while chunk := upload.read(1024 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise ValueError(f"file exceeds {limit} bytes")
-            out.write(chunk)
-    return size
-
-
 @router.post("", status_code=202, response_model=LoadOut,
              summary="Load counterparties from a CSV, XLSX or JSONL export")
 async def start(request: Request, file: UploadFile = File(...),
@@ -70,7 +58,7 @@ async def start(request: Request, file: UploadFile = File(...),
     folder = container.settings.imports_dir
     path = folder / f"{load_id}.{kind}"
     try:
-        size = await run_in_threadpool(_save, file.file, path, container.settings.max_import_bytes)
+        size = await run_in_threadpool(save_upload, file.file, path, container.settings.max_import_bytes)
     except ValueError as exc:
         path.unlink(missing_ok=True)
         raise HTTPException(413, str(exc)) from exc

@@ -46,7 +46,8 @@ async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reas
                          correlation_id: str, change: str) -> Counterparty:
     async with uow:
         record = await _load(uow, counterparty_id)
-        getattr(record, {"verified": "verify", "rejected": "reject", "archived": "archive"}[change])(datetime.now(timezone.utc))
+        action = {"verified": "verify", "rejected": "reject", "archived": "archive"}[change]
+        getattr(record, action)(datetime.now(timezone.utc))
         await uow.counterparties.save(record)
         seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action=change,
                                        actor=_actor(user), reason=reason, data={"status": record.status})

@@ -1,0 +1,74 @@
+"""Reading tabular files row by row, for imports on both sides: CSV (UTF-8 or
+Windows-1251, comma or semicolon) and XLSX (openpyxl in read-only mode). Files are never
+loaded whole; cells come back cleaned (numbers that are ids as text, formulas dropped)."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+MAX_CELL = 1000
+
+
+class UnreadableFile(Exception):
+    pass
+
+
+def header_key(title) -> str:
+    """Comparable form of a column title: lower case, ё -> е, '_' as a space."""
+    return " ".join(str(title or "").strip().lower().replace("ё", "е").replace("_", " ").split())
+
+
+def clean_cell(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # spreadsheets turn ИНН into numbers
+    text = str(value).strip()
+    if text.startswith("="):
+        return None  # formulas are not data
+    return text[:MAX_CELL] or None
+
+
+def _csv_text(path: Path) -> io.TextIOBase:
+    with open(path, "rb") as probe:
+        head = probe.read(65536)
+    for encoding in ("utf-8-sig", "cp1251"):
+        try:
+            codecs.decode(head, encoding)
+            return open(path, encoding=encoding, newline="", errors="strict")
+        except UnicodeDecodeError:
+            continue
+    raise UnreadableFile("the CSV is neither UTF-8 nor Windows-1251")
+
+
+def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
+    """Yields every row as a list of raw cells, the header first."""
+    kind = kind or path.suffix.lower().lstrip(".")
+    if kind == "csv":
+        handle = _csv_text(path)
+        with handle:
+            sample = handle.read(4096)
+            handle.seek(0)
+            delimiter = ";" if sample.count(";") > sample.count(",") else ","
+            try:
+                yield from csv.reader(handle, delimiter=delimiter)
+            except (csv.Error, UnicodeDecodeError) as exc:
+                raise UnreadableFile(f"the CSV cannot be read past some row: {exc}") from exc
+    elif kind == "xlsx":
+        from openpyxl import load_workbook
+
+        try:
+            book = load_workbook(path, read_only=True, data_only=True)
+        except Exception as exc:
+            raise UnreadableFile(f"not a readable XLSX file: {exc}") from exc
+        try:
+            for row in book.active.iter_rows(values_only=True):
+                yield list(row)
+        finally:
+            book.close()
+    else:
+        raise UnreadableFile(f"unsupported file type {kind!r}: use csv or xlsx")
