@@ -145,15 +145,34 @@ async def _progress(session_factory, import_id, done, counts, *, status=None, to
         await session.execute(update(t).where(t.c.id == import_id).values(**values))
 
 
-async def _chunk(session_factory, chunk, columns, seen, counts, report, user_id, apply) -> None:
+async def _chunk(session_factory, chunk, columns, seen, counts, writer, user_id, apply) -> None:
+    """One chunk in one transaction; its report lines are written in row order."""
+    lines: list[list] = []
+    try:
+        await _process(session_factory, chunk, columns, seen, counts, lines, user_id, apply)
+    finally:
+        writer.writerows(sorted(lines, key=lambda line: line[0]))
+
+
+class _Lines:
+    def __init__(self, lines: list):
+        self.lines = lines
+
+    def writerow(self, row: list) -> None:
+        self.lines.append(row)
+
+
+async def _process(session_factory, chunk, columns, seen, counts, lines, user_id, apply) -> None:
+    report = _Lines(lines)
     parsed = []
     for number, raw in chunk:
         values = {field: clean_cell(raw[i]) if i < len(raw) else None for i, field in columns.items()}
-        if not any(values.values()):
+        if all(c is None or str(c).strip() == "" for c in raw):
             continue  # an empty line is not a row
         if not values.get("name"):
             counts["error"] += 1
-            report.writerow([number, "error", None, None, None, None, "no organization name in this row"])
+            report.writerow([number, "error", None, None, None, None,
+                             "no organization name in this row (formulas are not read as data)"])
             continue
         key = row_key(values)
         if key in seen:

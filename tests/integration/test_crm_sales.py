@@ -1,0 +1,272 @@
+"""The CRM's sales features on both backends through the real app (HTTP in process):
+quick entry with hints and duplicate hints, rights by owner and team, merge, leads,
+the funnel, activities and reminders to a real local webhook, the organization card,
+documents from templates and the spreadsheet import."""
+
+import asyncio
+import csv
+import io
+import json
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import httpx
+import pytest
+from openpyxl import Workbook
+from sqlalchemy import func, select
+
+from crm_service.adapters import tables
+from crm_service.config import CrmSettings
+from crm_service.entrypoints.app import create_app
+from crm_service.service_layer.reminders import send_due_reminders
+from infra.users import upsert_user
+
+PEOPLE = {"anna": ("sales", "moscow"), "boris": ("sales", "moscow"), "maria": ("manager", "moscow"),
+          "petr": ("sales", "spb"), "admin": ("admin", None), "auditor": ("auditor", None)}
+
+
+@pytest.fixture
+async def crm_app(backend, databases, broker, tmp_path):
+    settings = CrmSettings(database_url=databases.url("crm", backend), kafka_bootstrap_servers=broker,
+                           files_dir=tmp_path / "files", imports_dir=tmp_path / "imports")
+    app = create_app(settings)
+    container = app.state.container
+    users = {}
+    for name, (role, team) in PEOPLE.items():
+        token = f"t-{name}-{uuid.uuid4().hex}"
+        user_id = await upsert_user(container.session_factory, tables.users, name=f"{name}-{uuid.uuid4().hex[:4]}",
+                                    role=role, token=token)
+        if team:
+            async with container.session_factory() as session, session.begin():
+                await session.execute(tables.user_profiles.insert().values(user_id=user_id, team=team))
+        users[name] = {"id": user_id, "headers": {"Authorization": f"Bearer {token}"}}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://crm") as client:
+        yield client, users, container
+    await container.engine.dispose()
+
+
+async def test_quick_entry_hints_duplicates_and_rights(crm_app):
+    client, users, _ = crm_app
+    anna = users["anna"]["headers"]
+    first = await client.post("/api/organizations", headers=anna, json={
+        "name": "ООО «Ромашка»", "inn": "7707083894", "phones": ["+7 900 000-00-00"], "region": "Москва"})
+    assert first.status_code == 201
+    body = first.json()
+    assert body["hints"] and "INN" in body["hints"][0] and body["duplicates"] == []
+    assert body["link_text"] == "not yet in the registry"
+    second = await client.post("/api/organizations", headers=anna, json={"name": "Ромашка ООО"})
+    assert second.status_code == 201  # never blocked
+    assert [d["id"] for d in second.json()["duplicates"]] == [body["id"]]
+    found = (await client.get("/api/organizations", params={"q": "ромашка"}, headers=anna)).json()
+    assert found["total"] == 2
+    assert (await client.get("/api/organizations", params={"q": "7707083894"}, headers=anna)).json()["total"] == 1
+
+    edit = {"website": "https://romashka.example"}
+    url = f"/api/organizations/{body['id']}"
+    assert (await client.patch(url, json=edit, headers=users["petr"]["headers"])).status_code == 403  # other team
+    assert (await client.patch(url, json=edit, headers=users["boris"]["headers"])).status_code == 403  # not owner
+    assert (await client.patch(url, json=edit, headers=users["auditor"]["headers"])).status_code == 403
+    assert (await client.patch(url, json=edit, headers=users["maria"]["headers"])).status_code == 200  # manager
+    changed = await client.patch(url, json={"notes": "ключевой клиент"}, headers=anna)
+    assert changed.status_code == 200 and changed.json()["website"] == "https://romashka.example"
+
+    transfer = {"new_owner_id": users["petr"]["id"], "move_open_deals": True}
+    assert (await client.post(f"{url}/transfer", json=transfer, headers=anna)).status_code == 403  # other team
+    transfer["new_owner_id"] = users["boris"]["id"]
+    assert (await client.post(f"{url}/transfer", json=transfer, headers=users["maria"]["headers"])).status_code \
+        == 200
+
+
+async def test_merge_moves_everything_to_the_survivor_and_is_an_event(crm_app):
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    keep = (await client.post("/api/organizations", headers=anna, json={"name": "Вектор"})).json()
+    dup = (await client.post("/api/organizations", headers=anna, json={"name": "Вектор ООО", "inn": "7707083893"}
+                             )).json()
+    deal = (await client.post("/api/deals", headers=anna, json={"organization_id": dup["id"], "title": "Поставка",
+                                                                 "amount": "1500000.00", "currency": "RUB"})).json()
+    await client.post("/api/activities", headers=anna, json={"kind": "call", "subject": "Позвонить",
+                                                             "organization_id": dup["id"]})
+    merged = await client.post(f"/api/organizations/{dup['id']}/merge", headers=anna, json={"into_id": keep["id"]})
+    assert merged.status_code == 200 and merged.json()["inn"] == "7707083893"  # empty field filled, not overwritten
+    card = (await client.get(f"/api/organizations/{keep['id']}/card", headers=anna)).json()
+    assert [d["id"] for d in card["deals"]] == [deal["id"]]
+    assert any(e["kind"] == "activity:call" for e in card["timeline"])
+    assert any(e["kind"] == "merged" for e in card["timeline"])
+    async with container.session_factory() as session:
+        events = await session.scalar(select(func.count()).select_from(tables.outbox).where(
+            tables.outbox.c.message_type == "crm.organizations_merged"))
+    assert events == 1
+    found = (await client.get("/api/organizations", params={"q": "вектор"}, headers=anna)).json()
+    assert [o["id"] for o in found["items"]] == [keep["id"]]
+
+
+async def test_lead_conversion_links_an_existing_organization_and_never_asks(crm_app):
+    client, users, _ = crm_app
+    anna = users["anna"]["headers"]
+    org = (await client.post("/api/organizations", headers=anna, json={"name": "Сбербанк", "inn": "7707083893"})
+           ).json()
+    lead = (await client.post("/api/leads", headers=anna, json={
+        "title": "Запрос на поставку", "company_name": "ПАО Сбербанк", "person_name": "Иван Петров",
+        "phones": ["+7 900 111-22-33"], "inn": "7707083893"})).json()
+    result = (await client.post(f"/api/leads/{lead['id']}/convert", headers=anna, json={})).json()
+    assert result["linked_existing_organization"] and result["organization_id"] == org["id"]
+    assert result["contact_id"] and result["deal_id"]
+    again = await client.post(f"/api/leads/{lead['id']}/convert", headers=anna, json={})
+    assert again.status_code == 422
+    bare = (await client.post("/api/leads", headers=anna, json={"title": "Звонок с выставки"})).json()
+    only_deal = (await client.post(f"/api/leads/{bare['id']}/convert", headers=anna, json={})).json()
+    assert only_deal["organization_id"] and only_deal["deal_id"] and only_deal["contact_id"] is None
+
+
+async def test_funnel_stage_history_activities_my_day_and_reminders_to_a_webhook(crm_app):
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    org = (await client.post("/api/organizations", headers=anna, json={"name": "Альфа"})).json()
+    deal = (await client.post("/api/deals", headers=anna, json={"organization_id": org["id"], "title": "Лицензии"})
+            ).json()
+    url = f"/api/deals/{deal['id']}"
+    assert (await client.patch(url, headers=anna, json={"stage": "bogus"})).status_code == 422
+    moved = (await client.patch(url, headers=anna, json={"stage": "proposal"})).json()
+    assert moved["stage"] == "proposal" and moved["probability"] == 50
+    won = (await client.patch(url, headers=anna, json={"stage": "won"})).json()
+    assert won["closed_at"] is not None
+    stages = (await client.get(f"{url}/stages", headers=anna)).json()
+    assert [(s["from_stage"], s["to_stage"]) for s in stages] == [(None, "new"), ("new", "proposal"),
+                                                                  ("proposal", "won")]
+    board = (await client.get("/api/deals/board", headers=anna)).json()
+    assert [d["id"] for d in board["won"]] == [deal["id"]] and list(board)[:2] == ["new", "qualified"]
+
+    now = datetime.now(timezone.utc)
+    overdue = (await client.post("/api/activities", headers=anna, json={
+        "kind": "task", "subject": "Отправить КП", "deal_id": deal["id"],
+        "due_at": (now - timedelta(hours=2)).isoformat()})).json()
+    await client.post("/api/activities", headers=anna, json={
+        "kind": "meeting", "subject": "Встреча", "organization_id": org["id"],
+        "due_at": (now + timedelta(minutes=5)).isoformat()})
+    day = (await client.get("/api/my-day", headers=anna)).json()
+    assert [a["id"] for a in day["overdue"]] == [overdue["id"]]
+    assert overdue["organization_id"] == org["id"]  # taken from the deal
+
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{server.server_port}/hook"
+        assert (await client.put("/api/me/notify-hook", headers=anna, json={"notify_hook": hook})).status_code == 200
+        sent = await send_due_reminders(container.uow, container.settings)
+        assert sorted(s["delivery"] for s in sent) == ["sent", "sent"]
+        assert await send_due_reminders(container.uow, container.settings) == []  # once per activity
+    finally:
+        server.shutdown()
+    assert len(received) == 2 and all("due" in r["text"] for r in received)
+    notes = (await client.get("/api/notifications", headers=anna)).json()
+    assert sum(n["kind"] == "activity_due" for n in notes) == 2
+
+
+async def test_documents_from_a_template_are_attached_to_the_deal(crm_app):
+    client, users, _ = crm_app
+    anna = users["anna"]["headers"]
+    org = (await client.post("/api/organizations", headers=anna, json={"name": "ООО «Бета»", "inn": "7707083893"})
+           ).json()
+    deal = (await client.post("/api/deals", headers=anna, json={"organization_id": org["id"], "title": "Сервис",
+                                                                 "amount": "250000.50"})).json()
+    assert "commercial_proposal" in (await client.get("/api/document-templates", headers=anna)).json()
+    made = await client.post(f"/api/deals/{deal['id']}/documents/generate", headers=anna,
+                             json={"template": "commercial_proposal", "doc_type": "proposal"})
+    assert made.status_code == 201, made.text
+    doc = made.json()["document"]
+    content = (await client.get(f"/api/documents/{doc['id']}/content", headers=anna)).text
+    assert "ООО «Бета»" in content and "250 000.50" in content and "7707083893" in content
+    bad = await client.post(f"/api/deals/{deal['id']}/documents/generate", headers=anna, json={"template": "nope"})
+    assert bad.status_code == 422
+
+
+async def _wait_import(client, headers, import_id, status):
+    for _ in range(300):
+        job = (await client.get(f"/api/imports/{import_id}", headers=headers)).json()
+        if job["status"] in (status, "failed"):
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"import stayed {job['status']}")
+
+
+async def test_spreadsheet_import_dry_run_apply_report_and_idempotent_reimport(crm_app):
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    await client.post("/api/organizations", headers=anna, json={"name": "Ромашка"})  # an existing look-alike
+    rows = [["Наименование", "ИНН", "КПП", "Телефон", "Регион", "Контактное лицо"],
+            ["ООО «Ромашка»", "", "", "+7 900 1", "Москва", "Анна Иванова"],
+            ["Альфа", "7707083893", "773601001", "", "Казань", ""],
+            ["", "7736050003", "", "", "", ""],  # no name: an error row, the import goes on
+            ["Альфа (повтор)", "7707083893", "773601001", "", "", ""],  # same key as the row above
+            ["=HYPERLINK(\"x\")", "", "", "", "", ""],  # a formula is not a name
+            ["Гамма", "12345", "", "", "Тверь", ""]]
+    out = io.StringIO()
+    csv.writer(out, delimiter=";").writerows(rows)
+    data = out.getvalue().encode("cp1251")
+    up = await client.post("/api/imports", headers=anna, files={"file": ("orgs.csv", data, "text/csv")})
+    assert up.status_code == 201, up.text
+    job = up.json()
+    assert job["mapping"] == {"0": "name", "1": "inn", "2": "kpp", "3": "phone", "4": "region", "5": "contact_name"}
+    assert (await client.post(f"/api/imports/{job['id']}/apply", headers=anna)).status_code == 409  # dry run first
+    bad = await client.put(f"/api/imports/{job['id']}/mapping", headers=anna, json={"mapping": {"1": "inn"}})
+    assert bad.status_code == 422
+    await client.post(f"/api/imports/{job['id']}/dry-run", headers=anna)
+    dry = await _wait_import(client, anna, job["id"], "dry_run")
+    assert dry["counts"] == {"create": 2, "update": 0, "unchanged": 0, "possible_duplicate": 1,
+                             "duplicate_in_file": 1, "error": 2}
+    async with container.session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 1  # nothing written
+    await client.post(f"/api/imports/{job['id']}/apply", headers=anna)
+    applied = await _wait_import(client, anna, job["id"], "applied")
+    assert applied["counts"] == dry["counts"]
+    report = (await client.get(applied["report_url"], headers=anna)).content.decode("utf-8-sig")
+    lines = list(csv.DictReader(io.StringIO(report)))
+    assert [(r["row"], r["outcome"]) for r in lines] == [
+        ("2", "possible_duplicate"), ("3", "create"), ("4", "error"), ("5", "duplicate_in_file"), ("6", "error"),
+        ("7", "create")]
+    assert "INN" in lines[5]["hints"]
+    async with container.session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 4
+        assert await session.scalar(select(func.count()).select_from(tables.contacts)) == 1
+
+    # The same file again: found by its keys, nothing duplicated.
+    again = (await client.post("/api/imports", headers=anna, files={"file": ("orgs.csv", data, "text/csv")})).json()
+    await client.post(f"/api/imports/{again['id']}/dry-run", headers=anna)
+    await _wait_import(client, anna, again["id"], "dry_run")
+    await client.post(f"/api/imports/{again['id']}/apply", headers=anna)
+    second = await _wait_import(client, anna, again["id"], "applied")
+    assert second["counts"]["unchanged"] == 3 and second["counts"]["create"] == 0
+    async with container.session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 4
+
+    # XLSX with English headers, numbers where ids are.
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["Company", "Tax ID", "E-mail"])
+    sheet.append(["Delta LLC", 7707083893, "info@delta.example"])
+    buffer = io.BytesIO()
+    book.save(buffer)
+    xlsx = (await client.post("/api/imports", headers=anna, files={"file": ("d.xlsx", buffer.getvalue(), "x")})).json()
+    assert xlsx["mapping"] == {"0": "name", "1": "inn", "2": "email"}
+    await client.post(f"/api/imports/{xlsx['id']}/dry-run", headers=anna)
+    result = await _wait_import(client, anna, xlsx["id"], "dry_run")
+    assert result["counts"]["possible_duplicate"] == 1  # same INN as «Альфа»
+
+    empty = await client.post("/api/imports", headers=anna, files={"file": ("e.csv", b"", "text/csv")})
+    assert empty.status_code == 422
+    wrong = await client.post("/api/imports", headers=anna, files={"file": ("e.pdf", b"%PDF", "x")})
+    assert wrong.status_code == 422
