@@ -10,9 +10,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from crm_service.domain.hints import identifier_hints
-from crm_service.domain.rights import NotAllowed
+from crm_service.domain.rights import NotAllowed, check_may_change
 from crm_service.service_layer import handlers
-from crm_service.service_layer.sales import approvals_of, duplicate_hints, link_text
+from crm_service.service_layer.sales import actor_for, approvals_of, duplicate_hints, link_text
 from infra.users import User
 from infra.web import correlation_id, receive_upload, require_roles
 from schemas.crm_events import Address
@@ -159,6 +159,19 @@ def _container(request: Request):
     return request.app.state.container
 
 
+async def _check_deal_owner(request: Request, user: User, deal_id: str) -> None:
+    """Documents and approval requests are added by the deal's owner, their team's manager or an admin."""
+    async with _container(request).uow() as uow:
+        deal = await uow.deals.get(deal_id)
+        if deal is None:
+            raise HTTPException(404, f"deal {deal_id} not found")
+        actor = await actor_for(uow, user)
+        try:
+            check_may_change(actor, deal.owner_id, await uow.team_of(deal.owner_id), "deal")
+        except NotAllowed as exc:
+            raise HTTPException(403, str(exc)) from exc
+
+
 @router.post("/organizations", status_code=201, response_model=OrganizationOut)
 async def create_organization(body: OrganizationIn, request: Request, user: User = Depends(require_roles(*SALES))):
     """Only the name is required; identifiers that look wrong come back as hints, and
@@ -217,6 +230,7 @@ async def upload_document(
     user: User = Depends(require_roles(*SALES)),
 ):
     container = _container(request)
+    await _check_deal_owner(request, user, deal_id)
     sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
     try:
         doc = await handlers.attach_document(
@@ -232,7 +246,8 @@ async def upload_document(
 
 @router.get("/documents/{document_id}/content")
 async def document_content(
-    document_id: str, request: Request, _: User = Depends(require_roles("sales", "admin", "integration"))
+    document_id: str, request: Request,
+    _: User = Depends(require_roles("sales", "manager", "admin", "auditor", "integration"))
 ):
     container = _container(request)
     async with container.uow() as uow:
@@ -249,6 +264,7 @@ async def document_content(
 async def request_approval(
     deal_id: str, body: ApprovalRequestIn, request: Request, user: User = Depends(require_roles(*SALES))
 ):
+    await _check_deal_owner(request, user, deal_id)
     try:
         approval = await handlers.request_approval(
             _container(request).uow(), user_id=user.id, deal_id=deal_id, document_id=body.document_id,
@@ -288,7 +304,7 @@ class Trace(BaseModel):
 @router.get("/approval-requests/{request_id}/trace", response_model=Trace,
             summary="Where is approval request X: its hops and their times")
 async def trace_approval_request(request_id: str, request: Request,
-                                 _: User = Depends(require_roles("sales", "admin", "auditor"))):
+                                 _: User = Depends(require_roles(*READERS))):
     try:
         return await handlers.trace_approval_request(_container(request).uow(), request_id)
     except handlers.NotFound as exc:

@@ -123,6 +123,8 @@ async def transfer_responsibility(
         if org is None:
             raise NotFound(f"organization {organization_id} not found")
         previous = org.owner_id or org.created_by
+        if await uow.user_role(new_owner_id) is None:
+            raise InvalidRequest(f"user {new_owner_id} does not exist")
         actor = Actor(id=actor_id, role=actor_role, team=await uow.team_of(actor_id))
         check_may_transfer(actor, owner_id=previous, owner_team=await uow.team_of(previous),
                            new_owner_team=await uow.team_of(new_owner_id),
