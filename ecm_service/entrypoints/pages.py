@@ -30,26 +30,16 @@ from ecm_service.service_layer import steward
 from ecm_service.service_layer.access import ensure_document_readable
 from ecm_service.service_layer.approvals import APPROVAL
 from infra.content_store import CorruptContent
-from infra.users import User, find_user_by_token
+from infra.pages import add_login_routes, page_user_dependency
+from infra.users import User
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-COOKIE = "ecm_session"
 PAGE_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin")
 HOME = {"steward": "/ui/steward", "auditor": "/ui/registry", "admin": "/ui/registry"}
 
 
-class LoginRequired(Exception):
-    pass
-
-
-async def page_user(request: Request) -> User:
-    token = request.cookies.get(COOKIE)
-    container = request.app.state.container
-    user = await find_user_by_token(container.session_factory, container.users_table, token) if token else None
-    if user is None or user.role not in PAGE_ROLES:
-        raise HTTPException(303, headers={"Location": f"/ui/login?next={quote(request.url.path)}"})
-    return user
+page_user = page_user_dependency(PAGE_ROLES)
 
 
 def render(request: Request, template: str, user: User | None, status: int = 200, **context) -> HTMLResponse:
@@ -60,30 +50,7 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     return render(request, "error.html", None, status=status, message=message, status_code=status)
 
 
-@router.get("/login", response_class=HTMLResponse)
-async def login_form(request: Request, next: str = "/ui/"):
-    return render(request, "login.html", None, next=next if next.startswith("/ui/") else "/ui/")
-
-
-@router.post("/login")
-async def login(request: Request, token: str = Form(..., max_length=200), next: str = Form("/ui/")):
-    container = request.app.state.container
-    user = await find_user_by_token(container.session_factory, container.users_table, token.strip())
-    if user is None or user.role not in PAGE_ROLES:
-        return render(request, "login.html", None, status=401, next=next,
-                      error="Unknown token, or an account that has no ECM pages")
-    target = next if next.startswith("/ui/") and next != "/ui/" else HOME.get(user.role, "/ui/inbox")
-    response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/ui",
-                        secure=request.url.scheme == "https")
-    return response
-
-
-@router.post("/logout")
-async def logout():
-    response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/ui")
-    return response
+add_login_routes(router, templates, roles=PAGE_ROLES, home=lambda user: HOME.get(user.role, "/ui/inbox"))
 
 
 @router.get("/")

@@ -1,0 +1,227 @@
+"""Pages for sales (FastAPI + Jinja2, no JavaScript): organizations with search and
+filters, the organization card with its timeline and approvals, the deal board, the
+import wizard and my day. Same rights as the API."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from crm_service.adapters import tables
+from crm_service.domain.rights import NotAllowed
+from crm_service.entrypoints.sales_api import _import_row, _running, organization_card
+from crm_service.service_layer import handlers, imports, sales
+from infra.pages import add_login_routes, page_user_dependency
+from infra.spreadsheets import UnreadableFile
+from infra.users import User
+from infra.web import save_upload
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+PAGE_ROLES = ("sales", "manager", "admin", "auditor")
+WRITERS = ("sales", "manager", "admin")
+page_user = page_user_dependency(PAGE_ROLES)
+add_login_routes(router, templates, roles=PAGE_ROLES, home=lambda user: "/ui/my-day" if user.role in WRITERS
+                 else "/ui/organizations")
+
+
+def render(request: Request, template: str, user: User | None, status: int = 200, **context) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, {"user": user, **context}, status_code=status)
+
+
+def _writer(user: User) -> None:
+    if user.role not in WRITERS:
+        raise HTTPException(403, f"role {user.role!r} reads only")
+
+
+@router.get("/")
+async def home(user: User = Depends(page_user)):
+    return RedirectResponse("/ui/my-day" if user.role in WRITERS else "/ui/organizations", status_code=303)
+
+
+@router.get("/organizations", response_class=HTMLResponse)
+async def organizations(request: Request, q: str = "", region: str = "", category: str = "", link: str = "",
+                        mine: str = "", page: int = 1, user: User = Depends(page_user)):
+    page = max(page, 1)
+    async with request.app.state.container.uow() as uow:
+        found, total = await sales.search_organizations(
+            uow, q=q[:200], owner_id=user.id if mine else None, region=region or None, category=category or None,
+            link_status=link or None, limit=50, offset=(page - 1) * 50)
+    return render(request, "organizations.html", user, found=found, total=total, q=q, region=region,
+                  category=category, link=link, mine=mine, page=page, link_text=sales.link_text)
+
+
+@router.post("/organizations")
+async def quick_entry(request: Request, name: str = Form(..., min_length=1, max_length=500),
+                      inn: str = Form("", max_length=20), phone: str = Form("", max_length=100),
+                      user: User = Depends(page_user)):
+    _writer(user)
+    org = await handlers.create_organization(
+        request.app.state.container.uow(), user_id=user.id, name=name.strip(), inn=inn.strip() or None,
+        phones=[phone.strip()] if phone.strip() else [])
+    return RedirectResponse(f"/ui/organizations/{org.id}?created=1", status_code=303)
+
+
+@router.get("/organizations/{org_id}", response_class=HTMLResponse)
+async def organization_page(org_id: str, request: Request, user: User = Depends(page_user)):
+    card = await organization_card(request.app.state.container, org_id)
+    return render(request, "organization.html", user, card=card, org=card["organization"],
+                  created=request.query_params.get("created"), error=request.query_params.get("error"))
+
+
+@router.post("/organizations/{org_id}/activities")
+async def add_activity(org_id: str, request: Request, kind: str = Form(...), subject: str = Form(..., max_length=500),
+                       due_at: str = Form(""), user: User = Depends(page_user)):
+    _writer(user)
+    container = request.app.state.container
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    due = None
+    if due_at:
+        try:
+            due = datetime.fromisoformat(due_at).replace(tzinfo=timezone.utc)
+        except ValueError:
+            return RedirectResponse(f"/ui/organizations/{org_id}?error={quote('due date not understood')}", 303)
+    try:
+        await sales.create_activity(container.uow(), actor=actor, kind=kind, subject=subject.strip() or kind,
+                                    organization_id=org_id, due_at=due)
+    except (handlers.InvalidRequest, handlers.NotFound) as exc:
+        return RedirectResponse(f"/ui/organizations/{org_id}?error={quote(str(exc))}", status_code=303)
+    return RedirectResponse(f"/ui/organizations/{org_id}", status_code=303)
+
+
+@router.get("/deals", response_class=HTMLResponse)
+async def deal_board(request: Request, mine: str = "", user: User = Depends(page_user)):
+    container = request.app.state.container
+    async with container.uow() as uow:
+        board = await sales.deal_board(uow, container.funnel, owner_id=user.id if mine else None)
+    return render(request, "deals.html", user, board=board, stages=container.funnel["stages"], mine=mine,
+                  error=request.query_params.get("error"))
+
+
+@router.post("/deals/{deal_id}/stage")
+async def move_deal(deal_id: str, request: Request, stage: str = Form(...), user: User = Depends(page_user)):
+    _writer(user)
+    container = request.app.state.container
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    try:
+        await sales.update_deal(container.uow(), actor=actor, deal_id=deal_id, changes={"stage": stage},
+                                funnel=container.funnel)
+    except (handlers.InvalidRequest, handlers.NotFound, NotAllowed) as exc:
+        return RedirectResponse(f"/ui/deals?error={quote(str(exc))}", status_code=303)
+    return RedirectResponse("/ui/deals", status_code=303)
+
+
+@router.get("/my-day", response_class=HTMLResponse)
+async def my_day(request: Request, user: User = Depends(page_user)):
+    container = request.app.state.container
+    async with container.uow() as uow:
+        day = await sales.my_day(uow, user_id=user.id)
+        notes = await uow.notifications.for_user(user.id, limit=20)
+    return render(request, "my_day.html", user, day=day, notifications=notes)
+
+
+@router.post("/activities/{activity_id}/done")
+async def activity_done(activity_id: str, request: Request, user: User = Depends(page_user)):
+    _writer(user)
+    container = request.app.state.container
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    try:
+        await sales.complete_activity(container.uow(), actor=actor, activity_id=activity_id)
+    except (handlers.NotFound, NotAllowed) as exc:
+        raise HTTPException(403 if isinstance(exc, NotAllowed) else 404, str(exc)) from exc
+    return RedirectResponse("/ui/my-day", status_code=303)
+
+
+# --- the import wizard: upload -> mapping -> dry run -> apply -> report ------------------------
+
+
+@router.get("/imports/new", response_class=HTMLResponse)
+async def import_upload_form(request: Request, user: User = Depends(page_user)):
+    _writer(user)
+    return render(request, "import.html", user, job=None, fields=list(imports.FIELDS))
+
+
+@router.post("/imports")
+async def import_upload(request: Request, file: UploadFile = File(...), user: User = Depends(page_user)):
+    _writer(user)
+    container = request.app.state.container
+    kind = Path(file.filename or "").suffix.lower().lstrip(".")
+    if kind not in ("csv", "xlsx"):
+        return render(request, "import.html", user, status=422, job=None, fields=list(imports.FIELDS),
+                      error=f"unsupported file type {kind!r}: use csv or xlsx")
+    import_id = str(uuid.uuid4())
+    path = container.settings.imports_dir / f"{import_id}.{kind}"
+    try:
+        size = await run_in_threadpool(save_upload, file.file, path, container.settings.max_import_bytes)
+        header = await run_in_threadpool(imports.read_header, path) if size else None
+    except (ValueError, UnreadableFile) as exc:
+        path.unlink(missing_ok=True)
+        return render(request, "import.html", user, status=422, job=None, fields=list(imports.FIELDS), error=str(exc))
+    if not size:
+        return render(request, "import.html", user, status=422, job=None, fields=list(imports.FIELDS),
+                      error="the file is empty")
+    async with container.session_factory() as session, session.begin():
+        await session.execute(tables.imports.insert().values(
+            id=import_id, file_name=(file.filename or "upload")[-255:], file_path=str(path), created_by=user.id,
+            created_at=datetime.now(timezone.utc), header=header, mapping=imports.suggest_mapping(header),
+            status="uploaded", counts={}))
+    return RedirectResponse(f"/ui/imports/{import_id}", status_code=303)
+
+
+@router.get("/imports/{import_id}", response_class=HTMLResponse)
+async def import_page(import_id: str, request: Request, user: User = Depends(page_user)):
+    job = await _import_row(request.app.state.container, import_id)
+    return render(request, "import.html", user, job=job, fields=list(imports.FIELDS),
+                  error=request.query_params.get("error"))
+
+
+@router.post("/imports/{import_id}/run")
+async def import_run(import_id: str, request: Request, action: str = Form(...), user: User = Depends(page_user)):
+    """Saves the mapping from the form, then starts the dry run or the apply."""
+    _writer(user)
+    container = request.app.state.container
+    job = await _import_row(container, import_id)
+    form = await request.form()
+    mapping = {str(i): form.get(f"col{i}") for i in range(len(job["header"])) if form.get(f"col{i}")}
+    apply = action == "apply"
+    try:
+        imports.validate_mapping(mapping, job["header"])
+        if apply and (job["status"] != "dry_run" or mapping != job["mapping"]):
+            raise ValueError("run the dry run with this mapping first")
+        if job["status"] in ("dry_running", "applying", "applied"):
+            raise ValueError(f"the import is {job['status']}")
+    except ValueError as exc:
+        return RedirectResponse(f"/ui/imports/{import_id}?error={quote(str(exc))}", status_code=303)
+    report = container.settings.imports_dir / f"{import_id}.{'apply' if apply else 'dry-run'}.csv"
+    async with container.session_factory() as session, session.begin():
+        await session.execute(tables.imports.update().where(tables.imports.c.id == import_id).values(
+            mapping=mapping, status="applying" if apply else "dry_running", rows_done=0, counts={},
+            report_path=str(report)))
+    task = asyncio.create_task(imports.run_import(
+        container.session_factory, import_id=import_id, path=Path(job["file_path"]), mapping=mapping,
+        user_id=user.id, apply=apply, report_path=report))
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return RedirectResponse(f"/ui/imports/{import_id}", status_code=303)
+
+
+@router.get("/imports/{import_id}/report")
+async def import_report(import_id: str, request: Request, user: User = Depends(page_user)):
+    from fastapi.responses import FileResponse
+
+    job = await _import_row(request.app.state.container, import_id)
+    if job["status"] not in ("dry_run", "applied"):
+        raise HTTPException(409, "the report is not ready")
+    return FileResponse(job["report_path"], media_type="text/csv", filename=f"import-{import_id}.csv")
+

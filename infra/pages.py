@@ -1,0 +1,56 @@
+"""Server-rendered pages' login, shared by both services: a form takes a user's token and
+keeps it in an HttpOnly, SameSite=Strict cookie scoped to /ui; every page resolves the
+user from it and applies the same rights as the API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from infra.users import User, find_user_by_token
+
+COOKIE = "session"
+
+
+def page_user_dependency(roles: tuple[str, ...]) -> Callable:
+    async def page_user(request: Request) -> User:
+        token = request.cookies.get(COOKIE)
+        container = request.app.state.container
+        user = await find_user_by_token(container.session_factory, container.users_table, token) if token else None
+        if user is None or user.role not in roles:
+            raise HTTPException(303, headers={"Location": f"/ui/login?next={quote(request.url.path)}"})
+        return user
+
+    return page_user
+
+
+def add_login_routes(router: APIRouter, templates: Jinja2Templates, *, roles: tuple[str, ...],
+                     home: Callable[[User], str]) -> None:
+    def render(request, status=200, **context):
+        return templates.TemplateResponse(request, "login.html", {"user": None, **context}, status_code=status)
+
+    @router.get("/login", response_class=HTMLResponse)
+    async def login_form(request: Request, next: str = "/ui/"):
+        return render(request, next=next if next.startswith("/ui/") else "/ui/")
+
+    @router.post("/login")
+    async def login(request: Request, token: str = Form(..., max_length=200), next: str = Form("/ui/")):
+        container = request.app.state.container
+        user = await find_user_by_token(container.session_factory, container.users_table, token.strip())
+        if user is None or user.role not in roles:
+            return render(request, status=401, next=next, error="Unknown token, or an account that has no pages here")
+        target = next if next.startswith("/ui/") and next != "/ui/" else home(user)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/ui",
+                            secure=request.url.scheme == "https")
+        return response
+
+    @router.post("/logout")
+    async def logout():
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/ui")
+        return response

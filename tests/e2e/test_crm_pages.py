@@ -1,0 +1,140 @@
+"""The CRM's pages for sales in real Chromium against the real processes: quick entry with
+hints and duplicate hints, search and filters, the organization card (approval status as
+the ECM reports it, timeline), activities and my day, the deal board, and the import
+wizard from upload to the row report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.e2e.conftest import running_system
+from tests.e2e.journey import SALES, create_deal_with_document, request_approval, wait_crm_status
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    yield from running_system(tmp_path_factory, "postgresql")
+
+
+@pytest.fixture(scope="module")
+def browser(system):
+    with sync_playwright() as p:  # after the system: see test_pages.py
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    yield page
+    context.close()
+
+
+def login(page: Page, system, api, user: str = SALES) -> None:
+    page.goto(f"{system.crm_url}/ui/login")
+    page.fill("#token", api.tokens[user])
+    page.click("button[type=submit]")
+
+
+def test_quick_entry_hints_duplicates_search_and_the_card(page, system, api):
+    login(page, system, api)
+    assert page.url.endswith("/ui/my-day")
+    page.goto(f"{system.crm_url}/ui/organizations")
+    page.fill("#quick-entry input[name=name]", "ООО «Быстрый старт»")
+    page.fill("#quick-entry input[name=inn]", "7707083894")  # check digit wrong: a hint, saved anyway
+    page.click("#quick-entry button")
+    expect(page.locator("#org-name")).to_have_text("ООО «Быстрый старт»")
+    expect(page.locator(".hint").first).to_contain_text("INN")
+    expect(page.locator("#link-text")).to_contain_text("not yet in the registry")
+
+    page.goto(f"{system.crm_url}/ui/organizations")
+    page.fill("#quick-entry input[name=name]", "Быстрый старт ООО")
+    page.click("#quick-entry button")
+    expect(page.locator("#duplicates")).to_contain_text("Быстрый старт")
+
+    page.goto(f"{system.crm_url}/ui/organizations?q=быстрый")
+    expect(page.locator("#organizations tbody tr")).to_have_count(2)
+    page.goto(f"{system.crm_url}/ui/organizations?q=7707083894&mine=1")
+    expect(page.locator("#organizations tbody tr")).to_have_count(1)
+
+    # An activity from the card lands in the timeline and in my day; done removes it.
+    page.goto(f"{system.crm_url}/ui/organizations?q=7707083894")
+    page.click("#organizations a")
+    page.select_option("#activity-form select[name=kind]", "task")
+    page.fill("#activity-form input[name=subject]", "Отправить реквизиты")
+    page.fill("#activity-form input[name=due_at]", "2020-01-01T10:00")
+    page.click("#activity-form button")
+    expect(page.locator("#timeline")).to_contain_text("Отправить реквизиты")
+    page.goto(f"{system.crm_url}/ui/my-day")
+    row = page.locator("#overdue tr", has_text="Отправить реквизиты")
+    expect(row).to_have_count(1)
+    row.locator("button").click()
+    expect(page.locator("#overdue tr", has_text="Отправить реквизиты")).to_have_count(0)
+
+
+def test_the_card_shows_the_approval_as_the_ecm_reports_it_and_the_board_moves_deals(page, system, api):
+    flow = request_approval(api, create_deal_with_document(api, name="Карточка и согласование"))
+    wait_crm_status(api, flow, "in_progress", "legal")
+    login(page, system, api)
+    page.goto(f"{system.crm_url}/ui/organizations/{flow['org']['id']}")
+    expect(page.locator("#approvals .status")).to_have_text("in_progress")
+    expect(page.locator("#approvals")).to_contain_text("legal")
+    expect(page.locator("#timeline")).to_contain_text("in progress, stage legal")
+
+    page.goto(f"{system.crm_url}/ui/deals?mine=1")
+    card = page.locator(f".card[data-deal='{flow['deal']['id']}']")
+    expect(card).to_have_count(1)
+    assert card.locator("xpath=..").get_attribute("data-stage") == "new"
+    card.locator("select").select_option("proposal")
+    card.locator("button").click()
+    expect(page.locator(f".column[data-stage='proposal'] .card[data-deal='{flow['deal']['id']}']")).to_have_count(1)
+    stages = api.crm(SALES, "GET", f"/api/deals/{flow['deal']['id']}/stages").json()
+    assert [s["to_stage"] for s in stages] == ["new", "proposal"]
+
+
+def test_import_wizard_from_upload_to_the_row_report(page, system, api, tmp_path):
+    rows = [["Компания", "ИНН", "Телефон", "Сегмент"],
+            ["Импорт Один", "7707083893", "+7 495 000-00-01", "A"],
+            ["", "", "", ""],
+            ["", "7736050003", "", "B"],
+            ["Импорт Два", "", "", "B"]]
+    path = tmp_path / "orgs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    login(page, system, api)
+    page.goto(f"{system.crm_url}/ui/imports/new")
+    page.set_input_files("#upload input[type=file]", str(path))
+    page.click("#upload button")
+    expect(page.locator("#status")).to_have_text("uploaded")
+    assert page.locator("select[name=col0]").input_value() == "name"
+    assert page.locator("select[name=col1]").input_value() == "inn"
+    assert page.locator("select[name=col3]").input_value() == "category"
+    page.click("button[value=dry_run]")
+    for _ in range(60):
+        if page.locator("#status").inner_text() == "dry_run":
+            break
+        time.sleep(0.5)
+        page.reload()
+    expect(page.locator("td[data-outcome=error]")).to_have_text("1")
+    page.click("button[value=apply]")
+    for _ in range(60):
+        if page.locator("#status").inner_text() == "applied":
+            break
+        time.sleep(0.5)
+        page.reload()
+    with page.expect_download() as download:
+        page.click("#report")
+    report = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8-sig").read())))
+    assert [r["outcome"] for r in report] == ["possible_duplicate", "error", "create"]
+    found = api.crm(SALES, "GET", "/api/organizations", params={"q": "импорт"}).json()
+    assert found["total"] == 2
