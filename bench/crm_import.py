@@ -1,0 +1,100 @@
+"""CRM spreadsheet import: a generated XLSX of N organizations (10 columns) through the
+dry run and the apply on PostgreSQL, next to the floor (openpyxl alone reading the same
+file in read-only mode).
+
+    PYTHONPATH=. .venv/bin/python bench/crm_import.py --rows 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from openpyxl import Workbook, load_workbook  # noqa: E402
+
+from bench.table import print_table  # noqa: E402
+from crm_service.service_layer.imports import read_header, run_import, suggest_mapping  # noqa: E402
+from infra.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
+from tests.support.databases import MIGRATIONS, create_pg_database, drop_pg_database  # noqa: E402
+
+HEADER = ["Наименование", "ИНН", "КПП", "ОГРН", "Телефон", "E-mail", "Сайт", "Регион", "Категория", "Комментарий"]
+
+
+def generate(path: Path, rows: int) -> None:
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet()
+    sheet.append(HEADER)
+    for i in range(rows):
+        sheet.append([f"ООО «Клиент {i}»", 7700000000 + i, f"7701{i % 100:02d}001", 1027700000000 + i,
+                      f"+7 495 {i:07d}", f"client{i}@example.test", f"https://client{i}.example",
+                      ("Москва", "Казань", "Тверь")[i % 3], ("A", "B", "C")[i % 3], "импорт из старой CRM"])
+    book.save(path)
+
+
+def floor(path: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    book = load_workbook(path, read_only=True, data_only=True)
+    count = sum(1 for _ in book.active.iter_rows(values_only=True)) - 1
+    book.close()
+    return time.perf_counter() - started, count
+
+
+async def run(url: str, path: Path, work: Path, apply: bool) -> tuple[float, dict]:
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    import_id = str(uuid.uuid4())
+    header = read_header(path)
+    async with sessions() as session, session.begin():
+        from datetime import datetime, timezone
+
+        from crm_service.adapters import tables
+        await session.execute(tables.imports.insert().values(
+            id=import_id, file_name=path.name, file_path=str(path), created_by="bench", header=header,
+            mapping=suggest_mapping(header), status="uploaded", counts={}, created_at=datetime.now(timezone.utc)))
+    try:
+        started = time.perf_counter()
+        counts = await run_import(sessions, import_id=import_id, path=path, mapping=suggest_mapping(header),
+                                  user_id="bench", apply=apply, report_path=work / f"{import_id}.csv")
+        return time.perf_counter() - started, counts
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    work = Path(f"/tmp/bench-crm-import-{uuid.uuid4().hex[:6]}")
+    work.mkdir()
+    path = work / "organizations.xlsx"
+    generate(path, args.rows)
+    floor_s, count = floor(path)
+    name, url = create_pg_database("bench_crm_import")
+    try:
+        upgrade_to_head(MIGRATIONS["crm"], url)
+        dry, dry_counts = asyncio.run(run(url, path, work, apply=False))
+        applied, counts = asyncio.run(run(url, path, work, apply=True))
+    finally:
+        drop_pg_database(name)
+    outcome = lambda c: ", ".join(f"{k} {v}" for k, v in c.items() if v)  # noqa: E731
+    print_table([
+        ("cores", os.cpu_count(), ""),
+        ("rows (10 columns, XLSX)", count, f"{path.stat().st_size / 1e6:.1f} MB"),
+        ("floor: openpyxl read-only reads the file", f"{floor_s:.1f} s", f"{count / floor_s:,.0f} rows/s"),
+        ("dry run (PostgreSQL)", f"{dry:.1f} s", f"{count / dry:,.0f} rows/s, {dry / floor_s:.1f}x floor"),
+        ("  outcomes", "", outcome(dry_counts)),
+        ("apply (PostgreSQL)", f"{applied:.1f} s", f"{count / applied:,.0f} rows/s, {applied / floor_s:.1f}x floor"),
+        ("  outcomes", "", outcome(counts)),
+        ("dry run + apply", f"{dry + applied:.1f} s", "target <= 30 s"),
+    ])
+
+
+if __name__ == "__main__":
+    main()
