@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from openpyxl import Workbook, load_workbook  # noqa: E402
 
 from bench.table import print_table  # noqa: E402
+from crm_service.adapters import tables  # noqa: E402
 from crm_service.service_layer.imports import read_header, run_import, suggest_mapping  # noqa: E402
 from infra.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
 from tests.support.databases import MIGRATIONS, create_pg_database, drop_pg_database  # noqa: E402
@@ -46,18 +48,17 @@ def floor(path: Path) -> tuple[float, int]:
     return time.perf_counter() - started, count
 
 
-async def run(url: str, path: Path, work: Path, apply: bool) -> tuple[float, dict]:
+async def run(url: str, path: Path, work: Path, apply: bool, import_id: str) -> tuple[float, dict]:
+    """One step of one import (the dry run, then the apply, of the same import id)."""
     engine = make_engine(url)
     sessions = make_session_factory(engine)
-    import_id = str(uuid.uuid4())
     header = read_header(path)
-    async with sessions() as session, session.begin():
-        from datetime import datetime, timezone
-
-        from crm_service.adapters import tables
-        await session.execute(tables.imports.insert().values(
-            id=import_id, file_name=path.name, file_path=str(path), created_by="bench", header=header,
-            mapping=suggest_mapping(header), status="uploaded", counts={}, created_at=datetime.now(timezone.utc)))
+    if not apply:
+        async with sessions() as session, session.begin():
+            await session.execute(tables.imports.insert().values(
+                id=import_id, file_name=path.name, file_path=str(path), created_by="bench", header=header,
+                mapping=suggest_mapping(header), status="uploaded", counts={},
+                created_at=datetime.now(timezone.utc)))
     try:
         started = time.perf_counter()
         counts = await run_import(sessions, import_id=import_id, path=path, mapping=suggest_mapping(header),
@@ -79,8 +80,9 @@ def main() -> None:
     name, url = create_pg_database("bench_crm_import")
     try:
         upgrade_to_head(MIGRATIONS["crm"], url)
-        dry, dry_counts = asyncio.run(run(url, path, work, apply=False))
-        applied, counts = asyncio.run(run(url, path, work, apply=True))
+        import_id = str(uuid.uuid4())
+        dry, dry_counts = asyncio.run(run(url, path, work, apply=False, import_id=import_id))
+        applied, counts = asyncio.run(run(url, path, work, apply=True, import_id=import_id))
     finally:
         drop_pg_database(name)
     outcome = lambda c: ", ".join(f"{k} {v}" for k, v in c.items() if v)  # noqa: E731

@@ -38,4 +38,9 @@ def name_key(name: str) -> str | None:
 
 
 def similarity(a: str, b: str) -> float:
-    return fuzz.token_set_ratio(normalize(a), normalize(b))
+    """0..100 on normalised names. Names whose numbers differ are different companies
+    ("Клиент 1" and "Клиент 2", "СМУ-5" and "СМУ-7"), whatever the rest says."""
+    a, b = normalize(a), normalize(b)
+    if re.findall(r"\d+", a) != re.findall(r"\d+", b):
+        return 0.0
+    return fuzz.token_set_ratio(a, b)

@@ -13,6 +13,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from crm_service.adapters import tables
@@ -22,7 +23,7 @@ from crm_service.service_layer import handlers, imports, sales
 from infra.pages import add_login_routes, page_user_dependency
 from infra.spreadsheets import UnreadableFile
 from infra.users import User
-from infra.web import save_upload
+from infra.web import correlation_id, save_upload
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -72,8 +73,12 @@ async def quick_entry(request: Request, name: str = Form(..., min_length=1, max_
 
 @router.get("/organizations/{org_id}", response_class=HTMLResponse)
 async def organization_page(org_id: str, request: Request, user: User = Depends(page_user)):
-    card = await organization_card(request.app.state.container, org_id)
-    return render(request, "organization.html", user, card=card, org=card["organization"],
+    container = request.app.state.container
+    card = await organization_card(container, org_id)
+    async with container.uow() as uow:
+        owner_name = (await uow.session.execute(select(tables.users.c.name).where(
+            tables.users.c.id == card["organization"].owner_id))).scalar()
+    return render(request, "organization.html", user, card=card, org=card["organization"], owner_name=owner_name,
                   created=request.query_params.get("created"), error=request.query_params.get("error"))
 
 
@@ -94,6 +99,28 @@ async def add_activity(org_id: str, request: Request, kind: str = Form(...), sub
         await sales.create_activity(container.uow(), actor=actor, kind=kind, subject=subject.strip() or kind,
                                     organization_id=org_id, due_at=due)
     except (handlers.InvalidRequest, handlers.NotFound) as exc:
+        return RedirectResponse(f"/ui/organizations/{org_id}?error={quote(str(exc))}", status_code=303)
+    return RedirectResponse(f"/ui/organizations/{org_id}", status_code=303)
+
+
+@router.post("/organizations/{org_id}/transfer")
+async def transfer(org_id: str, request: Request, new_owner: str = Form(..., max_length=200),
+                   move_open_deals: str = Form(""), move_open_activities: str = Form(""),
+                   user: User = Depends(page_user)):
+    """The same transfer as the API: recorded in history, announced to the ECM."""
+    _writer(user)
+    container = request.app.state.container
+    async with container.uow() as uow:
+        new_owner_id = (await uow.session.execute(
+            select(tables.users.c.id).where(tables.users.c.name == new_owner.strip()))).scalar()
+    try:
+        if new_owner_id is None:
+            raise handlers.InvalidRequest(f"no user named {new_owner.strip()!r}")
+        await handlers.transfer_responsibility(
+            container.uow(), actor_id=user.id, actor_role=user.role, organization_id=org_id,
+            new_owner_id=new_owner_id, move_open_deals=bool(move_open_deals),
+            move_open_activities=bool(move_open_activities), correlation_id=correlation_id(request))
+    except (handlers.InvalidRequest, handlers.NotFound, NotAllowed) as exc:
         return RedirectResponse(f"/ui/organizations/{org_id}?error={quote(str(exc))}", status_code=303)
     return RedirectResponse(f"/ui/organizations/{org_id}", status_code=303)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,8 @@ from infra.spreadsheets import UnreadableFile, clean_cell, header_key, read_tabl
 log = structlog.get_logger()
 
 CHUNK = 1000
+# Bounds the duplicate-hint work per chunk when a blocking key is very common.
+NEIGHBOURS_PER_CHUNK = 20_000
 FIELDS = {
     "name": ("наименование", "название", "организация", "компания", "полное наименование", "company", "name",
              "organization", "organisation", "company name", "account name"),
@@ -101,29 +104,65 @@ def org_values(values: dict) -> dict:
     return out
 
 
+def parsed_rows_path(report_path: Path, import_id: str) -> Path:
+    return report_path.parent / f"{import_id}.rows.jsonl"
+
+
+def _sheet_rows(path: Path, columns: dict[int, str], cache: Path | None):
+    """(row number, cells of the mapped columns) from the spreadsheet; the dry run keeps
+    them, cleaned, in `cache` so that the apply does not parse the file a second time."""
+    indices = sorted(columns)
+    rows = read_table(path)
+    next(rows, None)  # the header
+    out = open(cache, "w", encoding="utf-8") if cache else None
+    try:
+        for number, raw in enumerate(rows, start=2):
+            cells = [clean_cell(raw[i]) if i < len(raw) else None for i in indices]
+            # A row with content only in formulas or unmapped columns is still a row.
+            filled = any(c is not None and str(c).strip() != "" for c in raw)
+            if out:
+                out.write(json.dumps([number, cells, filled], ensure_ascii=False) + "\n")
+            yield number, cells, filled
+    finally:
+        if out:
+            out.close()
+
+
+def _cached_rows(cache: Path):
+    with open(cache, encoding="utf-8") as rows:
+        for line in rows:
+            number, cells, filled = json.loads(line)
+            yield number, cells, filled
+
+
 async def run_import(session_factory, *, import_id: str, path: Path, mapping: dict[str, str], user_id: str,
                      apply: bool, report_path: Path) -> dict:
-    """The dry run (apply=False) writes nothing but the job's progress and report."""
+    """The dry run (apply=False) writes nothing but the job's progress, its report and
+    the parsed rows the apply then reads (the mapping cannot change in between)."""
     counts = dict.fromkeys(OUTCOMES, 0)
-    columns = {int(k): v for k, v in mapping.items()}
+    columns = {position: mapping[str(index)] for position, index in enumerate(sorted(int(k) for k in mapping))}
+    cache = parsed_rows_path(report_path, import_id)
+    if apply and cache.exists():
+        source = _cached_rows(cache)
+    else:
+        source = _sheet_rows(path, {int(k): v for k, v in mapping.items()}, None if apply else cache)
+    started = datetime.now(timezone.utc)
     seen: set[str] = set()
     done = 0
     try:
         with open(report_path, "w", newline="", encoding="utf-8-sig") as out:
             report = csv.writer(out)
             report.writerow(REPORT_COLUMNS)
-            rows = read_table(path)
-            next(rows, None)  # the header
             chunk = []
-            for number, raw in enumerate(rows, start=2):
-                chunk.append((number, raw))
+            for row in source:
+                chunk.append(row)
                 if len(chunk) == CHUNK:
-                    await _chunk(session_factory, chunk, columns, seen, counts, report, user_id, apply)
+                    await _chunk(session_factory, chunk, columns, seen, counts, report, user_id, apply, started)
                     done += len(chunk)
                     chunk = []
                     await _progress(session_factory, import_id, done, counts)
             if chunk:
-                await _chunk(session_factory, chunk, columns, seen, counts, report, user_id, apply)
+                await _chunk(session_factory, chunk, columns, seen, counts, report, user_id, apply, started)
                 done += len(chunk)
         status = "applied" if apply else "dry_run"
         await _progress(session_factory, import_id, done, counts, status=status, total=done)
@@ -131,6 +170,9 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
         log.error("import_failed", import_id=import_id, error=str(exc))
         await _progress(session_factory, import_id, done, counts, status="failed", error=str(exc)[:1000])
         raise
+    finally:
+        if apply:
+            cache.unlink(missing_ok=True)
     return counts
 
 
@@ -145,11 +187,11 @@ async def _progress(session_factory, import_id, done, counts, *, status=None, to
         await session.execute(update(t).where(t.c.id == import_id).values(**values))
 
 
-async def _chunk(session_factory, chunk, columns, seen, counts, writer, user_id, apply) -> None:
+async def _chunk(session_factory, chunk, columns, seen, counts, writer, user_id, apply, started) -> None:
     """One chunk in one transaction; its report lines are written in row order."""
     lines: list[list] = []
     try:
-        await _process(session_factory, chunk, columns, seen, counts, lines, user_id, apply)
+        await _process(session_factory, chunk, columns, seen, counts, lines, user_id, apply, started)
     finally:
         writer.writerows(sorted(lines, key=lambda line: line[0]))
 
@@ -162,12 +204,12 @@ class _Lines:
         self.lines.append(row)
 
 
-async def _process(session_factory, chunk, columns, seen, counts, lines, user_id, apply) -> None:
+async def _process(session_factory, chunk, columns, seen, counts, lines, user_id, apply, started) -> None:
     report = _Lines(lines)
     parsed = []
-    for number, raw in chunk:
-        values = {field: clean_cell(raw[i]) if i < len(raw) else None for i, field in columns.items()}
-        if all(c is None or str(c).strip() == "" for c in raw):
+    for number, cells, filled in chunk:
+        values = {field: cells[i] for i, field in columns.items()}
+        if not filled:
             continue  # an empty line is not a row
         if not values.get("name"):
             counts["error"] += 1
@@ -192,9 +234,16 @@ async def _process(session_factory, chunk, columns, seen, counts, lines, user_id
             select(o).where(o.c.id.in_(list(known.values()))))).mappings()}
         inns = {v["inn"] for _, v, key in parsed if v.get("inn") and key not in known}
         keys = {name_key(v["name"]) for _, v, key in parsed if key not in known} - {None}
+        # Possible duplicates among the organizations that existed before this import
+        # (repeats within the file are found by their keys), by INN or blocking key.
         neighbours = (await session.execute(
             select(o.c.id, o.c.name, o.c.inn).where((o.c.inn.in_(inns)) | (o.c.name_key.in_(keys)),
-                                                    o.c.merged_into.is_(None)))).all() if inns or keys else []
+                                                    o.c.merged_into.is_(None), o.c.created_at < started)
+            .limit(NEIGHBOURS_PER_CHUNK))).all() if inns or keys else []
+        by_inn = {inn: other_id for other_id, _, inn in neighbours if inn}
+        by_key: dict[str, list[tuple[str, str]]] = {}
+        for other_id, other_name, _ in neighbours:
+            by_key.setdefault(name_key(other_name), []).append((other_id, other_name))
         now = datetime.now(timezone.utc)
         new_orgs, new_keys, updates, history, contacts = [], [], [], [], []
         for number, values, key in parsed:
@@ -211,7 +260,7 @@ async def _process(session_factory, chunk, columns, seen, counts, lines, user_id
                 report.writerow([number, outcome, org_id, key, None, hints, None])
                 counts[outcome] += 1
                 continue
-            duplicate = _possible_duplicate(values, neighbours)
+            duplicate = _possible_duplicate(values, by_inn, by_key)
             org_id = str(uuid.uuid4())
             outcome = "possible_duplicate" if duplicate else "create"
             counts[outcome] += 1
@@ -238,10 +287,10 @@ async def _process(session_factory, chunk, columns, seen, counts, lines, user_id
             await session.execute(insert(tables.organization_history), history)
 
 
-def _possible_duplicate(values: dict, neighbours) -> str | None:
-    for other_id, other_name, other_inn in neighbours:
-        if values.get("inn") and other_inn == values["inn"]:
-            return other_id
+def _possible_duplicate(values: dict, by_inn: dict, by_key: dict) -> str | None:
+    if values.get("inn") and values["inn"] in by_inn:
+        return by_inn[values["inn"]]
+    for other_id, other_name in by_key.get(name_key(values["name"]), ()):
         if similarity(values["name"], other_name) >= HINT_THRESHOLD:
             return other_id
     return None

@@ -81,6 +81,17 @@ def test_quick_entry_hints_duplicates_search_and_the_card(page, system, api):
     row.locator("button").click()
     expect(page.locator("#overdue tr", has_text="Отправить реквизиты")).to_have_count(0)
 
+    # Transfer from the card: outside the team it is refused with the reason; within it, done.
+    page.goto(f"{system.crm_url}/ui/organizations?q=7707083894")
+    page.click("#organizations a")
+    page.fill("#transfer-form input[name=new_owner]", "nobody-by-that-name")
+    page.click("#transfer-form button")
+    expect(page.get_by_role("alert")).to_contain_text("no user named")
+    page.fill("#transfer-form input[name=new_owner]", "sales-boris")
+    page.click("#transfer-form button")
+    expect(page.locator("#owner")).to_have_text("sales-boris")
+    expect(page.locator("#timeline")).to_contain_text("responsibility transferred")
+
 
 def test_the_card_shows_the_approval_as_the_ecm_reports_it_and_the_board_moves_deals(page, system, api):
     flow = request_approval(api, create_deal_with_document(api, name="Карточка и согласование"))

@@ -1,0 +1,87 @@
+import pytest
+
+from crm_service.domain.hints import identifier_hints
+from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
+from crm_service.domain.rights import Actor, NotAllowed, check_may_transfer, may_change
+from crm_service.service_layer.imports import row_key, suggest_mapping, validate_mapping
+
+
+@pytest.mark.parametrize("a, b", [
+    ("ООО «Ромашка»", "Ромашка"),
+    ("Общество с ограниченной ответственностью \"Ромашка\"", "ромашка, ооо"),
+    ("ЗАО „Ёлка“", "елка"),
+    ("Romashka LLC", "romashka"),
+])
+def test_legal_forms_quotes_case_and_yo_do_not_make_names_different(a, b):
+    assert normalize(a) == normalize(b)
+    assert similarity(a, b) == 100
+
+
+def test_similar_names_are_hinted_and_numbers_tell_companies_apart():
+    assert similarity("Ромашка-Сервис", "ООО Ромашка Сервис Плюс") >= HINT_THRESHOLD
+    assert similarity("Клиент 1", "Клиент 2") == 0
+    assert similarity("СМУ-5", "СМУ 5") == 100
+    assert similarity("Ромашка", "Василёк") < HINT_THRESHOLD
+
+
+def test_the_blocking_key_is_the_longest_word_without_the_legal_form():
+    assert name_key("ООО «Ромашка Сервис»") == "ромашка"
+    assert name_key("ООО") is None
+
+
+def test_identifier_hints_are_gentle_and_specific():
+    assert identifier_hints(inn="7707083893", kpp="773601001", ogrn="1027700132195") == []
+    hints = identifier_hints(inn="7707083894", kpp="77360100", ogrn=None)
+    assert len(hints) == 2 and hints[0].startswith("INN") and hints[1].startswith("KPP")
+
+
+def test_mapping_is_suggested_from_russian_and_english_headers():
+    assert suggest_mapping(["Наименование", "ИНН", "Телефон", "Непонятно", "E-mail"]) == {
+        "0": "name", "1": "inn", "2": "phone", "4": "email"}
+    assert suggest_mapping(["Company", "Tax ID", "Website", "Company"]) == {"0": "name", "1": "inn", "2": "website"}
+    assert suggest_mapping([]) == {}
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ({"0": "inn"}, "name"),
+    ({"0": "name", "1": "salary"}, "unknown fields"),
+    ({"0": "name", "7": "inn"}, "not in the file"),
+    ({"0": "name", "1": "name"}, "one column"),
+])
+def test_a_bad_mapping_is_refused_with_a_reason(mapping, message):
+    with pytest.raises(ValueError, match=message):
+        validate_mapping(mapping, ["a", "b"])
+
+
+def test_row_keys_are_stable_inn_kpp_then_external_id_then_fingerprint():
+    assert row_key({"inn": "7707083893", "kpp": "773601001", "name": "x"}) == "inn:7707083893:773601001"
+    assert row_key({"external_id": "00042", "name": "x"}) == "ext:00042"
+    one = row_key({"name": "ООО «Ромашка»", "phone": "1"})
+    assert one == row_key({"name": "Ромашка", "phone": "1"}) != row_key({"name": "Ромашка", "phone": "2"})
+
+
+ANNA, BORIS = Actor("anna", "sales", "north"), Actor("boris", "sales", "north")
+MARIA, PETR = Actor("maria", "manager", "north"), Actor("petr", "sales", "south")
+
+
+def test_owner_team_manager_and_admin_change_others_read():
+    assert may_change(ANNA, "anna", "north")
+    assert not may_change(BORIS, "anna", "north")
+    assert may_change(MARIA, "anna", "north")
+    assert not may_change(MARIA, "petr", "south")
+    assert may_change(Actor("root", "admin"), "petr", "south")
+    assert not may_change(Actor("a", "auditor"), "anna", "north")
+
+
+def test_ownership_moves_within_the_team_unless_an_admin_moves_it():
+    check_may_transfer(ANNA, owner_id="anna", owner_team="north", new_owner_team="north", new_owner_role="sales")
+    with pytest.raises(NotAllowed, match="within the team"):
+        check_may_transfer(ANNA, owner_id="anna", owner_team="north", new_owner_team="south", new_owner_role="sales")
+    with pytest.raises(NotAllowed):
+        check_may_transfer(BORIS, owner_id="anna", owner_team="north", new_owner_team="north", new_owner_role="sales")
+    check_may_transfer(MARIA, owner_id="anna", owner_team="north", new_owner_team="north", new_owner_role="sales")
+    check_may_transfer(Actor("root", "admin"), owner_id="anna", owner_team="north", new_owner_team="south",
+                       new_owner_role="sales")
+    with pytest.raises(NotAllowed, match="sales user"):
+        check_may_transfer(MARIA, owner_id="anna", owner_team="north", new_owner_team="north",
+                           new_owner_role="auditor")
