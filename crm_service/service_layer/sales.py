@@ -341,7 +341,9 @@ async def due_reminders(uow: CrmUnitOfWork, *, now: datetime, ahead: timedelta) 
         rows = await uow.session.execute(
             select(t, p.c.notify_hook).outerjoin(p, p.c.user_id == t.c.owner_id)
             .where(t.c.done_at.is_(None), t.c.reminded_at.is_(None), t.c.due_at.is_not(None),
-                   t.c.due_at <= now + ahead).order_by(t.c.due_at).limit(500))
+                   t.c.due_at <= now + ahead).order_by(t.c.due_at).limit(500)
+            # Several CRM processes may run the clock: each activity is taken by one.
+            .with_for_update(skip_locked=True, of=t))
         for row in rows.mappings():
             text = f"{row['kind']} «{row['subject'][:200]}» due {row['due_at']:%Y-%m-%d %H:%M} UTC"
             await uow.notifications.add(user_id=row["owner_id"], kind="activity_due", text=text,
