@@ -109,6 +109,38 @@ class CounterpartyRepository(TableRepository):
             query = query.where(t.c.status == status)
         return [Counterparty(**r) for r in (await self.session.execute(query)).mappings()]
 
+    async def match_candidates(self, *, inn: str | None, ogrn: str | None, key: str | None,
+                               limit: int = 200) -> list[Counterparty]:
+        """Blocking: records sharing the INN, the OGRN or the match key (all indexed);
+        merged, rejected and archived records are never candidates."""
+        t = self.table
+        keys = [t.c.inn == inn] if inn else []
+        if ogrn:
+            keys.append(t.c.ogrn == ogrn)
+        if key:
+            keys.append(t.c.match_key == key)
+        if not keys:
+            return []
+        rows = await self.session.execute(
+            select(t).where(or_(*keys), t.c.status.in_((VERIFIED, "pending_verification"))).limit(limit))
+        return [Counterparty(**r) for r in rows.mappings()]
+
+    async def add_match_decision(self, **values) -> None:
+        await self.session.execute(insert(tables.match_decisions).values(**values))
+
+    async def match_decisions_of(self, counterparty_ids: list[str]) -> list[dict]:
+        m = tables.match_decisions
+        rows = await self.session.execute(select(m).where(m.c.counterparty_id.in_(counterparty_ids))
+                                          .order_by(m.c.created_at.desc()))
+        return [dict(r) for r in rows.mappings()]
+
+    async def review_decisions(self, counterparty_id: str, *, review: str, action: str, at) -> int:
+        m = tables.match_decisions
+        result = await self.session.execute(
+            update(m).where(m.c.counterparty_id == counterparty_id, m.c.review.is_(None))
+            .values(review=review, review_action=action, reviewed_at=at))
+        return result.rowcount
+
     async def verified_with_inn(self, inn: str) -> list[Counterparty]:
         t = self.table
         rows = await self.session.execute(select(t).where(t.c.inn == inn, t.c.status == VERIFIED))

@@ -45,9 +45,31 @@ counterparties = Table(
     Column("merged_into", String(36)),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # Blocking key for matching: the longest word of the name, legal form dropped, in Latin.
+    Column("match_key", String(100)),
     Index("ix_counterparties_inn", "inn"),
+    Index("ix_counterparties_ogrn", "ogrn"),
+    Index("ix_counterparties_match_key", "match_key"),
     Index("ix_counterparties_normalized_name", "normalized_name"),
     Index("ix_counterparties_status", "status"),
+)
+
+# What match-or-propose answered for a record that arrived by sync, with its evidence,
+# and what the steward later made of it (quality telemetry).
+match_decisions = Table(
+    "match_decisions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("counterparty_id", String(36), nullable=False, index=True),  # the record the ref landed on
+    Column("source_ref", String(100), nullable=False),
+    Column("outcome", String(16), nullable=False),  # link | propose | new
+    Column("rule", String(64), nullable=False),
+    Column("candidates", JSON, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    # confirmed | overturned, by which steward action, when
+    Column("review", String(16)),
+    Column("review_action", String(32)),
+    Column("reviewed_at", UtcDateTime()),
 )
 
 # Pairs the steward declared distinct (e.g. branches sharing an INN): never proposed again.

@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from stdnum.ru import inn as ru_inn
-
-from ecm_service.domain.identifiers import passes, quality_flags
+from ecm_service.domain.identifiers import quality_flags
+from ecm_service.domain.matching import match_key
 from ecm_service.domain.names import normalize_name
 
 PENDING = "pending_verification"
@@ -44,11 +43,13 @@ class Counterparty:
     vat: str | None = None
     normalized_name: str | None = None
     merged_into: str | None = None
+    match_key: str | None = None
 
     def refresh_derived(self) -> None:
         self.quality_flags = quality_flags(inn=self.inn, kpp=self.kpp, ogrn=self.ogrn, country=self.country,
                                            legal_form=self.legal_form, vat=self.vat)
         self.normalized_name = normalize_name(self.name)
+        self.match_key = match_key(self.name)
 
     def verify(self, at: datetime) -> None:
         if self.status not in (PENDING, REJECTED):
@@ -93,17 +94,6 @@ class Counterparty:
         for name, (_, new) in diff.items():
             setattr(self, name, new)
         self.quality_flags, self.normalized_name = candidate.quality_flags, candidate.normalized_name
+        self.match_key = candidate.match_key
         self.updated_at = at
         return diff
-
-
-def pick_verified_match(candidates: list[Counterparty], *, inn: str | None, kpp: str | None) -> Counterparty | None:
-    """Link only when identifiers agree: INN+KPP, or INN alone when it names exactly one
-    verified record. Anything less is left for the steward."""
-    if not inn or not passes(ru_inn, inn):
-        return None
-    same_inn = [c for c in candidates if c.status == VERIFIED and c.inn == inn]
-    if kpp:
-        exact = [c for c in same_inn if c.kpp == kpp]
-        return exact[0] if len(exact) == 1 else None
-    return same_inn[0] if len(same_inn) == 1 else None

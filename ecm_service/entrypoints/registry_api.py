@@ -6,7 +6,9 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
 
+from ecm_service.adapters import tables
 from ecm_service.adapters.history import verify_chain
 from ecm_service.domain.counterparty import StewardRuleBroken
 from ecm_service.service_layer import steward
@@ -151,3 +153,32 @@ async def verify_history(request: Request, _: User = Depends(require_roles("audi
         report = await verify_chain(uow.session)
     return ChainOut(intact=report.intact, entries=report.entries, first_broken_seq=report.first_broken_seq,
                     problem=report.problem)
+
+
+@router.get("/counterparties/{counterparty_id}/match",
+            summary="What match-or-propose answered for this record, with the evidence, and the steward's review")
+async def match_decisions(counterparty_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
+    async with _uow(request) as uow:
+        if await uow.counterparties.get(counterparty_id) is None:
+            raise HTTPException(404, f"counterparty {counterparty_id} not found")
+        return await uow.counterparties.match_decisions_of([counterparty_id])
+
+
+@router.get("/reports/matching-quality",
+            summary="How often stewards confirm or overturn automatic links and proposals, by rule")
+async def matching_quality(request: Request, _: User = Depends(require_roles("steward", "auditor", "admin"))):
+    m = tables.match_decisions
+    async with _uow(request) as uow:
+        rows = await uow.session.execute(
+            select(m.c.outcome, m.c.rule, m.c.review, func.count()).group_by(m.c.outcome, m.c.rule, m.c.review)
+            .order_by(m.c.outcome, m.c.rule))
+        counts: dict[tuple, dict] = {}
+        for outcome, rule, review, n in rows:
+            entry = counts.setdefault((outcome, rule), {"outcome": outcome, "rule": rule, "total": 0,
+                                                        "confirmed": 0, "overturned": 0, "unreviewed": 0})
+            entry["total"] += n
+            entry[review or "unreviewed"] += n
+    for entry in counts.values():
+        reviewed = entry["confirmed"] + entry["overturned"]
+        entry["overturn_rate"] = round(entry["overturned"] / reviewed, 3) if reviewed else None
+    return list(counts.values())

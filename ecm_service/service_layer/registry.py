@@ -6,8 +6,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from ecm_service.domain.counterparty import PENDING, Counterparty, pick_verified_match
-from ecm_service.domain.identifiers import compact
+from prometheus_client import Counter
+from stdnum.ru import inn as ru_inn
+
+from ecm_service.domain.counterparty import PENDING, Counterparty
+from ecm_service.domain.identifiers import compact, passes
+from ecm_service.domain.matching import Decision, Incoming, Known, decide, match_key
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas import ecm_commands, ecm_events
 from schemas.envelope import Envelope, new_envelope
@@ -15,6 +19,17 @@ from schemas.topics import ECM_EVENTS
 
 COUNTERPARTY = "counterparty"
 SOURCE = "ecm"
+MATCH_DECISIONS = Counter("ecm_match_decisions_total", "Match-or-propose answers for synced organizations",
+                          ["outcome", "rule"])
+
+
+async def match_or_propose(uow: EcmUnitOfWork, *, name: str, inn: str | None, kpp: str | None,
+                           ogrn: str | None) -> Decision:
+    """Candidates by indexed blocking keys, then the rules of `domain.matching`."""
+    candidates = await uow.counterparties.match_candidates(inn=inn, ogrn=ogrn, key=match_key(name))
+    known = [Known(id=c.id, name=c.name, status=c.status, inn=c.inn, kpp=c.kpp, ogrn=c.ogrn) for c in candidates]
+    return decide(Incoming(name=name, inn=inn, kpp=kpp, ogrn=ogrn, inn_valid=bool(inn) and passes(ru_inn, inn)),
+                  known)
 
 
 async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpartyV1, envelope: Envelope) -> dict:
@@ -33,8 +48,8 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
             record.updated_at = now
             await uow.counterparties.save(record)
     else:
-        candidates = await uow.counterparties.verified_with_inn(ids["inn"]) if ids["inn"] else []
-        record = pick_verified_match(candidates, inn=ids["inn"], kpp=ids["kpp"])
+        decision = await match_or_propose(uow, name=cmd.name, **ids)
+        record = await uow.counterparties.get(decision.linked_id) if decision.outcome == "link" else None
         outcome = "linked"
         if record is None:
             outcome = "created"
@@ -45,6 +60,10 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
             record.refresh_derived()
             await uow.counterparties.add(record)
         await uow.external_refs.attach(COUNTERPARTY, record.id, cmd.external_ref)
+        await uow.counterparties.add_match_decision(
+            id=str(uuid.uuid4()), counterparty_id=record.id, source_ref=cmd.external_ref.as_text(),
+            outcome=decision.outcome, rule=decision.rule, candidates=decision.candidates, created_at=now)
+        MATCH_DECISIONS.labels(decision.outcome, decision.rule).inc()
     seq = await uow.history.append(
         entity_type=COUNTERPARTY, entity_id=record.id, action=f"sync_{outcome}",
         actor=f"{cmd.external_ref.system}:sync",

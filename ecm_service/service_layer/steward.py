@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from prometheus_client import Counter
+from sqlalchemy import select, update
+
+from ecm_service.adapters import tables
 from ecm_service.domain.counterparty import VERIFIED, Counterparty, StewardRuleBroken
 from ecm_service.service_layer.approvals import resume_waiting
 from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE
@@ -16,6 +20,36 @@ from schemas.topics import ECM_EVENTS
 
 class NotFound(Exception):
     pass
+
+
+MATCH_REVIEWS = Counter("ecm_match_reviews_total", "Steward decisions on match-or-propose answers",
+                        ["rule", "review"])
+
+
+async def _review(uow: EcmUnitOfWork, counterparty_id: str, action: str, other_id: str | None = None) -> None:
+    """Quality telemetry: did the steward confirm or overturn what matching answered for
+    this record? A merge into a proposed candidate confirms a proposal (and overturns a
+    `new`); verifying it as a company of its own or declaring it distinct from the
+    candidate overturns a proposal (and confirms a `new`)."""
+    m = tables.match_decisions
+    rows = (await uow.session.execute(select(m).where(m.c.counterparty_id == counterparty_id,
+                                                      m.c.review.is_(None)))).mappings().all()
+    now = datetime.now(timezone.utc)
+    for row in rows:
+        proposed = {c["counterparty_id"] for c in row["candidates"]} if row["outcome"] == "propose" else set()
+        if row["outcome"] == "link":
+            continue
+        if action == "merge":
+            review = "confirmed" if other_id in proposed else "overturned"
+        elif action in ("verify", "not_duplicate"):
+            if action == "not_duplicate" and other_id not in proposed:
+                continue
+            review = "overturned" if proposed else "confirmed"
+        else:
+            continue
+        await uow.session.execute(update(m).where(m.c.id == row["id"]).values(
+            review=review, review_action=action, reviewed_at=now))
+        MATCH_REVIEWS.labels(row["rule"], review).inc()
 
 
 def _actor(user) -> str:
@@ -54,6 +88,7 @@ async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reas
         await _announce(uow, record, change, reason=reason, correlation_id=correlation_id, seq=seq)
         if record.status == VERIFIED:
             await resume_waiting(uow, [record.id], actor=_actor(user))
+            await _review(uow, record.id, "verify")
         await uow.commit()
     return record
 
@@ -93,17 +128,29 @@ async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user,
         await _announce(uow, record, "merged", reason=reason, correlation_id=correlation_id, seq=seq, shown=survivor)
         if survivor.status == VERIFIED:
             await resume_waiting(uow, [survivor.id], actor=_actor(user))
+        await _review(uow, record.id, "merge", survivor.id)
         await uow.commit()
     return record, survivor
 
 
-async def candidates_for(uow: EcmUnitOfWork, record: Counterparty, limit: int = 5) -> list[Counterparty]:
-    """Records a pending one may duplicate, for the steward to compare side by side: the
-    same INN or the same normalised name, minus pairs already declared distinct."""
+async def candidates_for(uow: EcmUnitOfWork, record: Counterparty, limit: int = 5) -> list[dict]:
+    """Records a pending one may duplicate, for the steward to compare side by side, with
+    the evidence: what match-or-propose found (score, agreeing and differing ids, rules),
+    or else the same INN or name core; minus pairs already declared distinct."""
     distinct = set(await uow.counterparties.not_duplicates_of(record.id))
-    found = await uow.counterparties.similar(inn=record.inn, normalized_name=record.normalized_name,
-                                             exclude=[record.id, *distinct], limit=limit)
-    return sorted(found, key=lambda c: (c.status != VERIFIED, c.inn != record.inn, c.name))
+    shown: list[dict] = []
+    for decision in await uow.counterparties.match_decisions_of([record.id]):
+        for evidence in decision["candidates"]:
+            other = await uow.counterparties.get(evidence["counterparty_id"])
+            if other and other.id != record.id and other.id not in distinct and other.status in (
+                    VERIFIED, "pending_verification") and all(s["record"].id != other.id for s in shown):
+                shown.append({"record": other, "evidence": evidence})
+    if not shown:
+        found = await uow.counterparties.similar(inn=record.inn, normalized_name=record.normalized_name,
+                                                 exclude=[record.id, *distinct], limit=limit)
+        shown = [{"record": c, "evidence": None}
+                 for c in sorted(found, key=lambda c: (c.status != VERIFIED, c.inn != record.inn, c.name))]
+    return shown[:limit]
 
 
 async def mark_not_duplicate(uow: EcmUnitOfWork, *, counterparty_id: str, other_id: str, user, reason: str) -> bool:
@@ -118,6 +165,7 @@ async def mark_not_duplicate(uow: EcmUnitOfWork, *, counterparty_id: str, other_
             for this, that in ((counterparty_id, other_id), (other_id, counterparty_id)):
                 await uow.history.append(entity_type=COUNTERPARTY, entity_id=this, action="not_duplicate",
                                          actor=_actor(user), reason=reason, data={"other": that})
+                await _review(uow, this, "not_duplicate", that)
         await uow.commit()
     return created
 

@@ -43,6 +43,8 @@ MATRIX = [
     ("POST", "/api/counterparties/{cp}/not-duplicate", {}, {"steward"}),
     ("PATCH", "/api/counterparties/{cp}", {}, {"steward"}),
     ("GET", "/api/history/verify", None, {"auditor", "admin"}),
+    ("GET", "/api/counterparties/{cp}/match", None, READERS),
+    ("GET", "/api/reports/matching-quality", None, {"steward", "auditor", "admin"}),
     ("POST", "/api/counterparties/bulk-loads", {}, {"steward", "admin"}),
     ("GET", "/api/counterparties/bulk-loads/{missing}", None, {"steward", "admin", "auditor"}),
     ("GET", "/api/counterparties/bulk-loads/{missing}/report", None, {"steward", "admin", "auditor"}),

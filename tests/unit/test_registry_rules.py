@@ -1,15 +1,11 @@
 from datetime import datetime, timezone
 
 from crm_service.domain.hints import identifier_hints
-from ecm_service.domain.counterparty import Counterparty, pick_verified_match
 from ecm_service.domain.identifiers import quality_flags
+from ecm_service.domain.matching import Incoming, Known, core_name, decide, match_key, one_digit_apart
 
 NOW = datetime.now(timezone.utc)
 SBER_INN = "7707083893"
-
-
-def verified(id_, inn, kpp=None, status="verified"):
-    return Counterparty(id=id_, name=id_, status=status, created_at=NOW, updated_at=NOW, inn=inn, kpp=kpp)
 
 
 def test_missing_or_invalid_ids_become_flags_not_rejections():
@@ -33,15 +29,44 @@ def test_requirements_follow_country_and_legal_form():
     assert quality_flags(inn=None, kpp=None, ogrn=None, country="US") == ["tax_id_missing"]
 
 
+def known(id_, inn=None, kpp=None, status="verified", name=None, ogrn=None):
+    return Known(id=id_, name=name or f"ООО «{id_}»", status=status, inn=inn, kpp=kpp, ogrn=ogrn)
+
+
+def incoming(name="ООО «Ромашка»", inn=None, kpp=None, ogrn=None):
+    return Incoming(name=name, inn=inn, kpp=kpp, ogrn=ogrn, inn_valid=bool(inn) and inn != "7707083894")
+
+
 def test_link_only_when_identifiers_agree():
-    one = [verified("a", SBER_INN, "773601001")]
-    assert pick_verified_match(one, inn=SBER_INN, kpp=None).id == "a"
-    assert pick_verified_match(one, inn=SBER_INN, kpp="773601001").id == "a"
-    assert pick_verified_match(one, inn=SBER_INN, kpp="770001001") is None  # a branch: for the steward
-    branches = one + [verified("b", SBER_INN, "770001001")]
-    assert pick_verified_match(branches, inn=SBER_INN, kpp=None) is None  # ambiguous without KPP
-    assert pick_verified_match([verified("p", SBER_INN, status="pending_verification")], inn=SBER_INN, kpp=None) is None
-    assert pick_verified_match(one, inn="7707083894", kpp=None) is None  # bad check digit never links
+    one = [known("a", SBER_INN, "773601001", ogrn="1027700132195")]
+    assert decide(incoming(inn=SBER_INN), one).linked_id == "a"
+    assert decide(incoming(inn=SBER_INN, kpp="773601001"), one).rule == "inn_kpp"
+    assert decide(incoming(inn=SBER_INN, kpp="770001001", ogrn="1027700132195"), one).rule == "ogrn"
+    branch = decide(incoming(inn=SBER_INN, kpp="770001001"), one)  # a branch: for the steward
+    assert (branch.outcome, branch.rule) == ("propose", "same_inn_other_kpp")
+    branches = one + [known("b", SBER_INN, "770001001")]
+    assert decide(incoming(inn=SBER_INN), branches).outcome == "propose"  # ambiguous without KPP
+    pending = decide(incoming(inn=SBER_INN), [known("p", SBER_INN, status="pending_verification")])
+    assert pending.outcome == "propose" and pending.linked_id is None
+    bad = decide(incoming(inn="7707083894"), one)  # a bad check digit never links
+    assert bad.outcome == "propose" and "inn_one_digit_from_verified" in bad.candidates[0]["rules"]
+
+
+def test_similar_names_across_scripts_are_proposed_with_evidence_and_others_are_new():
+    registry = [known("r", name="ООО «Ромашка»", inn=SBER_INN), known("v", name="АО «Василёк»")]
+    latin = decide(incoming(name="Romashka LLC"), registry)
+    assert (latin.outcome, latin.rule, latin.candidates[0]["counterparty_id"]) == ("propose", "similar_name", "r")
+    assert latin.candidates[0]["score"] == 100 and latin.candidates[0]["agree"] == []
+    assert decide(incoming(name="Незабудка"), registry).outcome == "new"
+    assert decide(incoming(name="Ромашка 2"), [known("r2", name="Ромашка 1")]).outcome == "new"
+    assert decide(incoming(name="Romashka LLC"), registry, not_duplicates={"r"}).outcome == "new"
+
+
+def test_transliteration_and_typing_slips():
+    assert core_name("Общество с ограниченной ответственностью «Щёлково»") == core_name("Shchelkovo LLC")
+    assert match_key("ООО «Ромашка Сервис 2»") == "romashka"
+    assert one_digit_apart("7707083893", "7707083839") and one_digit_apart("7707083893", "7707083894")
+    assert not one_digit_apart("7707083893", "7707083893") and not one_digit_apart("7707083893", "77070838")
 
 
 def test_crm_hints_are_gentle_messages():

@@ -1,0 +1,68 @@
+"""Match-or-propose on both backends through the soft-sync command: link, propose with
+evidence, new; the steward's decisions are recorded as confirmed or overturned."""
+
+import uuid
+
+from sqlalchemy import select
+
+from ecm_service.adapters import tables
+from ecm_service.service_layer import steward
+from ecm_service.service_layer.commands import apply_command
+from infra.users import User
+from schemas import ecm_commands
+from schemas.common import ExternalRef
+from schemas.envelope import new_envelope
+from schemas.registry import encode, parse_message
+
+SBER = {"inn": "7707083893", "kpp": "773601001", "ogrn": "1027700132195"}
+STEWARD = User(id="steward-id", name="steward", role="steward")
+
+
+async def sync(ecm, name: str, **ids) -> tuple[str, dict]:
+    ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
+                            payload=ecm_commands.SyncCounterpartyV1(external_ref=ref, name=name, **ids))
+    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        counterparty_id = await uow.external_refs.find("counterparty", ref)
+        (decision,) = [d for d in await uow.counterparties.match_decisions_of([counterparty_id])
+                       if d["source_ref"] == ref.as_text()]
+    return counterparty_id, decision
+
+
+async def test_link_propose_and_new_with_evidence_and_the_stewards_review(ecm):
+    sber_id, first = await sync(ecm, "ПАО «Сбербанк России»", **SBER)
+    assert first["outcome"] == "new"
+    await steward.verify(ecm.uow(), counterparty_id=sber_id, user=STEWARD, reason="EGRUL", correlation_id="c")
+
+    linked_id, linked = await sync(ecm, "Сбер", inn=SBER["inn"], kpp=SBER["kpp"])
+    assert (linked_id, linked["outcome"], linked["rule"]) == (sber_id, "link", "inn_kpp")
+
+    branch_id, branch = await sync(ecm, "Сбербанк, Поволжский банк", inn=SBER["inn"], kpp="631602001")
+    assert branch_id != sber_id and (branch["outcome"], branch["rule"]) == ("propose", "same_inn_other_kpp")
+    evidence = branch["candidates"][0]
+    assert evidence["counterparty_id"] == sber_id and evidence["agree"] == ["inn"] and evidence["differ"] == ["kpp"]
+
+    latin_id, latin = await sync(ecm, "Sberbank Rossii PAO")
+    assert latin["outcome"] == "propose" and latin["candidates"][0]["counterparty_id"] == sber_id
+    assert latin["candidates"][0]["rules"] == ["similar_name"]
+
+    _, typo = await sync(ecm, "Сбербанк России", inn="7707083839")  # two digits swapped
+    assert typo["outcome"] == "propose" and "inn_one_digit_from_verified" in typo["candidates"][0]["rules"]
+
+    new_id, new = await sync(ecm, "ООО «Незабудка»")
+    assert new["outcome"] == "new" and new["candidates"] == []
+
+    # The steward: the Latin spelling is the bank (confirmed); the branch is not (overturned).
+    await steward.merge(ecm.uow(), counterparty_id=latin_id, into_id=sber_id, user=STEWARD, reason="same bank",
+                        correlation_id="c")
+    await steward.mark_not_duplicate(ecm.uow(), counterparty_id=branch_id, other_id=sber_id, user=STEWARD,
+                                     reason="a branch with its own KPP")
+    async with ecm.session_factory() as session:
+        reviews = dict((await session.execute(select(tables.match_decisions.c.counterparty_id,
+                                                     tables.match_decisions.c.review))).all())
+    assert reviews[latin_id] == "confirmed" and reviews[branch_id] == "overturned"
+    assert reviews[new_id] is None
+    async with ecm.uow() as uow:
+        shown = await steward.candidates_for(uow, await uow.counterparties.get(branch_id))
+    assert shown == []  # declared distinct: never proposed again
