@@ -52,5 +52,18 @@ class UpdateOrganizationLinkV1(Contract):
     registry_seq: int | None = None
 
 
+class UpdateOrganizationLinkV2(UpdateOrganizationLinkV1):
+    """v2 adds the registry's identifiers: the CRM fills its empty INN, KPP and OGRN
+    from a verified record and shows differing ones as a passive difference."""
+
+    registry_inn: str | None = None
+    registry_kpp: str | None = None
+    registry_ogrn: str | None = None
+
+
+def update_organization_link_v1_to_v2(payload: dict) -> dict:
+    return dict(payload)
+
+
 UPDATE_APPROVAL_STATUS = "crm.update_approval_status"
 UPDATE_ORGANIZATION_LINK = "crm.update_organization_link"

@@ -43,6 +43,16 @@ class ReassignInitiatorV1(Contract):
     reassigned_at: datetime
 
 
+class MergeExternalRefsV1(Contract):
+    """Two records of another system became one: the merged one's reference follows the
+    survivor (e.g. a CRM merge of two organizations)."""
+
+    merged_ref: ExternalRef
+    survivor_ref: ExternalRef
+    merged_at: datetime
+
+
 SYNC_COUNTERPARTY = "ecm.sync_counterparty"
+MERGE_EXTERNAL_REFS = "ecm.merge_external_refs"
 REASSIGN_INITIATOR = "ecm.reassign_initiator"
 START_APPROVAL = "ecm.start_approval"

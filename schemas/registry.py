@@ -25,11 +25,12 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
     crm_events.RESPONSIBILITY_TRANSFERRED: (1, crm_events.ResponsibilityTransferredV1),
     crm_events.ORGANIZATIONS_MERGED: (1, crm_events.OrganizationsMergedV1),
     ecm_commands.REASSIGN_INITIATOR: (1, ecm_commands.ReassignInitiatorV1),
+    ecm_commands.MERGE_EXTERNAL_REFS: (1, ecm_commands.MergeExternalRefsV1),
     ecm_events.COUNTERPARTY_SYNCED: (1, ecm_events.CounterpartySyncedV1),
     ecm_events.COUNTERPARTY_CHANGED: (1, ecm_events.CounterpartyChangedV1),
     ecm_events.APPROVAL_STATUS_CHANGED: (2, ecm_events.ApprovalStatusChangedV2),
     crm_commands.UPDATE_APPROVAL_STATUS: (2, crm_commands.UpdateApprovalStatusV2),
-    crm_commands.UPDATE_ORGANIZATION_LINK: (1, crm_commands.UpdateOrganizationLinkV1),
+    crm_commands.UPDATE_ORGANIZATION_LINK: (2, crm_commands.UpdateOrganizationLinkV2),
 }
 
 # (type, version) -> function turning a payload of that version into version + 1.
@@ -37,6 +38,7 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {
     (crm_events.APPROVAL_REQUESTED, 1): crm_events.approval_requested_v1_to_v2,
     (ecm_events.APPROVAL_STATUS_CHANGED, 1): ecm_events.approval_status_changed_v1_to_v2,
     (crm_commands.UPDATE_APPROVAL_STATUS, 1): crm_commands.update_approval_status_v1_to_v2,
+    (crm_commands.UPDATE_ORGANIZATION_LINK, 1): crm_commands.update_organization_link_v1_to_v2,
 }
 
 

@@ -22,6 +22,7 @@ from sync_bridge.translation import (
     ECM_EVENT_TRANSLATIONS,
     Outgoing,
     approval_requested_to_ecm,
+    organizations_merged_to_ecm,
     responsibility_transferred_to_ecm,
 )
 
@@ -93,10 +94,7 @@ async def when_crm_event_update_ecm(message: Message, topic: str) -> None:
     if message.envelope.type == crm_events.APPROVAL_REQUESTED:
         await when_approval_requested_start_in_ecm(message, topic)
     elif message.envelope.type == crm_events.ORGANIZATIONS_MERGED:
-        # Acknowledged; making the registry's external refs follow a CRM merge is part of
-        # the reconciliation work (the ECM keeps both refs meanwhile, nothing is lost).
-        log.info("crm_organizations_merged_seen", merged_id=message.payload.merged_id,
-                 survivor_id=message.payload.survivor_id)
+        await publish(organizations_merged_to_ecm(message.envelope, message.payload))
     else:
         await publish(responsibility_transferred_to_ecm(message.envelope, message.payload))
 

@@ -87,14 +87,23 @@ def responsibility_transferred_to_ecm(
                      event.organization_id)]
 
 
+def organizations_merged_to_ecm(source: Envelope, event: crm_events.OrganizationsMergedV1) -> list[Outgoing]:
+    command = ecm_commands.MergeExternalRefsV1(
+        merged_ref=ExternalRef(system=CRM, id=event.merged_id),
+        survivor_ref=ExternalRef(system=CRM, id=event.survivor_id), merged_at=event.merged_at)
+    return [_command(source, "merge_external_refs", ecm_commands.MERGE_EXTERNAL_REFS, command, ECM_COMMANDS,
+                     event.survivor_id)]
+
+
 def counterparty_synced_to_crm(source: Envelope, event: ecm_events.CounterpartySyncedV1) -> list[Outgoing]:
     if event.source_ref.system != CRM:
         return []
-    command = crm_commands.UpdateOrganizationLinkV1(
+    command = crm_commands.UpdateOrganizationLinkV2(
         organization_id=event.source_ref.id,
         registry_id=event.counterparty_id,
         link_status="linked" if event.status == "verified" else event.status,
         registry_name=event.legal_name, registry_seq=event.registry_seq,
+        registry_inn=event.inn, registry_kpp=event.kpp, registry_ogrn=event.ogrn,
     )
     return [_command(source, "update_organization_link", crm_commands.UPDATE_ORGANIZATION_LINK, command,
                      CRM_COMMANDS, event.source_ref.id)]
@@ -106,10 +115,11 @@ def counterparty_changed_to_crm(source: Envelope, event: ecm_events.Counterparty
     return [
         _command(
             source, f"update_organization_link:{ref.id}", crm_commands.UPDATE_ORGANIZATION_LINK,
-            crm_commands.UpdateOrganizationLinkV1(
+            crm_commands.UpdateOrganizationLinkV2(
                 organization_id=ref.id, registry_id=event.registry_id,
                 link_status="linked" if event.registry_status == "verified" else event.registry_status,
                 registry_name=event.legal_name, registry_seq=event.registry_seq,
+                registry_inn=event.inn, registry_kpp=event.kpp, registry_ogrn=event.ogrn,
             ),
             CRM_COMMANDS, ref.id,
         )

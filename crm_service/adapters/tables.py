@@ -59,6 +59,7 @@ organizations = Table(
     Column("name_key", String(100)),
     Column("merged_into", String(36)),
     Column("updated_at", UtcDateTime()),
+    Column("registry_ids", JSON, nullable=False, server_default="{}"),
     Index("ix_organizations_inn", "inn"),
     Index("ix_organizations_name_key", "name_key"),
     Index("ix_organizations_owner_id", "owner_id"),

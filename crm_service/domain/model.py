@@ -42,18 +42,36 @@ class Organization:
     name_key: str | None = None
     merged_into: str | None = None
     updated_at: datetime | None = None
+    # The registry's INN, KPP and OGRN for the linked counterparty, as last reported.
+    registry_ids: dict = field(default_factory=dict)
 
     def refresh_name_key(self) -> None:
         self.name_key = name_key(self.name)
 
-    def apply_registry_link(self, *, registry_id: str, status: str, name: str, seq: int | None) -> bool:
+    def apply_registry_link(self, *, registry_id: str, status: str, name: str, seq: int | None,
+                            ids: dict[str, str | None] | None = None) -> bool:
         """Link updates may arrive out of order (a merge overtaking an older sync): only
-        a newer registry state counts. Updates without a sequence always apply."""
+        a newer registry state counts. Updates without a sequence always apply. From a
+        verified record ("linked"), the registry-owned identifiers fill the CRM's empty
+        ones; differing ones are left as they are (see `registry_differences`)."""
         if seq is not None and self.registry_seq is not None and seq <= self.registry_seq:
             return False
         self.registry_id, self.registry_status, self.registry_name = registry_id, status, name
         self.registry_seq = seq if seq is not None else self.registry_seq
+        self.registry_ids = {k: v for k, v in (ids or {}).items() if v}
+        if status == "linked":
+            for key, value in self.registry_ids.items():
+                if not getattr(self, key):
+                    setattr(self, key, value)
         return True
+
+    def registry_differences(self) -> list[dict]:
+        """Where the CRM's own value differs from the registry's: shown, never overwritten."""
+        if self.registry_status != "linked":
+            return []
+        return [{"field": key, "crm": getattr(self, key), "registry": value}
+                for key, value in (self.registry_ids or {}).items()
+                if getattr(self, key) and getattr(self, key) != value]
 
 
 @dataclass

@@ -71,6 +71,8 @@ class OrganizationOut(BaseModel):
     hints: list[str]
     # Possible duplicates (same INN or a similar name): a hint, never a refusal.
     duplicates: list[dict] = []
+    # Where the CRM's INN, KPP or OGRN differs from the verified registry record: shown only.
+    registry_differences: list[dict] = []
 
 
 class DealIn(BaseModel):
@@ -141,8 +143,8 @@ def _org_out(org, duplicates=()) -> OrganizationOut:
         registry = {"id": org.registry_id, "status": org.registry_status, "legal_name": org.registry_name}
     return OrganizationOut(
         **{k: getattr(org, k) for k in OrganizationOut.model_fields
-           if k not in ("registry", "hints", "duplicates", "link_text")},
-        registry=registry, link_text=link_text(org),
+           if k not in ("registry", "hints", "duplicates", "link_text", "registry_differences")},
+        registry=registry, link_text=link_text(org), registry_differences=org.registry_differences(),
         hints=identifier_hints(inn=org.inn, kpp=org.kpp, ogrn=org.ogrn), duplicates=list(duplicates),
     )
 

@@ -174,15 +174,21 @@ async def update_approval_status(
 
 
 async def update_organization_link(
-    uow: CrmUnitOfWork, cmd: crm_commands.UpdateOrganizationLinkV1, command_id: str
+    uow: CrmUnitOfWork, cmd: crm_commands.UpdateOrganizationLinkV2, command_id: str
 ) -> bool:
     org = await uow.organizations.get(cmd.organization_id, for_update=True)
     if org is None:
         return False
+    before = {key: getattr(org, key) for key in ("inn", "kpp", "ogrn")}
     changed = org.apply_registry_link(registry_id=cmd.registry_id, status=cmd.link_status, name=cmd.registry_name,
-                                      seq=cmd.registry_seq)
+                                      seq=cmd.registry_seq, ids={"inn": cmd.registry_inn, "kpp": cmd.registry_kpp,
+                                                                 "ogrn": cmd.registry_ogrn})
     if changed:
         await uow.organizations.save(org)
+        filled = sorted(key for key, value in before.items() if getattr(org, key) != value)
+        if filled:
+            await uow.organizations.add_history(org.id, at=_now(), kind="filled_from_registry", actor_id="registry",
+                                                detail={"fields": filled, "registry_id": org.registry_id})
     return changed
 
 

@@ -415,6 +415,8 @@ def _history_text(h: dict) -> str:
         return "edited: " + ", ".join(detail.get("fields", []))
     if h["kind"] == "merged":
         return f"merged with «{detail.get('name')}»"
+    if h["kind"] == "filled_from_registry":
+        return "filled from the registry: " + ", ".join(detail.get("fields", []))
     return h["kind"].replace("_", " ")
 
 

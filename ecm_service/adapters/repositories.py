@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters import tables
@@ -43,6 +43,17 @@ class ExternalRefRepository:
                 created_at=datetime.now(timezone.utc),
             )
         )
+
+    async def rename(self, entity_type: str, ref: ExternalRef, to: ExternalRef) -> None:
+        t = tables.external_refs
+        await self.session.execute(
+            update(t).where(t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id)
+            .values(system=to.system, external_id=to.id))
+
+    async def detach(self, entity_type: str, ref: ExternalRef) -> None:
+        t = tables.external_refs
+        await self.session.execute(
+            delete(t).where(t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id))
 
     async def move_all(self, entity_type: str, from_id: str, to_id: str) -> None:
         t = tables.external_refs
@@ -263,6 +274,12 @@ class ApprovalRepository:
             if now > due_at or (remind_from is not None and now >= remind_from):
                 due.append(approval_id)
         return due
+
+    async def rename_counterparty_ref(self, from_ref: str, to_ref: str) -> int:
+        t = tables.approvals
+        result = await self.session.execute(
+            update(t).where(t.c.counterparty_ref == from_ref).values(counterparty_ref=to_ref))
+        return result.rowcount
 
     async def move_counterparty(self, from_id: str, to_id: str) -> None:
         t = tables.approvals

@@ -10,6 +10,7 @@ from schemas.registry import Message
 
 ACCEPTED_COMMANDS = frozenset({
     ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR,
+    ecm_commands.MERGE_EXTERNAL_REFS,
 })
 
 
@@ -21,6 +22,8 @@ async def apply_command(uow: EcmUnitOfWork, message: Message, topic: str, routes
             return
         if envelope.type == ecm_commands.SYNC_COUNTERPARTY:
             detail = await registry.sync_counterparty(uow, message.payload, envelope)
+        elif envelope.type == ecm_commands.MERGE_EXTERNAL_REFS:
+            detail = await registry.merge_external_refs(uow, message.payload, envelope)
         elif envelope.type == ecm_commands.START_APPROVAL:
             detail = await approvals.start_approval(uow, message.payload, envelope, routes, doc_types or {})
         else:

@@ -79,3 +79,39 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
                      correlation_id=envelope.correlation_id, causation_id=envelope.event_id),
     )
     return {"counterparty_id": record.id, "outcome": outcome}
+
+
+async def merge_external_refs(uow: EcmUnitOfWork, cmd: ecm_commands.MergeExternalRefsV1, envelope: Envelope) -> dict:
+    """Two CRM organizations became one. The merged one's reference follows the survivor:
+    renamed when the survivor had no registry record, dropped when both point at the same
+    record, kept (and recorded for the steward) when they point at different records.
+    Approvals started for the merged organization now name the survivor."""
+    merged_id = await uow.external_refs.find(COUNTERPARTY, cmd.merged_ref)
+    survivor_id = await uow.external_refs.find(COUNTERPARTY, cmd.survivor_ref)
+    moved = await uow.approvals.rename_counterparty_ref(cmd.merged_ref.as_text(), cmd.survivor_ref.as_text())
+    if merged_id is None:
+        return {"outcome": "nothing_to_move", "approvals": moved}
+    if survivor_id is None:
+        await uow.external_refs.rename(COUNTERPARTY, cmd.merged_ref, cmd.survivor_ref)
+        outcome = "ref_moved"
+    elif survivor_id == merged_id:
+        await uow.external_refs.detach(COUNTERPARTY, cmd.merged_ref)
+        outcome = "ref_dropped"
+    else:
+        outcome = "conflict"
+    data = {"merged_ref": cmd.merged_ref.as_text(), "survivor_ref": cmd.survivor_ref.as_text(), "outcome": outcome}
+    seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=merged_id, action="external_refs_merged",
+                                   actor=f"{cmd.survivor_ref.system}:merge", at=cmd.merged_at, data=data)
+    if outcome == "conflict":
+        await uow.history.append(entity_type=COUNTERPARTY, entity_id=survivor_id, action="external_refs_merged",
+                                 actor=f"{cmd.survivor_ref.system}:merge", at=cmd.merged_at, data=data)
+    if outcome == "ref_moved":  # the survivor learns which record it is now linked to
+        record = await uow.counterparties.get(merged_id)
+        event = ecm_events.CounterpartySyncedV1(
+            counterparty_id=record.id, status=record.status, outcome="linked" if record.status == "verified"
+            else "updated", legal_name=record.name, inn=record.inn, kpp=record.kpp, ogrn=record.ogrn,
+            source_ref=cmd.survivor_ref, registry_seq=seq)
+        await uow.publish(ECM_EVENTS, record.id, new_envelope(
+            type=ecm_events.COUNTERPARTY_SYNCED, schema_version=1, source=SOURCE, payload=event,
+            correlation_id=envelope.correlation_id, causation_id=envelope.event_id))
+    return {"outcome": outcome, "approvals": moved}

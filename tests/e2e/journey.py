@@ -75,14 +75,16 @@ def valid_ids(seed: int | None = None) -> dict:
             "ogrn": ogrn_base + ogrn.calc_check_digit(ogrn_base + "0")}
 
 
-def verify_counterparty(api, counterparty_id: str) -> None:
-    """The steward completes the record's identifiers and verifies it."""
+def verify_counterparty(api, counterparty_id: str) -> dict:
+    """The steward completes the record's identifiers and verifies it; returns the ids."""
+    ids = valid_ids()
     edited = api.ecm("steward-stas", "PATCH", f"/api/counterparties/{counterparty_id}",
-                     json={**valid_ids(), "reason": "identifiers from the signed card of the company"})
+                     json={**ids, "reason": "identifiers from the signed card of the company"})
     assert edited.status_code == 200, edited.text
     verified = api.ecm("steward-stas", "POST", f"/api/counterparties/{counterparty_id}/verify",
                        json={"reason": "checked in EGRUL"})
     assert verified.status_code == 200, verified.text
+    return ids
 
 
 def approve_all(api, approval_id: str, timeout: float = 60) -> dict:

@@ -62,7 +62,7 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
     assert waiting["overdue"] is False
     early = api.ecm("director-dina", "POST", f"/api/approvals/{approval['id']}/decisions", json={"decision": "approve"})
     assert early.status_code == 409
-    verify_counterparty(api, counterparty["id"])
+    ids = verify_counterparty(api, counterparty["id"])
     due = wait_crm_status(api, flow, "in_progress", "director")
     assert due["due_at"] is not None
     decide(api, approval["id"], "director")
@@ -94,6 +94,9 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
     org = wait_until(lambda: (o := api.crm(SALES, "GET", f"/api/organizations/{flow['org']['id']}").json())
                      ["registry"]["status"] == "linked" and o, timeout=60, message="verified link in the CRM")
     assert org["registry"] == {"id": counterparty["id"], "status": "linked", "legal_name": "Вектор плюс"}
+    # The registry's identifiers filled the CRM's empty fields; nobody was asked.
+    assert (org["inn"], org["kpp"], org["ogrn"]) == (ids["inn"], ids["kpp"], ids["ogrn"])
+    assert org["registry_differences"] == [] and org["link_text"] == "verified in the registry as Вектор плюс"
 
     # One correlation id follows the request through all three processes' logs.
     for name in ("crm", "bridge", "ecm"):

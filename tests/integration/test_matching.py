@@ -66,3 +66,44 @@ async def test_link_propose_and_new_with_evidence_and_the_stewards_review(ecm):
     async with ecm.uow() as uow:
         shown = await steward.candidates_for(uow, await uow.counterparties.get(branch_id))
     assert shown == []  # declared distinct: never proposed again
+
+
+async def _merge_refs(ecm, merged: ExternalRef, survivor: ExternalRef):
+    from datetime import datetime, timezone
+
+    envelope = new_envelope(type=ecm_commands.MERGE_EXTERNAL_REFS, schema_version=1, source="it", correlation_id="c",
+                            payload=ecm_commands.MergeExternalRefsV1(merged_ref=merged, survivor_ref=survivor,
+                                                                     merged_at=datetime.now(timezone.utc)))
+    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+
+
+async def test_after_a_crm_merge_the_registry_refs_follow_the_survivor(ecm):
+    async def ref_of(name, **ids):
+        ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
+        envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it",
+                                correlation_id="c",
+                                payload=ecm_commands.SyncCounterpartyV1(external_ref=ref, name=name, **ids))
+        await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+        return ref
+
+    async def owner(ref):
+        async with ecm.uow() as uow:
+            return await uow.external_refs.find("counterparty", ref)
+
+    merged = await ref_of("ООО «Вектор»")
+    record = await owner(merged)
+    survivor = ExternalRef(system="crm", id=str(uuid.uuid4()))  # never synced
+    await _merge_refs(ecm, merged, survivor)
+    assert await owner(survivor) == record and await owner(merged) is None
+    async with ecm.session_factory() as session:
+        synced = (await session.execute(select(tables.outbox.c.body).where(
+            tables.outbox.c.message_type == "ecm.counterparty_synced"))).scalars().all()
+    assert any(survivor.id in body for body in synced)  # the CRM survivor learns its link
+
+    one, two = await ref_of("ООО «Альфа»"), await ref_of("ООО «Бета»")
+    first, second = await owner(one), await owner(two)
+    await _merge_refs(ecm, one, two)  # different records: both kept, recorded for the steward
+    assert (await owner(one), await owner(two)) == (first, second)
+    async with ecm.uow() as uow:
+        assert any(h["action"] == "external_refs_merged" and h["data"]["outcome"] == "conflict"
+                   for h in await uow.history.of("counterparty", first))

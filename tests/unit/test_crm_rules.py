@@ -85,3 +85,19 @@ def test_ownership_moves_within_the_team_unless_an_admin_moves_it():
     with pytest.raises(NotAllowed, match="sales user"):
         check_may_transfer(MARIA, owner_id="anna", owner_team="north", new_owner_team="north",
                            new_owner_role="auditor")
+
+
+def test_a_verified_link_fills_empty_identifiers_and_leaves_differences_visible():
+    from datetime import datetime, timezone
+
+    from crm_service.domain.model import Organization
+
+    org = Organization(id="o", name="Сбер", created_by="u", created_at=datetime.now(timezone.utc), inn="7707083893",
+                       kpp="770001001")
+    ids = {"inn": "7707083893", "kpp": "773601001", "ogrn": "1027700132195"}
+    org.apply_registry_link(registry_id="r", status="pending_verification", name="ПАО Сбербанк", seq=1, ids=ids)
+    assert org.ogrn is None and org.registry_differences() == []  # only a verified record fills or differs
+    assert org.apply_registry_link(registry_id="r", status="linked", name="ПАО Сбербанк", seq=2, ids=ids)
+    assert org.ogrn == "1027700132195" and org.kpp == "770001001"  # filled; never overwritten
+    assert org.registry_differences() == [{"field": "kpp", "crm": "770001001", "registry": "773601001"}]
+    assert not org.apply_registry_link(registry_id="r", status="linked", name="x", seq=1, ids=ids)  # older: ignored

@@ -92,3 +92,17 @@ def test_counterparty_sync_result_reaches_crm_only_for_crm_records():
     assert out[0].envelope.payload["link_status"] == "linked" and out[0].key == "o"
     foreign = linked.model_copy(update={"source_ref": ExternalRef(system="erp", id="o")})
     assert counterparty_synced_to_crm(_ecm_envelope(ecm_events.COUNTERPARTY_SYNCED, foreign), foreign) == []
+
+
+def test_a_crm_merge_becomes_one_ecm_command_keyed_by_the_survivor():
+    from sync_bridge.translation import organizations_merged_to_ecm
+
+    event = crm_events.OrganizationsMergedV1(merged_id="loser", survivor_id="keeper", merged_by="u",
+                                             merged_at=datetime(2026, 11, 22, tzinfo=timezone.utc))
+    source = new_envelope(type=crm_events.ORGANIZATIONS_MERGED, schema_version=1, source="crm", payload=event,
+                          correlation_id="c")
+    (out,) = organizations_merged_to_ecm(source, event)
+    command = parse_message(encode(out.envelope)).payload
+    assert out.key == "keeper" and out.envelope.type == ecm_commands.MERGE_EXTERNAL_REFS
+    assert (command.merged_ref.as_text(), command.survivor_ref.as_text()) == ("crm:loser", "crm:keeper")
+    assert organizations_merged_to_ecm(source, event)[0].envelope.event_id == out.envelope.event_id  # replay-safe
