@@ -198,7 +198,8 @@ def test_the_steward_verifies_and_merges_and_the_crm_follows(api):
                      ["registry"] and o["registry"]["status"] == "linked" and o,
                      timeout=60, message="CRM sees the verification")
     assert org["registry"]["id"] == record["id"]
-    assert org["inn"] is None  # the CRM's own fields are never overwritten (filling them is reconciliation's job)
+    # The CRM's empty identifiers were filled from the verified record; nothing was asked.
+    assert (org["inn"], org["kpp"], org["ogrn"]) == ("7736050003", "773601001", "1027700070518")
 
     second = request_approval(api, create_deal_with_document(api, name="Газ Сервис (typed again)"))
     duplicate = pending_record(second)
