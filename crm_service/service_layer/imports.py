@@ -96,8 +96,13 @@ ORG_COLUMNS = ("name", "inn", "kpp", "ogrn", "legal_form", "website", "region", 
                "org_group", "lead_source", "notes")
 
 
+# Column sizes of `organizations`: longer cells are cut, never a reason to fail the import.
+LIMITS = {"name": 500, "inn": 20, "kpp": 20, "ogrn": 20, "legal_form": 100, "website": 300, "region": 200,
+          "category": 200, "activity_type": 200, "org_group": 200, "lead_source": 200}
+
+
 def org_values(values: dict) -> dict:
-    out = {k: values.get(k) for k in ORG_COLUMNS}
+    out = {k: (values[k][:LIMITS[k]] if k in LIMITS and values.get(k) else values.get(k)) for k in ORG_COLUMNS}
     out["phones"] = [values["phone"]] if values.get("phone") else []
     out["emails"] = [values["email"]] if values.get("email") else []
     out["addresses"] = [{"kind": "legal", "text": values["address"]}] if values.get("address") else []
@@ -167,7 +172,8 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
         status = "applied" if apply else "dry_run"
         await _progress(session_factory, import_id, done, counts, status=status, total=done)
     except Exception as exc:
-        log.error("import_failed", import_id=import_id, error=str(exc))
+        # The class only: a driver's message may quote cell values (personal data).
+        log.error("import_failed", import_id=import_id, error=type(exc).__name__)
         await _progress(session_factory, import_id, done, counts, status="failed", error=str(exc)[:1000])
         raise
     finally:

@@ -213,7 +213,8 @@ async def test_spreadsheet_import_dry_run_apply_report_and_idempotent_reimport(c
             ["", "7736050003", "", "", "", ""],  # no name: an error row, the import goes on
             ["Альфа (повтор)", "7707083893", "773601001", "", "", ""],  # same key as the row above
             ["=HYPERLINK(\"x\")", "", "", "", "", ""],  # a formula is not a name
-            ["Гамма", "12345", "", "", "Тверь", ""]]
+            ["Гамма", "12345", "", "", "Тверь", ""],
+            ["Дельта " + "очень длинное название " * 40, "", "", "", "", ""]]  # longer than the column
     out = io.StringIO()
     csv.writer(out, delimiter=";").writerows(rows)
     data = out.getvalue().encode("cp1251")
@@ -226,7 +227,7 @@ async def test_spreadsheet_import_dry_run_apply_report_and_idempotent_reimport(c
     assert bad.status_code == 422
     await client.post(f"/api/imports/{job['id']}/dry-run", headers=anna)
     dry = await _wait_import(client, anna, job["id"], "dry_run")
-    assert dry["counts"] == {"create": 2, "update": 0, "unchanged": 0, "possible_duplicate": 1,
+    assert dry["counts"] == {"create": 3, "update": 0, "unchanged": 0, "possible_duplicate": 1,
                              "duplicate_in_file": 1, "error": 2}
     async with container.session_factory() as session:
         assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 1  # nothing written
@@ -237,10 +238,10 @@ async def test_spreadsheet_import_dry_run_apply_report_and_idempotent_reimport(c
     lines = list(csv.DictReader(io.StringIO(report)))
     assert [(r["row"], r["outcome"]) for r in lines] == [
         ("2", "possible_duplicate"), ("3", "create"), ("4", "error"), ("5", "duplicate_in_file"), ("6", "error"),
-        ("7", "create")]
+        ("7", "create"), ("8", "create")]
     assert "INN" in lines[5]["hints"]
     async with container.session_factory() as session:
-        assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 4
+        assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 5
         assert await session.scalar(select(func.count()).select_from(tables.contacts)) == 1
 
     # The same file again: found by its keys, nothing duplicated.
@@ -249,9 +250,9 @@ async def test_spreadsheet_import_dry_run_apply_report_and_idempotent_reimport(c
     await _wait_import(client, anna, again["id"], "dry_run")
     await client.post(f"/api/imports/{again['id']}/apply", headers=anna)
     second = await _wait_import(client, anna, again["id"], "applied")
-    assert second["counts"]["unchanged"] == 3 and second["counts"]["create"] == 0
+    assert second["counts"]["unchanged"] == 4 and second["counts"]["create"] == 0
     async with container.session_factory() as session:
-        assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 4
+        assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 5
 
     # XLSX with English headers, numbers where ids are.
     book = Workbook()
