@@ -213,6 +213,19 @@ async def convert_lead(lead_id: str, body: ConvertIn, request: Request, user: Us
                                          lead_id=lead_id, **body.model_dump()))
 
 
+class DisqualifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/leads/{lead_id}/disqualify", summary="Close a lead without converting it")
+async def disqualify_lead(lead_id: str, body: DisqualifyIn, request: Request,
+                          user: User = Depends(require_roles(*SALES))):
+    return (await _run(sales.disqualify_lead(_container(request).uow(), actor=await _actor(request, user),
+                                             lead_id=lead_id, reason=body.reason))).__dict__
+
+
 # --- deals -----------------------------------------------------------------------------------
 
 

@@ -235,6 +235,22 @@ async def convert_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, create
             "deal_id": lead.deal_id}
 
 
+async def disqualify_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, reason: str) -> Lead:
+    async with uow:
+        lead = await uow.leads.get(lead_id, for_update=True)
+        if lead is None:
+            raise NotFound(f"lead {lead_id} not found")
+        if lead.status != "open":
+            raise InvalidRequest(f"the lead is already {lead.status}")
+        await _owned(uow, actor, lead.owner_id, "lead")
+        lead.status = "disqualified"
+        lead.notes = f"{lead.notes}\n" if lead.notes else ""
+        lead.notes += f"Disqualified: {reason}"
+        await uow.leads.save(lead)
+        await uow.commit()
+    return lead
+
+
 # --- deals on the funnel -------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ MATRIX = [
     ("POST", "/api/leads", {}, EVERY_SALES),
     ("GET", "/api/leads", None, READERS),
     ("POST", "/api/leads/{missing}/convert", {"bogus": 1}, EVERY_SALES),
+    ("POST", "/api/leads/{missing}/disqualify", {}, EVERY_SALES),
     ("GET", "/api/funnel", None, READERS),
     ("POST", "/api/deals", {}, EVERY_SALES),
     ("GET", "/api/deals/board", None, READERS),

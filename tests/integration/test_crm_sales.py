@@ -116,6 +116,12 @@ async def test_lead_conversion_links_an_existing_organization_and_never_asks(crm
     assert result["contact_id"] and result["deal_id"]
     again = await client.post(f"/api/leads/{lead['id']}/convert", headers=anna, json={})
     assert again.status_code == 422
+    spam = (await client.post("/api/leads", headers=anna, json={"title": "Реклама"})).json()
+    url = f"/api/leads/{spam['id']}/disqualify"
+    assert (await client.post(url, headers=users["boris"]["headers"], json={"reason": "спам"})).status_code == 403
+    closed = await client.post(url, headers=anna, json={"reason": "спам"})
+    assert closed.status_code == 200 and closed.json()["status"] == "disqualified"
+    assert (await client.post(f"/api/leads/{spam['id']}/convert", headers=anna, json={})).status_code == 422
     bare = (await client.post("/api/leads", headers=anna, json={"title": "Звонок с выставки"})).json()
     only_deal = (await client.post(f"/api/leads/{bare['id']}/convert", headers=anna, json={})).json()
     assert only_deal["organization_id"] and only_deal["deal_id"] and only_deal["contact_id"] is None
