@@ -10,9 +10,14 @@ Examples:
   bridgectl pause crm-to-ecm --reason "ECM maintenance"
   bridgectl resume crm-to-ecm
   bridgectl outbox replay --service crm --since 2026-11-22T10:00:00Z
+  bridgectl reconcile                            initial sync, dry run: every CRM organization vs the registry
+  bridgectl reconcile --apply                    ... writing links and pending records
+  bridgectl reconcile --resume RUN_ID            continue a run after its last handled organization
 
 Connection settings come from the environment: KAFKA_BOOTSTRAP_SERVERS,
-CRM_DATABASE_URL, ECM_DATABASE_URL (defaults: the ones `make run` uses).
+CRM_DATABASE_URL, ECM_DATABASE_URL (defaults: the ones `make run` uses); for reconcile
+CRM_URL, ECM_URL and the bridge's tokens BRIDGE_CRM_TOKEN, BRIDGE_ECM_TOKEN (locally,
+the integration accounts in var/demo-users.json).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from infra.topic_inspection import committed_offsets, end_offsets, read_records
 from schemas.topics import BRIDGE_CONTROL, CRM_COMMANDS, CRM_EVENTS, DEAD_LETTER_TOPICS, ECM_COMMANDS, ECM_EVENTS
 from sync_bridge import dead_letters
 from sync_bridge.control import DIRECTIONS, control_record, fold
+from sync_bridge.reconcile import reconcile
 
 CONSUMER_GROUPS = {
     CRM_EVENTS: "sync-bridge", ECM_EVENTS: "sync-bridge", ECM_COMMANDS: "ecm-service", CRM_COMMANDS: "crm-service",
@@ -44,6 +50,20 @@ class CtlSettings(BaseSettings):
     crm_database_url: str = Field("sqlite+aiosqlite:///var/crm.db", validation_alias="CRM_DATABASE_URL")
     ecm_database_url: str = Field("sqlite+aiosqlite:///var/ecm.db", validation_alias="ECM_DATABASE_URL")
     bridge_group: str = Field("sync-bridge", validation_alias="BRIDGE_APP_ID")
+    crm_url: str = Field("http://127.0.0.1:8001", validation_alias="CRM_URL")
+    ecm_url: str = Field("http://127.0.0.1:8002", validation_alias="ECM_URL")
+    crm_token: str | None = Field(None, validation_alias="BRIDGE_CRM_TOKEN")
+    ecm_token: str | None = Field(None, validation_alias="BRIDGE_ECM_TOKEN")
+    demo_users_file: str = Field("var/demo-users.json", validation_alias="DEMO_USERS_FILE")
+
+    def tokens(self) -> tuple[str, str]:
+        if self.crm_token and self.ecm_token:
+            return self.crm_token, self.ecm_token
+        try:
+            users = {u["name"]: u["token"] for u in json.load(open(self.demo_users_file))}
+            return users["crm-integration"], users["ecm-integration"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise SystemExit("set BRIDGE_CRM_TOKEN and BRIDGE_ECM_TOKEN (the bridge's integration tokens)") from exc
 
 
 async def status(s: CtlSettings) -> dict:
@@ -139,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "pause":
             p.add_argument("--reason", help="shown in `status`")
 
+    rec = sub.add_parser("reconcile", help="initial sync: every CRM organization against the registry")
+    rec.add_argument("--apply", action="store_true", help="write links and pending records (default: dry run)")
+    rec.add_argument("--resume", metavar="RUN_ID", help="continue this run after its last handled organization")
+    rec.add_argument("--batch", type=int, default=500, help="organizations per batch (default 500)")
     outbox = sub.add_parser("outbox", help="outbox operations").add_subparsers(dest="outbox", required=True)
     rp = outbox.add_parser("replay", help="republish already-sent rows (consumers are idempotent)")
     rp.add_argument("--service", choices=("crm", "ecm"), required=True)
@@ -186,6 +210,10 @@ async def run(args, s: CtlSettings) -> int:
     elif args.command in ("pause", "resume"):
         await set_pause(s, args.direction, args.command == "pause", getattr(args, "reason", None))
         print(f"{args.direction}: {'paused' if args.command == 'pause' else 'resumed'}")
+    elif args.command == "reconcile":
+        crm_token, ecm_token = s.tokens()
+        await reconcile(crm_url=s.crm_url, ecm_url=s.ecm_url, crm_token=crm_token, ecm_token=ecm_token,
+                        apply=args.apply, resume_run=args.resume, batch=max(1, min(args.batch, 1000)))
     elif args.command == "outbox":
         url = s.crm_database_url if args.service == "crm" else s.ecm_database_url
         count = await mark_for_republish(url, args.since, args.until)

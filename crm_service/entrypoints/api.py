@@ -64,6 +64,7 @@ class OrganizationOut(BaseModel):
     notes: str | None = None
     owner_id: str | None
     created_at: datetime
+    updated_at: datetime | None = None
     merged_into: str | None = None
     registry: dict | None
     # "verified in the registry as ООО «Ромашка»": the registry's word, never a question.

@@ -63,12 +63,14 @@ async def _run(coro):
 async def list_organizations(request: Request, q: str | None = Query(None, max_length=200),
                              owner: Literal["me", "any"] = "any", region: str | None = None,
                              category: str | None = None, link_status: str | None = None,
-                             limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
-                             user: User = Depends(require_roles(*READERS))):
+                             limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                             after_id: str | None = Query(None, max_length=36,
+                                                          description="id order, after this id (keyset paging)"),
+                             user: User = Depends(require_roles(*READERS, "integration"))):
     async with _container(request).uow() as uow:
         found, total = await sales.search_organizations(
             uow, q=q, owner_id=user.id if owner == "me" else None, region=region, category=category,
-            link_status=link_status, limit=limit, offset=offset)
+            link_status=link_status, limit=limit, offset=offset, after_id=after_id)
     return {"total": total, "items": [_org_out(o) for o in found]}
 
 

@@ -66,7 +66,10 @@ async def update_organization(uow: CrmUnitOfWork, *, actor: Actor, organization_
 
 async def search_organizations(uow: CrmUnitOfWork, *, q: str | None = None, owner_id: str | None = None,
                                region: str | None = None, category: str | None = None,
-                               link_status: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list, int]:
+                               link_status: str | None = None, limit: int = 50, offset: int = 0,
+                               after_id: str | None = None) -> tuple[list, int]:
+    """By name, or — with `after_id` — in id order after that id (keyset paging that a
+    long-running reader can resume from)."""
     t = tables.organizations
     where = [t.c.merged_into.is_(None)]
     text = (q or "").strip()
@@ -87,7 +90,12 @@ async def search_organizations(uow: CrmUnitOfWork, *, q: str | None = None, owne
     elif link_status:
         where.append(t.c.registry_status == link_status)
     total = await uow.session.scalar(select(func.count()).select_from(t).where(*where))
-    rows = await uow.session.execute(select(t).where(*where).order_by(t.c.name).limit(limit).offset(offset))
+    if after_id is not None:
+        where.append(t.c.id > after_id)
+        query = select(t).where(*where).order_by(t.c.id).limit(limit)
+    else:
+        query = select(t).where(*where).order_by(t.c.name).limit(limit).offset(offset)
+    rows = await uow.session.execute(query)
     return [Organization(**r) for r in rows.mappings()], total
 
 

@@ -288,3 +288,46 @@ bulk_loads = Table(
     Column("report_path", String(500)),
     Column("error", Text),
 )
+
+# Initial sync / reconciliation of another system's organizations against the registry.
+reconciliation_runs = Table(
+    "reconciliation_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("system", String(32), nullable=False),
+    Column("mode", String(16), nullable=False),  # dry_run | apply
+    Column("status", String(16), nullable=False),  # running | done
+    Column("started_by", String(36), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime()),
+    Column("done", Integer, nullable=False, server_default="0"),
+    # The last organization id handled: a resumed run continues after it.
+    Column("cursor", String(64)),
+    Column("counts", JSON, nullable=False, server_default="{}"),
+)
+
+reconciliation_results = Table(
+    "reconciliation_results",
+    metadata,
+    Column("run_id", String(36), ForeignKey("reconciliation_runs.id"), primary_key=True),
+    Column("external_id", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("counterparty_id", String(36)),
+    Column("score", Float),
+    Column("evidence", JSON, nullable=False),
+    # What the other system said about the organization at the time (name and ids only).
+    Column("snapshot", JSON, nullable=False),
+    Index("ix_reconciliation_results_state", "run_id", "state"),
+)
+
+# Stored copies of the auditors' report; the sha256 proves later what it said.
+report_snapshots = Table(
+    "report_snapshots",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("run_id", String(36), ForeignKey("reconciliation_runs.id"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("created_by", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)

@@ -14,8 +14,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from ecm_service.adapters import tables
 from ecm_service.domain.counterparty import StewardRuleBroken
 from ecm_service.entrypoints.approvals_api import (
     DECIDERS,
@@ -224,3 +226,46 @@ async def delay_report_csv(request: Request, user: User = Depends(page_user)):
     writer.writerows(await delay_report_rows(request.app.state.container))
     return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="delay-reasons.csv"'})
+
+
+# --- the auditors' reconciliation report --------------------------------------------------------
+
+
+@router.get("/reconciliation", response_class=HTMLResponse)
+async def reconciliation_page(request: Request, state: str = "", run: str = "", user: User = Depends(page_user)):
+    from ecm_service.service_layer import reconciliation as rec
+
+    if user.role not in ("auditor", "admin", "steward"):
+        raise HTTPException(403, "the reconciliation report is for auditors, admins and the steward")
+    async with request.app.state.container.uow() as uow:
+        current = await rec.get_run(uow, run) if run else await rec.latest_run(uow)
+        rows = await rec.report_rows(uow, current["id"], state=state or None, limit=500) if current else []
+        counts = await rec.state_counts(uow, current["id"]) if current else {}
+        snapshots = []
+        if current:
+            t = tables.report_snapshots
+            snapshots = [dict(r) for r in (await uow.session.execute(
+                select(t).where(t.c.run_id == current["id"]).order_by(t.c.created_at.desc()))).mappings()]
+    return render(request, "reconciliation.html", user, run=current, rows=rows, counts=counts, state=state,
+                  snapshots=snapshots)
+
+
+@router.get("/reconciliation/export.{kind}")
+async def reconciliation_export(kind: str, request: Request, state: str = "", run: str = "",
+                                user: User = Depends(page_user)):
+    from fastapi.responses import Response
+
+    from ecm_service.service_layer import reconciliation as rec
+
+    if user.role not in ("auditor", "admin", "steward") or kind not in ("csv", "xlsx"):
+        raise HTTPException(403 if kind in ("csv", "xlsx") else 404, "not available")
+    async with request.app.state.container.uow() as uow:
+        current = await rec.get_run(uow, run) if run else await rec.latest_run(uow)
+        if current is None:
+            raise HTTPException(404, "no reconciliation run yet")
+        rows = await rec.report_rows(uow, current["id"], state=state or None)
+    body = rec.report_csv(rows) if kind == "csv" else rec.report_xlsx(rows)
+    media = "text/csv; charset=utf-8" if kind == "csv" else \
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    return Response(body, media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="reconciliation.{kind}"'})

@@ -25,7 +25,7 @@ OWNERS = {"sales-a", "manager", "admin"}
 
 MATRIX = [
     ("POST", "/api/organizations", {}, EVERY_SALES),
-    ("GET", "/api/organizations", None, READERS),
+    ("GET", "/api/organizations", None, READERS | {"integration"}),  # the reconciliation reads them
     ("GET", "/api/organizations/{org}", None, READERS),
     ("PATCH", "/api/organizations/{org}", {"notes": "seen"}, OWNERS),
     ("GET", "/api/organizations/{org}/duplicates", None, READERS),

@@ -44,6 +44,15 @@ MATRIX = [
     ("PATCH", "/api/counterparties/{cp}", {}, {"steward"}),
     ("GET", "/api/history/verify", None, {"auditor", "admin"}),
     ("GET", "/api/counterparties/{cp}/match", None, READERS),
+    ("POST", "/api/reconciliation/runs", {"mode": "bogus"}, {"admin", "integration"}),
+    ("GET", "/api/reconciliation/runs", None, {"admin", "integration", "auditor", "steward"}),
+    ("GET", "/api/reconciliation/runs/{missing}", None, {"admin", "integration", "auditor", "steward"}),
+    ("POST", "/api/reconciliation/runs/{missing}/batches", {}, {"admin", "integration"}),
+    ("POST", "/api/reconciliation/runs/{missing}/finish", None, {"admin", "integration"}),
+    ("GET", "/api/reconciliation/report", None, {"auditor", "admin", "steward"}),
+    ("POST", "/api/reconciliation/report/snapshots", None, {"auditor", "admin"}),
+    ("GET", "/api/reconciliation/report/snapshots", None, {"auditor", "admin", "steward"}),
+    ("GET", "/api/reconciliation/report/snapshots/{missing}", None, {"auditor", "admin", "steward"}),
     ("GET", "/api/reports/matching-quality", None, {"steward", "auditor", "admin"}),
     ("POST", "/api/counterparties/bulk-loads", {}, {"steward", "admin"}),
     ("GET", "/api/counterparties/bulk-loads/{missing}", None, {"steward", "admin", "auditor"}),
@@ -116,7 +125,8 @@ async def _an_approval_in_progress(container) -> dict:
 
 
 RENAMES = {"{counterparty_id}": "{cp}", "{document_id}": "{doc}", "{approval_id}": "{approval}",
-           "{load_id}": "{missing}", "{deputy_id}": "{missing}"}
+           "{load_id}": "{missing}", "{deputy_id}": "{missing}", "{run_id}": "{missing}",
+           "{snapshot_id}": "{missing}"}
 
 
 async def test_every_endpoint_answers_only_the_roles_the_matrix_allows(app_client):

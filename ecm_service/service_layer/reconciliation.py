@@ -1,0 +1,224 @@
+"""Initial sync and the auditors' report: another system's organizations (the CRM's),
+sent in batches by a driver, are reconciled against the registry — in a dry run by
+default (nothing written to the registry), or writing links and pending records. Each
+organization ends in one state, with its evidence:
+
+- `linked` — its reference is attached to a verified counterparty (or would be: link);
+- `proposed` — it looks like existing records (a pending record with candidates);
+- `unlinked` — nothing in the registry yet (or a pending record of its own);
+- `conflict` — linked, but an identifier the registry owns differs (INN, KPP, OGRN);
+- `duplicate` — several organizations linked to one counterparty;
+- `stale` — changed in the other system after it was last synced.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import func, select, update
+
+from ecm_service.adapters import tables
+from ecm_service.domain.counterparty import PENDING, VERIFIED, Counterparty
+from ecm_service.domain.identifiers import compact
+from ecm_service.service_layer.registry import COUNTERPARTY, match_or_propose
+from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+from schemas.common import ExternalRef
+
+STATES = ("linked", "proposed", "unlinked", "conflict", "duplicate", "stale")
+REPORT_COLUMNS = ["crm_organization_id", "state", "counterparty_id", "score", "evidence", "name", "inn", "kpp",
+                  "ogrn", "run_id"]
+
+
+class RunClosed(Exception):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+async def start_run(uow: EcmUnitOfWork, *, system: str, mode: str, user_id: str) -> dict:
+    run = dict(id=str(uuid.uuid4()), system=system, mode=mode, status="running", started_by=user_id,
+               started_at=_now(), done=0, counts={})
+    async with uow:
+        await uow.session.execute(tables.reconciliation_runs.insert().values(**run))
+        await uow.history.append(entity_type="reconciliation", entity_id=run["id"], action="started",
+                                 actor=f"user:{user_id}", data={"system": system, "mode": mode})
+        await uow.commit()
+    return run
+
+
+async def get_run(uow: EcmUnitOfWork, run_id: str) -> dict | None:
+    t = tables.reconciliation_runs
+    row = (await uow.session.execute(select(t).where(t.c.id == run_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def latest_run(uow: EcmUnitOfWork) -> dict | None:
+    t = tables.reconciliation_runs
+    row = (await uow.session.execute(select(t).order_by(t.c.started_at.desc()).limit(1))).mappings().first()
+    return dict(row) if row else None
+
+
+def _differences(org: dict, record: Counterparty) -> list[str]:
+    return [key for key in ("inn", "kpp", "ogrn") if org.get(key) and getattr(record, key)
+            and compact(org[key]) != getattr(record, key)]
+
+
+async def _reconcile_one(uow: EcmUnitOfWork, run: dict, org: dict) -> dict:
+    ref = ExternalRef(system=run["system"], id=org["id"])
+    apply = run["mode"] == "apply"
+    ids = {k: compact(org.get(k)) for k in ("inn", "kpp", "ogrn")}
+    snapshot = {"name": org["name"], **ids, "updated_at": org.get("updated_at")}
+    linked_id = await uow.external_refs.find(COUNTERPARTY, ref)
+    if linked_id:
+        record = await uow.counterparties.get(linked_id)
+        t = tables.external_refs
+        linked_at = (await uow.session.execute(select(t.c.created_at).where(
+            t.c.entity_type == COUNTERPARTY, t.c.system == ref.system, t.c.external_id == ref.id))).scalar()
+        differ = _differences(org, record) if record.status == VERIFIED else []
+        decisions = await uow.counterparties.match_decisions_of([record.id])
+        mine = [d for d in decisions if d["source_ref"] == ref.as_text()]
+        if differ:
+            state = "conflict"
+        elif org.get("updated_at") and linked_at and datetime.fromisoformat(org["updated_at"]) > linked_at:
+            state = "stale"
+        elif record.status == VERIFIED:
+            state = "linked"
+        elif mine and mine[0]["outcome"] == "propose":
+            state = "proposed"
+        else:
+            state = "unlinked"
+        candidates = mine[0]["candidates"] if mine and state == "proposed" else []
+        return {"state": state, "counterparty_id": candidates[0]["counterparty_id"] if candidates else record.id,
+                "score": candidates[0]["score"] if candidates else None, "snapshot": snapshot,
+                "evidence": {"registry_status": record.status, "differ": differ, "candidates": candidates,
+                             "linked_at": linked_at.isoformat() if linked_at else None}}
+    decision = await match_or_propose(uow, name=org["name"], **ids)
+    top = decision.candidates[0] if decision.candidates else None
+    state = {"link": "linked", "propose": "proposed", "new": "unlinked"}[decision.outcome]
+    counterparty_id = decision.linked_id or (top["counterparty_id"] if top else None)
+    if state == "linked":
+        differ = _differences(org, await uow.counterparties.get(decision.linked_id))
+        state = "conflict" if differ else state
+    if apply:
+        now = _now()
+        if decision.outcome == "link":
+            await uow.external_refs.attach(COUNTERPARTY, decision.linked_id, ref)
+            target = decision.linked_id
+        else:
+            record = Counterparty(id=str(uuid.uuid4()), name=org["name"], status=PENDING, created_at=now,
+                                  updated_at=now, country="RU", **ids)
+            record.refresh_derived()
+            await uow.counterparties.add(record)
+            await uow.external_refs.attach(COUNTERPARTY, record.id, ref)
+            target = record.id
+        await uow.counterparties.add_match_decision(
+            id=str(uuid.uuid4()), counterparty_id=target, source_ref=ref.as_text(), outcome=decision.outcome,
+            rule=decision.rule, candidates=decision.candidates, created_at=now)
+        await uow.history.append(entity_type=COUNTERPARTY, entity_id=target, action=f"reconciled_{decision.outcome}",
+                                 actor=f"reconciliation:{run['id']}", data={"source_ref": ref.as_text()})
+    return {"state": state, "counterparty_id": counterparty_id, "score": top["score"] if top else None,
+            "snapshot": snapshot, "evidence": {"decision": decision.outcome, "rule": decision.rule,
+                                               "candidates": decision.candidates}}
+
+
+async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[dict]) -> dict:
+    """One batch, one transaction. Organizations already handled by this run are skipped,
+    so a driver that resends a batch after a crash changes nothing."""
+    async with uow:
+        run = await get_run(uow, run_id)
+        if run is None:
+            raise LookupError(f"reconciliation run {run_id} not found")
+        if run["status"] != "running":
+            raise RunClosed(f"reconciliation run {run_id} is {run['status']}")
+        r = tables.reconciliation_results
+        seen = set((await uow.session.execute(select(r.c.external_id).where(
+            r.c.run_id == run_id, r.c.external_id.in_([o["id"] for o in organizations])))).scalars())
+        counts = dict(run["counts"])
+        results = []
+        for org in organizations:
+            if org["id"] in seen:
+                continue
+            result = await _reconcile_one(uow, run, org)
+            await uow.session.execute(r.insert().values(run_id=run_id, external_id=org["id"], **result))
+            counts[result["state"]] = counts.get(result["state"], 0) + 1
+            results.append({"id": org["id"], "state": result["state"], "counterparty_id": result["counterparty_id"]})
+        cursor = max([o["id"] for o in organizations] + ([run["cursor"]] if run["cursor"] else []))
+        await uow.session.execute(update(tables.reconciliation_runs).where(tables.reconciliation_runs.c.id == run_id)
+                                  .values(done=run["done"] + len(results), counts=counts, cursor=cursor))
+        await uow.commit()
+    return {"handled": len(results), "skipped": len(organizations) - len(results), "cursor": cursor,
+            "results": results}
+
+
+async def finish_run(uow: EcmUnitOfWork, run_id: str, user_id: str) -> dict:
+    """Marks duplicates (several organizations linked to one counterparty) and closes the run."""
+    async with uow:
+        run = await get_run(uow, run_id)
+        if run is None:
+            raise LookupError(f"reconciliation run {run_id} not found")
+        r = tables.reconciliation_results
+        shared = select(r.c.counterparty_id).where(r.c.run_id == run_id, r.c.state.in_(("linked", "duplicate"))) \
+            .group_by(r.c.counterparty_id).having(func.count() > 1)
+        await uow.session.execute(update(r).where(r.c.run_id == run_id, r.c.state == "linked",
+                                                  r.c.counterparty_id.in_(shared)).values(state="duplicate"))
+        counts = dict((await uow.session.execute(select(r.c.state, func.count()).where(r.c.run_id == run_id)
+                                                 .group_by(r.c.state))).all())
+        await uow.session.execute(update(tables.reconciliation_runs).where(tables.reconciliation_runs.c.id == run_id)
+                                  .values(status="done", finished_at=_now(), counts=counts))
+        await uow.history.append(entity_type="reconciliation", entity_id=run_id, action="finished",
+                                 actor=f"user:{user_id}", data={"counts": counts})
+        await uow.commit()
+        return await get_run(uow, run_id)
+
+
+async def report_rows(uow: EcmUnitOfWork, run_id: str, *, state: str | None = None, limit: int | None = None,
+                      offset: int = 0) -> list[dict]:
+    r = tables.reconciliation_results
+    query = select(r).where(r.c.run_id == run_id).order_by(r.c.external_id).offset(offset)
+    if state:
+        query = query.where(r.c.state == state)
+    if limit:
+        query = query.limit(limit)
+    return [dict(row) for row in (await uow.session.execute(query)).mappings()]
+
+
+def csv_row(row: dict) -> list:
+    import json
+
+    snap = row["snapshot"]
+    return [row["external_id"], row["state"], row["counterparty_id"] or "", "" if row["score"] is None
+            else row["score"], json.dumps(row["evidence"], ensure_ascii=False, sort_keys=True), snap.get("name"),
+            snap.get("inn") or "", snap.get("kpp") or "", snap.get("ogrn") or "", row["run_id"]]
+
+
+def report_csv(rows: list[dict]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
+    writer.writerows(csv_row(r) for r in rows)
+    return out.getvalue().encode("utf-8")
+
+
+def report_xlsx(rows: list[dict]) -> bytes:
+    from openpyxl import Workbook
+
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet("reconciliation")
+    sheet.append(REPORT_COLUMNS)
+    for row in rows:
+        sheet.append(csv_row(row))
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+async def state_counts(uow: EcmUnitOfWork, run_id: str) -> dict[str, int]:
+    r = tables.reconciliation_results
+    counts = dict((await uow.session.execute(select(r.c.state, func.count()).where(r.c.run_id == run_id)
+                                             .group_by(r.c.state))).all())
+    return {state: counts.get(state, 0) for state in STATES}
