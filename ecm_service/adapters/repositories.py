@@ -122,19 +122,22 @@ class CounterpartyRepository(TableRepository):
 
     async def match_candidates(self, *, inn: str | None, ogrn: str | None, key: str | None,
                                limit: int = 200) -> list[Counterparty]:
-        """Blocking: records sharing the INN, the OGRN or the match key (all indexed);
-        merged, rejected and archived records are never candidates."""
+        """Blocking: every record sharing the INN or the OGRN, then records sharing the
+        match key up to `limit` (all indexed). Merged, rejected and archived records are
+        never candidates."""
         t = self.table
-        keys = [t.c.inn == inn] if inn else []
+        live = t.c.status.in_((VERIFIED, "pending_verification"))
+        found: dict[str, Counterparty] = {}
+        ids = [t.c.inn == inn] if inn else []
         if ogrn:
-            keys.append(t.c.ogrn == ogrn)
+            ids.append(t.c.ogrn == ogrn)
+        if ids:
+            for r in (await self.session.execute(select(t).where(or_(*ids), live).limit(limit))).mappings():
+                found[r["id"]] = Counterparty(**r)
         if key:
-            keys.append(t.c.match_key == key)
-        if not keys:
-            return []
-        rows = await self.session.execute(
-            select(t).where(or_(*keys), t.c.status.in_((VERIFIED, "pending_verification"))).limit(limit))
-        return [Counterparty(**r) for r in rows.mappings()]
+            for r in (await self.session.execute(select(t).where(t.c.match_key == key, live).limit(limit))).mappings():
+                found.setdefault(r["id"], Counterparty(**r))
+        return list(found.values())
 
     async def add_match_decision(self, **values) -> None:
         await self.session.execute(insert(tables.match_decisions).values(**values))
