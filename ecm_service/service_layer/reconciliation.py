@@ -23,9 +23,12 @@ from sqlalchemy import func, select, update
 from ecm_service.adapters import tables
 from ecm_service.domain.counterparty import PENDING, VERIFIED, Counterparty
 from ecm_service.domain.identifiers import compact
-from ecm_service.service_layer.registry import COUNTERPARTY, match_or_propose
+from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE, match_or_propose
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+from schemas import ecm_events
 from schemas.common import ExternalRef
+from schemas.envelope import new_envelope
+from schemas.topics import ECM_EVENTS
 
 STATES = ("linked", "proposed", "unlinked", "conflict", "duplicate", "stale")
 REPORT_COLUMNS = ["crm_organization_id", "state", "counterparty_id", "score", "evidence", "name", "inn", "kpp",
@@ -119,8 +122,18 @@ async def _reconcile_one(uow: EcmUnitOfWork, run: dict, org: dict) -> dict:
         await uow.counterparties.add_match_decision(
             id=str(uuid.uuid4()), counterparty_id=target, source_ref=ref.as_text(), outcome=decision.outcome,
             rule=decision.rule, candidates=decision.candidates, created_at=now)
-        await uow.history.append(entity_type=COUNTERPARTY, entity_id=target, action=f"reconciled_{decision.outcome}",
-                                 actor=f"reconciliation:{run['id']}", data={"source_ref": ref.as_text()})
+        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=target,
+                                       action=f"reconciled_{decision.outcome}", actor=f"reconciliation:{run['id']}",
+                                       data={"source_ref": ref.as_text()})
+        # The other system learns the link (or the pending record) as after a soft sync.
+        record = await uow.counterparties.get(target)
+        await uow.publish(ECM_EVENTS, record.id, new_envelope(
+            type=ecm_events.COUNTERPARTY_SYNCED, schema_version=1, source=SOURCE,
+            payload=ecm_events.CounterpartySyncedV1(
+                counterparty_id=record.id, status=record.status,
+                outcome="linked" if decision.outcome == "link" else "created", legal_name=record.name,
+                inn=record.inn, kpp=record.kpp, ogrn=record.ogrn, source_ref=ref, registry_seq=seq),
+            correlation_id=f"reconciliation-{run['id']}"))
     return {"state": state, "counterparty_id": counterparty_id, "score": top["score"] if top else None,
             "snapshot": snapshot, "evidence": {"decision": decision.outcome, "rule": decision.rule,
                                                "candidates": decision.candidates}}

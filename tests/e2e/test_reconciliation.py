@@ -22,6 +22,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import SALES, create_deal_with_document, request_approval, wait_crm_status
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,6 +100,8 @@ def test_initial_sync_report_exports_snapshot_and_resume(system, api):
     assert applied[-1]["finished"] is True
     (pending,) = api.ecm("steward-stas", "GET", f"/api/counterparties?external_ref=crm:{lonely['id']}").json()
     assert pending["status"] == "pending_verification"
+    wait_until(lambda: (api.crm(SALES, "GET", f"/api/organizations/{lonely['id']}").json()["registry"] or {})
+               .get("status") == "pending_verification", timeout=60, message="the CRM learns the pending record")
 
     # Resume: a run fed one batch by hand, then continued by the driver after its cursor.
     run = api.ecm("ecm-admin", "POST", "/api/reconciliation/runs", json={"mode": "dry_run"}).json()
