@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from infra.db import database_reachable, migrations_at_head
 from infra.kafka import broker_reachable
 from infra.runtime import BackgroundTasks, start_producer
-from infra.web import CorrelationIdMiddleware
+from infra.web import CorrelationIdMiddleware, RejectUnstorableText
 
 log = structlog.get_logger()
 
@@ -43,6 +43,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
 
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.container = container
+    app.add_middleware(RejectUnstorableText)
     app.add_middleware(CorrelationIdMiddleware, service=service)
 
     @app.exception_handler(RequestValidationError)
@@ -76,7 +77,25 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
 
     for router in routers:
         app.include_router(router)
+    app.openapi = lambda: _openapi_with_plain_422(app)
     return app
+
+
+def _openapi_with_plain_422(app: FastAPI) -> dict:
+    """A 422 is either the field errors of a malformed request or one sentence about
+    input that is well-formed but unusable (a bad external ref, an empty file): the
+    documented schema says so, so clients and schema checks can rely on it."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        detail = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError", {}) \
+            .get("properties", {}).get("detail")
+        if detail is not None:
+            schema["components"]["schemas"]["HTTPValidationError"]["properties"]["detail"] = {
+                "anyOf": [detail, {"type": "string"}], "title": "Detail"}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict]:

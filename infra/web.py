@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
 import structlog
 from fastapi import Depends, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -39,6 +41,26 @@ class CorrelationIdMiddleware(BaseHTTPMiddleware):
             log.info("http_request", method=request.method, path=request.url.path, status=response.status_code,
                      duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return response
+
+
+# A JSON \\uXXXX escape of a surrogate half without its partner: Python accepts it, but no
+# database can store it (it is not encodable as UTF-8).
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                             rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+class RejectUnstorableText(BaseHTTPMiddleware):
+    """Answers 422 to a JSON body with text that cannot be stored, instead of failing
+    deep inside a database driver with a 500."""
+
+    async def dispatch(self, request: Request, call_next):
+        if request.method in ("POST", "PUT", "PATCH") and "json" in request.headers.get("content-type", ""):
+            body = await request.body()
+            if _LONE_SURROGATE.search(body):
+                return JSONResponse(status_code=422, content={
+                    "detail": "the request contains text with an unpaired UTF-16 surrogate (\\ud800-\\udfff), "
+                              "which cannot be stored; send valid Unicode text"})
+        return await call_next(request)
 
 
 async def current_user(

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
@@ -50,7 +50,7 @@ async def home(user: User = Depends(page_user)):
 
 @router.get("/organizations", response_class=HTMLResponse)
 async def organizations(request: Request, q: str = "", region: str = "", category: str = "", link: str = "",
-                        mine: str = "", page: int = 1, user: User = Depends(page_user)):
+                        mine: str = "", page: int = Query(1, ge=1, le=100_000), user: User = Depends(page_user)):
     page = max(page, 1)
     async with request.app.state.container.uow() as uow:
         found, total = await sales.search_organizations(

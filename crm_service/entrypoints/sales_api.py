@@ -63,7 +63,7 @@ async def _run(coro):
 async def list_organizations(request: Request, q: str | None = Query(None, max_length=200),
                              owner: Literal["me", "any"] = "any", region: str | None = None,
                              category: str | None = None, link_status: str | None = None,
-                             limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0),
+                             limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=10_000_000),
                              after_id: str | None = Query(None, max_length=36,
                                                           description="id order, after this id (keyset paging)"),
                              user: User = Depends(require_roles(*READERS, "integration"))):
@@ -145,7 +145,7 @@ class ContactIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     full_name: str = Field(min_length=1, max_length=300)
-    organization_id: str | None = Field(None, max_length=36)
+    organization_id: str | None = Field(None, min_length=1, max_length=36)
     position: str | None = Field(None, max_length=200)
     phones: list[str] = Field(default_factory=list, max_length=20)
     emails: list[str] = Field(default_factory=list, max_length=20)
@@ -204,7 +204,8 @@ class ConvertIn(BaseModel):
     create_contact: bool = True
     create_organization: bool = True
     create_deal: bool = True
-    organization_id: str | None = Field(None, max_length=36, description="link to this organization instead")
+    organization_id: str | None = Field(None, min_length=1, max_length=36,
+                                        description="link to this organization instead")
     deal_title: str | None = Field(None, max_length=500)
 
 
@@ -306,9 +307,9 @@ class ActivityIn(BaseModel):
     kind: Literal[ACTIVITY_KINDS]  # type: ignore[valid-type]
     subject: str = Field(min_length=1, max_length=500)
     notes: str | None = Field(None, max_length=10000)
-    organization_id: str | None = Field(None, max_length=36)
-    deal_id: str | None = Field(None, max_length=36)
-    contact_id: str | None = Field(None, max_length=36)
+    organization_id: str | None = Field(None, min_length=1, max_length=36)
+    deal_id: str | None = Field(None, min_length=1, max_length=36)
+    contact_id: str | None = Field(None, min_length=1, max_length=36)
     due_at: datetime | None = None
 
 

@@ -50,6 +50,9 @@ async def update_organization(uow: CrmUnitOfWork, *, actor: Actor, organization_
         if org is None or org.merged_into:
             raise NotFound(f"organization {organization_id} not found")
         await _owned(uow, actor, org.owner_id or org.created_by, "organization")
+        if "name" in changes and not (changes["name"] or "").strip():
+            raise InvalidRequest("an organization keeps a name; it cannot be emptied")
+        changes = {k: ([] if v is None and k in ("addresses", "phones", "emails") else v) for k, v in changes.items()}
         changed = sorted(k for k, v in changes.items() if k in ORG_FIELDS and getattr(org, k) != v)
         for key in changed:
             setattr(org, key, changes[key])
@@ -275,6 +278,8 @@ async def update_deal(uow: CrmUnitOfWork, *, actor: Actor, deal_id: str, changes
         if deal is None:
             raise NotFound(f"deal {deal_id} not found")
         await _owned(uow, actor, deal.owner_id, "deal")
+        if "title" in changes and not (changes["title"] or "").strip():
+            raise InvalidRequest("a deal keeps a title; it cannot be emptied")
         at = _now()
         stage = changes.pop("stage", None)
         for key, value in changes.items():
@@ -324,6 +329,8 @@ async def create_activity(uow: CrmUnitOfWork, *, actor: Actor, kind: str, subjec
             activity.organization_id = activity.organization_id or deal.organization_id
         if activity.organization_id and await uow.organizations.get(activity.organization_id) is None:
             raise NotFound(f"organization {activity.organization_id} not found")
+        if activity.contact_id and await uow.contacts.get(activity.contact_id) is None:
+            raise NotFound(f"contact {activity.contact_id} not found")
         await uow.activities.add(activity)
         await uow.commit()
     return activity

@@ -69,6 +69,8 @@ async def test_quick_entry_hints_duplicates_and_rights(crm_app):
     assert (await client.patch(url, json=edit, headers=users["boris"]["headers"])).status_code == 403  # not owner
     assert (await client.patch(url, json=edit, headers=users["auditor"]["headers"])).status_code == 403
     assert (await client.patch(url, json=edit, headers=users["maria"]["headers"])).status_code == 200  # manager
+    emptied = await client.patch(url, json={"name": None}, headers=anna)
+    assert emptied.status_code == 422 and "name" in emptied.json()["detail"]
     changed = await client.patch(url, json={"notes": "ключевой клиент"}, headers=anna)
     assert changed.status_code == 200 and changed.json()["website"] == "https://romashka.example"
 
@@ -152,6 +154,9 @@ async def test_funnel_stage_history_activities_my_day_and_reminders_to_a_webhook
     await client.post("/api/activities", headers=anna, json={
         "kind": "meeting", "subject": "Встреча", "organization_id": org["id"],
         "due_at": (now + timedelta(minutes=5)).isoformat()})
+    nobody = await client.post("/api/activities", headers=anna, json={"kind": "call", "subject": "x",
+                                                                      "contact_id": "missing"})
+    assert nobody.status_code == 404
     day = (await client.get("/api/my-day", headers=anna)).json()
     assert [a["id"] for a in day["overdue"]] == [overdue["id"]]
     assert overdue["organization_id"] == org["id"]  # taken from the deal

@@ -69,3 +69,12 @@ def test_crm_keeps_the_newest_registry_link_whatever_order_updates_arrive_in():
     assert (org.registry_id, org.registry_status, org.registry_seq) == ("survivor", "linked", 9)
     assert org.apply_registry_link(registry_id="survivor", status="linked", name="ПАО (renamed)", seq=None)
     assert org.registry_seq == 9
+
+
+def test_text_that_no_database_can_store_is_recognised_but_valid_pairs_pass():
+    import json
+
+    from infra.web import _LONE_SURROGATE
+
+    assert not _LONE_SURROGATE.search(json.dumps({"a": "\U0001F600 ООО «Ромашка»"}).encode())
+    assert _LONE_SURROGATE.search(b'{"a": "\\ud8ce x"}') and _LONE_SURROGATE.search(b'{"a": "\\udf2c"}')
