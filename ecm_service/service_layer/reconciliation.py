@@ -21,14 +21,11 @@ from datetime import datetime, timezone
 from sqlalchemy import func, select, update
 
 from ecm_service.adapters import tables
-from ecm_service.domain.counterparty import PENDING, VERIFIED, Counterparty
+from ecm_service.domain.counterparty import VERIFIED, Counterparty
 from ecm_service.domain.identifiers import compact
-from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE, match_or_propose
+from ecm_service.service_layer.registry import COUNTERPARTY, announce_synced, match_or_propose, place_new_ref
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
-from schemas import ecm_events
 from schemas.common import ExternalRef
-from schemas.envelope import new_envelope
-from schemas.topics import ECM_EVENTS
 
 STATES = ("linked", "proposed", "unlinked", "conflict", "duplicate", "stale")
 REPORT_COLUMNS = ["crm_organization_id", "state", "counterparty_id", "score", "evidence", "name", "inn", "kpp",
@@ -108,32 +105,14 @@ async def _reconcile_one(uow: EcmUnitOfWork, run: dict, org: dict) -> dict:
         differ = _differences(org, await uow.counterparties.get(decision.linked_id))
         state = "conflict" if differ else state
     if apply:
-        now = _now()
-        if decision.outcome == "link":
-            await uow.external_refs.attach(COUNTERPARTY, decision.linked_id, ref)
-            target = decision.linked_id
-        else:
-            record = Counterparty(id=str(uuid.uuid4()), name=org["name"], status=PENDING, created_at=now,
-                                  updated_at=now, country="RU", **ids)
-            record.refresh_derived()
-            await uow.counterparties.add(record)
-            await uow.external_refs.attach(COUNTERPARTY, record.id, ref)
-            target = record.id
-        await uow.counterparties.add_match_decision(
-            id=str(uuid.uuid4()), counterparty_id=target, source_ref=ref.as_text(), outcome=decision.outcome,
-            rule=decision.rule, candidates=decision.candidates, created_at=now)
-        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=target,
+        record, outcome = await place_new_ref(uow, ref, decision=decision, name=org["name"], ids=ids, now=_now(),
+                                              country="RU")
+        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id,
                                        action=f"reconciled_{decision.outcome}", actor=f"reconciliation:{run['id']}",
                                        data={"source_ref": ref.as_text()})
         # The other system learns the link (or the pending record) as after a soft sync.
-        record = await uow.counterparties.get(target)
-        await uow.publish(ECM_EVENTS, record.id, new_envelope(
-            type=ecm_events.COUNTERPARTY_SYNCED, schema_version=1, source=SOURCE,
-            payload=ecm_events.CounterpartySyncedV1(
-                counterparty_id=record.id, status=record.status,
-                outcome="linked" if decision.outcome == "link" else "created", legal_name=record.name,
-                inn=record.inn, kpp=record.kpp, ogrn=record.ogrn, source_ref=ref, registry_seq=seq),
-            correlation_id=f"reconciliation-{run['id']}"))
+        await announce_synced(uow, record, outcome=outcome, source_ref=ref, seq=seq,
+                              correlation_id=f"reconciliation-{run['id']}")
     return {"state": state, "counterparty_id": counterparty_id, "score": top["score"] if top else None,
             "snapshot": snapshot, "evidence": {"decision": decision.outcome, "rule": decision.rule,
                                                "candidates": decision.candidates}}

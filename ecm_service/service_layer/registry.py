@@ -14,6 +14,7 @@ from ecm_service.domain.identifiers import compact, passes
 from ecm_service.domain.matching import Decision, Incoming, Known, decide, match_key
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas import ecm_commands, ecm_events
+from schemas.common import ExternalRef
 from schemas.envelope import Envelope, new_envelope
 from schemas.topics import ECM_EVENTS
 
@@ -30,6 +31,38 @@ async def match_or_propose(uow: EcmUnitOfWork, *, name: str, inn: str | None, kp
     known = [Known(id=c.id, name=c.name, status=c.status, inn=c.inn, kpp=c.kpp, ogrn=c.ogrn) for c in candidates]
     return decide(Incoming(name=name, inn=inn, kpp=kpp, ogrn=ogrn, inn_valid=bool(inn) and passes(ru_inn, inn)),
                   known)
+
+
+async def place_new_ref(uow: EcmUnitOfWork, ref: ExternalRef, *, decision: Decision, name: str, ids: dict,
+                        now: datetime, **fields) -> tuple[Counterparty, str]:
+    """A reference the registry has not seen goes where match-or-propose says: onto the
+    linked verified record ("linked"), or onto a new pending record ("created"). The
+    decision and its evidence are kept for the steward."""
+    record = await uow.counterparties.get(decision.linked_id) if decision.outcome == "link" else None
+    outcome = "linked"
+    if record is None:
+        outcome = "created"
+        record = Counterparty(id=str(uuid.uuid4()), name=name, status=PENDING, created_at=now, updated_at=now,
+                              **fields, **ids)
+        record.refresh_derived()
+        await uow.counterparties.add(record)
+    await uow.external_refs.attach(COUNTERPARTY, record.id, ref)
+    await uow.counterparties.add_match_decision(
+        id=str(uuid.uuid4()), counterparty_id=record.id, source_ref=ref.as_text(), outcome=decision.outcome,
+        rule=decision.rule, candidates=decision.candidates, created_at=now)
+    MATCH_DECISIONS.labels(decision.outcome, decision.rule).inc()
+    return record, outcome
+
+
+async def announce_synced(uow: EcmUnitOfWork, record: Counterparty, *, outcome: str, source_ref: ExternalRef,
+                          seq: int, correlation_id: str, causation_id=None) -> None:
+    """Tells the referring system which registry record its organization is now."""
+    event = ecm_events.CounterpartySyncedV1(
+        counterparty_id=record.id, status=record.status, outcome=outcome, legal_name=record.name, inn=record.inn,
+        kpp=record.kpp, ogrn=record.ogrn, source_ref=source_ref, registry_seq=seq)
+    await uow.publish(ECM_EVENTS, record.id, new_envelope(
+        type=ecm_events.COUNTERPARTY_SYNCED, schema_version=1, source=SOURCE, payload=event,
+        correlation_id=correlation_id, causation_id=causation_id))
 
 
 async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpartyV1, envelope: Envelope) -> dict:
@@ -49,35 +82,15 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
             await uow.counterparties.save(record)
     else:
         decision = await match_or_propose(uow, name=cmd.name, **ids)
-        record = await uow.counterparties.get(decision.linked_id) if decision.outcome == "link" else None
-        outcome = "linked"
-        if record is None:
-            outcome = "created"
-            record = Counterparty(
-                id=str(uuid.uuid4()), name=cmd.name, status=PENDING, created_at=now, updated_at=now,
-                legal_form=cmd.legal_form, country=country, addresses=[a.model_dump() for a in cmd.addresses], **ids,
-            )
-            record.refresh_derived()
-            await uow.counterparties.add(record)
-        await uow.external_refs.attach(COUNTERPARTY, record.id, cmd.external_ref)
-        await uow.counterparties.add_match_decision(
-            id=str(uuid.uuid4()), counterparty_id=record.id, source_ref=cmd.external_ref.as_text(),
-            outcome=decision.outcome, rule=decision.rule, candidates=decision.candidates, created_at=now)
-        MATCH_DECISIONS.labels(decision.outcome, decision.rule).inc()
+        record, outcome = await place_new_ref(
+            uow, cmd.external_ref, decision=decision, name=cmd.name, ids=ids, now=now, legal_form=cmd.legal_form,
+            country=country, addresses=[a.model_dump() for a in cmd.addresses])
     seq = await uow.history.append(
         entity_type=COUNTERPARTY, entity_id=record.id, action=f"sync_{outcome}",
         actor=f"{cmd.external_ref.system}:sync",
         data={"source_ref": cmd.external_ref.as_text(), "quality_flags": record.quality_flags})
-    event = ecm_events.CounterpartySyncedV1(
-        counterparty_id=record.id, status=record.status, outcome=outcome, legal_name=record.name,
-        inn=record.inn, kpp=record.kpp, ogrn=record.ogrn, source_ref=cmd.external_ref,
-        registry_seq=seq,
-    )
-    await uow.publish(
-        ECM_EVENTS, record.id,
-        new_envelope(type=ecm_events.COUNTERPARTY_SYNCED, schema_version=1, source=SOURCE, payload=event,
-                     correlation_id=envelope.correlation_id, causation_id=envelope.event_id),
-    )
+    await announce_synced(uow, record, outcome=outcome, source_ref=cmd.external_ref, seq=seq,
+                          correlation_id=envelope.correlation_id, causation_id=envelope.event_id)
     return {"counterparty_id": record.id, "outcome": outcome}
 
 
@@ -107,11 +120,7 @@ async def merge_external_refs(uow: EcmUnitOfWork, cmd: ecm_commands.MergeExterna
                                  actor=f"{cmd.survivor_ref.system}:merge", at=cmd.merged_at, data=data)
     if outcome == "ref_moved":  # the survivor learns which record it is now linked to
         record = await uow.counterparties.get(merged_id)
-        event = ecm_events.CounterpartySyncedV1(
-            counterparty_id=record.id, status=record.status, outcome="linked" if record.status == "verified"
-            else "updated", legal_name=record.name, inn=record.inn, kpp=record.kpp, ogrn=record.ogrn,
-            source_ref=cmd.survivor_ref, registry_seq=seq)
-        await uow.publish(ECM_EVENTS, record.id, new_envelope(
-            type=ecm_events.COUNTERPARTY_SYNCED, schema_version=1, source=SOURCE, payload=event,
-            correlation_id=envelope.correlation_id, causation_id=envelope.event_id))
+        await announce_synced(uow, record, outcome="linked" if record.status == "verified" else "updated",
+                              source_ref=cmd.survivor_ref, seq=seq, correlation_id=envelope.correlation_id,
+                              causation_id=envelope.event_id)
     return {"outcome": outcome, "approvals": moved}
