@@ -4,8 +4,6 @@ import wizard and my day. Same rights as the API."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -14,16 +12,14 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from crm_service.adapters import tables
 from crm_service.domain.rights import NotAllowed
-from crm_service.entrypoints.sales_api import _import_row, _running, organization_card
-from crm_service.service_layer import handlers, imports, sales
+from crm_service.entrypoints.sales_api import _import_row, organization_card
+from crm_service.service_layer import handlers, import_jobs, imports, sales
 from infra.pages import add_login_routes, page_user_dependency
-from infra.spreadsheets import UnreadableFile
 from infra.users import User
-from infra.web import correlation_id, save_upload
+from infra.web import correlation_id
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -182,27 +178,11 @@ async def import_upload_form(request: Request, user: User = Depends(page_user)):
 @router.post("/imports")
 async def import_upload(request: Request, file: UploadFile = File(...), user: User = Depends(page_user)):
     _writer(user)
-    container = request.app.state.container
-    kind = Path(file.filename or "").suffix.lower().lstrip(".")
-    if kind not in ("csv", "xlsx"):
-        return render(request, "import.html", user, status=422, job=None, fields=list(imports.FIELDS),
-                      error=f"unsupported file type {kind!r}: use csv or xlsx")
-    import_id = str(uuid.uuid4())
-    path = container.settings.imports_dir / f"{import_id}.{kind}"
     try:
-        size = await run_in_threadpool(save_upload, file.file, path, container.settings.max_import_bytes)
-        header = await run_in_threadpool(imports.read_header, path) if size else None
-    except (ValueError, UnreadableFile) as exc:
-        path.unlink(missing_ok=True)
+        import_id = await import_jobs.create_import(request.app.state.container, file.file, filename=file.filename,
+                                                    user_id=user.id)
+    except import_jobs.ImportRefused as exc:
         return render(request, "import.html", user, status=422, job=None, fields=list(imports.FIELDS), error=str(exc))
-    if not size:
-        return render(request, "import.html", user, status=422, job=None, fields=list(imports.FIELDS),
-                      error="the file is empty")
-    async with container.session_factory() as session, session.begin():
-        await session.execute(tables.imports.insert().values(
-            id=import_id, file_name=(file.filename or "upload")[-255:], file_path=str(path), created_by=user.id,
-            created_at=datetime.now(timezone.utc), header=header, mapping=imports.suggest_mapping(header),
-            status="uploaded", counts={}))
     return RedirectResponse(f"/ui/imports/{import_id}", status_code=303)
 
 
@@ -223,23 +203,13 @@ async def import_run(import_id: str, request: Request, action: str = Form(...), 
     mapping = {str(i): form.get(f"col{i}") for i in range(len(job["header"])) if form.get(f"col{i}")}
     apply = action == "apply"
     try:
-        imports.validate_mapping(mapping, job["header"])
-        if apply and (job["status"] != "dry_run" or mapping != job["mapping"]):
-            raise ValueError("run the dry run with this mapping first")
-        if job["status"] in ("dry_running", "applying", "applied"):
-            raise ValueError(f"the import is {job['status']}")
-    except ValueError as exc:
+        if apply and mapping != job["mapping"]:
+            raise import_jobs.ImportRefused(409, "run the dry run with this mapping first")
+        if not apply:
+            await import_jobs.set_mapping(container.session_factory, import_id, mapping)
+        await import_jobs.start(container, import_id, user_id=user.id, apply=apply)
+    except import_jobs.ImportRefused as exc:
         return RedirectResponse(f"/ui/imports/{import_id}?error={quote(str(exc))}", status_code=303)
-    report = container.settings.imports_dir / f"{import_id}.{'apply' if apply else 'dry-run'}.csv"
-    async with container.session_factory() as session, session.begin():
-        await session.execute(tables.imports.update().where(tables.imports.c.id == import_id).values(
-            mapping=mapping, status="applying" if apply else "dry_running", rows_done=0, counts={},
-            report_path=str(report)))
-    task = asyncio.create_task(imports.run_import(
-        container.session_factory, import_id=import_id, path=Path(job["file_path"]), mapping=mapping,
-        user_id=user.id, apply=apply, report_path=report))
-    _running.add(task)
-    task.add_done_callback(_running.discard)
     return RedirectResponse(f"/ui/imports/{import_id}", status_code=303)
 
 

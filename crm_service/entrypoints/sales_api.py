@@ -4,32 +4,26 @@ day; documents from templates; spreadsheet imports."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
-from starlette.concurrency import run_in_threadpool
 
 from crm_service.adapters import tables
 from crm_service.domain.model import ACTIVITY_KINDS
 from crm_service.domain.rights import NotAllowed
 from crm_service.entrypoints.api import OrganizationIn, _org_out, _public_approval
-from crm_service.service_layer import handlers, imports, sales
-from infra.spreadsheets import UnreadableFile
+from crm_service.service_layer import handlers, import_jobs, imports, sales
 from infra.users import User
-from infra.web import correlation_id, require_roles, save_upload
+from infra.web import correlation_id, require_roles
 
 router = APIRouter(prefix="/api", tags=["sales"])
 SALES = ("sales", "manager", "admin")
 READERS = ("sales", "manager", "admin", "auditor")
-_running: set[asyncio.Task] = set()
 
 
 def _container(request: Request):
@@ -371,12 +365,10 @@ class ImportOut(BaseModel):
 
 
 async def _import_row(container, import_id: str) -> dict:
-    async with container.session_factory() as session:
-        row = (await session.execute(select(tables.imports).where(tables.imports.c.id == import_id))
-               ).mappings().first()
-    if row is None:
-        raise HTTPException(404, f"import {import_id} not found")
-    return dict(row)
+    try:
+        return await import_jobs.get_import(container.session_factory, import_id)
+    except import_jobs.ImportRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
 
 
 def _import_out(row: dict) -> ImportOut:
@@ -386,31 +378,18 @@ def _import_out(row: dict) -> ImportOut:
                      fields=list(imports.FIELDS), report_url=f"/api/imports/{row['id']}/report" if ready else None)
 
 
+async def _job(coro):
+    try:
+        return await coro
+    except import_jobs.ImportRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+
+
 @router.post("/imports", status_code=201, response_model=ImportOut,
              summary="Upload a CSV or XLSX of organizations: the column mapping is suggested from the header")
 async def upload_import(request: Request, file: UploadFile = File(...), user: User = Depends(require_roles(*SALES))):
     container = _container(request)
-    kind = Path(file.filename or "").suffix.lower().lstrip(".")
-    if kind not in ("csv", "xlsx"):
-        raise HTTPException(422, f"unsupported file type {kind!r}: use csv or xlsx")
-    import_id = str(uuid.uuid4())
-    path = container.settings.imports_dir / f"{import_id}.{kind}"
-    try:
-        size = await run_in_threadpool(save_upload, file.file, path, container.settings.max_import_bytes)
-        if size == 0:
-            raise HTTPException(422, "the file is empty")
-        header = await run_in_threadpool(imports.read_header, path)
-    except ValueError as exc:
-        path.unlink(missing_ok=True)
-        raise HTTPException(413, str(exc)) from exc
-    except UnreadableFile as exc:
-        path.unlink(missing_ok=True)
-        raise HTTPException(422, str(exc)) from exc
-    async with container.session_factory() as session, session.begin():
-        await session.execute(tables.imports.insert().values(
-            id=import_id, file_name=(file.filename or "upload")[-255:], file_path=str(path), created_by=user.id,
-            created_at=datetime.now(timezone.utc), header=header, mapping=imports.suggest_mapping(header),
-            status="uploaded", counts={}))
+    import_id = await _job(import_jobs.create_import(container, file.file, filename=file.filename, user_id=user.id))
     return _import_out(await _import_row(container, import_id))
 
 
@@ -426,52 +405,22 @@ class MappingIn(BaseModel):
 @router.put("/imports/{import_id}/mapping", response_model=ImportOut, summary="Change the column mapping")
 async def set_mapping(import_id: str, body: MappingIn, request: Request, user: User = Depends(require_roles(*SALES))):
     container = _container(request)
-    row = await _import_row(container, import_id)
-    if row["status"] in ("dry_running", "applying", "applied"):
-        raise HTTPException(409, f"the import is {row['status']}; the mapping can no longer change")
-    try:
-        mapping = imports.validate_mapping(body.mapping, row["header"])
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
-    async with container.session_factory() as session, session.begin():
-        await session.execute(update(tables.imports).where(tables.imports.c.id == import_id)
-                              .values(mapping=mapping, status="uploaded", counts={}, rows_done=0))
-    return _import_out(await _import_row(container, import_id))
-
-
-async def _start(request: Request, import_id: str, user: User, *, apply: bool) -> ImportOut:
-    container = _container(request)
-    row = await _import_row(container, import_id)
-    allowed = ("dry_run",) if apply else ("uploaded", "dry_run", "failed")
-    if row["status"] not in allowed:
-        raise HTTPException(409, f"the import is {row['status']}; " + (
-            "run the dry run first" if apply else "it cannot be dry-run now"))
-    try:
-        imports.validate_mapping(row["mapping"], row["header"])
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
-    report = container.settings.imports_dir / f"{import_id}.{'apply' if apply else 'dry-run'}.csv"
-    async with container.session_factory() as session, session.begin():
-        await session.execute(update(tables.imports).where(tables.imports.c.id == import_id).values(
-            status="applying" if apply else "dry_running", rows_done=0, counts={}, report_path=str(report)))
-    task = asyncio.create_task(imports.run_import(
-        container.session_factory, import_id=import_id, path=Path(row["file_path"]), mapping=row["mapping"],
-        user_id=user.id, apply=apply, report_path=report))
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+    await _job(import_jobs.set_mapping(container.session_factory, import_id, body.mapping))
     return _import_out(await _import_row(container, import_id))
 
 
 @router.post("/imports/{import_id}/dry-run", status_code=202, response_model=ImportOut,
              summary="Count what would be created, updated, flagged; nothing is written")
 async def dry_run(import_id: str, request: Request, user: User = Depends(require_roles(*SALES))):
-    return await _start(request, import_id, user, apply=False)
+    await _job(import_jobs.start(_container(request), import_id, user_id=user.id, apply=False))
+    return _import_out(await _import_row(_container(request), import_id))
 
 
 @router.post("/imports/{import_id}/apply", status_code=202, response_model=ImportOut,
              summary="Apply after a dry run; bad rows are reported, never abort the import")
 async def apply(import_id: str, request: Request, user: User = Depends(require_roles(*SALES))):
-    return await _start(request, import_id, user, apply=True)
+    await _job(import_jobs.start(_container(request), import_id, user_id=user.id, apply=True))
+    return _import_out(await _import_row(_container(request), import_id))
 
 
 @router.get("/imports/{import_id}/report", summary="The row-level report (CSV)")

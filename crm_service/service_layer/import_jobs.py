@@ -1,0 +1,96 @@
+"""Import jobs as the API and the pages both run them: upload (file saved, header read,
+mapping suggested), then a dry run, then the apply, each in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import select, update
+from starlette.concurrency import run_in_threadpool
+
+from crm_service.adapters import tables
+from crm_service.service_layer import imports
+from infra.spreadsheets import UnreadableFile
+from infra.web import save_upload
+
+KINDS = ("csv", "xlsx")
+_running: set[asyncio.Task] = set()
+
+
+class ImportRefused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def get_import(session_factory, import_id: str) -> dict:
+    async with session_factory() as session:
+        row = (await session.execute(select(tables.imports).where(tables.imports.c.id == import_id))
+               ).mappings().first()
+    if row is None:
+        raise ImportRefused(404, f"import {import_id} not found")
+    return dict(row)
+
+
+async def create_import(container, upload, *, filename: str | None, user_id: str) -> str:
+    kind = Path(filename or "").suffix.lower().lstrip(".")
+    if kind not in KINDS:
+        raise ImportRefused(422, f"unsupported file type {kind!r}: use csv or xlsx")
+    import_id = str(uuid.uuid4())
+    path = container.settings.imports_dir / f"{import_id}.{kind}"
+    try:
+        size = await run_in_threadpool(save_upload, upload, path, container.settings.max_import_bytes)
+        if size == 0:
+            raise ImportRefused(422, "the file is empty")
+        header = await run_in_threadpool(imports.read_header, path)
+    except ValueError as exc:
+        path.unlink(missing_ok=True)
+        raise ImportRefused(413, str(exc)) from exc
+    except (UnreadableFile, ImportRefused) as exc:
+        path.unlink(missing_ok=True)
+        raise exc if isinstance(exc, ImportRefused) else ImportRefused(422, str(exc)) from exc
+    async with container.session_factory() as session, session.begin():
+        await session.execute(tables.imports.insert().values(
+            id=import_id, file_name=(filename or "upload")[-255:], file_path=str(path), created_by=user_id,
+            created_at=datetime.now(timezone.utc), header=header, mapping=imports.suggest_mapping(header),
+            status="uploaded", counts={}))
+    return import_id
+
+
+async def set_mapping(session_factory, import_id: str, mapping: dict[str, str]) -> None:
+    """A new mapping makes the earlier dry run void: the import is back to `uploaded`."""
+    job = await get_import(session_factory, import_id)
+    if job["status"] in ("dry_running", "applying", "applied"):
+        raise ImportRefused(409, f"the import is {job['status']}; the mapping can no longer change")
+    try:
+        mapping = imports.validate_mapping(mapping, job["header"])
+    except ValueError as exc:
+        raise ImportRefused(422, str(exc)) from exc
+    async with session_factory() as session, session.begin():
+        await session.execute(update(tables.imports).where(tables.imports.c.id == import_id)
+                              .values(mapping=mapping, status="uploaded", counts={}, rows_done=0))
+
+
+async def start(container, import_id: str, *, user_id: str, apply: bool) -> None:
+    """The dry run (from uploaded, a dry run or a failure) or the apply (after a dry run)."""
+    job = await get_import(container.session_factory, import_id)
+    allowed = ("dry_run",) if apply else ("uploaded", "dry_run", "failed")
+    if job["status"] not in allowed:
+        raise ImportRefused(409, f"the import is {job['status']}; " + (
+            "run the dry run first" if apply else "it cannot be dry-run now"))
+    try:
+        imports.validate_mapping(job["mapping"], job["header"])
+    except ValueError as exc:
+        raise ImportRefused(422, str(exc)) from exc
+    report = container.settings.imports_dir / f"{import_id}.{'apply' if apply else 'dry-run'}.csv"
+    async with container.session_factory() as session, session.begin():
+        await session.execute(update(tables.imports).where(tables.imports.c.id == import_id).values(
+            status="applying" if apply else "dry_running", rows_done=0, counts={}, report_path=str(report)))
+    task = asyncio.create_task(imports.run_import(
+        container.session_factory, import_id=import_id, path=Path(job["file_path"]), mapping=job["mapping"],
+        user_id=user_id, apply=apply, report_path=report))
+    _running.add(task)
+    task.add_done_callback(_running.discard)
