@@ -233,8 +233,12 @@ async def _document_out(uow, document_id: str) -> DocumentOut | None:
 @router.get("/documents/{document_id}/content")
 async def document_content(document_id: str, request: Request, version: int | None = None,
                            user: User = Depends(require_roles(*STAFF))):
-    """Streams a version's bytes after checking they still hash to the version's sha256."""
-    container = _container(request)
+    return await stream_version(_container(request), user, document_id, version)
+
+
+async def stream_version(container, user: User, document_id: str, version: int | None) -> FileResponse:
+    """Streams a version's bytes (the latest unless a number is given) after checking they
+    still hash to the version's sha256; the API and the pages both serve files this way."""
     async with container.uow() as uow:
         document = await readable_document(uow, container, user, document_id)
         versions = await uow.documents.versions(document_id)

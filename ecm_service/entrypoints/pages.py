@@ -12,13 +12,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from ecm_service.adapters import tables
 from ecm_service.domain.counterparty import StewardRuleBroken
+from ecm_service.entrypoints.api import stream_version
 from ecm_service.entrypoints.approvals_api import (
     DECIDERS,
     REPORT_COLUMNS,
@@ -29,9 +29,7 @@ from ecm_service.entrypoints.approvals_api import (
 )
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import steward
-from ecm_service.service_layer.access import ensure_document_readable
 from ecm_service.service_layer.approvals import APPROVAL
-from infra.content_store import CorruptContent
 from infra.pages import add_login_routes, page_user_dependency
 from infra.users import User
 
@@ -138,22 +136,8 @@ async def delay_reason_from_card(approval_id: str, request: Request, code: str =
 
 @router.get("/documents/{document_id}/content")
 async def download(document_id: str, request: Request, version: int | None = None, user: User = Depends(page_user)):
-    container = request.app.state.container
-    async with container.uow() as uow:
-        document = await uow.documents.get(document_id)
-        if document is None:
-            raise HTTPException(404, f"document {document_id} not found")
-        await ensure_document_readable(uow, user, document, container.document_types, date.today())
-        versions = [v for v in await uow.documents.versions(document_id) if version in (None, v["version_no"])]
-    if document["disposed_at"] or not versions:
-        return error_page(request, 410 if document["disposed_at"] else 404, "This version is not available")
-    v = versions[-1]
-    try:
-        path = await run_in_threadpool(container.content_store.verified_path, v["sha256"])
-    except (CorruptContent, FileNotFoundError):
-        return error_page(request, 500, "The stored content failed its integrity check and is not served")
-    return FileResponse(path, media_type=v["content_type"], filename=v["filename"],
-                        headers={"X-Content-SHA256": v["sha256"]})
+    # Refusals (403, 404, 410, 500) come back as HTTP errors, which /ui renders as pages.
+    return await stream_version(request.app.state.container, user, document_id, version)
 
 
 # --- steward queue and registry search --------------------------------------------------------
