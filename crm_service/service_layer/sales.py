@@ -189,6 +189,17 @@ async def create_lead(uow: CrmUnitOfWork, *, actor: Actor, title: str, **fields)
     return lead
 
 
+async def _open_lead(uow: CrmUnitOfWork, actor: Actor, lead_id: str) -> Lead:
+    """The lead, locked, still open, and the actor's to change."""
+    lead = await uow.leads.get(lead_id, for_update=True)
+    if lead is None:
+        raise NotFound(f"lead {lead_id} not found")
+    if lead.status != "open":
+        raise InvalidRequest(f"the lead is already {lead.status}")
+    await _owned(uow, actor, lead.owner_id, "lead")
+    return lead
+
+
 async def convert_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, create_contact: bool = True,
                        create_organization: bool = True, create_deal: bool = True,
                        organization_id: str | None = None, deal_title: str | None = None) -> dict:
@@ -196,12 +207,7 @@ async def convert_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, create
     organization is used when one is named, or when the lead's INN or company name
     clearly matches one; missing data never stops the conversion."""
     async with uow:
-        lead = await uow.leads.get(lead_id, for_update=True)
-        if lead is None:
-            raise NotFound(f"lead {lead_id} not found")
-        if lead.status != "open":
-            raise InvalidRequest(f"the lead is already {lead.status}")
-        await _owned(uow, actor, lead.owner_id, "lead")
+        lead = await _open_lead(uow, actor, lead_id)
         at, result = _now(), {"linked_existing_organization": False}
         org = None
         if organization_id:
@@ -248,12 +254,7 @@ async def convert_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, create
 
 async def disqualify_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, reason: str) -> Lead:
     async with uow:
-        lead = await uow.leads.get(lead_id, for_update=True)
-        if lead is None:
-            raise NotFound(f"lead {lead_id} not found")
-        if lead.status != "open":
-            raise InvalidRequest(f"the lead is already {lead.status}")
-        await _owned(uow, actor, lead.owner_id, "lead")
+        lead = await _open_lead(uow, actor, lead_id)
         lead.status = "disqualified"
         lead.notes = f"{lead.notes}\n" if lead.notes else ""
         lead.notes += f"Disqualified: {reason}"
