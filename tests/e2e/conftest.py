@@ -71,3 +71,28 @@ def system(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def api(system):
     return Api(system)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium; never `playwright install`
+
+
+@pytest.fixture(scope="module")
+def browser(system):
+    """Real Chromium for the page tests. It depends on `system` so that the system starts
+    first: Playwright's sync API keeps an event loop running in this thread until it
+    stops, and the system fixture creates its databases with asyncio.run."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    yield page
+    context.close()

@@ -10,34 +10,15 @@ import io
 import time
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import SALES, create_deal_with_document, request_approval, wait_crm_status
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     yield from running_system(tmp_path_factory, "postgresql")
-
-
-@pytest.fixture(scope="module")
-def browser(system):
-    with sync_playwright() as p:  # after the system: see test_pages.py
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    yield page
-    context.close()
 
 
 def login(page: Page, system, api, user: str = SALES) -> None:

@@ -10,36 +10,15 @@ import re
 import time
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import create_deal_with_document, ecm_approval, request_approval
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     yield from running_system(tmp_path_factory, "postgresql")
-
-
-@pytest.fixture(scope="module")
-def browser(system):
-    # After the system: Playwright's sync API keeps an event loop running in this thread
-    # until it stops, and the system fixture creates its databases with asyncio.run.
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    yield page
-    context.close()
 
 
 def login(page: Page, system, api, user: str, next_path: str = "/ui/") -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from openpyxl import load_workbook
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import SALES, create_deal_with_document, request_approval, wait_crm_status
@@ -47,7 +47,7 @@ def org(api, **fields) -> dict:
     return created.json()
 
 
-def test_initial_sync_report_exports_snapshot_and_resume(system, api):
+def test_initial_sync_report_exports_snapshot_and_resume(system, api, page):
     # Linked through the journey, then edited in the CRM: conflict (INN) and stale (name).
     conflicting = request_approval(api, create_deal_with_document(api, name="Сбер (ИНН поменяли)",
                                                                   inn="7707083893"))
@@ -114,15 +114,11 @@ def test_initial_sync_report_exports_snapshot_and_resume(system, api):
     resumed = bridgectl(system, api, "--resume", run["id"])
     assert resumed[0]["resumed_after"] == batch[-1]["id"] and resumed[-1]["done"] == total
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(f"{system.ecm_url}/ui/login?next=/ui/reconciliation")
-        page.fill("#token", api.tokens["ecm-auditor"])
-        page.click("button[type=submit]")
-        expect(page.locator("td[data-state=unlinked]")).to_be_visible()
-        page.click("#counts a:text('conflict')")
-        expect(page.locator("#rows tbody tr")).to_have_count(1)
-        expect(page.locator("#rows")).to_contain_text("Сбер (ИНН поменяли)")
-        browser.close()
+    page.goto(f"{system.ecm_url}/ui/login?next=/ui/reconciliation")
+    page.fill("#token", api.tokens["ecm-auditor"])
+    page.click("button[type=submit]")
+    expect(page.locator("td[data-state=unlinked]")).to_be_visible()
+    page.click("#counts a:text('conflict')")
+    expect(page.locator("#rows tbody tr")).to_have_count(1)
+    expect(page.locator("#rows")).to_contain_text("Сбер (ИНН поменяли)")
     assert run_id != run["id"]
