@@ -11,6 +11,7 @@ import structlog
 
 from ecm_service.adapters import tables
 from ecm_service.config import EcmSettings
+from ecm_service.domain import matching
 from ecm_service.domain.approval import Route
 from ecm_service.domain.document_types import DocumentType, load_document_types
 from ecm_service.domain.retention import load_retention
@@ -72,6 +73,11 @@ class EcmContainer(ServiceContainer):
 
 def bootstrap(settings: EcmSettings | None = None) -> EcmContainer:
     settings = settings or EcmSettings()
+    matching.configure(matching.Thresholds(
+        name_propose=settings.match_name_propose, name_with_id=settings.match_name_with_id,
+        slip_min_length=settings.match_slip_min_length, prefetch=settings.match_prefetch,
+        scored=settings.match_scored,
+        max_postings=settings.match_max_postings))
     engine = make_engine(settings.database_url)
     return EcmContainer(
         settings=settings,

@@ -20,3 +20,10 @@ class EcmSettings(ServiceSettings):
     deadline_check_seconds: float = Field(30.0, gt=0)
     max_upload_bytes: int = 50 * 1024 * 1024
     consumer_group: str = "ecm-service"
+    # Match-or-propose (README "Matching"); defaults are `domain.matching.Thresholds`.
+    match_name_propose: float = Field(85.0, ge=0, le=100)
+    match_name_with_id: float = Field(70.0, ge=0, le=100)
+    match_slip_min_length: int = Field(4, ge=1)
+    match_prefetch: int = Field(100, ge=1, le=1000)
+    match_scored: int = Field(20, ge=1, le=200)
+    match_max_postings: int = Field(100, ge=10, le=100_000)

@@ -38,6 +38,11 @@ class SqlUnitOfWork:
     async def commit(self) -> None:
         await self.session.commit()
 
+    def fork(self):
+        """Another unit of work of the same kind on the same database (its own session),
+        for reads that run beside this one."""
+        return type(self)(self._factory)
+
     async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         await self.session.execute(
             insert(self.outbox).values(

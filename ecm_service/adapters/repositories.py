@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import ARRAY, String, any_, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters import tables
+from ecm_service.domain import matching
 from ecm_service.domain.approval import (
     AWAITING_COUNTERPARTY,
     IN_PROGRESS,
@@ -17,7 +20,8 @@ from ecm_service.domain.approval import (
     ApprovalStep,
     Assignment,
 )
-from ecm_service.domain.counterparty import VERIFIED, Counterparty
+from ecm_service.domain.counterparty import LIVE, VERIFIED, Counterparty
+from ecm_service.domain.matching import Known, name_keys
 from infra.table_repository import TableRepository
 from schemas.common import ExternalRef
 
@@ -44,6 +48,17 @@ class ExternalRefRepository:
             )
         )
 
+    async def find_many(self, entity_type: str, system: str, external_ids: list[str]) -> dict[str, tuple]:
+        """external id -> (entity id, attached at) for those of the ids that are known."""
+        t = tables.external_refs
+        found = {}
+        for start in range(0, len(external_ids), 1000):
+            rows = await self.session.execute(select(t.c.external_id, t.c.entity_id, t.c.created_at).where(
+                t.c.entity_type == entity_type, t.c.system == system,
+                t.c.external_id.in_(external_ids[start:start + 1000])))
+            found.update((external_id, (entity_id, at)) for external_id, entity_id, at in rows)
+        return found
+
     async def rename(self, entity_type: str, ref: ExternalRef, to: ExternalRef) -> None:
         t = tables.external_refs
         await self.session.execute(
@@ -68,6 +83,30 @@ class ExternalRefRepository:
             .order_by(t.c.created_at)
         )
         return [ExternalRef(system=s, id=i) for s, i in rows]
+
+
+GENERIC_TTL_S = 3600.0
+_GENERIC_KEYS: dict[str, float] = {}  # key -> monotonic time until which it is known generic
+
+
+def _among(session: AsyncSession, column, values: list[str]):
+    """`column IN (values)`; on PostgreSQL as one array parameter (`= ANY($1)`), which
+    costs nothing to render for thousands of values."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(values, ARRAY(String)))
+    return column.in_(values)
+
+
+async def write_name_keys(session: AsyncSession, records: list[tuple[str, str, str]], *, replace: bool = True) -> None:
+    """(id, name, status) -> the blocking keys of each live record; a record that is no
+    longer live (merged, rejected, archived) keeps none."""
+    k = tables.counterparty_name_keys
+    if replace and records:
+        await session.execute(delete(k).where(k.c.counterparty_id.in_([r[0] for r in records])))
+    rows = [{"key": key, "counterparty_id": record_id} for record_id, name, status in records if status in LIVE
+            for key in name_keys(name or "")]
+    if rows:
+        await session.execute(insert(k), rows)
 
 
 class CounterpartyRepository(TableRepository):
@@ -120,23 +159,66 @@ class CounterpartyRepository(TableRepository):
             query = query.where(t.c.status == status)
         return [Counterparty(**r) for r in (await self.session.execute(query)).mappings()]
 
-    async def match_candidates(self, *, inn: str | None, ogrn: str | None, key: str | None,
-                               limit: int = 200) -> list[Counterparty]:
-        """Blocking: every record sharing the INN or the OGRN, then records sharing the
-        match key up to `limit` (all indexed). Merged, rejected and archived records are
-        never candidates."""
+    async def add(self, item: Counterparty) -> None:
+        await super().add(item)
+        await write_name_keys(self.session, [(item.id, item.name, item.status)], replace=False)
+
+    async def save(self, item: Counterparty) -> None:
+        await super().save(item)
+        await write_name_keys(self.session, [(item.id, item.name, item.status)])
+
+    async def name_postings(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        """The records under each blocking key shared by at most `Thresholds.max_postings`
+        records.
+        A key shared by more is generic: its rows are counted in the index, never sent,
+        and it is remembered for a while and not asked again."""
+        cap = matching.THRESHOLDS.max_postings
+        now = time.monotonic()
+        wanted = [key for key in set(keys) if _GENERIC_KEYS.get(key, 0.0) < now]
+        k = tables.counterparty_name_keys
+        found: dict[str, list[str]] = {}
+        postgres = self.session.get_bind().dialect.name == "postgresql"
+        for start in range(0, len(wanted), 5000):
+            chunk = wanted[start:start + 5000]
+            if postgres:
+                # Each key's index range is read up to one past the cap and comes back as
+                # one row: its records, or NULL when it is generic.
+                query = text(
+                    "SELECT w.key, CASE WHEN count(*) > :cap THEN NULL ELSE array_agg(p.counterparty_id) END "
+                    "FROM unnest(CAST(:keys AS varchar[])) AS w(key) CROSS JOIN LATERAL "
+                    "(SELECT counterparty_id FROM counterparty_name_keys WHERE key = w.key LIMIT :limit) AS p "
+                    "GROUP BY w.key").bindparams(keys=chunk, cap=cap, limit=cap + 1)
+                for key, ids in (await self.session.execute(query)).all():
+                    found[key] = ids if ids is not None else [None] * (cap + 1)
+            else:
+                numbered = select(k.c.key, k.c.counterparty_id,
+                                  func.row_number().over(partition_by=k.c.key).label("n")) \
+                    .where(k.c.key.in_(chunk)).subquery()
+                query = select(numbered.c.key, numbered.c.counterparty_id).where(numbered.c.n <= cap + 1)
+                for key, counterparty_id in (await self.session.execute(query)).all():
+                    found.setdefault(key, []).append(counterparty_id)
+        for key in [key for key, ids in found.items() if len(ids) > cap]:
+            del found[key]
+            if len(_GENERIC_KEYS) > 100_000:
+                _GENERIC_KEYS.clear()
+            _GENERIC_KEYS[key] = now + GENERIC_TTL_S
+        return found
+
+    async def live_brief(self, *, ids: Iterable[str] = (), inns: Iterable[str] = (),
+                         ogrns: Iterable[str] = ()) -> list[Known]:
+        """What matching needs of the verified and pending records with one of these ids,
+        INNs or OGRNs (indexed)."""
         t = self.table
-        live = t.c.status.in_((VERIFIED, "pending_verification"))
-        found: dict[str, Counterparty] = {}
-        ids = [t.c.inn == inn] if inn else []
-        if ogrn:
-            ids.append(t.c.ogrn == ogrn)
-        if ids:
-            for r in (await self.session.execute(select(t).where(or_(*ids), live).limit(limit))).mappings():
-                found[r["id"]] = Counterparty(**r)
-        if key:
-            for r in (await self.session.execute(select(t).where(t.c.match_key == key, live).limit(limit))).mappings():
-                found.setdefault(r["id"], Counterparty(**r))
+        found: dict[str, Known] = {}
+        columns = (t.c.id, t.c.name, t.c.status, t.c.inn, t.c.kpp, t.c.ogrn, t.c.match_name)
+        for column, values in ((t.c.id, ids), (t.c.inn, inns), (t.c.ogrn, ogrns)):
+            values = sorted(set(v for v in values if v))
+            for start in range(0, len(values), 5000):
+                rows = await self.session.execute(select(*columns).where(
+                    _among(self.session, column, values[start:start + 5000]), t.c.status.in_(LIVE)))
+                for r in rows.all():
+                    found.setdefault(r.id, Known(id=r.id, name=r.name, status=r.status, inn=r.inn, kpp=r.kpp,
+                                                 ogrn=r.ogrn, match_name=r.match_name))
         return list(found.values())
 
     async def add_match_decision(self, **values) -> None:

@@ -45,13 +45,22 @@ counterparties = Table(
     Column("merged_into", String(36)),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
-    # Blocking key for matching: the longest word of the name, legal form dropped, in Latin.
-    Column("match_key", String(100)),
+    # The name as matching compares it (`domain.matching.match_name`), kept with the record.
+    Column("match_name", String(500)),
     Index("ix_counterparties_inn", "inn"),
     Index("ix_counterparties_ogrn", "ogrn"),
-    Index("ix_counterparties_match_key", "match_key"),
     Index("ix_counterparties_normalized_name", "normalized_name"),
     Index("ix_counterparties_status", "status"),
+)
+
+# Blocking keys for matching (`domain.matching.name_keys`): one row per key of each live
+# (verified or pending) record; merged, rejected and archived records have none.
+counterparty_name_keys = Table(
+    "counterparty_name_keys",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("counterparty_id", String(36), primary_key=True),
+    Index("ix_counterparty_name_keys_counterparty_id", "counterparty_id"),
 )
 
 # What match-or-propose answered for a record that arrived by sync, with its evidence,

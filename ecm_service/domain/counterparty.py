@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ecm_service.domain.identifiers import quality_flags
-from ecm_service.domain.matching import match_key
+from ecm_service.domain.matching import match_name
 from ecm_service.domain.names import normalize_name
 
 PENDING = "pending_verification"
@@ -18,6 +18,7 @@ REJECTED = "rejected"
 MERGED = "merged"
 ARCHIVED = "archived"
 STATUSES = (PENDING, VERIFIED, REJECTED, MERGED, ARCHIVED)
+LIVE = (PENDING, VERIFIED)  # the statuses that can be matched
 EDITABLE = ("name", "short_name", "legal_form", "country", "inn", "kpp", "ogrn", "vat", "addresses")
 
 
@@ -43,13 +44,13 @@ class Counterparty:
     vat: str | None = None
     normalized_name: str | None = None
     merged_into: str | None = None
-    match_key: str | None = None
+    match_name: str | None = None
 
     def refresh_derived(self) -> None:
         self.quality_flags = quality_flags(inn=self.inn, kpp=self.kpp, ogrn=self.ogrn, country=self.country,
                                            legal_form=self.legal_form, vat=self.vat)
         self.normalized_name = normalize_name(self.name)
-        self.match_key = match_key(self.name)
+        self.match_name = match_name(self.name)
 
     def verify(self, at: datetime) -> None:
         if self.status not in (PENDING, REJECTED):
@@ -94,6 +95,6 @@ class Counterparty:
         for name, (_, new) in diff.items():
             setattr(self, name, new)
         self.quality_flags, self.normalized_name = candidate.quality_flags, candidate.normalized_name
-        self.match_key = candidate.match_key
+        self.match_name = candidate.match_name
         self.updated_at = at
         return diff

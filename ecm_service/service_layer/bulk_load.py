@@ -24,10 +24,11 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ecm_service.adapters import tables
 from ecm_service.adapters.history import HistoryLog
+from ecm_service.adapters.repositories import write_name_keys
 from ecm_service.adapters.row_sources import read_rows
 from ecm_service.domain.counterparty import MERGED, PENDING, VERIFIED
 from ecm_service.domain.identifiers import compact, quality_flags
-from ecm_service.domain.matching import match_key
+from ecm_service.domain.matching import match_name
 from ecm_service.domain.names import normalize_name
 from ecm_service.service_layer.registry import COUNTERPARTY
 
@@ -52,7 +53,7 @@ def _prepare(row: dict) -> dict:
     values["quality_flags"] = quality_flags(**{k: values[k] for k in ("inn", "kpp", "ogrn", "country",
                                                                        "legal_form", "vat")})
     values["normalized_name"] = normalize_name(values["name"])
-    values["match_key"] = match_key(values["name"] or "")
+    values["match_name"] = match_name(values["name"] or "")
     return values
 
 
@@ -160,8 +161,8 @@ class BulkLoader:
                                          "left for the steward"]
                         continue
                     updates.append({"b_id": record["id"], **data, "quality_flags": v["quality_flags"],
-                                    "normalized_name": v["normalized_name"], "match_key": v["match_key"],
-                                    "updated_at": now})
+                                    "normalized_name": v["normalized_name"],
+                                    "match_name": v["match_name"], "updated_at": now})
                     history.append(self._history(record["id"], "bulk_updated",
                                                  {"code": v["code"], "changes": sorted(changed)}))
                     lines[number] = [number, v["code"], "updated", record["id"], flags, ""]
@@ -176,8 +177,8 @@ class BulkLoader:
                 record_id = str(uuid.uuid4())
                 status = VERIFIED if self._verify_clean and not v["quality_flags"] else PENDING
                 new_records.append({"id": record_id, **data, "status": status, "quality_flags": v["quality_flags"],
-                                    "normalized_name": v["normalized_name"], "match_key": v["match_key"],
-                                    "created_at": now, "updated_at": now})
+                                    "normalized_name": v["normalized_name"],
+                                    "match_name": v["match_name"], "created_at": now, "updated_at": now})
                 new_refs.append(self._ref(record_id, v["code"], now))
                 history.append(self._history(record_id, "bulk_created", {"code": v["code"], "status": status}))
                 message = ("several registry records share these identifiers; left for the steward"
@@ -185,10 +186,13 @@ class BulkLoader:
                 lines[number] = [number, v["code"], "created", record_id, flags, message]
             if new_records:
                 await session.execute(insert(c), new_records)
+                await write_name_keys(session, [(r["id"], r["name"], r["status"]) for r in new_records],
+                                      replace=False)
             if new_refs:
                 await session.execute(insert(refs), new_refs)
             if updates:
                 await session.execute(update(c).where(c.c.id == bindparam("b_id")), updates)
+                await write_name_keys(session, [(u["b_id"], u["name"], PENDING) for u in updates])
             await HistoryLog(session).append_many(history, at=now)
         return [lines[number] for number, _ in chunk]
 

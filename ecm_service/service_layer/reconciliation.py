@@ -23,7 +23,15 @@ from sqlalchemy import func, select, update
 from ecm_service.adapters import tables
 from ecm_service.domain.counterparty import VERIFIED, Counterparty
 from ecm_service.domain.identifiers import compact
-from ecm_service.service_layer.registry import COUNTERPARTY, announce_synced, match_or_propose, place_new_ref
+from ecm_service.domain.matching import Decision
+from ecm_service.service_layer.registry import (
+    COUNTERPARTY,
+    announce_synced,
+    incoming,
+    match_in_parallel,
+    match_many,
+    place_new_ref,
+)
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas.common import ExternalRef
 
@@ -68,43 +76,40 @@ def _differences(org: dict, record: Counterparty) -> list[str]:
             and compact(org[key]) != getattr(record, key)]
 
 
-async def _reconcile_one(uow: EcmUnitOfWork, run: dict, org: dict) -> dict:
-    ref = ExternalRef(system=run["system"], id=org["id"])
-    apply = run["mode"] == "apply"
-    ids = {k: compact(org.get(k)) for k in ("inn", "kpp", "ogrn")}
-    snapshot = {"name": org["name"], **ids, "updated_at": org.get("updated_at")}
-    linked_id = await uow.external_refs.find(COUNTERPARTY, ref)
-    if linked_id:
-        record = await uow.counterparties.get(linked_id)
-        t = tables.external_refs
-        linked_at = (await uow.session.execute(select(t.c.created_at).where(
-            t.c.entity_type == COUNTERPARTY, t.c.system == ref.system, t.c.external_id == ref.id))).scalar()
-        differ = _differences(org, record) if record.status == VERIFIED else []
-        decisions = await uow.counterparties.match_decisions_of([record.id])
-        mine = [d for d in decisions if d["source_ref"] == ref.as_text()]
-        if differ:
-            state = "conflict"
-        elif org.get("updated_at") and linked_at and datetime.fromisoformat(org["updated_at"]) > linked_at:
-            state = "stale"
-        elif record.status == VERIFIED:
-            state = "linked"
-        elif mine and mine[0]["outcome"] == "propose":
-            state = "proposed"
-        else:
-            state = "unlinked"
-        candidates = mine[0]["candidates"] if mine and state == "proposed" else []
-        return {"state": state, "counterparty_id": candidates[0]["counterparty_id"] if candidates else record.id,
-                "score": candidates[0]["score"] if candidates else None, "snapshot": snapshot,
-                "evidence": {"registry_status": record.status, "differ": differ, "candidates": candidates,
-                             "linked_at": linked_at.isoformat() if linked_at else None}}
-    decision = await match_or_propose(uow, name=org["name"], **ids)
+async def _linked_state(uow: EcmUnitOfWork, ref: ExternalRef, org: dict, snapshot: dict, linked_id: str,
+                        linked_at: datetime | None) -> dict:
+    """An organization the registry already knows: linked, proposed, unlinked, or a
+    conflict or stale link."""
+    record = await uow.counterparties.get(linked_id)
+    differ = _differences(org, record) if record.status == VERIFIED else []
+    decisions = await uow.counterparties.match_decisions_of([record.id])
+    mine = [d for d in decisions if d["source_ref"] == ref.as_text()]
+    if differ:
+        state = "conflict"
+    elif org.get("updated_at") and linked_at and datetime.fromisoformat(org["updated_at"]) > linked_at:
+        state = "stale"
+    elif record.status == VERIFIED:
+        state = "linked"
+    elif mine and mine[0]["outcome"] == "propose":
+        state = "proposed"
+    else:
+        state = "unlinked"
+    candidates = mine[0]["candidates"] if mine and state == "proposed" else []
+    return {"state": state, "counterparty_id": candidates[0]["counterparty_id"] if candidates else record.id,
+            "score": candidates[0]["score"] if candidates else None, "snapshot": snapshot,
+            "evidence": {"registry_status": record.status, "differ": differ, "candidates": candidates,
+                         "linked_at": linked_at.isoformat() if linked_at else None}}
+
+
+async def _decided_state(uow: EcmUnitOfWork, run: dict, ref: ExternalRef, org: dict, ids: dict, snapshot: dict,
+                         decision: Decision) -> dict:
+    """An organization the registry has not seen: what match-or-propose says (written
+    in an apply run)."""
     top = decision.candidates[0] if decision.candidates else None
     state = {"link": "linked", "propose": "proposed", "new": "unlinked"}[decision.outcome]
-    counterparty_id = decision.linked_id or (top["counterparty_id"] if top else None)
-    if state == "linked":
-        differ = _differences(org, await uow.counterparties.get(decision.linked_id))
-        state = "conflict" if differ else state
-    if apply:
+    if state == "linked" and top["differ"]:  # the linked record's evidence comes first
+        state = "conflict"
+    if run["mode"] == "apply":
         record, outcome = await place_new_ref(uow, ref, decision=decision, name=org["name"], ids=ids, now=_now(),
                                               country="RU")
         seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id,
@@ -113,14 +118,15 @@ async def _reconcile_one(uow: EcmUnitOfWork, run: dict, org: dict) -> dict:
         # The other system learns the link (or the pending record) as after a soft sync.
         await announce_synced(uow, record, outcome=outcome, source_ref=ref, seq=seq,
                               correlation_id=f"reconciliation-{run['id']}")
-    return {"state": state, "counterparty_id": counterparty_id, "score": top["score"] if top else None,
-            "snapshot": snapshot, "evidence": {"decision": decision.outcome, "rule": decision.rule,
-                                               "candidates": decision.candidates}}
+    return {"state": state, "counterparty_id": decision.linked_id or (top["counterparty_id"] if top else None),
+            "score": top["score"] if top else None, "snapshot": snapshot,
+            "evidence": {"decision": decision.outcome, "rule": decision.rule, "candidates": decision.candidates}}
 
 
 async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[dict]) -> dict:
-    """One batch, one transaction. Organizations already handled by this run are skipped,
-    so a driver that resends a batch after a crash changes nothing."""
+    """One batch, one transaction, matched together (`registry.match_many`).
+    Organizations already handled by this run are skipped, so a driver that resends a
+    batch after a crash changes nothing."""
     async with uow:
         run = await get_run(uow, run_id)
         if run is None:
@@ -130,15 +136,30 @@ async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[d
         r = tables.reconciliation_results
         seen = set((await uow.session.execute(select(r.c.external_id).where(
             r.c.run_id == run_id, r.c.external_id.in_([o["id"] for o in organizations])))).scalars())
+        todo = list({o["id"]: o for o in organizations if o["id"] not in seen}.values())
+        known = await uow.external_refs.find_many(COUNTERPARTY, run["system"], [o["id"] for o in todo])
+        ids = {o["id"]: {k: compact(o.get(k)) for k in ("inn", "kpp", "ogrn")} for o in todo}
+        # A dry run matches the batch at once; an apply run one by one, so that each
+        # organization also meets the pending records written for the ones before it.
+        fresh = [o for o in todo if o["id"] not in known and run["mode"] != "apply"]
+        decisions = dict(zip([o["id"] for o in fresh], await match_in_parallel(
+            uow, [incoming(name=o["name"], **ids[o["id"]]) for o in fresh]), strict=True))
         counts = dict(run["counts"])
-        results = []
-        for org in organizations:
-            if org["id"] in seen:
-                continue
-            result = await _reconcile_one(uow, run, org)
-            await uow.session.execute(r.insert().values(run_id=run_id, external_id=org["id"], **result))
+        rows, results = [], []
+        for org in todo:
+            ref = ExternalRef(system=run["system"], id=org["id"])
+            snapshot = {"name": org["name"], **ids[org["id"]], "updated_at": org.get("updated_at")}
+            if org["id"] in known:
+                result = await _linked_state(uow, ref, org, snapshot, *known[org["id"]])
+            else:
+                decision = decisions.get(org["id"]) or (await match_many(
+                    uow, [incoming(name=org["name"], **ids[org["id"]])]))[0]
+                result = await _decided_state(uow, run, ref, org, ids[org["id"]], snapshot, decision)
+            rows.append({"run_id": run_id, "external_id": org["id"], **result})
             counts[result["state"]] = counts.get(result["state"], 0) + 1
             results.append({"id": org["id"], "state": result["state"], "counterparty_id": result["counterparty_id"]})
+        if rows:
+            await uow.session.execute(r.insert(), rows)
         cursor = max([o["id"] for o in organizations] + ([run["cursor"]] if run["cursor"] else []))
         await uow.session.execute(update(tables.reconciliation_runs).where(tables.reconciliation_runs.c.id == run_id)
                                   .values(done=run["done"] + len(results), counts=counts, cursor=cursor))

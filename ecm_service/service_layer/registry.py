@@ -3,15 +3,19 @@ identifiers agree with a verified record, otherwise kept pending for the steward
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import uuid
+from collections import defaultdict
 from datetime import datetime, timezone
 
 from prometheus_client import Counter
 from stdnum.ru import inn as ru_inn
 
+from ecm_service.domain import matching
 from ecm_service.domain.counterparty import PENDING, Counterparty
 from ecm_service.domain.identifiers import compact, passes
-from ecm_service.domain.matching import Decision, Incoming, Known, decide, match_key
+from ecm_service.domain.matching import Decision, Incoming, Known, decide, key_weight, pre_score, query_keys
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas import ecm_commands, ecm_events
 from schemas.common import ExternalRef
@@ -24,13 +28,67 @@ MATCH_DECISIONS = Counter("ecm_match_decisions_total", "Match-or-propose answers
                           ["outcome", "rule"])
 
 
+async def match_many(uow: EcmUnitOfWork, items: list[Incoming]) -> list[Decision]:
+    """Match-or-propose for many organizations at once (a soft sync is a batch of one):
+    candidates by identifier (INN, OGRN) and by shared name keys; the `prefetch` with
+    the rarest shared keys are loaded, the `scored` of those closest by name (rapidfuzz)
+    get their evidence, then the rules of `domain.matching` decide. Three indexed
+    queries per batch, whatever its size."""
+    limits = matching.THRESHOLDS
+    keys = [query_keys(item.name) for item in items]
+    postings = await uow.counterparties.name_postings(set().union(*keys))
+    by_name: list[list[str]] = []
+    for item_keys in keys:
+        weights: dict[str, float] = defaultdict(float)
+        for key in item_keys:
+            ids = postings.get(key)
+            if ids:
+                weight = key_weight(key, len(ids))
+                for counterparty_id in ids:
+                    weights[counterparty_id] += weight
+        by_name.append(heapq.nlargest(limits.prefetch, weights, key=weights.__getitem__))
+    records = await uow.counterparties.live_brief(ids=set().union(*by_name), inns=(i.inn for i in items),
+                                                  ogrns=(i.ogrn for i in items))
+    by_id = {r.id: r for r in records}
+    by_inn: dict[str, list[Known]] = defaultdict(list)
+    by_ogrn: dict[str, list[Known]] = defaultdict(list)
+    for known in by_id.values():
+        if known.inn:
+            by_inn[known.inn].append(known)
+        if known.ogrn:
+            by_ogrn[known.ogrn].append(known)
+    decisions = []
+    for item, named in zip(items, by_name, strict=True):
+        candidates = {k.id: k for k in by_inn.get(item.inn, []) + by_ogrn.get(item.ogrn, [])}
+        named = [by_id[i] for i in named if i in by_id and i not in candidates]
+        if len(named) > limits.scored:
+            named = heapq.nlargest(limits.scored, named,
+                                   key=lambda k: pre_score(item.name, k.name, b_form=k.match_name))
+        candidates.update((k.id, k) for k in named)
+        decisions.append(decide(item, list(candidates.values())))
+    return decisions
+
+
+async def match_in_parallel(uow: EcmUnitOfWork, items: list[Incoming], *, parts: int = 2) -> list[Decision]:
+    """`match_many` over `parts` slices at once, each on its own connection, so that one
+    slice is scored in Python while the database answers another (read only)."""
+    size = -(-len(items) // parts) or 1
+
+    async def part(chunk: list[Incoming]) -> list[Decision]:
+        async with uow.fork() as reader:
+            return await match_many(reader, chunk)
+
+    done = await asyncio.gather(*(part(items[i:i + size]) for i in range(0, len(items), size)))
+    return [decision for chunk in done for decision in chunk]
+
+
+def incoming(*, name: str, inn: str | None, kpp: str | None, ogrn: str | None) -> Incoming:
+    return Incoming(name=name, inn=inn, kpp=kpp, ogrn=ogrn, inn_valid=bool(inn) and passes(ru_inn, inn))
+
+
 async def match_or_propose(uow: EcmUnitOfWork, *, name: str, inn: str | None, kpp: str | None,
                            ogrn: str | None) -> Decision:
-    """Candidates by indexed blocking keys, then the rules of `domain.matching`."""
-    candidates = await uow.counterparties.match_candidates(inn=inn, ogrn=ogrn, key=match_key(name))
-    known = [Known(id=c.id, name=c.name, status=c.status, inn=c.inn, kpp=c.kpp, ogrn=c.ogrn) for c in candidates]
-    return decide(Incoming(name=name, inn=inn, kpp=kpp, ogrn=ogrn, inn_valid=bool(inn) and passes(ru_inn, inn)),
-                  known)
+    return (await match_many(uow, [incoming(name=name, inn=inn, kpp=kpp, ogrn=ogrn)]))[0]
 
 
 async def place_new_ref(uow: EcmUnitOfWork, ref: ExternalRef, *, decision: Decision, name: str, ids: dict,

@@ -107,3 +107,50 @@ async def test_after_a_crm_merge_the_registry_refs_follow_the_survivor(ecm):
     async with ecm.uow() as uow:
         assert any(h["action"] == "external_refs_merged" and h["data"]["outcome"] == "conflict"
                    for h in await uow.history.of("counterparty", first))
+
+
+async def _keys_of(ecm, counterparty_id: str) -> set[str]:
+    k = tables.counterparty_name_keys
+    async with ecm.session_factory() as session:
+        return set((await session.execute(select(k.c.key).where(k.c.counterparty_id == counterparty_id))).scalars())
+
+
+async def test_name_keys_follow_the_record_and_find_slips_and_other_scripts(ecm):
+    vector_id, _ = await sync(ecm, "ООО «Векторстрой Поволжье»")
+    assert {"t:vektorstroi", "t:povolzhe", "n:povolzhe vektorstroi"} <= await _keys_of(ecm, vector_id)
+    for typed in ("Векторсторй Поволжье", "Vektorstroy Povolzhye LLC", "Вектор-строй Поволжье",
+                  "поволжье векторстрой"):
+        _, decision = await sync(ecm, typed)
+        assert decision["outcome"] == "propose", typed
+        assert decision["candidates"][0]["counterparty_id"] == vector_id, typed
+
+    # A merged or rejected record is no longer a candidate: its keys are gone.
+    twin_id, _ = await sync(ecm, "Векторстрой-Поволжье")
+    await steward.merge(ecm.uow(), counterparty_id=twin_id, into_id=vector_id, user=STEWARD, reason="same",
+                        correlation_id="c")
+    assert await _keys_of(ecm, twin_id) == set()
+    _, again = await sync(ecm, "Векторстрой Поволжье")
+    assert twin_id not in [c["counterparty_id"] for c in again["candidates"]]
+
+
+async def test_a_generic_word_alone_finds_nothing_but_thresholds_are_configuration(ecm):
+    from ecm_service.domain import matching
+
+    for word in "Альфа Бета Гамма Дельта Заря Исток Каскад Лазурь Нева Орион Полюс Радуга".split():
+        await sync(ecm, f"Строй {word}")
+    default = matching.THRESHOLDS
+    matching.configure(matching.Thresholds(max_postings=10))
+    try:
+        # "строй" is on twelve records: above the cap it is a generic word, not a key.
+        _, decision = await sync(ecm, "Строй")
+        assert decision["outcome"] == "new"
+        matching.configure(matching.Thresholds(max_postings=50, name_propose=101, slip_min_length=100))
+        _, strict = await sync(ecm, "Строй Альфы")
+        assert strict["outcome"] == "new"  # the name was close, but the thresholds say no
+    finally:
+        matching.configure(default)
+        from ecm_service.adapters import repositories
+
+        repositories._GENERIC_KEYS.clear()
+    _, loose = await sync(ecm, "Строй Альфы")
+    assert loose["outcome"] == "propose" and loose["candidates"][0]["rules"] == ["similar_name"]

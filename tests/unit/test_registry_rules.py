@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 from crm_service.domain.hints import identifier_hints
 from ecm_service.domain.identifiers import quality_flags
-from ecm_service.domain.matching import Incoming, Known, core_name, decide, match_key, one_digit_apart
+from ecm_service.domain.matching import Incoming, Known, core_name, decide, name_keys, one_digit_apart, query_keys
 
 NOW = datetime.now(timezone.utc)
 SBER_INN = "7707083893"
@@ -64,7 +64,12 @@ def test_similar_names_across_scripts_are_proposed_with_evidence_and_others_are_
 
 def test_transliteration_and_typing_slips():
     assert core_name("Общество с ограниченной ответственностью «Щёлково»") == core_name("Shchelkovo LLC")
-    assert match_key("ООО «Ромашка Сервис 2»") == "romashka"
+    assert {"t:romashka", "t:servis", "t:2", "n:2 romashka servis"} <= name_keys("ООО «Ромашка Сервис 2»")
+    # Written together or apart, in either script, with y or i: one key.
+    assert "t:alfastroi" in name_keys("Альфа-Строй") & query_keys("Alfastroy LLC")
+    # One letter changed, dropped or added: the registry word's other half still meets.
+    for slip in ("Ромажка", "Ромшка", "Ромаашкка", "Рмоашка"):
+        assert name_keys("ООО «Ромашка»") & query_keys(slip), slip
     assert one_digit_apart("7707083893", "7707083839") and one_digit_apart("7707083893", "7707083894")
     assert not one_digit_apart("7707083893", "7707083893") and not one_digit_apart("7707083893", "77070838")
 

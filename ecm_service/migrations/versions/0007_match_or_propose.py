@@ -43,8 +43,13 @@ def upgrade() -> None:
 
 
 def _backfill_match_keys() -> None:
-    """Existing records get their blocking key (computed in Python: transliteration)."""
-    from ecm_service.domain.matching import match_key
+    """Existing records get their blocking key (computed in Python: transliteration).
+    The key of that time (the name's longest word) is frozen here; 0009 replaced it."""
+    from ecm_service.domain.matching import core_name
+
+    def match_key(name: str) -> str | None:
+        words = sorted((w for w in core_name(name).split() if not w.isdigit()), key=lambda w: (-len(w), w))
+        return words[0][:100] if words else None
 
     bind = op.get_bind()
     t = sa.table('counterparties', sa.column('id', sa.String), sa.column('name', sa.String),
