@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -9,6 +10,11 @@ from schemas.topics import dead_letter_topic
 
 ERROR_HEADER_PREFIX = "dlq."
 MAX_ERROR_TEXT = 2000
+# A dead letter must itself fit in a produce request (1,000,000 bytes by default in every
+# client here): a larger value is kept as its first KEPT_WHEN_TOO_LARGE bytes, with its
+# size and sha256, and cannot be replayed.
+MAX_DEAD_LETTER_VALUE = 900_000
+KEPT_WHEN_TOO_LARGE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,16 @@ def build_dead_letter(
         "consumer": consumer,
         "failed_at": datetime.now(timezone.utc).isoformat(),
     }
+    if value is not None and len(value) > MAX_DEAD_LETTER_VALUE:
+        context.update({"value.truncated": "true", "value.bytes": str(len(value)),
+                        "value.sha256": hashlib.sha256(value).hexdigest()})
+        value = value[:KEPT_WHEN_TOO_LARGE]
     error_headers = [(ERROR_HEADER_PREFIX + k, v.encode()) for k, v in context.items()]
     return DeadLetter(dead_letter_topic(source_topic), key, value, original + error_headers)
+
+
+def is_truncated(headers) -> bool:
+    return error_context(headers).get("value.truncated") == "true"
 
 
 def error_context(headers) -> dict[str, str]:

@@ -205,7 +205,11 @@ async def run(args, s: CtlSettings) -> int:
             for letter in selected:
                 print(f"would replay {letter.id} -> {letter.source_topic}")
             return 0
-        count = await dead_letters.replay(s.kafka_bootstrap_servers, selected)
+        try:
+            count = await dead_letters.replay(s.kafka_bootstrap_servers, selected)
+        except dead_letters.NotReplayable as exc:
+            print(f"not replayed: {exc}", file=sys.stderr)
+            return 1
         print(f"replayed {count} dead letter(s)")
     elif args.command in ("pause", "resume"):
         await set_pause(s, args.direction, args.command == "pause", getattr(args, "reason", None))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from infra.dead_letters import ERROR_HEADER_PREFIX, error_context
+from infra.dead_letters import ERROR_HEADER_PREFIX, error_context, is_truncated
 from infra.topic_inspection import read_records
 from schemas.topics import DEAD_LETTER_TOPICS
 
@@ -81,8 +81,16 @@ def matches(letter: Letter, *, ids=(), source_topic=None, error_class=None, mess
     )
 
 
+class NotReplayable(Exception):
+    pass
+
+
 async def replay(bootstrap: str, letters: list[Letter]) -> int:
-    """Writes each letter's original record back to its source topic, same key."""
+    """Writes each letter's original record back to its source topic, same key. A letter
+    whose value was too large to keep whole is refused (nothing is replayed)."""
+    cut = [letter.id for letter in letters if is_truncated(letter.headers)]
+    if cut:
+        raise NotReplayable(f"kept only in part (the message was over the size limit): {', '.join(cut)}")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:

@@ -2,13 +2,18 @@
 messages lose nothing and duplicate nothing. Real processes on PostgreSQL."""
 
 import asyncio
+import json
 import signal
+import uuid
+from datetime import datetime, timezone
 
 import pytest
 
-from infra.dead_letters import error_context
+from infra.dead_letters import KEPT_WHEN_TOO_LARGE, error_context
 from infra.topic_inspection import committed_offsets, end_offsets
-from schemas.topics import DATA_TOPICS, dead_letter_topic
+from schemas import crm_commands, crm_events, ecm_commands, ecm_events
+from schemas.registry import MAX_MESSAGE_BYTES
+from schemas.topics import CRM_COMMANDS, CRM_EVENTS, DATA_TOPICS, ECM_COMMANDS, ECM_EVENTS, dead_letter_topic
 from sync_bridge.bridgectl import CONSUMER_GROUPS
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import (
@@ -59,11 +64,35 @@ def ecm_counts(api, flows):
     return counts
 
 
-def test_a_malformed_message_on_each_consumed_topic_is_dead_lettered_and_the_next_is_processed(api, system):
+# A message type each topic's consumer reads, to build the foreign and malformed kinds from.
+TOPIC_TYPES = {CRM_EVENTS: crm_events.APPROVAL_REQUESTED, ECM_COMMANDS: ecm_commands.SYNC_COUNTERPARTY,
+               ECM_EVENTS: ecm_events.COUNTERPARTY_SYNCED, CRM_COMMANDS: crm_commands.UPDATE_ORGANIZATION_LINK}
+
+
+def _envelope(type_: str, payload: dict, version: int = 1, **extra) -> bytes:
+    body = {"event_id": str(uuid.uuid4()), "type": type_, "schema_version": version, "source": "chaos",
+            "occurred_at": datetime.now(timezone.utc).isoformat(), "correlation_id": "poison", "payload": payload,
+            **extra}
+    return json.dumps(body).encode()
+
+
+def poison_kinds(topic: str) -> dict[str, tuple[bytes, str]]:
+    """Every kind of bad message, with the words its dead letter's reason must carry."""
+    type_ = TOPIC_TYPES[topic]
+    return {
+        "invalid_json": (f"not json for {topic}".encode(), "not a valid envelope"),
+        "unknown_type": (_envelope("crm.something_new", {}), "unknown message type"),
+        "unknown_version": (_envelope(type_, {}, version=99), "newer than supported"),
+        "missing_fields": (_envelope(type_, {}), f"invalid {type_} payload"),
+        "oversize": (_envelope(type_, {"padding": "x" * (MAX_MESSAGE_BYTES + 10)}), "exceeds"),
+    }
+
+
+def test_every_kind_of_bad_message_on_each_consumed_topic_is_dead_lettered_and_the_next_is_processed(api, system):
     bootstrap = system.bootstrap_servers
-    poison = {topic: f"not json for {topic}".encode() for topic in DATA_TOPICS}
     flow = create_deal_with_document(api, name="After the poison")
-    for topic, value in poison.items():
+    poison = {(topic, kind): bad for topic in DATA_TOPICS for kind, bad in poison_kinds(topic).items()}
+    for (topic, _), (value, _) in poison.items():
         # Same key as the valid flow: the poison sits on the very partition the flow needs.
         run(produce(bootstrap, topic, value, key=flow["org"]["id"].encode()))
     request_approval(api, flow)
@@ -71,14 +100,19 @@ def test_a_malformed_message_on_each_consumed_topic_is_dead_lettered_and_the_nex
     decide(api, approval["id"], "legal")
     wait_crm_status(api, flow, "in_progress", "finance")
 
-    for topic, value in poison.items():
-        letters = wait_until(lambda t=topic, v=value: [r for r in run(read_all(bootstrap, dead_letter_topic(t)))
-                                                       if r.value == v],
-                             timeout=60, message=f"dead letter from {topic}")
+    for (topic, kind), (value, reason) in poison.items():
+        kept = value[:KEPT_WHEN_TOO_LARGE] if kind == "oversize" else value
+        letters = wait_until(lambda t=topic, v=kept: [r for r in run(read_all(bootstrap, dead_letter_topic(t)))
+                                                      if r.value == v],
+                             timeout=60, message=f"dead letter {kind} from {topic}")
         ctx = error_context(letters[0].headers)
-        assert ctx["source.topic"] == topic and ctx["error.class"] == "InvalidMessage"
-        assert "not a valid envelope" in ctx["error.message"] and int(ctx["source.offset"]) >= 0
+        if kind == "oversize":  # kept in part, with what proves the whole
+            assert ctx["value.bytes"] == str(len(value)) and ctx["value.truncated"] == "true"
+        assert ctx["source.topic"] == topic and ctx["error.class"] == "InvalidMessage", (topic, kind)
+        assert reason in ctx["error.message"] and int(ctx["source.offset"]) >= 0, (topic, kind, ctx)
         assert letters[0].key == flow["org"]["id"].encode()
+    for process in system.processes.values():
+        assert process.poll() is None, "nothing crashed"
 
 
 def test_replaying_every_topic_from_offset_zero_creates_no_duplicates(api, system):

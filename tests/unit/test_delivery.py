@@ -84,3 +84,25 @@ def test_dead_letter_of_a_dead_letter_keeps_one_error_context():
     assert error_context(second.headers)["source.offset"] == "9"
     assert sum(1 for k, _ in second.headers if k == "dlq.error.message") == 1
     assert json.dumps(error_context(second.headers))
+
+
+def test_a_value_too_large_to_dead_letter_is_kept_in_part_with_its_size_and_hash_and_not_replayed():
+    import asyncio
+    import hashlib
+
+    import pytest
+
+    from infra.dead_letters import KEPT_WHEN_TOO_LARGE, MAX_DEAD_LETTER_VALUE, build_dead_letter
+    from sync_bridge.dead_letters import Letter, NotReplayable, replay
+
+    big = b"x" * (MAX_DEAD_LETTER_VALUE + 1)
+    letter = build_dead_letter(source_topic="t", partition=0, offset=1, key=b"k", value=big, headers=[],
+                               error=ValueError("too big"), attempts=1, consumer="c")
+    ctx = error_context(letter.headers)
+    assert len(letter.value) == KEPT_WHEN_TOO_LARGE and letter.value == big[:KEPT_WHEN_TOO_LARGE]
+    assert ctx["value.bytes"] == str(len(big)) and ctx["value.sha256"] == hashlib.sha256(big).hexdigest()
+    small = build_dead_letter(source_topic="t", partition=0, offset=2, key=b"k", value=b"v", headers=[],
+                              error=ValueError("bad"), attempts=1, consumer="c")
+    assert small.value == b"v" and "value.truncated" not in error_context(small.headers)
+    with pytest.raises(NotReplayable, match="t.dlq:0:1"):  # refused before any broker is contacted
+        asyncio.run(replay("127.0.0.1:1", [Letter("t.dlq:0:1", letter.key, letter.value, letter.headers)]))
