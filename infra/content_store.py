@@ -18,6 +18,10 @@ class FileTooLarge(Exception):
     pass
 
 
+class Refused(Exception):
+    """Received bytes that are not kept: an empty file, or not the declared hash."""
+
+
 class CorruptContent(Exception):
     """The stored bytes no longer hash to their name."""
 
@@ -41,9 +45,12 @@ class ContentStore:
             raise ValueError("not a sha256 digest")
         return self.root / sha256[:2] / sha256
 
-    def put(self, stream: BinaryIO, *, max_bytes: int) -> tuple[str, int]:
+    def put(self, stream: BinaryIO, *, max_bytes: int, expected_sha256: str | None = None,
+            allow_empty: bool = True) -> tuple[str, int]:
         """Streams to a temporary file, hashing as it goes; the name is the digest, so
-        the same bytes are stored once and a half-written file is never visible."""
+        the same bytes are stored once and a half-written file is never visible. Bytes
+        that are refused (over the limit, empty, another hash than declared) never
+        reach the store."""
         self.root.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
@@ -56,6 +63,10 @@ class ContentStore:
                     digest.update(chunk)
                     out.write(chunk)
             sha = digest.hexdigest()
+            if size == 0 and not allow_empty:
+                raise Refused("the file is empty")
+            if expected_sha256 and expected_sha256 != sha:
+                raise Refused(f"declared sha256 {expected_sha256} does not match the received content ({sha})")
             target = self.path_for(sha)
             target.parent.mkdir(exist_ok=True)
             os.replace(tmp, target)

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from infra.content_store import ContentStore, FileTooLarge
+from infra.content_store import ContentStore, FileTooLarge, Refused
 from infra.logs import bind_contextvars, clear_contextvars, new_correlation_id
 from infra.users import User, find_user_by_token
 
@@ -89,15 +89,26 @@ def correlation_id(request: Request) -> str:
     return request.state.correlation_id
 
 
-async def receive_upload(store: ContentStore, upload: UploadFile, max_bytes: int) -> tuple[str, int]:
-    """Streams an upload into the content store: (sha256, size); 413 over the limit, 422 when empty."""
+async def receive_upload(store: ContentStore, upload: UploadFile, max_bytes: int,
+                         declared_sha256: str | None = None) -> tuple[str, int]:
+    """Streams an upload into the content store: (sha256, size); 413 over the limit, 422
+    when empty or not the declared sha256. Refused bytes are not kept."""
     try:
-        sha256, size = await run_in_threadpool(store.put, upload.file, max_bytes=max_bytes)
+        return await run_in_threadpool(store.put, upload.file, max_bytes=max_bytes, expected_sha256=declared_sha256,
+                                       allow_empty=False)
     except FileTooLarge as exc:
         raise HTTPException(413, str(exc)) from exc
-    if size == 0:
-        raise HTTPException(422, "the file is empty")
-    return sha256, size
+    except Refused as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+def safe_filename(name: str | None, default: str = "document") -> str:
+    """A client's file name as shown and offered on download: its last path component
+    ("../../etc/passwd" -> "passwd", "C:\\x\\a.pdf" -> "a.pdf"), printable characters only,
+    at most 255 characters. Stored files are named by their hash, never by this."""
+    base = (name or "").replace("\\", "/").split("/")[-1]
+    base = "".join(c for c in base if c.isprintable()).strip()
+    return default if base in ("", ".", "..") else base[-255:]
 
 
 def save_upload(upload, target, limit: int) -> int:

@@ -14,7 +14,7 @@ from crm_service.domain.rights import NotAllowed, check_may_change
 from crm_service.service_layer import handlers
 from crm_service.service_layer.sales import actor_for, approvals_of, duplicate_hints, link_text
 from infra.users import User
-from infra.web import correlation_id, receive_upload, require_roles
+from infra.web import correlation_id, receive_upload, require_roles, safe_filename
 from schemas.crm_events import Address
 
 router = APIRouter(prefix="/api")
@@ -238,7 +238,7 @@ async def upload_document(
     try:
         doc = await handlers.attach_document(
             container.uow(), user_id=user.id, deal_id=deal_id,
-            filename=(file.filename or "document")[-255:],
+            filename=safe_filename(file.filename),
             content_type=file.content_type or "application/octet-stream",
             doc_type=doc_type, sha256=sha256, size=size,
         )

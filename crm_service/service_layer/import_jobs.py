@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from crm_service.adapters import tables
 from crm_service.service_layer import imports
 from infra.spreadsheets import UnreadableFile
-from infra.web import save_upload
+from infra.web import safe_filename, save_upload
 
 KINDS = ("csv", "xlsx")
 _running: set[asyncio.Task] = set()
@@ -54,7 +54,7 @@ async def create_import(container, upload, *, filename: str | None, user_id: str
         raise exc if isinstance(exc, ImportRefused) else ImportRefused(422, str(exc)) from exc
     async with container.session_factory() as session, session.begin():
         await session.execute(tables.imports.insert().values(
-            id=import_id, file_name=(filename or "upload")[-255:], file_path=str(path), created_by=user_id,
+            id=import_id, file_name=safe_filename(filename, "upload"), file_path=str(path), created_by=user_id,
             created_at=datetime.now(timezone.utc), header=header, mapping=imports.suggest_mapping(header),
             status="uploaded", counts={}))
     return import_id

@@ -18,7 +18,7 @@ from ecm_service.service_layer.documents import DOCUMENT, DocumentGone, store_ve
 from ecm_service.service_layer.registry import COUNTERPARTY
 from infra.content_store import CorruptContent, detect_content_type
 from infra.users import User
-from infra.web import receive_upload, require_roles
+from infra.web import receive_upload, require_roles, safe_filename
 from schemas.common import ExternalRef
 
 log = structlog.get_logger()
@@ -139,9 +139,8 @@ class StoredVersion(BaseModel):
 
 async def _receive(container, file: UploadFile, declared_sha256: str | None) -> tuple[str, int, str]:
     """Stores the bytes: (sha256, size, detected content type); 422 when the declared hash differs."""
-    actual, size = await receive_upload(container.content_store, file, container.settings.max_upload_bytes)
-    if declared_sha256 and declared_sha256 != actual:
-        raise HTTPException(422, f"declared sha256 {declared_sha256} does not match the received content ({actual})")
+    actual, size = await receive_upload(container.content_store, file, container.settings.max_upload_bytes,
+                                        declared_sha256)
     content_type = await run_in_threadpool(
         detect_content_type, container.content_store.path_for(actual), filename=file.filename or "",
         declared=file.content_type)
@@ -163,7 +162,7 @@ async def upload_document(
     actual, size, content_type = await _receive(container, file, sha256)
     document, version, created = await store_version(
         container.uow(), user_id=user.id, doc_type=doc_type, title=title,
-        filename=(file.filename or "document")[-255:], content_type=content_type,
+        filename=safe_filename(file.filename), content_type=content_type,
         sha256=actual, size=size, external_ref=ref, retention=container.retention,
     )
     return StoredVersion(id=document["id"], version_id=version["id"], version_no=version["version_no"],
@@ -182,7 +181,7 @@ async def upload_version(document_id: str, request: Request, file: UploadFile = 
     try:
         document, version, created = await store_version(
             container.uow(), user_id=user.id, doc_type="", title="", document_id=document_id,
-            filename=(file.filename or "document")[-255:], content_type=content_type, sha256=actual, size=size,
+            filename=safe_filename(file.filename), content_type=content_type, sha256=actual, size=size,
             external_ref=None)
     except DocumentGone as exc:
         raise HTTPException(410, str(exc)) from exc

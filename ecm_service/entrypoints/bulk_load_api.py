@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from ecm_service.adapters import tables
 from ecm_service.service_layer.bulk_load import run_job, start_job
 from infra.users import User
-from infra.web import require_roles, save_upload
+from infra.web import require_roles, safe_filename, save_upload
 
 router = APIRouter(prefix="/api/counterparties/bulk-loads", tags=["bulk load"])
 LOADERS = ("steward", "admin")
@@ -53,8 +53,8 @@ async def start(request: Request, file: UploadFile = File(...),
     kind = Path(file.filename or "").suffix.lower().lstrip(".")
     if kind not in KINDS:
         raise HTTPException(422, f"unsupported file type {kind!r}: use one of {', '.join(KINDS)}")
-    load_id = await start_job(container.session_factory, file_name=file.filename or "upload", system=system,
-                              user_id=user.id)
+    load_id = await start_job(container.session_factory, file_name=safe_filename(file.filename, "upload"),
+                              system=system, user_id=user.id)
     folder = container.settings.imports_dir
     path = folder / f"{load_id}.{kind}"
     try:
