@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test browser test-unit test-integration test-e2e lint bench schemas-check asyncapi install clean
+.PHONY: run test browser test-unit test-integration test-e2e test-chaos lint bench schemas-check asyncapi install clean
 
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,9 @@ browser:
 
 test-e2e: $(STAMP) browser
 	PYTHONPATH=. $(PY) -m pytest tests/e2e
+
+test-chaos: $(STAMP)
+	PYTHONPATH=. $(PY) -m pytest -s tests/chaos
 
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)

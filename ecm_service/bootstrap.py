@@ -76,6 +76,7 @@ def bootstrap(settings: EcmSettings | None = None) -> EcmContainer:
     matching.configure(matching.Thresholds(
         name_propose=settings.match_name_propose, name_with_id=settings.match_name_with_id,
         slip_min_length=settings.match_slip_min_length, prefetch=settings.match_prefetch,
+        bulk_prefetch=settings.match_bulk_prefetch,
         scored=settings.match_scored,
         max_postings=settings.match_max_postings))
     engine = make_engine(settings.database_url)

@@ -7,6 +7,7 @@ from sqlalchemy import insert, select, update
 from crm_service.adapters import tables
 from crm_service.domain.model import (
     CLOSED_DEAL_STAGES,
+    FINAL_APPROVAL_STATUSES,
     Activity,
     ApprovalRequest,
     Contact,
@@ -66,6 +67,9 @@ class DocumentRepository(TableRepository):
     table, entity = tables.documents, Document
 
 
+CLOSED_REQUEST_STATUSES = (*FINAL_APPROVAL_STATUSES, "returned")
+
+
 class ApprovalRequestRepository(TableRepository):
     table, entity = tables.approval_requests, ApprovalRequest
 
@@ -76,6 +80,15 @@ class ApprovalRequestRepository(TableRepository):
                 select(t).where(t.c.deal_id == deal_id).order_by(t.c.requested_at.desc()).limit(1)
             )
         ).mappings().first()
+        return ApprovalRequest(**row) if row else None
+
+    async def open_for_document(self, document_id: str) -> ApprovalRequest | None:
+        """The request for this document still on its way (not approved, rejected or
+        returned for changes)."""
+        t = self.table
+        row = (await self.session.execute(
+            select(t).where(t.c.document_id == document_id, t.c.status.not_in(CLOSED_REQUEST_STATUSES))
+            .order_by(t.c.requested_at.desc()).limit(1))).mappings().first()
         return ApprovalRequest(**row) if row else None
 
     async def record_status(self, request: ApprovalRequest, command_id: str, changed_at=None) -> None:

@@ -75,14 +75,18 @@ async def request_approval(
     uow: CrmUnitOfWork, *, user_id: str, deal_id: str, document_id: str, correlation_id: str
 ) -> ApprovalRequest:
     """Records the request and its event in one transaction. The organization travels
-    as it is (partial, unchecked): the ECM reconciles, the rep is never asked."""
+    as it is (partial, unchecked): the ECM reconciles, the rep is never asked. Asking
+    again for a document whose approval is still open answers with that request (a
+    double click, or a client resending after a lost answer, starts nothing new)."""
     async with uow:
         deal = await uow.deals.get(deal_id)
         if deal is None:
             raise NotFound(f"deal {deal_id} not found")
-        doc = await uow.documents.get(document_id)
+        doc = await uow.documents.get(document_id, for_update=True)
         if doc is None or doc.deal_id != deal_id:
             raise NotFound(f"document {document_id} not found on deal {deal_id}")
+        if (open_request := await uow.approval_requests.open_for_document(document_id)) is not None:
+            return open_request
         org = await uow.organizations.get(deal.organization_id)
         request = ApprovalRequest(
             id=_new_id(), deal_id=deal_id, document_id=document_id, organization_id=org.id,

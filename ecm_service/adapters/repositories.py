@@ -216,9 +216,9 @@ class CounterpartyRepository(TableRepository):
             for start in range(0, len(values), 5000):
                 rows = await self.session.execute(select(*columns).where(
                     _among(self.session, column, values[start:start + 5000]), t.c.status.in_(LIVE)))
-                for r in rows.all():
-                    found.setdefault(r.id, Known(id=r.id, name=r.name, status=r.status, inn=r.inn, kpp=r.kpp,
-                                                 ogrn=r.ogrn, match_name=r.match_name))
+                for id_, name, status, inn, kpp, ogrn, match_name in rows.tuples():
+                    if id_ not in found:
+                        found[id_] = Known(id_, name, status, inn, kpp, ogrn, (), match_name)
         return list(found.values())
 
     async def add_match_decision(self, **values) -> None:

@@ -32,6 +32,7 @@ class Thresholds:
     name_with_id: float = 70.0  # with an agreeing identifier, a looser name still counts
     slip_min_length: int = 4  # names one typing slip apart are proposed from this length on
     prefetch: int = 100  # candidates found by name (rarest shared keys first) loaded per organization
+    bulk_prefetch: int = 50  # the same in an initial sync (throughput over the last rare typo)
     scored: int = 20  # of those, the closest by name that get evidence
     max_postings: int = 100  # a name key shared by more records is generic and not searched by
 
@@ -194,12 +195,20 @@ def closeness(a: str, b: str, *, b_form: str | None = None) -> float:
     return fuzz.ratio(match_name(a), _form(b, b_form))
 
 
-def one_slip_apart(a: str, b: str) -> bool:
+def one_slip_apart(a: str, b: str, *, b_form: str | None = None) -> bool:
     """Names one typing slip apart (a letter changed, dropped, added, or two neighbours
-    swapped), in their own script or transliterated; short names do not count."""
-    pairs = ((split_legal_form(a)[1], split_legal_form(b)[1]), (core_name(a), core_name(b)))
-    return any(min(len(x), len(y)) >= THRESHOLDS.slip_min_length and re.findall(r"\d+", x) == re.findall(r"\d+", y)
-               and OSA.distance(x, y, score_cutoff=1) <= 1 for x, y in pairs)
+    swapped), transliterated or in their own script; short names do not count. The
+    cheap Latin comparison comes first: most candidates are far apart there already."""
+    la, lb = match_name(a), _form(b, b_form)
+    if _NUMBERS.findall(la) != _NUMBERS.findall(lb):
+        return False
+    latin = OSA.distance(la, lb, score_cutoff=4)  # one Cyrillic letter is at most 4 Latin edits
+    if latin > 4:
+        return False
+    if latin <= 1 and min(len(la), len(lb)) >= THRESHOLDS.slip_min_length:
+        return True
+    x, y = split_legal_form(a)[1], split_legal_form(b)[1]
+    return min(len(x), len(y)) >= THRESHOLDS.slip_min_length and OSA.distance(x, y, score_cutoff=1) <= 1
 
 
 def one_digit_apart(a: str | None, b: str | None) -> bool:
@@ -211,7 +220,7 @@ def one_digit_apart(a: str | None, b: str | None) -> bool:
                               and a[diff[1]] == b[diff[0]])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Incoming:
     name: str
     inn: str | None = None
@@ -220,7 +229,7 @@ class Incoming:
     inn_valid: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Known:
     id: str
     name: str
@@ -257,7 +266,7 @@ def _evidence(incoming: Incoming, known: Known) -> dict:
         rules.append("inn_one_digit_from_verified")
     if score >= THRESHOLDS.name_propose:
         rules.append("similar_name")
-    elif one_slip_apart(incoming.name, known.name):
+    elif one_slip_apart(incoming.name, known.name, b_form=known.match_name):
         rules.append("name_one_slip")
     elif score >= THRESHOLDS.name_with_id and (agree or "inn_one_digit_from_verified" in rules):
         rules.append("similar_name_with_id")

@@ -28,7 +28,7 @@ MATCH_DECISIONS = Counter("ecm_match_decisions_total", "Match-or-propose answers
                           ["outcome", "rule"])
 
 
-async def match_many(uow: EcmUnitOfWork, items: list[Incoming]) -> list[Decision]:
+async def match_many(uow: EcmUnitOfWork, items: list[Incoming], *, prefetch: int | None = None) -> list[Decision]:
     """Match-or-propose for many organizations at once (a soft sync is a batch of one):
     candidates by identifier (INN, OGRN) and by shared name keys; the `prefetch` with
     the rarest shared keys are loaded, the `scored` of those closest by name (rapidfuzz)
@@ -46,7 +46,7 @@ async def match_many(uow: EcmUnitOfWork, items: list[Incoming]) -> list[Decision
                 weight = key_weight(key, len(ids))
                 for counterparty_id in ids:
                     weights[counterparty_id] += weight
-        by_name.append(heapq.nlargest(limits.prefetch, weights, key=weights.__getitem__))
+        by_name.append(heapq.nlargest(prefetch or limits.prefetch, weights, key=weights.__getitem__))
     records = await uow.counterparties.live_brief(ids=set().union(*by_name), inns=(i.inn for i in items),
                                                   ogrns=(i.ogrn for i in items))
     by_id = {r.id: r for r in records}
@@ -70,13 +70,14 @@ async def match_many(uow: EcmUnitOfWork, items: list[Incoming]) -> list[Decision
 
 
 async def match_in_parallel(uow: EcmUnitOfWork, items: list[Incoming], *, parts: int = 2) -> list[Decision]:
-    """`match_many` over `parts` slices at once, each on its own connection, so that one
-    slice is scored in Python while the database answers another (read only)."""
+    """`match_many` for a bulk run (`Thresholds.bulk_prefetch` candidates per name) over
+    `parts` slices at once, each on its own connection, so that one slice is scored in
+    Python while the database answers another (read only)."""
     size = -(-len(items) // parts) or 1
 
     async def part(chunk: list[Incoming]) -> list[Decision]:
         async with uow.fork() as reader:
-            return await match_many(reader, chunk)
+            return await match_many(reader, chunk, prefetch=matching.THRESHOLDS.bulk_prefetch)
 
     done = await asyncio.gather(*(part(items[i:i + size]) for i in range(0, len(items), size)))
     return [decision for chunk in done for decision in chunk]

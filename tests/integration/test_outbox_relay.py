@@ -15,13 +15,32 @@ from tests.support.kafka import read_all
 async def _approval_requests(crm, count):
     org = await handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
     deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
-    doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c.pdf",
-                                         content_type="application/pdf", doc_type="contract", sha256="b" * 64, size=3)
-    return org, [
-        await handlers.request_approval(crm.uow(), user_id="u", deal_id=deal.id, document_id=doc.id,
-                                        correlation_id=f"corr-{i}")
-        for i in range(count)
-    ]
+    requests = []
+    for i in range(count):
+        doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename=f"c{i}.pdf",
+                                             content_type="application/pdf", doc_type="contract",
+                                             sha256=f"{i:x}" * 64, size=3)
+        requests.append(await handlers.request_approval(crm.uow(), user_id="u", deal_id=deal.id,
+                                                        document_id=doc.id, correlation_id=f"corr-{i}"))
+    return org, requests
+
+
+async def test_asking_again_for_an_open_approval_answers_with_the_same_request(crm):
+    org, (first,) = await _approval_requests(crm, 1)
+    again = await handlers.request_approval(crm.uow(), user_id="u", deal_id=first.deal_id,
+                                            document_id=first.document_id, correlation_id="resent")
+    assert again.id == first.id
+    async with crm.session_factory() as session:
+        events = await session.scalar(select(func.count()).select_from(tables.outbox))
+    assert events == 1
+    async with crm.uow() as uow:  # once returned for changes, a new request may start
+        request = await uow.approval_requests.get(first.id)
+        request.status = "returned"
+        await uow.approval_requests.save(request)
+        await uow.commit()
+    fresh = await handlers.request_approval(crm.uow(), user_id="u", deal_id=first.deal_id,
+                                            document_id=first.document_id, correlation_id="new round")
+    assert fresh.id != first.id
 
 
 async def test_relay_publishes_each_outbox_row_once_in_order(crm, broker):
