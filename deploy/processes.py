@@ -12,6 +12,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # Note: PR_SET_PDEATHSIG fires when the *thread* that started the child ends, not the
+    # process; start children from a thread that lives as long as they should.
     os.setpgrp()  # Ctrl-C reaches the launcher only; it stops children in order
     try:
         ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
