@@ -25,6 +25,6 @@ class EcmSettings(ServiceSettings):
     match_name_with_id: float = Field(70.0, ge=0, le=100)
     match_slip_min_length: int = Field(4, ge=1)
     match_prefetch: int = Field(100, ge=1, le=1000)
-    match_bulk_prefetch: int = Field(50, ge=1, le=1000)
+    match_bulk_prefetch: int = Field(40, ge=1, le=1000)
     match_scored: int = Field(20, ge=1, le=200)
     match_max_postings: int = Field(100, ge=10, le=100_000)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import ARRAY, String, any_, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters import tables
@@ -89,12 +89,13 @@ GENERIC_TTL_S = 3600.0
 _GENERIC_KEYS: dict[str, float] = {}  # key -> monotonic time until which it is known generic
 
 
-def _among(session: AsyncSession, column, values: list[str]):
-    """`column IN (values)`; on PostgreSQL as one array parameter (`= ANY($1)`), which
-    costs nothing to render for thousands of values."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(literal(values, ARRAY(String)))
-    return column.in_(values)
+async def _pg_fetch(session: AsyncSession, sql: str, *args) -> list:
+    """Rows of a read on PostgreSQL straight from the driver (asyncpg), inside the
+    session's transaction: the matcher's hot reads return tens of thousands of rows a
+    batch, and SQLAlchemy's per-row processing costs more than the query."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return await raw.driver_connection.fetch(sql, *args)
 
 
 async def write_name_keys(session: AsyncSession, records: list[tuple[str, str, str]], *, replace: bool = True) -> None:
@@ -183,12 +184,12 @@ class CounterpartyRepository(TableRepository):
             if postgres:
                 # Each key's index range is read up to one past the cap and comes back as
                 # one row: its records, or NULL when it is generic.
-                query = text(
-                    "SELECT w.key, CASE WHEN count(*) > :cap THEN NULL ELSE array_agg(p.counterparty_id) END "
-                    "FROM unnest(CAST(:keys AS varchar[])) AS w(key) CROSS JOIN LATERAL "
-                    "(SELECT counterparty_id FROM counterparty_name_keys WHERE key = w.key LIMIT :limit) AS p "
-                    "GROUP BY w.key").bindparams(keys=chunk, cap=cap, limit=cap + 1)
-                for key, ids in (await self.session.execute(query)).all():
+                for key, ids in await _pg_fetch(
+                        self.session,
+                        "SELECT w.key, CASE WHEN count(*) > $2 THEN NULL ELSE array_agg(p.counterparty_id) END "
+                        "FROM unnest($1::varchar[]) AS w(key) CROSS JOIN LATERAL "
+                        "(SELECT counterparty_id FROM counterparty_name_keys WHERE key = w.key LIMIT $3) AS p "
+                        "GROUP BY w.key", chunk, cap, cap + 1):
                     found[key] = ids if ids is not None else [None] * (cap + 1)
             else:
                 numbered = select(k.c.key, k.c.counterparty_id,
@@ -211,12 +212,20 @@ class CounterpartyRepository(TableRepository):
         t = self.table
         found: dict[str, Known] = {}
         columns = (t.c.id, t.c.name, t.c.status, t.c.inn, t.c.kpp, t.c.ogrn, t.c.match_name)
+        postgres = self.session.get_bind().dialect.name == "postgresql"
         for column, values in ((t.c.id, ids), (t.c.inn, inns), (t.c.ogrn, ogrns)):
             values = sorted(set(v for v in values if v))
             for start in range(0, len(values), 5000):
-                rows = await self.session.execute(select(*columns).where(
-                    _among(self.session, column, values[start:start + 5000]), t.c.status.in_(LIVE)))
-                for id_, name, status, inn, kpp, ogrn, match_name in rows.tuples():
+                chunk = values[start:start + 5000]
+                if postgres:
+                    rows = await _pg_fetch(
+                        self.session, f"SELECT {', '.join(c.name for c in columns)} FROM {t.name} "
+                        f"WHERE {column.name} = ANY($1::varchar[]) AND status = ANY($2::varchar[])",
+                        chunk, sorted(LIVE))
+                else:
+                    rows = (await self.session.execute(select(*columns).where(
+                        column.in_(chunk), t.c.status.in_(LIVE)))).tuples()
+                for id_, name, status, inn, kpp, ogrn, match_name in rows:
                     if id_ not in found:
                         found[id_] = Known(id_, name, status, inn, kpp, ogrn, (), match_name)
         return list(found.values())

@@ -32,7 +32,7 @@ class Thresholds:
     name_with_id: float = 70.0  # with an agreeing identifier, a looser name still counts
     slip_min_length: int = 4  # names one typing slip apart are proposed from this length on
     prefetch: int = 100  # candidates found by name (rarest shared keys first) loaded per organization
-    bulk_prefetch: int = 50  # the same in an initial sync (throughput over the last rare typo)
+    bulk_prefetch: int = 40  # the same in an initial sync (throughput over the last rare typo)
     scored: int = 20  # of those, the closest by name that get evidence
     max_postings: int = 100  # a name key shared by more records is generic and not searched by
 
