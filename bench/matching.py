@@ -303,6 +303,21 @@ async def initial_sync(sessions, registry: list[dict], n: int, rng: random.Rando
     return time.perf_counter() - started, done["counts"]
 
 
+def cpu_reference() -> float:
+    """Milliseconds for a fixed piece of pure-Python and rapidfuzz work: the shared
+    machines here vary by up to 2x in speed from hour to hour, and a figure is only
+    comparable with another next to its reference."""
+    rng = random.Random(1)
+    words = ["".join(rng.choice("абвгдежзиклмнопрстуфхцчшщэюя") for _ in range(rng.randint(4, 12)))
+             for _ in range(2000)]
+    started = time.perf_counter()
+    for i in range(60_000):
+        a, b = words[i % 2000], words[(i * 7) % 2000]
+        fuzz.token_set_ratio(f"{a} {b}", f"{b} {a}x")
+        normalize_name(f"ООО «{a}» {b}")
+    return (time.perf_counter() - started) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", type=int, default=200_000)
@@ -312,6 +327,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    reference_before = cpu_reference()
     started = time.perf_counter()
     registry = generate_registry(args.registry, rng)
     cases = variants(registry, args.variants, rng)
@@ -335,11 +351,14 @@ def main() -> None:
     finally:
         drop_pg_database(name)
     brute_ms, brute_recall, index_recall, sampled = brute_force(registry, cases, args.brute)
+    reference_after = cpu_reference()
     q = statistics.quantiles(latencies, n=100)
     precision = stats["right_links"] / stats["links"] if stats["links"] else 1.0
     recall = stats["found"] / stats["expected"] if stats["expected"] else 0.0
     rows = [
         ("cores", os.cpu_count(), ""),
+        ("machine speed reference", f"{reference_before:.0f} ms",
+         f"a fixed CPU workload, before the run; {reference_after:.0f} ms after it (lower is faster)"),
         ("registry (verified counterparties)", f"{args.registry:,}",
          f"generated in {generated:.0f} s, loaded with {keys:,} name keys in {loaded:.0f} s"),
         ("labelled CRM variants", f"{len(cases):,}", f"{len(KINDS)} kinds, equal shares"),

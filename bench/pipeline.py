@@ -4,6 +4,9 @@ bridge -> CRM status `in_progress`), next to the raw ceiling of the same broker
 (aiokafka alone, the same number of equally sized messages produced and consumed).
 
     PYTHONPATH=. .venv/bin/python bench/pipeline.py --requests 1000 --backend postgresql
+
+Then, unless --seconds 0, latency under steady load: --rate requests/s for --seconds,
+p50/p95/p99 from the CRM API call to the CRM applying `in_progress` (PostgreSQL only).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -98,6 +102,48 @@ async def raw_ceiling(bootstrap: str, n: int, size: int) -> float:
         await consumer.stop()
 
 
+async def steady_load(system: LocalSystem, token: str, items, rate: float) -> list[str]:
+    """One approval request every 1/rate seconds (open loop: the next one does not wait
+    for the answer to the last); returns the request ids."""
+    headers = {"Authorization": f"Bearer {token}"}
+    ids: list[str] = []
+    async with httpx.AsyncClient(base_url=system.crm_url, headers=headers, timeout=60,
+                                 limits=httpx.Limits(max_connections=200)) as client:
+        async def one(deal_id, doc_id):
+            r = await client.post(f"/api/deals/{deal_id}/approval-requests", json={"document_id": doc_id})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+
+        start = time.perf_counter()
+        tasks = []
+        for i, (deal_id, doc_id) in enumerate(items):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(deal_id, doc_id)))
+        await asyncio.gather(*tasks)
+    return ids
+
+
+async def latencies(crm_db_url: str, ids: list[str], timeout: float) -> list[float]:
+    """Seconds from each request's arrival at the CRM API to the CRM applying in_progress,
+    read from the CRM's own records once every request got there."""
+    engine = create_async_engine(crm_db_url)
+    query = text("SELECT EXTRACT(EPOCH FROM min(h.applied_at) - a.requested_at) FROM approval_requests a "
+                 "JOIN approval_status_history h ON h.approval_request_id = a.id AND h.status = 'in_progress' "
+                 "WHERE a.id = ANY(:ids) GROUP BY a.id, a.requested_at")
+    started = time.perf_counter()
+    try:
+        while True:
+            async with engine.connect() as conn:
+                found = [float(r[0]) for r in (await conn.execute(query, {"ids": ids})).all()]
+            if len(found) >= len(ids):
+                return found
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"only {len(found)}/{len(ids)} in progress after {timeout}s")
+            await asyncio.sleep(1)
+    finally:
+        await engine.dispose()
+
+
 def peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -112,6 +158,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--rate", type=float, default=100, help="steady load for the latency figures, req/s")
+    parser.add_argument("--seconds", type=float, default=60, help="how long the steady load runs (0: skip)")
     args = parser.parse_args()
     n = args.requests
 
@@ -138,6 +186,12 @@ def main() -> None:
         body_size = 1200  # about the size of one crm.approval_requested envelope
         raw_s = asyncio.run(raw_ceiling(system.bootstrap_servers, n, body_size))
         rss = {name: peak_rss_mb(p.pid) for name, p in system.processes.items() if name != "broker"}
+        steady = int(args.rate * args.seconds)
+        lat: list[float] = []
+        if steady and args.backend == "postgresql":
+            more = asyncio.run(prepare(system, token, steady))
+            ids = asyncio.run(steady_load(system, token, more, args.rate))
+            lat = sorted(asyncio.run(latencies(crm_url, ids, timeout=max(300, steady))))
     finally:
         system.stop()
         for name in dbs:
@@ -153,6 +207,11 @@ def main() -> None:
         ("ratio end-to-end / raw", "", f"{(n / e2e_s) / (n / raw_s):.3f}"),
         *[(f"peak RSS {name}", f"{mb:.0f} MB", "") for name, mb in rss.items()],
     ]
+    if lat:
+        q = statistics.quantiles(lat, n=100)
+        rows.append((f"latency at {args.rate:g} req/s for {args.seconds:g} s: p50", f"{q[49]:.2f} s",
+                     f"p95 {q[94]:.2f} s, p99 {q[98]:.2f} s, max {lat[-1]:.2f} s (target p99 <= 1 s); "
+                     "request -> CRM in_progress"))
     print_table(rows)
 
 
