@@ -245,7 +245,8 @@ async def load(engine, registry: list[dict]) -> int:
 
 
 async def evaluate(sessions, cases: list[dict]) -> tuple[dict, list[float], dict]:
-    stats = {"links": 0, "right_links": 0, "expected": 0, "found": 0}
+    stats = {"links": 0, "right_links": 0, "expected": 0, "found": 0, "should_link": 0, "linked_right": 0,
+             "answered": 0, "answered_right": 0}
     per_kind: dict = {}
     latencies = []
     from ecm_service.domain.identifiers import compact
@@ -263,10 +264,16 @@ async def evaluate(sessions, cases: list[dict]) -> tuple[dict, list[float], dict
         if decision.outcome == "link":
             stats["links"] += 1
             stats["right_links"] += decision.linked_id == case["target"]
+        hit = bool(case["target"]) and (decision.linked_id == case["target"] or any(
+            c["counterparty_id"] == case["target"] for c in decision.candidates))
+        if case["kind"] == "exact":  # the identifiers agree: a link is expected
+            stats["should_link"] += 1
+            stats["linked_right"] += decision.linked_id == case["target"]
+        if decision.outcome in ("link", "propose"):
+            stats["answered"] += 1
+            stats["answered_right"] += hit
         if case["target"]:
             stats["expected"] += 1
-            hit = decision.linked_id == case["target"] or any(
-                c["counterparty_id"] == case["target"] for c in decision.candidates)
             stats["found"] += hit
             kind["hit"] += hit
             case["hit"] = hit
@@ -363,7 +370,12 @@ def main() -> None:
          f"generated in {generated:.0f} s, loaded with {keys:,} name keys in {loaded:.0f} s"),
         ("labelled CRM variants", f"{len(cases):,}", f"{len(KINDS)} kinds, equal shares"),
         ("link precision", f"{precision:.4f}", f"{stats['right_links']}/{stats['links']} (target >= 0.995)"),
+        ("recall of link", f"{stats['linked_right'] / max(1, stats['should_link']):.4f}",
+         f"{stats['linked_right']}/{stats['should_link']} (variants with the record's INN and KPP)"),
         ("recall of link or propose", f"{recall:.4f}", f"{stats['found']}/{stats['expected']} (target >= 0.97)"),
+        ("precision of link or propose", f"{stats['answered_right'] / max(1, stats['answered']):.4f}",
+         f"{stats['answered_right']}/{stats['answered']} (the true record among the answer; absent companies "
+         "that look like a registered one count against)"),
         ("match latency p50", f"{q[49]:.1f} ms", f"p95 {q[94]:.1f} ms, p99 {q[98]:.1f} ms "
                                                 f"(target p50 <= 5 ms at 1,000,000)"),
         (f"initial sync (dry run) of {args.sync:,}", f"{sync_s:.1f} s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 from rapidfuzz import fuzz
 
@@ -19,15 +20,19 @@ LEGAL_FORMS = [
 _FORMS = re.compile(r"\b(" + "|".join(re.escape(f) for f in LEGAL_FORMS) + r")\b")
 QUOTES = "«»„“”‟\"'`´‘’"
 HINT_THRESHOLD = 85.0
+_QUOTES_TO_SPACES = {ord(q): " " for q in QUOTES}
+_PUNCTUATION = re.compile(r"[^\w\s&]")
+_SPACES = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=65536)  # a hint compares the name with up to 500 others, again and again
 def normalize(name: str) -> str:
     """'ООО «Ромашка»' and 'ромашка, ооо' both become 'ромашка'."""
     text = unicodedata.normalize("NFKC", name or "").lower().replace("ё", "е")
-    text = text.translate({ord(q): " " for q in QUOTES})
-    text = re.sub(r"[^\w\s&]", " ", text)
+    text = text.translate(_QUOTES_TO_SPACES)
+    text = _PUNCTUATION.sub(" ", text)
     text = _FORMS.sub(" ", text)
-    return re.sub(r"\s+", " ", text).strip()
+    return _SPACES.sub(" ", text).strip()
 
 
 def name_key(name: str) -> str | None:
