@@ -103,7 +103,7 @@ def test_nothing_is_lost_or_doubled_through_kills_stops_and_a_frozen_broker(syst
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
 
-    sender = threading.Thread(target=send)
+    sender = threading.Thread(target=send, daemon=True)  # never holds the run open if chaos() fails
     sender.start()
     chaos()
     sender.join(timeout=600)
