@@ -16,6 +16,7 @@ from ecm_service.domain.approval import Route
 from ecm_service.domain.document_types import DocumentType, load_document_types
 from ecm_service.domain.retention import load_retention
 from ecm_service.domain.routes import load_routes
+from ecm_service.service_layer import bulk_matching
 from ecm_service.service_layer.approvals import sync_routes_from_file
 from ecm_service.service_layer.commands import ACCEPTED_COMMANDS, apply_command
 from ecm_service.service_layer.metrics import refresh_approval_metrics, run_deadline_clock
@@ -66,6 +67,10 @@ class EcmContainer(ServiceContainer):
             if added:
                 log.info("route_versions_added", versions=added)
 
+    async def on_shutdown(self) -> None:
+        if (workers := bulk_matching.configured()) is not None:
+            workers.close()
+
     def background_jobs(self) -> list:
         return [refresh_approval_metrics(self.session_factory),
                 run_deadline_clock(self.uow, self.settings.deadline_check_seconds)]
@@ -79,6 +84,8 @@ def bootstrap(settings: EcmSettings | None = None) -> EcmContainer:
         bulk_prefetch=settings.match_bulk_prefetch,
         scored=settings.match_scored,
         max_postings=settings.match_max_postings))
+    bulk_matching.configure(
+        bulk_matching.MatchWorkers(settings.database_url, settings.match_workers) if settings.match_workers else None)
     engine = make_engine(settings.database_url)
     return EcmContainer(
         settings=settings,

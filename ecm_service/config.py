@@ -28,3 +28,5 @@ class EcmSettings(ServiceSettings):
     match_bulk_prefetch: int = Field(40, ge=1, le=1000)
     match_scored: int = Field(20, ge=1, le=200)
     match_max_postings: int = Field(100, ge=10, le=100_000)
+    # Processes that match an initial sync's batches (0: in the service's own process).
+    match_workers: int = Field(2, ge=0, le=64)

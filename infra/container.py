@@ -39,6 +39,9 @@ class ServiceContainer:
     async def on_startup(self) -> None:
         """Runs once before the relay, the consumer and the background jobs start."""
 
+    async def on_shutdown(self) -> None:
+        """Runs once after the relay, the consumer and the background jobs have stopped."""
+
     def background_jobs(self) -> list:
         """Extra coroutines the service runs beside its API (e.g. metric refreshers)."""
         return []

@@ -37,6 +37,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
             yield
         finally:
             await tasks.stop()
+            await container.on_shutdown()
             await container.producer.stop()
             await container.engine.dispose()
             log.info("service_stopped")

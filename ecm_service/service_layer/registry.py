@@ -16,6 +16,7 @@ from ecm_service.domain import matching
 from ecm_service.domain.counterparty import PENDING, Counterparty
 from ecm_service.domain.identifiers import compact, passes
 from ecm_service.domain.matching import Decision, Incoming, Known, decide, key_weight, pre_score, query_keys
+from ecm_service.service_layer import bulk_matching
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from schemas import ecm_commands, ecm_events
 from schemas.common import ExternalRef
@@ -37,25 +38,27 @@ async def match_many(uow: EcmUnitOfWork, items: list[Incoming], *, prefetch: int
     limits = matching.THRESHOLDS
     keys = [query_keys(item.name) for item in items]
     postings = await uow.counterparties.name_postings(set().union(*keys))
+    key_weights = {key: key_weight(key, len(ids)) for key, ids in postings.items() if ids}
     by_name: list[list[str]] = []
     for item_keys in keys:
-        weights: dict[str, float] = defaultdict(float)
+        weights: dict[str, float] = {}
+        get = weights.get
         for key in item_keys:
-            ids = postings.get(key)
-            if ids:
-                weight = key_weight(key, len(ids))
-                for counterparty_id in ids:
-                    weights[counterparty_id] += weight
-        by_name.append(heapq.nlargest(prefetch or limits.prefetch, weights, key=weights.__getitem__))
-    records = await uow.counterparties.live_brief(ids=set().union(*by_name), inns=(i.inn for i in items),
-                                                  ogrns=(i.ogrn for i in items))
+            weight = key_weights.get(key)
+            if weight:
+                for counterparty_id in postings[key]:
+                    weights[counterparty_id] = get(counterparty_id, 0.0) + weight
+        by_name.append(heapq.nlargest(prefetch or limits.prefetch, weights, key=get))
+    inns = {i.inn for i in items if i.inn}
+    ogrns = {i.ogrn for i in items if i.ogrn}
+    records = await uow.counterparties.live_brief(ids=set().union(*by_name), inns=inns, ogrns=ogrns)
     by_id = {r.id: r for r in records}
     by_inn: dict[str, list[Known]] = defaultdict(list)
     by_ogrn: dict[str, list[Known]] = defaultdict(list)
-    for known in by_id.values():
-        if known.inn:
+    for known in by_id.values():  # only the identifiers asked for: most records came by name
+        if known.inn in inns:
             by_inn[known.inn].append(known)
-        if known.ogrn:
+        if known.ogrn in ogrns:
             by_ogrn[known.ogrn].append(known)
     decisions = []
     for item, named in zip(items, by_name, strict=True):
@@ -70,14 +73,19 @@ async def match_many(uow: EcmUnitOfWork, items: list[Incoming], *, prefetch: int
 
 
 async def match_in_parallel(uow: EcmUnitOfWork, items: list[Incoming], *, parts: int = 2) -> list[Decision]:
-    """`match_many` for a bulk run (`Thresholds.bulk_prefetch` candidates per name) over
+    """`match_many` for a bulk run (`Thresholds.bulk_prefetch` candidates per name): on
+    the worker processes of `bulk_matching` when the service has them, otherwise over
     `parts` slices at once, each on its own connection, so that one slice is scored in
     Python while the database answers another (read only)."""
+    prefetch = matching.THRESHOLDS.bulk_prefetch
+    workers = bulk_matching.configured()
+    if workers is not None and items:
+        return await workers.match(items, prefetch=prefetch)
     size = -(-len(items) // parts) or 1
 
     async def part(chunk: list[Incoming]) -> list[Decision]:
         async with uow.fork() as reader:
-            return await match_many(reader, chunk, prefetch=matching.THRESHOLDS.bulk_prefetch)
+            return await match_many(reader, chunk, prefetch=prefetch)
 
     done = await asyncio.gather(*(part(items[i:i + size]) for i in range(0, len(items), size)))
     return [decision for chunk in done for decision in chunk]

@@ -154,3 +154,32 @@ async def test_a_generic_word_alone_finds_nothing_but_thresholds_are_configurati
         repositories._GENERIC_KEYS.clear()
     _, loose = await sync(ecm, "Строй Альфы")
     assert loose["outcome"] == "propose" and loose["candidates"][0]["rules"] == ["similar_name"]
+
+
+async def test_worker_processes_answer_a_bulk_batch_as_the_service_process_does(ecm):
+    """The initial sync's dry run matches on spawned worker processes (`bulk_matching`),
+    each with its own connection: same decisions, same evidence, in the batch's order."""
+    from ecm_service.domain.matching import Decision
+    from ecm_service.service_layer import bulk_matching
+    from ecm_service.service_layer.registry import incoming, match_many
+
+    sber_id, _ = await sync(ecm, "ПАО «Сбербанк России»", **SBER)
+    await steward.verify(ecm.uow(), counterparty_id=sber_id, user=STEWARD, reason="EGRUL", correlation_id="c")
+    vector_id, _ = await sync(ecm, "ООО «Векторстрой Поволжье»")
+    items = [incoming(name="Сбер", inn=SBER["inn"], kpp=SBER["kpp"], ogrn=None),
+             incoming(name="Sberbank Rossii PAO", inn=None, kpp=None, ogrn=None),
+             incoming(name="Векторсторй Поволжье", inn=None, kpp=None, ogrn=None),
+             incoming(name="ООО «Незабудка»", inn=None, kpp=None, ogrn=None),
+             incoming(name="Сбербанк, Поволжский банк", inn=SBER["inn"], kpp="631602001", ogrn=None)]
+    async with ecm.uow() as uow:
+        here = await match_many(uow, items, prefetch=40)
+    workers = bulk_matching.MatchWorkers(ecm.settings.database_url, 2)
+    try:
+        there = await workers.match(items, prefetch=40)
+    finally:
+        workers.close()
+    assert all(isinstance(d, Decision) for d in there)
+    assert [(d.outcome, d.rule, d.linked_id, d.candidates) for d in there] == \
+        [(d.outcome, d.rule, d.linked_id, d.candidates) for d in here]
+    assert [d.outcome for d in there] == ["link", "propose", "propose", "new", "propose"]
+    assert there[0].linked_id == sber_id and there[2].candidates[0]["counterparty_id"] == vector_id
