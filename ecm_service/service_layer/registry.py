@@ -7,8 +7,10 @@ import asyncio
 import heapq
 import uuid
 from collections import defaultdict
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 
+import structlog
 from prometheus_client import Counter
 from stdnum.ru import inn as ru_inn
 
@@ -22,6 +24,8 @@ from schemas import ecm_commands, ecm_events
 from schemas.common import ExternalRef
 from schemas.envelope import Envelope, new_envelope
 from schemas.topics import ECM_EVENTS
+
+log = structlog.get_logger()
 
 COUNTERPARTY = "counterparty"
 SOURCE = "ecm"
@@ -80,7 +84,10 @@ async def match_in_parallel(uow: EcmUnitOfWork, items: list[Incoming], *, parts:
     prefetch = matching.THRESHOLDS.bulk_prefetch
     workers = bulk_matching.configured()
     if workers is not None and items:
-        return await workers.match(items, prefetch=prefetch)
+        try:
+            return await workers.match(items, prefetch=prefetch)
+        except BrokenProcessPool:  # a worker was killed: this batch here, new workers next time
+            log.warning("match_workers_broken", items=len(items))
     size = -(-len(items) // parts) or 1
 
     async def part(chunk: list[Incoming]) -> list[Decision]:

@@ -183,3 +183,32 @@ async def test_worker_processes_answer_a_bulk_batch_as_the_service_process_does(
         [(d.outcome, d.rule, d.linked_id, d.candidates) for d in here]
     assert [d.outcome for d in there] == ["link", "propose", "propose", "new", "propose"]
     assert there[0].linked_id == sber_id and there[2].candidates[0]["counterparty_id"] == vector_id
+
+
+async def test_a_killed_matching_worker_costs_no_batch(ecm):
+    import os
+    import signal
+
+    from structlog.testing import capture_logs
+
+    from ecm_service.service_layer import bulk_matching
+    from ecm_service.service_layer.registry import incoming, match_in_parallel
+
+    vector_id, _ = await sync(ecm, "ООО «Векторстрой Поволжье»")
+    items = [incoming(name="Векторсторй Поволжье", inn=None, kpp=None, ogrn=None)]
+    workers = bulk_matching.MatchWorkers(ecm.settings.database_url, 2)
+    bulk_matching.configure(workers)
+    try:
+        async with ecm.uow() as uow:
+            (first,) = await match_in_parallel(uow, items)
+            for pid in list(workers._pool._processes):
+                os.kill(pid, signal.SIGKILL)
+            with capture_logs() as logs:
+                (again,) = await match_in_parallel(uow, items)  # matched here while the pool is broken
+            assert "match_workers_broken" in [entry["event"] for entry in logs]
+            (later,) = await match_in_parallel(uow, items)  # on new workers
+        assert workers._pool is not None and all(p.is_alive() for p in workers._pool._processes.values())
+    finally:
+        bulk_matching.configure(None)
+    assert first.candidates[0]["counterparty_id"] == again.candidates[0]["counterparty_id"] == \
+        later.candidates[0]["counterparty_id"] == vector_id
