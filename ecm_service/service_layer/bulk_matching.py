@@ -1,18 +1,22 @@
 """Match-or-propose for a bulk run (the initial sync's dry run) on worker processes.
 
-One process does the matching of a batch at about half the rate two do together: the
-work is Python (weights, scoring, evidence) and the GIL keeps it on one core while
-PostgreSQL answers on the other. Measured on the 2-core machine against 1,000,000
-counterparties: one process ~540 org/s, two ~1,080, three ~1,220 (bench/RESULTS.md).
+Matching is Python work (weights, scoring, evidence) that the GIL keeps on one core.
+On the 2-core machine, 100,000 organizations against 1,000,000 counterparties take 151 s
+in the service's process and 128 s on two workers, measured in the same hour
+(bench/RESULTS.md).
 
 Each worker is a spawned process with its own engine and event loop, opened once and
 kept; it only reads. A batch is cut into one slice per worker and the slices are matched
-at once. The workers start on the first bulk batch, not with the service."""
+at once. The workers start on the first bulk batch, not with the service, and end with
+it, also when it is killed (they watch their parent)."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -26,9 +30,17 @@ log = structlog.get_logger()
 _worker: dict = {}  # in a worker process: its event loop and session factory
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A killed service cannot shut its pool down; its workers would wait forever."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _start_worker(database_url: str, thresholds: Thresholds) -> None:
     from infra.db import make_engine, make_session_factory
 
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
     matching.configure(thresholds)
     _worker["loop"] = asyncio.new_event_loop()
     _worker["sessions"] = make_session_factory(make_engine(database_url))

@@ -212,3 +212,48 @@ async def test_a_killed_matching_worker_costs_no_batch(ecm):
         bulk_matching.configure(None)
     assert first.candidates[0]["counterparty_id"] == again.candidates[0]["counterparty_id"] == \
         later.candidates[0]["counterparty_id"] == vector_id
+
+
+def test_matching_workers_end_when_the_service_is_killed(tmp_path):
+    """SIGKILL leaves no shutdown to run: the workers notice their parent is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.support.polling import wait_until
+
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import asyncio, sys, time\n"
+        "from ecm_service.service_layer.bulk_matching import MatchWorkers\n"
+        "async def main():\n"
+        "    workers = MatchWorkers('sqlite+aiosqlite:///' + sys.argv[1], 2)\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    pool = workers._executor()\n"
+        "    await asyncio.gather(*(loop.run_in_executor(pool, time.sleep, 0.5) for _ in range(2)))\n"
+        "    print('workers', *pool._processes, flush=True)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n")
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ecm.db")], cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, text=True)
+    try:
+        line = next(line for line in parent.stdout if line.startswith("workers "))
+        pids = [int(pid) for pid in line.split()[1:]]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=10, message="the workers to exit")
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
