@@ -57,6 +57,12 @@ def _match_slice(items: list[Incoming], prefetch: int) -> list[Decision]:
     return _worker["loop"].run_until_complete(run())
 
 
+def slices(items: list, parts: int) -> list[list]:
+    """`items` cut into at most `parts` consecutive slices of (nearly) equal size."""
+    size = -(-len(items) // parts) or 1
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 class MatchWorkers:
     """A pool of `workers` matching processes on `database_url`."""
 
@@ -74,12 +80,10 @@ class MatchWorkers:
         return self._pool
 
     async def match(self, items: list[Incoming], *, prefetch: int) -> list[Decision]:
-        size = -(-len(items) // self.workers) or 1
-        slices = [items[i:i + size] for i in range(0, len(items), size)]
         loop = asyncio.get_running_loop()
         try:
             done = await asyncio.gather(*(loop.run_in_executor(self._executor(), _match_slice, s, prefetch)
-                                          for s in slices))
+                                          for s in slices(items, self.workers)))
         except BrokenProcessPool:  # a worker died (killed, out of memory): start afresh next time
             self.close()
             raise

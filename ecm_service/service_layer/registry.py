@@ -88,13 +88,12 @@ async def match_in_parallel(uow: EcmUnitOfWork, items: list[Incoming], *, parts:
             return await workers.match(items, prefetch=prefetch)
         except BrokenProcessPool:  # a worker was killed: this batch here, new workers next time
             log.warning("match_workers_broken", items=len(items))
-    size = -(-len(items) // parts) or 1
 
     async def part(chunk: list[Incoming]) -> list[Decision]:
         async with uow.fork() as reader:
             return await match_many(reader, chunk, prefetch=prefetch)
 
-    done = await asyncio.gather(*(part(items[i:i + size]) for i in range(0, len(items), size)))
+    done = await asyncio.gather(*(part(chunk) for chunk in bulk_matching.slices(items, parts)))
     return [decision for chunk in done for decision in chunk]
 
 
