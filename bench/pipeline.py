@@ -164,6 +164,35 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used (/proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def cpu_by_process(system: LocalSystem) -> dict[str, float]:
+    """CPU seconds so far of each process of the system and of all PostgreSQL backends
+    (the server is shared: other work on it counts too)."""
+    used = {name: cpu_seconds(p.pid) for name, p in system.processes.items()}
+    used["postgresql"] = sum(cpu_seconds(pid) for pid in postgres_pids())
+    return used
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
@@ -188,11 +217,14 @@ def main() -> None:
         token = next(u["token"] for u in system.users if u["name"] == "sales-anna")
         items = asyncio.run(prepare(system, token, n))
         time.sleep(2)
+        cpu_before = cpu_by_process(system)
         started_wall = time.perf_counter()
         started = asyncio.run(fire(system, token, items))
         accept_s = time.perf_counter() - started_wall
         crm_url = system.env()["CRM_DATABASE_URL"]
         e2e_s = asyncio.run(wait_in_progress(crm_url, n, started, timeout=max(120, n)))
+        cpu_after = cpu_by_process(system)
+        cpu_ms = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / n for name in cpu_after}
         body_size = 1200  # about the size of one crm.approval_requested envelope
         raw_s = asyncio.run(raw_ceiling(system.bootstrap_servers, n, body_size))
         rss = {name: peak_rss_mb(p.pid) for name, p in system.processes.items() if name != "broker"}
@@ -217,6 +249,10 @@ def main() -> None:
         ("raw broker ceiling (aiokafka produce+consume)", f"{raw_s:.2f} s", f"{n / raw_s:.0f} msg/s"),
         ("ratio end-to-end / raw", "", f"{(n / e2e_s) / (n / raw_s):.3f}"),
         *[(f"peak RSS {name}", f"{mb:.0f} MB", "") for name, mb in rss.items()],
+        *[(f"CPU per request: {name}", f"{ms:.1f} ms", "") for name, ms in cpu_ms.items()],
+        ("CPU per request: all", f"{sum(cpu_ms.values()):.1f} ms",
+         f"{os.cpu_count()} cores carry at most {os.cpu_count() * 1000 / sum(cpu_ms.values()):.0f} req/s "
+         "of this path (the physical limit; the CRM API call itself included)"),
     ]
     if lat:
         q = statistics.quantiles(lat, n=100)

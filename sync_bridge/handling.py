@@ -61,13 +61,15 @@ def as_record(event: faust.EventT, consumer: str) -> Record:
 
 
 async def publish(commands: list[Outgoing]) -> None:
-    # Wait for the broker's ack of each command before the source offset can be committed.
+    """All commands are handed to the producer at once (it keeps their order within a
+    partition), then every broker ack is awaited before the source offset can be committed."""
+    acks = [await app.producer.send(
+        command.topic, command.key.encode(), encode(command.envelope), None, None,
+        [("event_id", str(command.envelope.event_id).encode()), ("type", command.envelope.type.encode()),
+         ("correlation_id", command.envelope.correlation_id.encode())],
+    ) for command in commands]
+    await asyncio.gather(*acks)
     for command in commands:
-        await app.producer.send_and_wait(
-            command.topic, command.key.encode(), encode(command.envelope), None, None,
-            [("event_id", str(command.envelope.event_id).encode()), ("type", command.envelope.type.encode()),
-             ("correlation_id", command.envelope.correlation_id.encode())],
-        )
         MESSAGES_PUBLISHED.labels("bridge", command.topic, command.envelope.type).inc()
         log.info("command_sent", command_type=command.envelope.type, command_id=str(command.envelope.event_id))
 
