@@ -44,6 +44,9 @@ class CrmContainer(ServiceContainer):
     async def handle_command(self, message, topic: str) -> None:
         await handlers.apply_command(self.uow(), message, topic)
 
+    async def handle_commands(self, messages, topic: str) -> None:
+        await handlers.apply_commands(self.uow(), messages, topic)
+
     def background_jobs(self) -> list:
         return [run_reminders(self.uow, self.settings)]
 

@@ -18,7 +18,7 @@ from ecm_service.domain.retention import load_retention
 from ecm_service.domain.routes import load_routes
 from ecm_service.service_layer import bulk_matching
 from ecm_service.service_layer.approvals import sync_routes_from_file
-from ecm_service.service_layer.commands import ACCEPTED_COMMANDS, apply_command
+from ecm_service.service_layer.commands import ACCEPTED_COMMANDS, apply_command, apply_commands
 from ecm_service.service_layer.metrics import refresh_approval_metrics, run_deadline_clock
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra.container import ServiceContainer
@@ -57,6 +57,9 @@ class EcmContainer(ServiceContainer):
 
     async def handle_command(self, message, topic: str) -> None:
         await apply_command(self.uow(), message, topic, self.routes, self.document_types)
+
+    async def handle_commands(self, messages, topic: str) -> None:
+        await apply_commands(self.uow(), messages, topic, self.routes, self.document_types)
 
     async def on_startup(self) -> None:
         try:

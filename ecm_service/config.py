@@ -20,6 +20,9 @@ class EcmSettings(ServiceSettings):
     deadline_check_seconds: float = Field(30.0, gt=0)
     max_upload_bytes: int = 50 * 1024 * 1024
     consumer_group: str = "ecm-service"
+    # Commands applied together in one transaction (1: each in its own). Bigger saves
+    # round trips; it also holds that transaction's locks longer (README "Configuration").
+    consumer_batch: int = Field(20, ge=1, le=500)
     # Match-or-propose (README "Matching"); defaults are `domain.matching.Thresholds`.
     match_name_propose: float = Field(85.0, ge=0, le=100)
     match_name_with_id: float = Field(70.0, ge=0, le=100)

@@ -1,9 +1,13 @@
-"""The consume loop the services run: records are delivered one by one (see
-infra.delivery) and offsets committed per batch, after the effects and dead letters."""
+"""The consume loop the services run: the valid commands of a consumed batch are applied
+together, `batch_size` at a time, in one transaction each (`batch_handler`); a garbage
+record, or a group whose transaction fails, goes record by record through
+infra.delivery (retries, dead letters). Offsets are committed per batch, after the
+effects and dead letters."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -11,13 +15,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from infra.dead_letters import DeadLetter
-from infra.delivery import DeliveryPolicy, Record, deliver
+from infra.delivery import DeliveryPolicy, Record, count_applied, deliver
+from infra.logs import bound_contextvars
 from infra.metrics import CONSUMER_LAG
-from schemas.registry import Message
+from schemas.registry import InvalidMessage, Message, parse_message
 
 log = structlog.get_logger()
 
 Handler = Callable[[Message, str], Awaitable[None]]
+BatchHandler = Callable[[list[Message], str], Awaitable[None]]  # all applied, or none (raises)
 
 
 class ConsumerLoop:
@@ -31,12 +37,16 @@ class ConsumerLoop:
         handler: Handler,
         producer: AIOKafkaProducer,
         max_attempts: int = 5,
+        batch_handler: BatchHandler | None = None,
+        batch_size: int = 1,
     ):
         self._bootstrap = bootstrap_servers
         self._topic = topic
         self._group_id = group_id
         self._policy = DeliveryPolicy(consumer=group_id, accepted_types=accepted_types, max_attempts=max_attempts)
         self._handler = handler
+        self._batch_handler = batch_handler
+        self._batch_size = batch_size if batch_handler is not None else 1
         self._producer = producer
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -62,8 +72,7 @@ class ConsumerLoop:
                 while True:
                     batch = await self.consumer.getmany(timeout_ms=500, max_records=500)
                     for records in batch.values():
-                        for record in records:
-                            await self.handle_record(record)
+                        await self.handle_records(records)
                     if batch:
                         await self.consumer.commit()
                         self._report_lag(batch)
@@ -81,6 +90,40 @@ class ConsumerLoop:
             if highwater is not None:
                 lag = max(0, highwater - (batch[tp][-1].offset + 1))
                 CONSUMER_LAG.labels(self._group_id, tp.topic, str(tp.partition)).set(lag)
+
+    async def handle_records(self, records: list[ConsumerRecord]) -> None:
+        """One partition's records, in order."""
+        for start in range(0, len(records), self._batch_size):
+            group = records[start:start + self._batch_size]
+            for record in await self._apply_together(group) if len(group) > 1 else group:
+                await self.handle_record(record)
+
+    async def _apply_together(self, group: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """Applies the group's valid messages in one transaction; returns the records still
+        to deliver one by one: the garbage (to be dead-lettered), or all of them when the
+        transaction failed (nothing of it was applied)."""
+        valid, garbage = [], []
+        for record in group:
+            try:
+                valid.append((record, parse_message(record.value, self._policy.accepted_types)))
+            except InvalidMessage:
+                garbage.append(record)
+        if len(valid) < 2:
+            return group
+        started = time.perf_counter()
+        try:
+            await self._batch_handler([message for _, message in valid], self._topic)
+        except Exception as exc:  # one of them fails: each gets its own retries or dead letter
+            log.info("batch_applied_one_by_one", messages=len(valid), error_class=type(exc).__name__)
+            return group
+        seconds = (time.perf_counter() - started) / len(valid)
+        for record, message in valid:
+            with bound_contextvars(correlation_id=message.envelope.correlation_id, topic=record.topic,
+                                   partition=record.partition, offset=record.offset,
+                                   message_id=str(message.envelope.event_id), message_type=message.envelope.type):
+                count_applied(self._policy, record.topic, message.envelope.type, seconds, attempts=1,
+                              batch=len(valid))
+        return garbage
 
     async def handle_record(self, record: ConsumerRecord) -> None:
         await deliver(

@@ -36,6 +36,10 @@ class ServiceContainer:
     async def handle_command(self, message: Message, topic: str) -> None:
         raise NotImplementedError
 
+    async def handle_commands(self, messages: list[Message], topic: str) -> None:
+        """Several commands in one transaction: all applied, or none (raises)."""
+        raise NotImplementedError
+
     async def on_startup(self) -> None:
         """Runs once before the relay, the consumer and the background jobs start."""
 
@@ -54,4 +58,5 @@ class ServiceContainer:
             bootstrap_servers=self.settings.kafka_bootstrap_servers, topic=self.commands_topic,
             group_id=self.settings.consumer_group, accepted_types=self.accepted_commands,
             handler=self.handle_command, producer=self.producer,
+            batch_handler=self.handle_commands, batch_size=self.settings.consumer_batch,
         )

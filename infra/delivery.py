@@ -37,6 +37,13 @@ class DeliveryPolicy:
     max_wait: float = 5.0
 
 
+def count_applied(policy: DeliveryPolicy, topic: str, message_type: str, seconds: float, **fields) -> None:
+    """The log line and metrics of one applied message (its context already bound)."""
+    log.info("message_applied", **fields)
+    MESSAGES_CONSUMED.labels(policy.consumer, topic, message_type, "applied").inc()
+    HANDLER_SECONDS.labels(policy.consumer, message_type).observe(seconds)
+
+
 async def deliver(
     record: Record,
     policy: DeliveryPolicy,
@@ -61,9 +68,7 @@ async def deliver(
                     on_failure=lambda exc: DELIVERY_FAILURES.labels(
                         policy.consumer, record.topic, message_type, type(exc).__name__).inc(),
                 )
-                log.info("message_applied", attempts=attempts)
-            MESSAGES_CONSUMED.labels(policy.consumer, record.topic, message_type, "applied").inc()
-            HANDLER_SECONDS.labels(policy.consumer, message_type).observe(time.perf_counter() - started)
+                count_applied(policy, record.topic, message_type, time.perf_counter() - started, attempts=attempts)
             return True
         except AttemptsExhausted as exc:  # each failed attempt was counted as it happened
             error, attempts = exc.last, exc.attempts

@@ -61,11 +61,11 @@ class SqlUnitOfWork:
         return (await self.session.execute(
             select(self.outbox.c.published_at).where(self.outbox.c.event_id == event_id))).scalar()
 
-    async def already_applied(self, message_id: uuid.UUID) -> bool:
+    async def applied_among(self, message_ids: list[uuid.UUID]) -> set[str]:
+        """Which of these messages were applied already (one query for a consumed batch)."""
         found = await self.session.execute(
-            select(self.inbox.c.message_id).where(self.inbox.c.message_id == str(message_id))
-        )
-        return found.first() is not None
+            select(self.inbox.c.message_id).where(self.inbox.c.message_id.in_([str(i) for i in message_ids])))
+        return set(found.scalars())
 
     async def mark_applied(
         self, message_id: uuid.UUID, message_type: str, topic: str, detail: dict | None = None

@@ -205,12 +205,21 @@ ACCEPTED_COMMANDS = frozenset(COMMAND_HANDLERS)
 
 async def apply_command(uow: CrmUnitOfWork, message, topic: str) -> None:
     """Applies a command once: the inbox mark commits with the effect."""
-    envelope = message.envelope
+    await apply_commands(uow, [message], topic)
+
+
+async def apply_commands(uow: CrmUnitOfWork, messages: list, topic: str) -> None:
+    """Commands of one consumed batch, in order, in one transaction, each once. If one
+    fails, none is applied (the consumer then applies them one by one)."""
     async with uow:
-        if await uow.already_applied(envelope.event_id):
-            return
-        changed = await COMMAND_HANDLERS[envelope.type](uow, message.payload, str(envelope.event_id))
-        await uow.mark_applied(envelope.event_id, envelope.type, topic, {"changed": changed})
+        applied = await uow.applied_among([m.envelope.event_id for m in messages])
+        for message in messages:
+            envelope = message.envelope
+            if str(envelope.event_id) in applied:
+                continue
+            changed = await COMMAND_HANDLERS[envelope.type](uow, message.payload, str(envelope.event_id))
+            await uow.mark_applied(envelope.event_id, envelope.type, topic, {"changed": changed})
+            applied.add(str(envelope.event_id))
         await uow.commit()
 
 

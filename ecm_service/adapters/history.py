@@ -33,21 +33,33 @@ def _entry(*, entity_type, entity_id, action, actor, reason, data, at: datetime)
 class HistoryLog:
     def __init__(self, session: AsyncSession):
         self.session = session
+        self._transaction = None  # the transaction that holds the chain, and the chain's last hash in it
+        self._tail = GENESIS
+
+    async def _chain_tail(self) -> str:
+        """The last entry's hash, the chain locked until this transaction ends. Locked and
+        read once per transaction: later appends in it continue from what it wrote."""
+        transaction = self.session.sync_session.get_transaction()
+        if transaction is None or transaction is not self._transaction:
+            if self.session.bind.dialect.name == "postgresql":
+                await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
+            self._tail = (await self.session.execute(
+                select(history.c.hash).order_by(history.c.seq.desc()).limit(1))).scalar() or GENESIS
+            self._transaction = self.session.sync_session.get_transaction()
+        return self._tail
 
     async def append(self, *, entity_type: str, entity_id: str, action: str, actor: str, data: dict,
                      reason: str | None = None, at: datetime | None = None) -> int:
         """Returns the entry's sequence number: a global, monotonic version of the registry."""
         at = at or datetime.now(timezone.utc)
-        if self.session.bind.dialect.name == "postgresql":
-            await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
-        prev = (await self.session.execute(
-            select(history.c.hash).order_by(history.c.seq.desc()).limit(1))).scalar() or GENESIS
+        prev = await self._chain_tail()
         entry = _entry(entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
                        data=data, at=at)
         digest = entry_hash(prev, entry)
         result = await self.session.execute(insert(history).values(
             entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
             data=entry["data"], at=at, prev_hash=prev, hash=digest))
+        self._tail = digest
         return result.inserted_primary_key[0]
 
     async def append_many(self, entries: list[dict], at: datetime | None = None) -> None:
@@ -56,10 +68,7 @@ class HistoryLog:
         if not entries:
             return
         at = at or datetime.now(timezone.utc)
-        if self.session.bind.dialect.name == "postgresql":
-            await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
-        prev = (await self.session.execute(
-            select(history.c.hash).order_by(history.c.seq.desc()).limit(1))).scalar() or GENESIS
+        prev = await self._chain_tail()
         rows = []
         for item in entries:
             entry = _entry(at=at, reason=item.get("reason"), **{k: item[k] for k in
@@ -69,6 +78,7 @@ class HistoryLog:
                          "at": at, "prev_hash": prev, "hash": digest})
             prev = digest
         await self.session.execute(insert(history), rows)
+        self._tail = prev
 
     async def of(self, entity_type: str, entity_id: str) -> list[dict]:
         rows = await self.session.execute(

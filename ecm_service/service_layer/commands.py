@@ -16,17 +16,28 @@ ACCEPTED_COMMANDS = frozenset({
 
 async def apply_command(uow: EcmUnitOfWork, message: Message, topic: str, routes: dict[str, Route],
                         doc_types: dict | None = None) -> None:
-    envelope = message.envelope
+    await apply_commands(uow, [message], topic, routes, doc_types)
+
+
+async def apply_commands(uow: EcmUnitOfWork, messages: list[Message], topic: str, routes: dict[str, Route],
+                         doc_types: dict | None = None) -> None:
+    """Commands of one consumed batch, in order, in one transaction: the inbox is read
+    once and the history chain locked once. If one fails, none is applied (the consumer
+    then applies them one by one)."""
     async with uow:
-        if await uow.already_applied(envelope.event_id):
-            return
-        if envelope.type == ecm_commands.SYNC_COUNTERPARTY:
-            detail = await registry.sync_counterparty(uow, message.payload, envelope)
-        elif envelope.type == ecm_commands.MERGE_EXTERNAL_REFS:
-            detail = await registry.merge_external_refs(uow, message.payload, envelope)
-        elif envelope.type == ecm_commands.START_APPROVAL:
-            detail = await approvals.start_approval(uow, message.payload, envelope, routes, doc_types or {})
-        else:
-            detail = await approvals.reassign_initiator(uow, message.payload, envelope)
-        await uow.mark_applied(envelope.event_id, envelope.type, topic, detail)
+        applied = await uow.applied_among([m.envelope.event_id for m in messages])
+        for message in messages:
+            envelope = message.envelope
+            if str(envelope.event_id) in applied:
+                continue
+            if envelope.type == ecm_commands.SYNC_COUNTERPARTY:
+                detail = await registry.sync_counterparty(uow, message.payload, envelope)
+            elif envelope.type == ecm_commands.MERGE_EXTERNAL_REFS:
+                detail = await registry.merge_external_refs(uow, message.payload, envelope)
+            elif envelope.type == ecm_commands.START_APPROVAL:
+                detail = await approvals.start_approval(uow, message.payload, envelope, routes, doc_types or {})
+            else:
+                detail = await approvals.reassign_initiator(uow, message.payload, envelope)
+            await uow.mark_applied(envelope.event_id, envelope.type, topic, detail)
+            applied.add(str(envelope.event_id))
         await uow.commit()

@@ -28,12 +28,14 @@ SHA_TEXT = b"signed contract"
 
 
 async def _private_loop(container, broker):
-    """The service's own command handling, pointed at a topic of this test's own."""
+    """The service's own command handling (commands of a batch applied together, as the
+    service wires it), pointed at a topic of this test's own."""
     topic = f"it.{uuid.uuid4().hex[:8]}"
     await ensure_topics(broker, {topic: 3, dead_letter_topic(topic): 1})
     loop = ConsumerLoop(bootstrap_servers=broker, topic=topic, group_id=f"g-{topic}",
                         accepted_types=container.accepted_commands, handler=container.handle_command,
-                        producer=container.producer, max_attempts=2)
+                        producer=container.producer, max_attempts=2, batch_handler=container.handle_commands,
+                        batch_size=container.settings.consumer_batch)
     return topic, loop
 
 
@@ -80,6 +82,38 @@ async def test_ecm_applies_commands_once_and_dead_letters_garbage(ecm, broker):
     (letter,) = await read_all(broker, dead_letter_topic(topic))
     ctx = error_context(letter.headers)
     assert letter.value == b"{garbage" and ctx["error.class"] == "InvalidMessage" and ctx["source.topic"] == topic
+
+
+async def test_ecm_a_failing_command_in_a_batch_costs_the_others_nothing(ecm, broker):
+    """Applied together, one command that cannot be applied would undo the batch: the
+    batch is then applied one by one, the bad one dead-lettered with its reason."""
+    topic, loop = await _private_loop(ecm, broker)
+    refs = [ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(3)]
+
+    def sync(ref, name):
+        return encode(new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it",
+                                   correlation_id="c", payload=ecm_commands.SyncCounterpartyV1(external_ref=ref,
+                                                                                               name=name)))
+    bad = encode(new_envelope(type=ecm_commands.START_APPROVAL, schema_version=1, source="it", correlation_id="c",
+                              payload=ecm_commands.StartApprovalV1(
+                                  external_ref=ExternalRef(system="crm", id="req-x"), counterparty_ref=refs[0],
+                                  initiator_ref=ExternalRef(system="crm", id="u"), document_id="no-such-document",
+                                  document_version_id="no-such-version", sha256="0" * 64, doc_type="contract",
+                                  title="t")))
+    for raw in (sync(refs[0], "Альфа"), sync(refs[1], "Бета"), bad, sync(refs[2], "Гамма")):
+        await produce(broker, topic, raw, key=b"one-partition")
+    task = asyncio.create_task(loop.run_forever())
+    try:
+        await async_wait_until(lambda: read_all(broker, dead_letter_topic(topic)), timeout=60, message="dead letter")
+        await async_wait_until(lambda: _consumed_all(loop, topic, 4), timeout=30, message="all 4 consumed")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert await _count(ecm, ecm_tables.counterparties) == 3
+    assert await _count(ecm, ecm_tables.approvals) == 0
+    assert await _count(ecm, ecm_tables.inbox) == 3
+    (letter,) = await read_all(broker, dead_letter_topic(topic))
+    assert letter.value == bad and "no-such-version" in error_context(letter.headers)["error.message"]
 
 
 async def _consumed_all(loop, topic, expected):

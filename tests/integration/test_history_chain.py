@@ -38,3 +38,20 @@ async def test_a_removed_entry_is_named(ecm):
     async with ecm.session_factory() as session:
         report = await verify_chain(session)
     assert (report.first_broken_seq, report.problem) == (5, "previous entry missing or altered")
+
+
+async def test_appends_continue_the_chain_after_a_commit_and_another_writer(ecm):
+    """The chain's tail is read once per transaction: after a commit (and another
+    writer's entries) the next append reads it again instead of forking the chain."""
+    async with ecm.uow() as uow:
+        for i in range(3):  # one transaction: the tail is locked and read once
+            await uow.history.append(entity_type="counterparty", entity_id="c", action="edited", actor="user:u",
+                                     data={"i": i})
+        await uow.commit()
+        await _append(ecm, 2)  # another unit of work appends meanwhile
+        await uow.history.append(entity_type="counterparty", entity_id="c", action="edited", actor="user:u",
+                                 data={"i": "after"})
+        await uow.commit()
+    async with ecm.session_factory() as session:
+        report = await verify_chain(session)
+    assert report.intact and report.entries == 6

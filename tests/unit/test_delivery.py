@@ -106,3 +106,58 @@ def test_a_value_too_large_to_dead_letter_is_kept_in_part_with_its_size_and_hash
     assert small.value == b"v" and "value.truncated" not in error_context(small.headers)
     with pytest.raises(NotReplayable, match="t.dlq:0:1"):  # refused before any broker is contacted
         asyncio.run(replay("127.0.0.1:1", [Letter("t.dlq:0:1", letter.key, letter.value, letter.headers)]))
+
+
+def _loop(batch_handler, batch_size=20):
+    from infra.consumer_loop import ConsumerLoop
+
+    async def single(message, topic):
+        raise AssertionError("the single-message path is the consumer's, not _apply_together's")
+
+    return ConsumerLoop(bootstrap_servers="unused:9092", topic="crm.commands", group_id="g",
+                        accepted_types=POLICY.accepted_types, handler=single, producer=None,
+                        batch_handler=batch_handler, batch_size=batch_size)
+
+
+def consumed(offset, value):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(topic="crm.commands", partition=0, offset=offset, key=b"k", value=value, headers=[])
+
+
+async def test_a_batch_is_applied_together_and_garbage_is_left_for_dead_lettering():
+    seen = []
+
+    async def together(messages, topic):
+        seen.append([str(m.envelope.event_id) for m in messages])
+
+    ids = [f"8f0b8f5e-8e8e-4c1e-9a55-5d0c7c3b1a0{i}" for i in range(3)]
+    group = [consumed(0, envelope(event_id=ids[0])), consumed(1, b"{garbage"), consumed(2, envelope(event_id=ids[1])),
+             consumed(3, envelope(event_id=ids[2]))]
+    left = await _loop(together)._apply_together(group)
+    assert seen == [ids] and [r.offset for r in left] == [1]
+
+
+async def test_a_failed_batch_leaves_every_record_to_the_single_path():
+    async def failing(messages, topic):
+        raise PermanentError("one of them is bad")
+
+    group = [consumed(0, envelope()), consumed(1, envelope(event_id="8f0b8f5e-8e8e-4c1e-9a55-5d0c7c3b1a09"))]
+    assert await _loop(failing)._apply_together(group) == group
+
+
+async def test_records_are_grouped_by_batch_size_in_order():
+    groups, singles = [], []
+
+    async def together(messages, topic):
+        groups.append(len(messages))
+
+    loop = _loop(together, batch_size=2)
+
+    async def single(record):
+        singles.append(record.offset)
+
+    loop.handle_record = single
+    ids = [f"8f0b8f5e-8e8e-4c1e-9a55-5d0c7c3b1a1{i}" for i in range(5)]
+    await loop.handle_records([consumed(i, envelope(event_id=ids[i])) for i in range(5)])
+    assert groups == [2, 2] and singles == [4]  # the last one alone goes the single path
