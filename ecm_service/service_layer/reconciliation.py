@@ -18,7 +18,7 @@ import io
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from ecm_service.adapters import tables
 from ecm_service.domain.counterparty import VERIFIED, Counterparty
@@ -164,8 +164,32 @@ async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[d
         await uow.session.execute(update(tables.reconciliation_runs).where(tables.reconciliation_runs.c.id == run_id)
                                   .values(done=run["done"] + len(results), counts=counts, cursor=cursor))
         await uow.commit()
+    if statistics_due(run["done"], run["done"] + len(results)):
+        await _refresh_statistics(uow.fork(), apply=run["mode"] == "apply")
     return {"handled": len(results), "skipped": len(organizations) - len(results), "cursor": cursor,
             "results": results}
+
+
+def statistics_due(done_before: int, done_after: int, first: int = 1000) -> bool:
+    """True when a run's count passes 1,000, 2,000, 4,000, ... organizations."""
+    step = first
+    while step <= done_after:
+        if done_before < step:
+            return True
+        step *= 2
+    return False
+
+
+async def _refresh_statistics(uow: EcmUnitOfWork, *, apply: bool) -> None:
+    """The tables a run grows, analysed while it grows. A run writes 100,000 result rows in
+    a minute, faster than autovacuum looks; with the statistics of an empty table
+    PostgreSQL scans the results for every batch's "already handled?" lookup, and a
+    100,000 sync took 272 s instead of 66 (bench/RESULTS.md)."""
+    async with uow:
+        if uow.session.get_bind().dialect.name == "postgresql":
+            grown = "reconciliation_results, external_refs, counterparties" if apply else "reconciliation_results"
+            await uow.session.execute(text(f"ANALYZE {grown}"))
+            await uow.commit()
 
 
 async def finish_run(uow: EcmUnitOfWork, run_id: str, user_id: str) -> dict:

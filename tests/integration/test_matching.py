@@ -3,7 +3,7 @@ evidence, new; the steward's decisions are recorded as confirmed or overturned."
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ecm_service.adapters import tables
 from ecm_service.service_layer import steward
@@ -257,3 +257,24 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_a_growing_run_refreshes_the_statistics_of_its_results(ecm):
+    """A run writes results faster than autovacuum analyses them; planned with the
+    statistics of an empty table, every batch's "already handled?" lookup scanned the
+    results so far. The run analyses them as it passes 1,000 organizations."""
+    from sqlalchemy import text
+
+    from ecm_service.service_layer import reconciliation as rec
+
+    run = await rec.start_run(ecm.uow(), system="crm", mode="dry_run", user_id="it")
+    orgs = [{"id": f"{i:06d}", "name": f"Компания {i}", "inn": None, "kpp": None, "ogrn": None} for i in range(1200)]
+    for start in range(0, len(orgs), 500):
+        await rec.reconcile_batch(ecm.uow(), run["id"], orgs[start:start + 500])
+    async with ecm.uow() as uow:
+        handled = await uow.session.scalar(select(func.count()).select_from(tables.reconciliation_results))
+        if uow.session.get_bind().dialect.name == "postgresql":
+            analysed = await uow.session.scalar(text(
+                "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'reconciliation_results'"))
+            assert analysed is not None
+    assert handled == 1200

@@ -78,3 +78,11 @@ def test_text_that_no_database_can_store_is_recognised_but_valid_pairs_pass():
 
     assert not _LONE_SURROGATE.search(json.dumps({"a": "\U0001F600 ООО «Ромашка»"}).encode())
     assert _LONE_SURROGATE.search(b'{"a": "\\ud8ce x"}') and _LONE_SURROGATE.search(b'{"a": "\\udf2c"}')
+
+
+def test_a_reconciliation_run_analyses_its_tables_at_doubling_counts():
+    from ecm_service.service_layer.reconciliation import statistics_due
+
+    due = [done for done in range(0, 20_000, 500) if statistics_due(done, done + 500)]
+    assert due == [500, 1500, 3500, 7500, 15500]  # the batches that pass 1k, 2k, 4k, 8k, 16k
+    assert not statistics_due(0, 999) and statistics_due(0, 5000) and not statistics_due(4000, 4000)
