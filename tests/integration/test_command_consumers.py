@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import uuid
+from contextlib import asynccontextmanager
 
 from sqlalchemy import func, select
 
@@ -39,6 +40,17 @@ async def _private_loop(container, broker):
     return topic, loop
 
 
+@asynccontextmanager
+async def running(loop):
+    """The consumer loop runs while the block waits for what it should have done."""
+    task = asyncio.create_task(loop.run_forever())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _count(container, table, *where):
     async with container.session_factory() as session:
         return await session.scalar(select(func.count()).select_from(table).where(*where))
@@ -61,15 +73,11 @@ async def test_ecm_applies_commands_once_and_dead_letters_garbage(ecm, broker):
     for raw in (encode(sync), encode(start), b"{garbage", encode(sync), encode(start)):
         await produce(broker, topic, raw, key=key)
 
-    task = asyncio.create_task(loop.run_forever())
-    try:
+    async with running(loop):
         await async_wait_until(lambda: _count(ecm, ecm_tables.inbox), timeout=60, message="commands applied")
         await async_wait_until(lambda: read_all(broker, dead_letter_topic(topic)), timeout=30, message="dead letter")
         # The duplicates after the garbage were read too: the partition was not blocked.
         await async_wait_until(lambda: _consumed_all(loop, topic, 5), timeout=30, message="all 5 consumed")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
     assert await _count(ecm, ecm_tables.counterparties) == 1
     assert await _count(ecm, ecm_tables.approvals) == 1
@@ -102,13 +110,9 @@ async def test_ecm_a_failing_command_in_a_batch_costs_the_others_nothing(ecm, br
                                   title="t")))
     for raw in (sync(refs[0], "Альфа"), sync(refs[1], "Бета"), bad, sync(refs[2], "Гамма")):
         await produce(broker, topic, raw, key=b"one-partition")
-    task = asyncio.create_task(loop.run_forever())
-    try:
+    async with running(loop):
         await async_wait_until(lambda: read_all(broker, dead_letter_topic(topic)), timeout=60, message="dead letter")
         await async_wait_until(lambda: _consumed_all(loop, topic, 4), timeout=30, message="all 4 consumed")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     assert await _count(ecm, ecm_tables.counterparties) == 3
     assert await _count(ecm, ecm_tables.approvals) == 0
     assert await _count(ecm, ecm_tables.inbox) == 3
@@ -143,12 +147,8 @@ async def test_crm_status_updates_are_idempotent_and_never_go_backwards(crm, bro
                 json.dumps({"type": "crm.update_approval_status"}).encode()):
         await produce(broker, topic, raw, key=org.id.encode())
 
-    task = asyncio.create_task(loop.run_forever())
-    try:
+    async with running(loop):
         await async_wait_until(lambda: read_all(broker, dead_letter_topic(topic)), timeout=60, message="dead letter")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     async with crm.uow() as uow:
         stored = await uow.approval_requests.get(request.id)
     assert (stored.status, stored.stage, stored.revision) == ("approved", None, 4)
