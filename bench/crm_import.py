@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from openpyxl import Workbook, load_workbook  # noqa: E402
 
 from bench.table import print_table  # noqa: E402
-from crm_service.adapters import tables  # noqa: E402
-from crm_service.service_layer.imports import read_header, run_import, suggest_mapping  # noqa: E402
-from infra.db import make_engine, make_session_factory, upgrade_to_head  # noqa: E402
-from tests.support.databases import MIGRATIONS, create_pg_database, drop_pg_database  # noqa: E402
+
+# The service's modules are imported where they are used: the import spawns its reading
+# process, which imports this script again, and in the service it imports nothing more
+# than the reading needs.
 
 HEADER = ["Наименование", "ИНН", "КПП", "ОГРН", "Телефон", "E-mail", "Сайт", "Регион", "Категория", "Комментарий"]
 
@@ -50,6 +50,9 @@ def floor(path: Path) -> tuple[float, int]:
 
 async def run(url: str, path: Path, work: Path, apply: bool, import_id: str) -> tuple[float, dict]:
     """One step of one import (the dry run, then the apply, of the same import id)."""
+    from crm_service.adapters import tables
+    from crm_service.service_layer.imports import read_header, run_import, suggest_mapping
+    from infra.db import make_engine, make_session_factory
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     header = read_header(path)
@@ -69,6 +72,9 @@ async def run(url: str, path: Path, work: Path, apply: bool, import_id: str) -> 
 
 
 def main() -> None:
+    from infra.db import upgrade_to_head
+    from tests.support.databases import MIGRATIONS, create_pg_database, drop_pg_database
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args()

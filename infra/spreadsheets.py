@@ -72,3 +72,16 @@ def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
             book.close()
     else:
         raise UnreadableFile(f"unsupported file type {kind!r}: use csv or xlsx")
+
+
+def mapped_rows(path: Path, indices: list[int]) -> Iterator[tuple[int, list, bool]]:
+    """(row number, cleaned cells of the columns at `indices`, filled) for every row after
+    the header. A row is filled when any of its cells has content, mapped or not (a row
+    with content only in formulas or unmapped columns is still a row). Light on imports:
+    it runs in a reading process of its own (`infra.process_reader`)."""
+    rows = read_table(path)
+    next(rows, None)  # the header
+    for number, raw in enumerate(rows, start=2):
+        cells = [clean_cell(raw[i]) if i < len(raw) else None for i in indices]
+        filled = any(c is not None and str(c).strip() != "" for c in raw)
+        yield number, cells, filled

@@ -8,24 +8,34 @@ kept in `import_keys`."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import json
+import os
+import time
 import uuid
+from collections import deque
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
-from infra.spreadsheets import UnreadableFile, clean_cell, header_key, read_table
+from infra.db import insert_rows
+from infra.process_reader import ProcessReader, json_lines
+from infra.spreadsheets import UnreadableFile, clean_cell, header_key, mapped_rows, read_table
 
 log = structlog.get_logger()
 
 CHUNK = 1000
+PROGRESS_SECONDS = 0.5
+# Chunks in the database at once on PostgreSQL (SQLite takes one writer at a time).
+IN_FLIGHT = 2
 # Bounds the duplicate-hint work per chunk when a blocking key is very common.
 NEIGHBOURS_PER_CHUNK = 20_000
 FIELDS = {
@@ -110,76 +120,104 @@ def org_values(values: dict) -> dict:
 
 
 def parsed_rows_path(report_path: Path, import_id: str) -> Path:
-    return report_path.parent / f"{import_id}.rows.jsonl"
+    # ".prepared": rows as `prepare` makes them; a cache of another form is never read.
+    return report_path.parent / f"{import_id}.prepared.jsonl"
 
 
-def _sheet_rows(path: Path, columns: dict[int, str], cache: Path | None):
-    """(row number, cells of the mapped columns) from the spreadsheet; the dry run keeps
-    them, cleaned, in `cache` so that the apply does not parse the file a second time."""
-    indices = sorted(columns)
-    rows = read_table(path)
-    next(rows, None)  # the header
-    out = open(cache, "w", encoding="utf-8") if cache else None
-    try:
-        for number, raw in enumerate(rows, start=2):
-            cells = [clean_cell(raw[i]) if i < len(raw) else None for i in indices]
-            # A row with content only in formulas or unmapped columns is still a row.
-            filled = any(c is not None and str(c).strip() != "" for c in raw)
-            if out:
-                out.write(json.dumps([number, cells, filled], ensure_ascii=False) + "\n")
-            yield number, cells, filled
-    finally:
-        if out:
-            out.close()
-
-
-def _cached_rows(cache: Path):
-    with open(cache, encoding="utf-8") as rows:
-        for line in rows:
-            number, cells, filled = json.loads(line)
-            yield number, cells, filled
+def prepare(number: int, cells: list, filled: bool, columns: dict[int, str]) -> list:
+    """What a row needs no database for, worked out once (the dry run keeps it for the
+    apply): [row number, filled, values, key, identifier hints, organization columns,
+    name key]."""
+    values = {field: cells[i] for i, field in columns.items()}
+    if not filled or not values.get("name"):
+        return [number, filled, values, None, None, None, None]
+    hints = "; ".join(identifier_hints(inn=values.get("inn"), kpp=values.get("kpp"), ogrn=values.get("ogrn")))
+    fields = org_values(values)
+    return [number, filled, values, row_key(values), hints, fields, name_key(fields["name"])]
 
 
 async def run_import(session_factory, *, import_id: str, path: Path, mapping: dict[str, str], user_id: str,
                      apply: bool, report_path: Path) -> dict:
     """The dry run (apply=False) writes nothing but the job's progress, its report and
-    the parsed rows the apply then reads (the mapping cannot change in between)."""
+    the prepared rows the apply then reads instead of parsing the file a second time (the
+    mapping cannot change in between: a new mapping needs a new dry run).
+
+    The file is read in another process while this one prepares, looks up and writes
+    what was read, a chunk per transaction; on PostgreSQL two chunks at once, so that one
+    chunk's statements run while the next is worked on. Chunks never wait for each
+    other's rows: repeats within the file are found here, in file order, before a chunk
+    goes to the database, and duplicate hints look only at organizations older than the
+    import. The report and the progress follow the file's order."""
     counts = dict.fromkeys(OUTCOMES, 0)
-    columns = {position: mapping[str(index)] for position, index in enumerate(sorted(int(k) for k in mapping))}
+    indices = sorted(int(k) for k in mapping)
+    columns = {position: mapping[str(index)] for position, index in enumerate(indices)}
     cache = parsed_rows_path(report_path, import_id)
-    if apply and cache.exists():
-        source = _cached_rows(cache)
-    else:
-        source = _sheet_rows(path, {int(k): v for k, v in mapping.items()}, None if apply else cache)
+    from_cache = apply and cache.exists()
+    source = (json_lines, (cache,)) if from_cache else (mapped_rows, (path, indices))
+    partial = cache.with_name(cache.name + ".part")  # a dry run cut short leaves no cache
+    in_flight = IN_FLIGHT if _dialect(session_factory) == "postgresql" else 1
     started = datetime.now(timezone.utc)
     seen: set[str] = set()
+    pending: deque[_Chunk] = deque()
+    progress = _Progress(session_factory, import_id)
     done = 0
     try:
-        with open(report_path, "w", newline="", encoding="utf-8-sig") as out:
+        with open(report_path, "w", newline="", encoding="utf-8-sig") as out, \
+                (open(partial, "w", encoding="utf-8") if not apply else nullcontext()) as keep:
             report = csv.writer(out)
             report.writerow(REPORT_COLUMNS)
-            chunk = []
-            for row in source:
-                chunk.append(row)
-                if len(chunk) == CHUNK:
-                    await _chunk(session_factory, chunk, columns, seen, counts, report, user_id, apply, started)
-                    done += len(chunk)
-                    chunk = []
-                    await _progress(session_factory, import_id, done, counts)
-            if chunk:
-                await _chunk(session_factory, chunk, columns, seen, counts, report, user_id, apply, started)
-                done += len(chunk)
+            try:
+                async with ProcessReader(*source, chunk=CHUNK) as reader:
+                    async for items in reader:
+                        rows = items if from_cache else [prepare(n, cells, filled, columns)
+                                                         for n, cells, filled in items]
+                        if keep:
+                            keep.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+                        chunk = _Chunk(rows, seen)
+                        chunk.task = asyncio.create_task(
+                            _store(session_factory, chunk, user_id=user_id, apply=apply, started=started))
+                        pending.append(chunk)
+                        while len(pending) >= in_flight or (pending and pending[0].task.done()):
+                            done += await pending.popleft().finish(report, counts)
+                            await progress.report(done, counts)
+                while pending:
+                    done += await pending.popleft().finish(report, counts)
+                    await progress.report(done, counts)
+            finally:
+                for chunk in pending:
+                    chunk.task.cancel()
+                await asyncio.gather(*(chunk.task for chunk in pending), return_exceptions=True)
+        if not apply:
+            os.replace(partial, cache)
         status = "applied" if apply else "dry_run"
         await _progress(session_factory, import_id, done, counts, status=status, total=done)
     except Exception as exc:
         # The class only: a driver's message may quote cell values (personal data).
         log.error("import_failed", import_id=import_id, error=type(exc).__name__)
+        partial.unlink(missing_ok=True)
         await _progress(session_factory, import_id, done, counts, status="failed", error=str(exc)[:1000])
         raise
     finally:
         if apply:
             cache.unlink(missing_ok=True)
     return counts
+
+
+class _Progress:
+    """The job's row count and counts as it goes, written at most every PROGRESS_SECONDS."""
+
+    def __init__(self, session_factory, import_id: str):
+        self.session_factory, self.import_id = session_factory, import_id
+        self.last = 0.0
+
+    async def report(self, done: int, counts: dict) -> None:
+        if time.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.last = time.monotonic()
+            await _progress(self.session_factory, self.import_id, done, counts)
+
+
+def _dialect(session_factory) -> str:
+    return session_factory().bind.dialect.name
 
 
 async def _progress(session_factory, import_id, done, counts, *, status=None, total=None, error=None):
@@ -193,53 +231,55 @@ async def _progress(session_factory, import_id, done, counts, *, status=None, to
         await session.execute(update(t).where(t.c.id == import_id).values(**values))
 
 
-async def _chunk(session_factory, chunk, columns, seen, counts, writer, user_id, apply, started) -> None:
-    """One chunk in one transaction; its report lines are written in row order."""
-    lines: list[list] = []
-    try:
-        await _process(session_factory, chunk, columns, seen, counts, lines, user_id, apply, started)
-    finally:
-        writer.writerows(sorted(lines, key=lambda line: line[0]))
+class _Chunk:
+    """One chunk of prepared rows: its repeats and rows without a name are settled at
+    once (in file order, against the rows seen so far); the rest (`parsed`) go to the
+    database in one transaction (`_store`). Its report lines and counts join the
+    import's only when that transaction succeeded."""
+
+    def __init__(self, rows: list, seen: set[str]):
+        self.size = len(rows)
+        self.lines: list[list] = []
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.parsed: list[tuple] = []
+        self.task: asyncio.Task | None = None
+        for number, filled, values, key, hints, fields, key_of_name in rows:
+            if not filled:
+                continue  # an empty line is not a row
+            if not values.get("name"):
+                self.outcome("error", [number, "error", None, None, None, None,
+                                       "no organization name in this row (formulas are not read as data)"])
+            elif key in seen:
+                self.outcome("duplicate_in_file", [number, "duplicate_in_file", None, key, None, None,
+                                                   "the same organization appears earlier in this file"])
+            else:
+                seen.add(key)
+                self.parsed.append((number, values, key, hints, fields, key_of_name))
+
+    def outcome(self, outcome: str, line: list) -> None:
+        self.counts[outcome] += 1
+        self.lines.append(line)
+
+    async def finish(self, report, counts: dict) -> int:
+        await self.task
+        report.writerows(sorted(self.lines, key=lambda line: line[0]))
+        for outcome, count in self.counts.items():
+            counts[outcome] += count
+        return self.size
 
 
-class _Lines:
-    def __init__(self, lines: list):
-        self.lines = lines
-
-    def writerow(self, row: list) -> None:
-        self.lines.append(row)
-
-
-async def _process(session_factory, chunk, columns, seen, counts, lines, user_id, apply, started) -> None:
-    report = _Lines(lines)
-    parsed = []
-    for number, cells, filled in chunk:
-        values = {field: cells[i] for i, field in columns.items()}
-        if not filled:
-            continue  # an empty line is not a row
-        if not values.get("name"):
-            counts["error"] += 1
-            report.writerow([number, "error", None, None, None, None,
-                             "no organization name in this row (formulas are not read as data)"])
-            continue
-        key = row_key(values)
-        if key in seen:
-            counts["duplicate_in_file"] += 1
-            report.writerow([number, "duplicate_in_file", None, key, None, None,
-                             "the same organization appears earlier in this file"])
-            continue
-        seen.add(key)
-        parsed.append((number, values, key))
+async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, started: datetime) -> None:
+    parsed = chunk.parsed
     if not parsed:
         return
     o, k = tables.organizations, tables.import_keys
     async with session_factory() as session, session.begin():
         known = dict((await session.execute(
-            select(k.c.key, k.c.organization_id).where(k.c.key.in_([key for _, _, key in parsed])))).all())
+            select(k.c.key, k.c.organization_id).where(k.c.key.in_([row[2] for row in parsed])))).all())
         existing = {r["id"]: r for r in (await session.execute(
-            select(o).where(o.c.id.in_(list(known.values()))))).mappings()}
-        inns = {v["inn"] for _, v, key in parsed if v.get("inn") and key not in known}
-        keys = {name_key(v["name"]) for _, v, key in parsed if key not in known} - {None}
+            select(o).where(o.c.id.in_(list(known.values()))))).mappings()} if known else {}
+        inns = {v["inn"] for _, v, key, *_ in parsed if v.get("inn") and key not in known}
+        keys = {row[5] for row in parsed if row[2] not in known} - {None}
         # Possible duplicates among the organizations that existed before this import
         # (repeats within the file are found by their keys), by INN or blocking key.
         neighbours = (await session.execute(
@@ -252,28 +292,26 @@ async def _process(session_factory, chunk, columns, seen, counts, lines, user_id
             by_key.setdefault(name_key(other_name), []).append((other_id, other_name))
         now = datetime.now(timezone.utc)
         new_orgs, new_keys, updates, history, contacts = [], [], [], [], []
-        for number, values, key in parsed:
-            hints = "; ".join(identifier_hints(inn=values.get("inn"), kpp=values.get("kpp"), ogrn=values.get("ogrn")))
-            fields = org_values(values)
+        for number, values, key, hints, fields, key_of_name in parsed:
             if key in known and known[key] in existing:
                 org_id, current = known[key], existing[known[key]]
                 changed = {f: v for f, v in fields.items() if v not in (None, []) and current[f] != v}
                 outcome = "update" if changed else "unchanged"
                 if changed:
-                    updates.append((org_id, {**changed, "name_key": name_key(fields["name"]), "updated_at": now}))
+                    updates.append((org_id, {**changed, "name_key": key_of_name, "updated_at": now}))
                     history.append(dict(organization_id=org_id, at=now, kind="imported", actor_id=user_id,
                                         detail={"fields": sorted(changed)}))
-                report.writerow([number, outcome, org_id, key, None, hints, None])
-                counts[outcome] += 1
+                chunk.outcome(outcome, [number, outcome, org_id, key, None, hints, None])
                 continue
-            duplicate = _possible_duplicate(values, by_inn, by_key)
-            org_id = str(uuid.uuid4())
+            duplicate = _possible_duplicate(values, key_of_name, by_inn, by_key)
+            org_id = str(uuid.uuid4()) if apply else None
             outcome = "possible_duplicate" if duplicate else "create"
-            counts[outcome] += 1
-            report.writerow([number, outcome, org_id if apply else None, key, duplicate, hints,
-                             "created; looks like an existing organization" if duplicate else None])
+            chunk.outcome(outcome, [number, outcome, org_id, key, duplicate, hints,
+                                    "created; looks like an existing organization" if duplicate else None])
+            if not apply:
+                continue
             new_orgs.append(dict(id=org_id, created_by=user_id, owner_id=user_id, created_at=now,
-                                 name_key=name_key(fields["name"]), **fields))
+                                 name_key=key_of_name, **fields))
             new_keys.append(dict(key=key, organization_id=org_id))
             history.append(dict(organization_id=org_id, at=now, kind="imported", actor_id=user_id, detail={}))
             if values.get("contact_name"):
@@ -282,21 +320,18 @@ async def _process(session_factory, chunk, columns, seen, counts, lines, user_id
         if not apply:
             await session.rollback()
             return
-        if new_orgs:
-            await session.execute(insert(o), new_orgs)
-            await session.execute(insert(k), new_keys)
-        if contacts:
-            await session.execute(insert(tables.contacts), contacts)
+        await insert_rows(session, o, new_orgs)
+        await insert_rows(session, k, new_keys)
+        await insert_rows(session, tables.contacts, contacts)
         for org_id, values in updates:
             await session.execute(update(o).where(o.c.id == org_id).values(**values))
-        if history:
-            await session.execute(insert(tables.organization_history), history)
+        await insert_rows(session, tables.organization_history, history)
 
 
-def _possible_duplicate(values: dict, by_inn: dict, by_key: dict) -> str | None:
+def _possible_duplicate(values: dict, key_of_name: str | None, by_inn: dict, by_key: dict) -> str | None:
     if values.get("inn") and values["inn"] in by_inn:
         return by_inn[values["inn"]]
-    for other_id, other_name in by_key.get(name_key(values["name"]), ()):
+    for other_id, other_name in by_key.get(key_of_name, ()):
         if similarity(values["name"], other_name) >= HINT_THRESHOLD:
             return other_id
     return None

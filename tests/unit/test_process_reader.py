@@ -1,0 +1,75 @@
+"""The reading process of imports: real spawned processes (the generators below are
+pickled by name and run in them)."""
+
+import os
+import signal
+
+import pytest
+
+from infra.process_reader import ProcessReader, ReaderFailed, json_lines
+from infra.spreadsheets import UnreadableFile
+
+
+def numbers(count: int):
+    yield from range(count)
+
+
+def numbers_then_unreadable(count: int):
+    yield from range(count)
+    raise UnreadableFile("the CSV cannot be read past some row")
+
+
+def numbers_then_killed(count: int):
+    yield from range(count)
+    os.kill(os.getpid(), signal.SIGKILL)
+    yield -1  # never sent
+
+
+def endless():
+    n = 0
+    while True:
+        yield n
+        n += 1
+
+
+async def test_items_arrive_in_order_in_lists_of_the_chunk_size():
+    async with ProcessReader(numbers, (2500,), chunk=1000) as reader:
+        chunks = [items async for items in reader]
+    assert [len(c) for c in chunks] == [1000, 1000, 500]
+    assert [n for c in chunks for n in c] == list(range(2500))
+
+
+async def test_an_exception_in_the_reading_process_is_raised_after_what_was_read_before_it():
+    got = []
+    with pytest.raises(UnreadableFile, match="cannot be read past some row"):
+        async with ProcessReader(numbers_then_unreadable, (150,), chunk=100) as reader:
+            async for items in reader:
+                got.extend(items)
+    assert got == list(range(100))  # the last partial list is lost with the failure, never half-sent
+
+
+async def test_a_killed_reading_process_ends_the_reading_with_an_error_not_a_hang():
+    got = []
+    with pytest.raises(ReaderFailed, match="exit code -9"):
+        async with ProcessReader(numbers_then_killed, (300,), chunk=100, poll_seconds=0.2) as reader:
+            async for items in reader:
+                got.extend(items)
+    # What the process had not yet handed over dies with it; what came is in order.
+    assert got == list(range(len(got))) and len(got) <= 300
+
+
+async def test_leaving_early_stops_the_process():
+    reader = ProcessReader(endless, (), chunk=10, ahead=2)
+    async with reader:
+        async for items in reader:
+            assert items == list(range(10))
+            break
+    assert not reader._process.is_alive()
+    assert reader._process.exitcode == -signal.SIGTERM
+
+
+async def test_json_lines_are_read_back_as_items(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('[2, true, {"name": "Альфа"}]\n[3, false, {}]\n', encoding="utf-8")
+    async with ProcessReader(json_lines, (path,), chunk=1) as reader:
+        assert [items async for items in reader] == [[[2, True, {"name": "Альфа"}]], [[3, False, {}]]]
