@@ -26,7 +26,7 @@ from sqlalchemy import select, update
 from crm_service.adapters import tables
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
-from infra.db import insert_rows
+from infra.db import insert_rows, one_of
 from infra.process_reader import ProcessReader, json_lines
 from infra.spreadsheets import UnreadableFile, clean_cell, header_key, mapped_rows, read_table
 
@@ -274,17 +274,19 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
         return
     o, k = tables.organizations, tables.import_keys
     async with session_factory() as session, session.begin():
+        dialect = session.bind.dialect
         known = dict((await session.execute(
-            select(k.c.key, k.c.organization_id).where(k.c.key.in_([row[2] for row in parsed])))).all())
+            select(k.c.key, k.c.organization_id).where(one_of(k.c.key, [row[2] for row in parsed], dialect)))).all())
         existing = {r["id"]: r for r in (await session.execute(
-            select(o).where(o.c.id.in_(list(known.values()))))).mappings()} if known else {}
+            select(o).where(one_of(o.c.id, known.values(), dialect)))).mappings()} if known else {}
         inns = {v["inn"] for _, v, key, *_ in parsed if v.get("inn") and key not in known}
         keys = {row[5] for row in parsed if row[2] not in known} - {None}
         # Possible duplicates among the organizations that existed before this import
         # (repeats within the file are found by their keys), by INN or blocking key.
         neighbours = (await session.execute(
-            select(o.c.id, o.c.name, o.c.inn).where((o.c.inn.in_(inns)) | (o.c.name_key.in_(keys)),
-                                                    o.c.merged_into.is_(None), o.c.created_at < started)
+            select(o.c.id, o.c.name, o.c.inn)
+            .where(one_of(o.c.inn, inns, dialect) | one_of(o.c.name_key, keys, dialect),
+                   o.c.merged_into.is_(None), o.c.created_at < started)
             .limit(NEIGHBOURS_PER_CHUNK))).all() if inns or keys else []
         by_inn = {inn: other_id for other_id, _, inn in neighbours if inn}
         by_key: dict[str, list[tuple[str, str]]] = {}
