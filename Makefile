@@ -36,7 +36,7 @@ test-chaos: $(STAMP)
 	PYTHONPATH=. $(PY) -m pytest -s tests/chaos
 
 bench: $(STAMP)
-	PYTHONPATH=. $(PY) bench/pipeline.py $(BENCH_ARGS)
+	PYTHONPATH=. $(PY) bench/all.py $(BENCH_ARGS)
 
 schemas-check: $(STAMP)
 	PYTHONPATH=. $(PY) -m schemas.compatibility

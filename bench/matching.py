@@ -40,7 +40,7 @@ from rapidfuzz import fuzz, process  # noqa: E402
 from stdnum.ru import inn as ru_inn  # noqa: E402
 from stdnum.ru import ogrn as ru_ogrn  # noqa: E402
 
-from bench.table import print_table  # noqa: E402
+from bench.table import print_table, summarise  # noqa: E402
 from ecm_service.adapters import tables  # noqa: E402
 from ecm_service.domain.matching import core_name, match_name, name_keys, transliterate  # noqa: E402
 from ecm_service.domain.names import normalize_name  # noqa: E402
@@ -395,6 +395,15 @@ def main() -> None:
         rows.append((f"  {kind}", k["n"], f"link {k['link']}, propose {k['propose']}, new {k['new']}, "
                                           f"true record found {k['hit']}"))
     print_table(rows)
+    at = f"{args.registry:,} registry"
+    summarise([
+        (f"matching: link precision ({at})", f"{precision:.4f}", ">= 0.995", precision >= 0.995),
+        (f"matching: recall of link or propose ({at})", f"{recall:.4f}", ">= 0.97", recall >= 0.97),
+        (f"matching: one match p50 ({at})", f"{q[49]:.1f} ms", "<= 5 ms at 1,000,000", q[49] <= 5),
+        (f"matching: initial sync of {args.sync:,} ({at})", f"{sync_s:.1f} s", "100,000 vs 1,000,000 in <= 120 s",
+         sync_s <= 120 if (args.sync, args.registry) == (100_000, 1_000_000) else None),
+        ("machine speed reference (lower is faster)", f"{reference_before:.0f} ms", "", None),
+    ])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.table import print_table  # noqa: E402
+from bench.table import print_table, summarise  # noqa: E402
 from deploy.broker import free_port  # noqa: E402
 from deploy.local_run import LauncherSettings, LocalSystem  # noqa: E402
 from infra.kafka import ensure_topics  # noqa: E402
@@ -254,12 +254,25 @@ def main() -> None:
          f"{os.cpu_count()} cores carry at most {os.cpu_count() * 1000 / sum(cpu_ms.values()):.0f} req/s "
          "of this path (the physical limit; the CRM API call itself included)"),
     ]
+    end_to_end, cpu_ceiling = n / e2e_s, os.cpu_count() * 1000 / sum(cpu_ms.values())
+    figures = [
+        (f"pipeline: end to end ({n:,} requests, {args.backend})", f"{end_to_end:.0f} req/s", ">= 500 req/s",
+         end_to_end >= 500),
+        ("pipeline: raw broker ceiling, ratio", f"{n / raw_s:,.0f} msg/s, {end_to_end / (n / raw_s):.3f}", "", None),
+        ("pipeline: CPU per request, all processes", f"{sum(cpu_ms.values()):.1f} ms",
+         f"{os.cpu_count()} cores allow {cpu_ceiling:.0f} req/s", None),
+        *[(f"peak RSS {name}", f"{mb:.0f} MB", "<= 300 MB" if name == "bridge" else "<= 400 MB",
+           mb <= (300 if name == "bridge" else 400)) for name, mb in rss.items()],
+    ]
     if lat:
         q = statistics.quantiles(lat, n=100)
         rows.append((f"latency at {args.rate:g} req/s for {args.seconds:g} s: p50", f"{q[49]:.2f} s",
                      f"p95 {q[94]:.2f} s, p99 {q[98]:.2f} s, max {lat[-1]:.2f} s (target p99 <= 1 s); "
                      f"API call -> CRM in_progress; {len(lat)} accepted, {refused} not accepted"))
+        figures.append((f"latency p50 / p95 / p99 at {args.rate:g} req/s for {args.seconds:g} s",
+                        f"{q[49]:.2f} / {q[94]:.2f} / {q[98]:.2f} s", "p99 <= 1 s", q[98] <= 1.0))
     print_table(rows)
+    summarise(figures)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 
 from crm_service.adapters import tables
 from crm_service.service_layer import imports
-from infra.db import insert_rows, make_engine, make_session_factory
+from infra.db import insert_rows, make_engine, make_session_factory, one_of
 
 HEADER = ["Наименование", "ИНН", "КПП", "Телефон", "Контактное лицо"]
 
@@ -192,3 +192,15 @@ async def test_insert_rows_refuses_to_skip_a_python_side_default(sessions, backe
         else:  # an INSERT applies the default
             await insert_rows(session, table, [{"id": 1}])
             assert await session.scalar(select(table.c.kind)) == "plain"
+
+
+async def test_one_of_finds_exactly_the_listed_keys(sessions):
+    k = tables.import_keys
+    async with sessions() as session, session.begin():
+        await insert_rows(session, k, [dict(key=f"inn:{n}:", organization_id=f"org-{n}") for n in range(5)])
+    async with sessions() as session:
+        dialect = session.bind.dialect
+        found = await session.scalars(select(k.c.organization_id).where(
+            one_of(k.c.key, ["inn:1:", "inn:3:", "inn:9:"], dialect)).order_by(k.c.key))
+        assert list(found) == ["org-1", "org-3"]
+        assert list(await session.scalars(select(k.c.key).where(one_of(k.c.key, [], dialect)))) == []
