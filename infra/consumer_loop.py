@@ -39,6 +39,7 @@ class ConsumerLoop:
         max_attempts: int = 5,
         batch_handler: BatchHandler | None = None,
         batch_size: int = 1,
+        fetch_max_wait_ms: int = 500,
     ):
         self._bootstrap = bootstrap_servers
         self._topic = topic
@@ -47,6 +48,7 @@ class ConsumerLoop:
         self._handler = handler
         self._batch_handler = batch_handler
         self._batch_size = batch_size if batch_handler is not None else 1
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._producer = producer
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -61,6 +63,7 @@ class ConsumerLoop:
             heartbeat_interval_ms=1000,
             rebalance_timeout_ms=10000,
             max_poll_interval_ms=300000,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
 
     async def run_forever(self) -> None:

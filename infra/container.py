@@ -59,4 +59,5 @@ class ServiceContainer:
             group_id=self.settings.consumer_group, accepted_types=self.accepted_commands,
             handler=self.handle_command, producer=self.producer,
             batch_handler=self.handle_commands, batch_size=self.settings.consumer_batch,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )

@@ -20,3 +20,13 @@ async def test_an_event_whose_dead_letter_cannot_be_written_is_retried_in_place(
 
 async def _no_wait(_seconds):
     return None
+
+
+async def test_the_bridge_consumer_waits_at_the_broker_no_longer_than_configured():
+    # faust fixes 1,500 ms; the local broker waits all of it whenever a fetch finds nothing.
+    from sync_bridge.app import app, settings
+
+    thread = app.consumer._new_consumer_thread()
+    consumer = thread._create_worker_consumer(app.transport)
+    assert settings.fetch_max_wait_ms == 50
+    assert consumer._fetch_max_wait_ms == 50  # what aiokafka hands its fetcher when it starts

@@ -161,3 +161,15 @@ async def test_records_are_grouped_by_batch_size_in_order():
     ids = [f"8f0b8f5e-8e8e-4c1e-9a55-5d0c7c3b1a1{i}" for i in range(5)]
     await loop.handle_records([consumed(i, envelope(event_id=ids[i])) for i in range(5)])
     assert groups == [2, 2] and singles == [4]  # the last one alone goes the single path
+
+
+async def test_the_services_consumer_waits_at_the_broker_as_configured(monkeypatch):
+    from crm_service.config import CrmSettings
+    from infra.consumer_loop import ConsumerLoop
+
+    monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", "120")
+    settings = CrmSettings()
+    loop = ConsumerLoop(bootstrap_servers="unused:9092", topic="crm.commands", group_id="g",
+                        accepted_types=POLICY.accepted_types, handler=None, producer=None,
+                        fetch_max_wait_ms=settings.fetch_max_wait_ms)
+    assert loop._make_consumer()._fetch_max_wait_ms == 120
