@@ -23,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("pipeline", "import", "matching")
+FAILED = "FAILED"
 
 
 def run(name: str, script: str, args: list[str]) -> list:
@@ -38,7 +39,7 @@ def run(name: str, script: str, args: list[str]) -> list:
     finally:
         summary.unlink(missing_ok=True)
     if result.returncode != 0:
-        return [(f"{name}: FAILED (exit code {result.returncode})", "", "", False)]
+        return [(f"{name} (exit code {result.returncode})", FAILED, "", False)]
     print(f"({name} took {time.perf_counter() - started:.0f} s)", flush=True)
     return figures
 
@@ -79,7 +80,7 @@ def main() -> int:
     for measure, value, target, met in figures:
         verdict = "" if met is None else ("yes" if met else "NO")
         print(f"{measure.ljust(width)} | {value:>22} | {target:<34} | {verdict}")
-    return 1 if any(measure.endswith(")") and "FAILED" in measure for measure, *_ in figures) else 0
+    return 1 if any(value == FAILED for _, value, *_ in figures) else 0
 
 
 if __name__ == "__main__":
