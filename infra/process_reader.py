@@ -43,6 +43,7 @@ def _produce(target: Callable[..., Iterable], args: tuple, size: int, out) -> No
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the reader's user
         try:
             payload = pickle.dumps(exc)
+            pickle.loads(payload)  # some exceptions pickle but cannot be rebuilt
         except Exception:  # an exception that cannot travel is sent as its class and text
             payload = pickle.dumps(ReaderFailed(f"{type(exc).__name__}: {exc}"))
         out.put((_ERROR, payload))
@@ -53,7 +54,6 @@ class ProcessReader:
 
     def __init__(self, target: Callable[..., Iterable], args: tuple = (), *, chunk: int = 1000, ahead: int = 4,
                  poll_seconds: float = 0.5):
-        self._target, self._args, self._chunk = target, args, chunk
         self._poll = poll_seconds
         context = multiprocessing.get_context("spawn")
         self._queue = context.Queue(maxsize=ahead)

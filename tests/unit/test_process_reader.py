@@ -25,6 +25,16 @@ def numbers_then_killed(count: int):
     yield -1  # never sent
 
 
+class NeedsTwoArguments(Exception):
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")  # pickles, but cannot be rebuilt from its args
+
+
+def numbers_then_odd_exception(count: int):
+    yield from range(count)
+    raise NeedsTwoArguments(7, "odd")
+
+
 def endless():
     n = 0
     while True:
@@ -56,6 +66,13 @@ async def test_a_killed_reading_process_ends_the_reading_with_an_error_not_a_han
                 got.extend(items)
     # What the process had not yet handed over dies with it; what came is in order.
     assert got == list(range(len(got))) and len(got) <= 300
+
+
+async def test_an_exception_that_cannot_travel_arrives_as_its_class_and_text():
+    with pytest.raises(ReaderFailed, match="NeedsTwoArguments: 7: odd"):
+        async with ProcessReader(numbers_then_odd_exception, (5,), chunk=10) as reader:
+            async for _ in reader:
+                pass
 
 
 async def test_leaving_early_stops_the_process():
