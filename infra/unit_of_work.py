@@ -4,7 +4,9 @@ It also writes outbox rows and inbox marks inside that same transaction."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -60,6 +62,19 @@ class SqlUnitOfWork:
         """When the relay published an outbox event (None while it waits)."""
         return (await self.session.execute(
             select(self.outbox.c.published_at).where(self.outbox.c.event_id == event_id))).scalar()
+
+    async def apply_once(self, messages: list, topic: str, handle: Callable[[Any], Awaitable[dict | None]]) -> None:
+        """Within this unit of work: each message not applied before, in order, through
+        `handle` (its result is the inbox mark's detail), the mark written with the effect.
+        The inbox is read once for all of them."""
+        applied = await self.applied_among([m.envelope.event_id for m in messages])
+        for message in messages:
+            envelope = message.envelope
+            if str(envelope.event_id) in applied:
+                continue
+            detail = await handle(message)
+            await self.mark_applied(envelope.event_id, envelope.type, topic, detail)
+            applied.add(str(envelope.event_id))
 
     async def applied_among(self, message_ids: list[uuid.UUID]) -> set[str]:
         """Which of these messages were applied already (one query for a consumed batch)."""

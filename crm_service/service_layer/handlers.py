@@ -211,15 +211,12 @@ async def apply_command(uow: CrmUnitOfWork, message, topic: str) -> None:
 async def apply_commands(uow: CrmUnitOfWork, messages: list, topic: str) -> None:
     """Commands of one consumed batch, in order, in one transaction, each once. If one
     fails, none is applied (the consumer then applies them one by one)."""
+    async def handle(message) -> dict:
+        envelope = message.envelope
+        return {"changed": await COMMAND_HANDLERS[envelope.type](uow, message.payload, str(envelope.event_id))}
+
     async with uow:
-        applied = await uow.applied_among([m.envelope.event_id for m in messages])
-        for message in messages:
-            envelope = message.envelope
-            if str(envelope.event_id) in applied:
-                continue
-            changed = await COMMAND_HANDLERS[envelope.type](uow, message.payload, str(envelope.event_id))
-            await uow.mark_applied(envelope.event_id, envelope.type, topic, {"changed": changed})
-            applied.add(str(envelope.event_id))
+        await uow.apply_once(messages, topic, handle)
         await uow.commit()
 
 

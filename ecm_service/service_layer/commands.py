@@ -24,20 +24,16 @@ async def apply_commands(uow: EcmUnitOfWork, messages: list[Message], topic: str
     """Commands of one consumed batch, in order, in one transaction: the inbox is read
     once and the history chain locked once. If one fails, none is applied (the consumer
     then applies them one by one)."""
+    async def handle(message: Message) -> dict:
+        envelope = message.envelope
+        if envelope.type == ecm_commands.SYNC_COUNTERPARTY:
+            return await registry.sync_counterparty(uow, message.payload, envelope)
+        if envelope.type == ecm_commands.MERGE_EXTERNAL_REFS:
+            return await registry.merge_external_refs(uow, message.payload, envelope)
+        if envelope.type == ecm_commands.START_APPROVAL:
+            return await approvals.start_approval(uow, message.payload, envelope, routes, doc_types or {})
+        return await approvals.reassign_initiator(uow, message.payload, envelope)
+
     async with uow:
-        applied = await uow.applied_among([m.envelope.event_id for m in messages])
-        for message in messages:
-            envelope = message.envelope
-            if str(envelope.event_id) in applied:
-                continue
-            if envelope.type == ecm_commands.SYNC_COUNTERPARTY:
-                detail = await registry.sync_counterparty(uow, message.payload, envelope)
-            elif envelope.type == ecm_commands.MERGE_EXTERNAL_REFS:
-                detail = await registry.merge_external_refs(uow, message.payload, envelope)
-            elif envelope.type == ecm_commands.START_APPROVAL:
-                detail = await approvals.start_approval(uow, message.payload, envelope, routes, doc_types or {})
-            else:
-                detail = await approvals.reassign_initiator(uow, message.payload, envelope)
-            await uow.mark_applied(envelope.event_id, envelope.type, topic, detail)
-            applied.add(str(envelope.event_id))
+        await uow.apply_once(messages, topic, handle)
         await uow.commit()
