@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ecm_service.adapters import tables
@@ -31,6 +31,7 @@ from ecm_service.domain.identifiers import compact, quality_flags
 from ecm_service.domain.matching import match_name
 from ecm_service.domain.names import normalize_name
 from ecm_service.service_layer.registry import COUNTERPARTY
+from infra.db import analyze
 
 FIELDS = ("name", "short_name", "legal_form", "country", "inn", "kpp", "ogrn", "vat", "addresses")
 ANALYZE_EVERY_CHUNKS = 8
@@ -96,8 +97,7 @@ class BulkLoader:
         """A load grows the tables faster than autovacuum re-analyses them; with stale
         statistics PostgreSQL scans instead of using the indexes and each chunk gets slower."""
         async with self._sessions() as session, session.begin():
-            if session.bind.dialect.name == "postgresql":
-                await session.execute(text("ANALYZE counterparties, external_refs"))
+            await analyze(session, "counterparties", "external_refs")
 
     def _screen(self, number: int, row: dict) -> tuple[dict | None, list | None]:
         """Row-level checks that need no database: returns (values, None) or (None, report line)."""

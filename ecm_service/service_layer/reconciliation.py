@@ -18,7 +18,7 @@ import io
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
 from ecm_service.adapters import tables
 from ecm_service.domain.counterparty import VERIFIED, Counterparty
@@ -33,6 +33,7 @@ from ecm_service.service_layer.registry import (
     place_new_ref,
 )
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+from infra.db import analyze
 from schemas.common import ExternalRef
 
 STATES = ("linked", "proposed", "unlinked", "conflict", "duplicate", "stale")
@@ -186,10 +187,9 @@ async def _refresh_statistics(uow: EcmUnitOfWork, *, apply: bool) -> None:
     PostgreSQL scans the results for every batch's "already handled?" lookup, and a
     100,000 sync took 272 s instead of 66 (bench/RESULTS.md)."""
     async with uow:
-        if uow.session.get_bind().dialect.name == "postgresql":
-            grown = "reconciliation_results, external_refs, counterparties" if apply else "reconciliation_results"
-            await uow.session.execute(text(f"ANALYZE {grown}"))
-            await uow.commit()
+        grown = ("reconciliation_results", "external_refs", "counterparties") if apply else ("reconciliation_results",)
+        await analyze(uow.session, *grown)
+        await uow.commit()
 
 
 async def finish_run(uow: EcmUnitOfWork, run_id: str, user_id: str) -> dict:
