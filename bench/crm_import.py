@@ -73,6 +73,8 @@ async def run(url: str, path: Path, work: Path, apply: bool, import_id: str) -> 
 
 def main() -> None:
     from infra.db import upgrade_to_head
+    from infra.runtime import settle_garbage_collector
+    from infra.settings import ServiceSettings
     from tests.support.databases import MIGRATIONS, create_pg_database, drop_pg_database
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +84,9 @@ def main() -> None:
     work.mkdir()
     path = work / "organizations.xlsx"
     generate(path, args.rows)
+    # The service's process tunes its garbage collector once started (and its reading
+    # process does as it does); so does this one, before the floor is measured too.
+    settle_garbage_collector(ServiceSettings().gc_gen0_threshold)
     floor_s, count = floor(path)
     name, url = create_pg_database("bench_crm_import")
     try:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import JSON, Table, any_, bindparam, event, insert, text
@@ -84,10 +85,14 @@ async def insert_rows(session: AsyncSession, table: Table, rows: list[dict]) -> 
         raise ValueError(f"insert_rows into {table.name}: give {', '.join(missing)} (Python-side defaults)")
     # Most columns go as they are; only the few that need it are converted, row by row.
     convert = [(i, f) for i, name in enumerate(columns) if (f := _copy_value(table.c[name].type, dialect))]
-    records = [[row[name] for name in columns] for row in rows]
-    for record in records:
-        for i, f in convert:
-            record[i] = f(record[i])
+    record_of = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    if convert:
+        records = [list(record_of(row)) for row in rows]
+        for record in records:
+            for i, f in convert:
+                record[i] = f(record[i])
+    else:
+        records = [record_of(row) for row in rows]
     raw = await (await session.connection()).get_raw_connection()
     driver = raw.driver_connection
     if not driver.is_in_transaction():  # asyncpg begins on the first statement: make it begin now
@@ -112,7 +117,7 @@ def _copy_value(column_type: TypeEngine, dialect) -> Callable | None:
 def _json_text(value) -> str | None:
     if value is None:
         return None
-    return "[]" if value == [] else json.dumps(value, ensure_ascii=False)
+    return orjson.dumps(value).decode()
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

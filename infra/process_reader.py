@@ -11,12 +11,14 @@ picklable. An exception in it is raised again in the reader's user; a process th
 from __future__ import annotations
 
 import asyncio
-import json
+import gc
 import multiprocessing
 import pickle
 import queue
 from collections.abc import Callable, Iterable
 from itertools import islice
+
+import orjson
 
 _DONE = "done"
 _ITEMS = "items"
@@ -27,14 +29,10 @@ class ReaderFailed(RuntimeError):
     pass
 
 
-def json_lines(path) -> Iterable:
-    """The items of a file of JSON lines (a job's own cache, say), one per line."""
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            yield json.loads(line)
-
-
-def _produce(target: Callable[..., Iterable], args: tuple, size: int, out) -> None:
+def _produce(target: Callable[..., Iterable], args: tuple, size: int, out, gc_threshold: tuple) -> None:
+    # Collect garbage as often as the parent does (a service raises the youngest
+    # generation's threshold; openpyxl reads 100,000 rows in 7.5 s at 10,000, 9.9 s at 700).
+    gc.set_threshold(*gc_threshold)
     try:
         items = iter(target(*args))
         while chunk := list(islice(items, size)):
@@ -57,7 +55,7 @@ class ProcessReader:
         self._poll = poll_seconds
         context = multiprocessing.get_context("spawn")
         self._queue = context.Queue(maxsize=ahead)
-        self._process = context.Process(target=_produce, args=(target, args, chunk, self._queue),
+        self._process = context.Process(target=_produce, args=(target, args, chunk, self._queue, gc.get_threshold()),
                                         name="process-reader", daemon=True)
         self._finished = False
 
@@ -103,3 +101,35 @@ class ProcessReader:
         await asyncio.to_thread(self._process.join, 10)
         self._queue.close()
         self._queue.cancel_join_thread()
+
+
+class JsonLinesReader:
+    """A file of JSON lines (a job's own cache) with `ProcessReader`'s interface, read in
+    this process: orjson parses a prepared import row in about 2 µs, less than handing it
+    over from another process costs (pickled there, unpickled here: 3 µs on top of the
+    parsing). A line that does not parse raises `orjson.JSONDecodeError`."""
+
+    def __init__(self, path, *, chunk: int = 1000):
+        self._path, self._chunk = path, chunk
+        self._file = None
+
+    async def __aenter__(self) -> JsonLinesReader:
+        self._file = open(self._path, "rb")  # noqa: SIM115 - closed by __aexit__
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._file.close()
+
+    def __aiter__(self) -> JsonLinesReader:
+        return self
+
+    async def __anext__(self) -> list:
+        lines = list(islice(self._file, self._chunk))
+        if not lines:
+            raise StopAsyncIteration
+        return [orjson.loads(line) for line in lines]
+
+
+def json_line(item) -> bytes:
+    """One item as a line `JsonLinesReader` reads back."""
+    return orjson.dumps(item) + b"\n"

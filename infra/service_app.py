@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infra.db import database_reachable, migrations_at_head
 from infra.kafka import broker_reachable
-from infra.runtime import BackgroundTasks, start_producer
+from infra.runtime import BackgroundTasks, settle_garbage_collector, start_producer
 from infra.web import CorrelationIdMiddleware, RejectUnstorableText
 
 log = structlog.get_logger()
@@ -32,7 +32,8 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         tasks.spawn("command-consumer", container.command_consumer().run_forever())
         for i, job in enumerate(container.background_jobs()):
             tasks.spawn(f"job-{i}", job)
-        log.info("service_started", port=settings.port, env=settings.app_env)
+        frozen = settle_garbage_collector(settings.gc_gen0_threshold)
+        log.info("service_started", port=settings.port, env=settings.app_env, gc_frozen=frozen)
         try:
             yield
         finally:

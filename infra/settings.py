@@ -23,6 +23,9 @@ class ServiceSettings(BaseSettings):
     # soon as records arrive; the local Tansu broker waits the whole time, which added
     # ~0.25 s per hop here, ~1.2 s per approval (faust's own 1,500 ms on the bridge).
     fetch_max_wait_ms: int = Field(50, ge=1, le=10_000, validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS"))
+    # The garbage collector's youngest-generation threshold (Python's default: 700), set
+    # once the process has started, after freezing what startup built (infra.runtime).
+    gc_gen0_threshold: int = Field(10_000, ge=100, validation_alias=AliasChoices("GC_GEN0_THRESHOLD"))
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))
     log_json: bool | None = Field(None, validation_alias=AliasChoices("LOG_JSON"))
     host: str = "127.0.0.1"

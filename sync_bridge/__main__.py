@@ -6,6 +6,7 @@ import faust
 
 from infra.kafka import ensure_topics
 from infra.logs import configure_logging
+from infra.runtime import settle_garbage_collector
 from schemas.topics import provisioning
 from sync_bridge import web  # noqa: F401  (registers the pages)
 from sync_bridge.agents import crm_to_ecm, ecm_to_crm  # noqa: F401  (registers the agents)
@@ -19,6 +20,7 @@ def main() -> None:
     # Started programmatically (not through faust's CLI) so that stdout is not redirected
     # into faust's logger: our structured logs stay one JSON object per line.
     worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
+    settle_garbage_collector(settings.gc_gen0_threshold)
     worker.execute_from_commandline()
 
 

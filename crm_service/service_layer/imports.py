@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
-import json
 import os
 import time
 import uuid
@@ -27,7 +26,7 @@ from crm_service.adapters import tables
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
 from infra.db import insert_rows, one_of
-from infra.process_reader import ProcessReader, json_lines
+from infra.process_reader import JsonLinesReader, ProcessReader, json_line
 from infra.spreadsheets import UnreadableFile, clean_cell, header_key, mapped_rows, read_table
 
 log = structlog.get_logger()
@@ -153,7 +152,6 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
     columns = {position: mapping[str(index)] for position, index in enumerate(indices)}
     cache = parsed_rows_path(report_path, import_id)
     from_cache = apply and cache.exists()
-    source = (json_lines, (cache,)) if from_cache else (mapped_rows, (path, indices))
     partial = cache.with_name(cache.name + ".part")  # a dry run cut short leaves no cache
     in_flight = IN_FLIGHT if _dialect(session_factory) == "postgresql" else 1
     started = datetime.now(timezone.utc)
@@ -163,16 +161,20 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
     done = 0
     try:
         with open(report_path, "w", newline="", encoding="utf-8-sig") as out, \
-                (open(partial, "w", encoding="utf-8") if not apply else nullcontext()) as keep:
+                (open(partial, "wb") if not apply else nullcontext()) as keep:
             report = csv.writer(out)
             report.writerow(REPORT_COLUMNS)
             try:
-                async with ProcessReader(*source, chunk=CHUNK) as reader:
+                # The apply reads the dry run's rows here (parsing them costs less than
+                # passing them between processes); the file is read in a process of its own.
+                reader = (JsonLinesReader(cache, chunk=CHUNK) if from_cache
+                          else ProcessReader(mapped_rows, (path, indices), chunk=CHUNK))
+                async with reader:
                     async for items in reader:
                         rows = items if from_cache else [prepare(n, cells, filled, columns)
                                                          for n, cells, filled in items]
                         if keep:
-                            keep.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+                            keep.writelines(json_line(row) for row in rows)
                         chunk = _Chunk(rows, seen)
                         chunk.task = asyncio.create_task(
                             _store(session_factory, chunk, user_id=user_id, apply=apply, started=started))

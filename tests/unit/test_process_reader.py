@@ -1,12 +1,13 @@
 """The reading process of imports: real spawned processes (the generators below are
 pickled by name and run in them)."""
 
+import gc
 import os
 import signal
 
 import pytest
 
-from infra.process_reader import ProcessReader, ReaderFailed, json_lines
+from infra.process_reader import JsonLinesReader, ProcessReader, ReaderFailed, json_line
 from infra.spreadsheets import UnreadableFile
 
 
@@ -33,6 +34,11 @@ class NeedsTwoArguments(Exception):
 def numbers_then_odd_exception(count: int):
     yield from range(count)
     raise NeedsTwoArguments(7, "odd")
+
+
+def collector_threshold():
+    import gc
+    yield gc.get_threshold()
 
 
 def endless():
@@ -85,8 +91,28 @@ async def test_leaving_early_stops_the_process():
     assert reader._process.exitcode == -signal.SIGTERM
 
 
-async def test_json_lines_are_read_back_as_items(tmp_path):
+async def test_json_lines_are_read_back_in_chunks(tmp_path):
     path = tmp_path / "rows.jsonl"
-    path.write_text('[2, true, {"name": "Альфа"}]\n[3, false, {}]\n', encoding="utf-8")
-    async with ProcessReader(json_lines, (path,), chunk=1) as reader:
-        assert [items async for items in reader] == [[[2, True, {"name": "Альфа"}]], [[3, False, {}]]]
+    rows = [[2, True, {"name": "Альфа «Бета»"}, None], [3, False, {}, ["x"]], [4, True, {"n": 7700000001}, []]]
+    path.write_bytes(b"".join(json_line(row) for row in rows))
+    async with JsonLinesReader(path, chunk=2) as reader:
+        assert [items async for items in reader] == [rows[:2], rows[2:]]
+    assert reader._file.closed
+
+
+async def test_a_damaged_json_line_raises(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(json_line([1]) + b"[2, \n")
+    with pytest.raises(ValueError):
+        async with JsonLinesReader(path) as reader:
+            [items async for items in reader]
+
+
+async def test_the_reading_process_collects_garbage_as_often_as_its_parent():
+    before = gc.get_threshold()
+    gc.set_threshold(12_345, before[1], before[2])
+    try:
+        async with ProcessReader(collector_threshold) as reader:
+            assert [items async for items in reader] == [[(12_345, before[1], before[2])]]
+    finally:
+        gc.set_threshold(*before)

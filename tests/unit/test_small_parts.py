@@ -86,3 +86,18 @@ def test_a_reconciliation_run_analyses_its_tables_at_doubling_counts():
     due = [done for done in range(0, 20_000, 500) if statistics_due(done, done + 500)]
     assert due == [500, 1500, 3500, 7500, 15500]  # the batches that pass 1k, 2k, 4k, 8k, 16k
     assert not statistics_due(0, 999) and statistics_due(0, 5000) and not statistics_due(4000, 4000)
+
+
+def test_a_started_process_freezes_its_objects_and_collects_less_often():
+    import gc
+
+    from infra.runtime import settle_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        frozen = settle_garbage_collector(5_000)
+        assert frozen == gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (5_000, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
