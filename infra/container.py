@@ -4,6 +4,7 @@ and its command consumer. Each service's bootstrap.py extends this with its own 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from infra.consumer_loop import ConsumerLoop
 from infra.outbox_relay import OutboxRelay
+from infra.users import UserDirectory
 from schemas.registry import Message
 
 
@@ -32,6 +34,10 @@ class ServiceContainer:
 
     def uow(self):
         raise NotImplementedError
+
+    @cached_property
+    def users(self) -> UserDirectory:
+        return UserDirectory(self.session_factory, self.users_table, self.settings.token_cache_seconds)
 
     async def handle_command(self, message: Message, topic: str) -> None:
         raise NotImplementedError

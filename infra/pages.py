@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from infra.users import User, find_user_by_token
+from infra.users import User
 
 COOKIE = "session"
 
@@ -19,8 +19,7 @@ COOKIE = "session"
 def page_user_dependency(roles: tuple[str, ...]) -> Callable:
     async def page_user(request: Request) -> User:
         token = request.cookies.get(COOKIE)
-        container = request.app.state.container
-        user = await find_user_by_token(container.session_factory, container.users_table, token) if token else None
+        user = await request.app.state.container.users.by_token(token) if token else None
         if user is None or user.role not in roles:
             raise HTTPException(303, headers={"Location": f"/ui/login?next={quote(request.url.path)}"})
         return user
@@ -39,8 +38,7 @@ def add_login_routes(router: APIRouter, templates: Jinja2Templates, *, roles: tu
 
     @router.post("/login")
     async def login(request: Request, token: str = Form(..., max_length=200), next: str = Form("/ui/")):
-        container = request.app.state.container
-        user = await find_user_by_token(container.session_factory, container.users_table, token.strip())
+        user = await request.app.state.container.users.by_token(token.strip())
         if user is None or user.role not in roles:
             return render(request, status=401, next=next, error="Unknown token, or an account that has no pages here")
         target = next if next.startswith("/ui/") and next != "/ui/" else home(user)

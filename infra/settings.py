@@ -29,6 +29,9 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL"))
     log_json: bool | None = Field(None, validation_alias=AliasChoices("LOG_JSON"))
     host: str = "127.0.0.1"
+    # How long a process trusts a token it has looked up (infra.users.UserDirectory); a
+    # token deleted or changed in the database keeps working for up to this long. 0: off.
+    token_cache_seconds: float = Field(5.0, ge=0, le=300, validation_alias=AliasChoices("TOKEN_CACHE_SECONDS"))
     # The token other deployables (the bridge) present to this one, role `integration`.
     integration_token: str | None = None
 

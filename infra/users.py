@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,12 +33,40 @@ def users_table(metadata: MetaData) -> Table:
     )
 
 
-async def find_user_by_token(session_factory: async_sessionmaker, users: Table, token: str) -> User | None:
+async def _user_by_hash(session_factory: async_sessionmaker, users: Table, digest: str) -> User | None:
     async with session_factory() as session:
-        row = (
-            await session.execute(select(users).where(users.c.token_hash == hash_token(token)))
-        ).mappings().first()
+        row = (await session.execute(select(users).where(users.c.token_hash == digest))).mappings().first()
     return User(id=row["id"], name=row["name"], role=row["role"]) if row else None
+
+
+class UserDirectory:
+    """Who a bearer token belongs to, for every API call and page. A found user is
+    remembered in this process for `cache_seconds` (0: looked up every time): each
+    lookup is a transaction of its own, and an approval request costs the CRM two of
+    them (the rep's call, the bridge fetching the document). The price: a token deleted
+    or changed in the database keeps working here for up to `cache_seconds`. Unknown
+    tokens are never remembered (a new token works at once)."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, session_factory: async_sessionmaker, users: Table, cache_seconds: float):
+        self._session_factory, self._users, self._seconds = session_factory, users, cache_seconds
+        self._known: dict[str, tuple[float, User]] = {}  # token hash -> (valid until, user)
+
+    async def by_token(self, token: str) -> User | None:
+        digest = hash_token(token)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[0] > now:
+            return known[1]
+        user = await _user_by_hash(self._session_factory, self._users, digest)
+        if user is not None and self._seconds > 0:
+            if len(self._known) >= self.MAX_ENTRIES:
+                self._known.clear()
+            self._known[digest] = (now + self._seconds, user)
+        else:
+            self._known.pop(digest, None)
+        return user
 
 
 async def upsert_user(session_factory: async_sessionmaker, users: Table, *, name: str, role: str, token: str) -> str:

@@ -15,7 +15,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from infra.content_store import ContentStore, FileTooLarge, Refused
 from infra.logs import bind_contextvars, clear_contextvars, new_correlation_id
-from infra.users import User, find_user_by_token
+from infra.users import User
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -68,8 +68,7 @@ async def current_user(
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    container = request.app.state.container
-    user = await find_user_by_token(container.session_factory, container.users_table, credentials.credentials)
+    user = await request.app.state.container.users.by_token(credentials.credentials)
     if user is None:
         raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
     bind_contextvars(user_id=user.id, role=user.role)

@@ -267,14 +267,15 @@ async def document_content(
 async def request_approval(
     deal_id: str, body: ApprovalRequestIn, request: Request, user: User = Depends(require_roles(*SALES))
 ):
-    await _check_deal_owner(request, user, deal_id)
     try:
         approval = await handlers.request_approval(
-            _container(request).uow(), user_id=user.id, deal_id=deal_id, document_id=body.document_id,
-            correlation_id=correlation_id(request),
+            _container(request).uow(), user_id=user.id, role=user.role, deal_id=deal_id,
+            document_id=body.document_id, correlation_id=correlation_id(request),
         )
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
+    except NotAllowed as exc:
+        raise HTTPException(403, str(exc)) from exc
     return Accepted(id=approval.id, status=approval.status)
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from crm_service.adapters import tables
 from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization
-from crm_service.domain.rights import Actor, check_may_transfer
+from crm_service.domain.rights import Actor, check_may_change, check_may_transfer
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from schemas import crm_commands, crm_events
 from schemas.envelope import new_envelope
@@ -72,16 +72,25 @@ async def attach_document(
 
 
 async def request_approval(
-    uow: CrmUnitOfWork, *, user_id: str, deal_id: str, document_id: str, correlation_id: str
+    uow: CrmUnitOfWork, *, user_id: str, deal_id: str, document_id: str, correlation_id: str,
+    role: str | None = None,
 ) -> ApprovalRequest:
     """Records the request and its event in one transaction. The organization travels
     as it is (partial, unchecked): the ECM reconciles, the rep is never asked. Asking
     again for a document whose approval is still open answers with that request (a
-    double click, or a client resending after a lost answer, starts nothing new)."""
+    double click, or a client resending after a lost answer, starts nothing new).
+
+    With `role` (an API caller's) the caller must be allowed to change the deal (its
+    owner, their team's manager, an admin; NotAllowed otherwise), checked in the same
+    transaction."""
     async with uow:
         deal = await uow.deals.get(deal_id)
         if deal is None:
             raise NotFound(f"deal {deal_id} not found")
+        if role is not None:
+            team = await uow.team_of(user_id)
+            owner_team = team if deal.owner_id == user_id else await uow.team_of(deal.owner_id)
+            check_may_change(Actor(id=user_id, role=role, team=team), deal.owner_id, owner_team, "deal")
         doc = await uow.documents.get(document_id, for_update=True)
         if doc is None or doc.deal_id != deal_id:
             raise NotFound(f"document {document_id} not found on deal {deal_id}")
