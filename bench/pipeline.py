@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -102,27 +103,27 @@ async def raw_ceiling(bootstrap: str, n: int, size: int) -> float:
         await consumer.stop()
 
 
-async def steady_load(system: LocalSystem, token: str, items, rate: float) -> tuple[dict[str, float], int]:
+async def steady_load(system: LocalSystem, token: str, items, rate: float) -> tuple[dict[str, float], Counter]:
     """One approval request every 1/rate seconds (open loop: the next one does not wait
     for the answer to the last). Returns {request id: wall-clock second it was sent} for
-    the accepted ones, and how many were not accepted (refused or connection lost)."""
+    the accepted ones, and why the others were not accepted (HTTP status or the client's
+    error class, with how many of each)."""
     headers = {"Authorization": f"Bearer {token}"}
     sent: dict[str, float] = {}
-    failed = 0
+    failed: Counter = Counter()
     async with httpx.AsyncClient(base_url=system.crm_url, headers=headers, timeout=120,
                                  limits=httpx.Limits(max_connections=200)) as client:
         async def one(deal_id, doc_id):
-            nonlocal failed
             at = time.time()
             try:
                 r = await client.post(f"/api/deals/{deal_id}/approval-requests", json={"document_id": doc_id})
-            except httpx.HTTPError:
-                failed += 1
+            except httpx.HTTPError as exc:
+                failed[type(exc).__name__] += 1
                 return
             if r.status_code == 202:
                 sent[r.json()["id"]] = at
             else:
-                failed += 1
+                failed[f"HTTP {r.status_code}"] += 1
 
         start = time.perf_counter()
         tasks = []
@@ -230,7 +231,7 @@ def main() -> None:
         rss = {name: peak_rss_mb(p.pid) for name, p in system.processes.items() if name != "broker"}
         steady = int(args.rate * args.seconds)
         lat: list[float] = []
-        refused = 0
+        refused: Counter = Counter()
         if steady and args.backend == "postgresql":
             more = asyncio.run(prepare(system, token, steady))
             sent, refused = asyncio.run(steady_load(system, token, more, args.rate))
@@ -270,7 +271,8 @@ def main() -> None:
         q = statistics.quantiles(lat, n=100)
         rows.append((f"latency at {args.rate:g} req/s for {args.seconds:g} s: p50", f"{q[49]:.2f} s",
                      f"p95 {q[94]:.2f} s, p99 {q[98]:.2f} s, max {lat[-1]:.2f} s (target p99 <= 1 s); "
-                     f"API call -> CRM in_progress; {len(lat)} accepted, {refused} not accepted"))
+                     f"API call -> CRM in_progress; {len(lat)} accepted, {sum(refused.values())} not accepted"
+                     + (f" ({', '.join(f'{why}: {n}' for why, n in refused.most_common())})" if refused else "")))
         figures.append((f"latency p50 / p95 / p99 at {args.rate:g} req/s for {args.seconds:g} s",
                         f"{q[49]:.2f} / {q[94]:.2f} / {q[98]:.2f} s", "p99 <= 1 s", q[98] <= 1.0))
     print_table(rows)
