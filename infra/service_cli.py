@@ -47,7 +47,7 @@ def run_cli(
         if settings.integration_token:
             asyncio.run(_ensure_integration_user(settings, users_table, service))
         uvicorn.run(app_factory, factory=True, host=settings.host, port=settings.port, log_level="warning",
-                    timeout_graceful_shutdown=5)
+                    timeout_keep_alive=settings.http_keep_alive_seconds, timeout_graceful_shutdown=5)
     return 0
 
 

@@ -44,3 +44,27 @@ def test_bridge_needs_its_own_credentials_outside_development(monkeypatch):
         BridgeSettings()
     monkeypatch.setenv("BRIDGE_ECM_TOKEN", STRONG[::-1])
     assert BridgeSettings().json_logs is True
+
+
+def test_serve_keeps_idle_connections_longer_than_clients_do(monkeypatch):
+    """uvicorn's default (5 s) equals httpx's pool expiry: a client could send on a
+    connection the server was closing (ReadError under load)."""
+    import sys
+    from pathlib import Path
+
+    import uvicorn
+
+    from infra.service_cli import run_cli
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(options, app=app))
+    monkeypatch.setattr(sys, "argv", ["crm_service", "serve"])
+    monkeypatch.delenv("HTTP_KEEP_ALIVE_SECONDS", raising=False)
+    monkeypatch.delenv("CRM_INTEGRATION_TOKEN", raising=False)
+    args = dict(service="crm", settings_cls=CrmSettings, users_table=None, migrations_dir=Path("."),
+                app_factory="crm_service.entrypoints.app:create_app", seed_data=None)
+    assert run_cli(**args) == 0
+    assert served["timeout_keep_alive"] == 75 and served["port"] == 8001
+    monkeypatch.setenv("HTTP_KEEP_ALIVE_SECONDS", "120")
+    run_cli(**args)
+    assert served["timeout_keep_alive"] == 120
