@@ -117,7 +117,7 @@ def _copy_value(column_type: TypeEngine, dialect) -> Callable | None:
 def _json_text(value) -> str | None:
     if value is None:
         return None
-    return orjson.dumps(value).decode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:
