@@ -104,13 +104,13 @@ async def test_a_failing_chunk_fails_the_import_without_counting_or_reporting_it
     await imports.run_import(sessions, import_id=import_id, path=path, mapping=mapping, user_id="u1",
                              apply=False, report_path=tmp_path / "dry.csv")
 
-    real_insert, calls = imports.insert_rows, []
+    real_insert = imports.insert_rows
 
     async def insert_failing_second_chunk(session, table, rows):
-        if table is tables.organizations:
-            calls.append(len(rows))
-            if len(calls) == 2:
-                raise RuntimeError("disk full")
+        # By content, not by call order: two chunks are in the database at once on
+        # PostgreSQL, and the second may reach its insert first.
+        if table is tables.organizations and any(row["name"] == "Альфа 5" for row in rows):
+            raise RuntimeError("disk full")
         await real_insert(session, table, rows)
 
     monkeypatch.setattr(imports, "insert_rows", insert_failing_second_chunk)
@@ -125,7 +125,7 @@ async def test_a_failing_chunk_fails_the_import_without_counting_or_reporting_it
     # The first chunk was written and reported; the failed one is neither counted nor in the
     # report; a third one already under way (PostgreSQL) may have been written or not.
     assert job["counts"]["create"] == len(_report(report)) == job["rows_done"] == 5
-    assert organizations in (5, 10)
+    assert organizations in (5, 9)  # the third chunk holds the last 4 rows
 
 
 async def test_a_dry_run_cut_short_leaves_no_rows_for_an_apply(sessions, tmp_path, monkeypatch):
