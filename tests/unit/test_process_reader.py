@@ -37,7 +37,6 @@ def numbers_then_odd_exception(count: int):
 
 
 def collector_threshold():
-    import gc
     yield gc.get_threshold()
 
 
