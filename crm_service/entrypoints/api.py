@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from crm_service.domain.hints import identifier_hints
-from crm_service.domain.rights import NotAllowed, check_may_change
+from crm_service.domain.rights import NotAllowed
 from crm_service.service_layer import handlers
 from crm_service.service_layer.sales import actor_for, approvals_of, duplicate_hints, link_text
 from infra.users import User
@@ -168,9 +168,8 @@ async def _check_deal_owner(request: Request, user: User, deal_id: str) -> None:
         deal = await uow.deals.get(deal_id)
         if deal is None:
             raise HTTPException(404, f"deal {deal_id} not found")
-        actor = await actor_for(uow, user)
         try:
-            check_may_change(actor, deal.owner_id, await uow.team_of(deal.owner_id), "deal")
+            await handlers.check_owned(uow, await actor_for(uow, user), deal.owner_id, "deal")
         except NotAllowed as exc:
             raise HTTPException(403, str(exc)) from exc
 
@@ -269,7 +268,7 @@ async def request_approval(
 ):
     try:
         approval = await handlers.request_approval(
-            _container(request).uow(), user_id=user.id, role=user.role, deal_id=deal_id,
+            _container(request).uow(), user_id=user.id, caller=user, deal_id=deal_id,
             document_id=body.document_id, correlation_id=correlation_id(request),
         )
     except handlers.NotFound as exc:

@@ -71,26 +71,35 @@ async def attach_document(
     return doc
 
 
+async def actor_for(uow: CrmUnitOfWork, user) -> Actor:
+    return Actor(id=user.id, role=user.role, team=await uow.team_of(user.id))
+
+
+async def check_owned(uow: CrmUnitOfWork, actor: Actor, owner_id: str | None, what: str) -> None:
+    """NotAllowed unless the actor may change what `owner_id` owns (the owner's team is
+    looked up only when the owner is someone else)."""
+    owner_team = actor.team if owner_id == actor.id else await uow.team_of(owner_id)
+    check_may_change(actor, owner_id, owner_team, what)
+
+
 async def request_approval(
     uow: CrmUnitOfWork, *, user_id: str, deal_id: str, document_id: str, correlation_id: str,
-    role: str | None = None,
+    caller=None,
 ) -> ApprovalRequest:
     """Records the request and its event in one transaction. The organization travels
     as it is (partial, unchecked): the ECM reconciles, the rep is never asked. Asking
     again for a document whose approval is still open answers with that request (a
     double click, or a client resending after a lost answer, starts nothing new).
 
-    With `role` (an API caller's) the caller must be allowed to change the deal (its
+    With `caller` (the API's user) the caller must be allowed to change the deal (its
     owner, their team's manager, an admin; NotAllowed otherwise), checked in the same
     transaction."""
     async with uow:
         deal = await uow.deals.get(deal_id)
         if deal is None:
             raise NotFound(f"deal {deal_id} not found")
-        if role is not None:
-            team = await uow.team_of(user_id)
-            owner_team = team if deal.owner_id == user_id else await uow.team_of(deal.owner_id)
-            check_may_change(Actor(id=user_id, role=role, team=team), deal.owner_id, owner_team, "deal")
+        if caller is not None:
+            await check_owned(uow, await actor_for(uow, caller), deal.owner_id, "deal")
         doc = await uow.documents.get(document_id, for_update=True)
         if doc is None or doc.deal_id != deal_id:
             raise NotFound(f"document {document_id} not found on deal {deal_id}")

@@ -19,8 +19,16 @@ from crm_service.adapters import tables
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.model import ACTIVITY_KINDS, Activity, Contact, Deal, Lead, Organization
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
-from crm_service.domain.rights import Actor, check_may_change
-from crm_service.service_layer.handlers import SOURCE, InvalidRequest, NotFound, _new_id, _now
+from crm_service.domain.rights import Actor
+from crm_service.service_layer.handlers import (  # noqa: F401  (actor_for: the entrypoints call it from here)
+    SOURCE,
+    InvalidRequest,
+    NotFound,
+    _new_id,
+    _now,
+    actor_for,
+    check_owned,
+)
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from schemas import crm_events
 from schemas.envelope import new_envelope
@@ -33,14 +41,6 @@ ORG_FIELDS = ("name", "inn", "kpp", "ogrn", "legal_form", "country", "addresses"
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "document_templates"
 
 
-async def actor_for(uow: CrmUnitOfWork, user) -> Actor:
-    return Actor(id=user.id, role=user.role, team=await uow.team_of(user.id))
-
-
-async def _owned(uow: CrmUnitOfWork, actor: Actor, owner_id: str | None, what: str) -> None:
-    check_may_change(actor, owner_id, await uow.team_of(owner_id), what)
-
-
 # --- organizations -------------------------------------------------------------------------
 
 
@@ -49,7 +49,7 @@ async def update_organization(uow: CrmUnitOfWork, *, actor: Actor, organization_
         org = await uow.organizations.get(organization_id, for_update=True)
         if org is None or org.merged_into:
             raise NotFound(f"organization {organization_id} not found")
-        await _owned(uow, actor, org.owner_id or org.created_by, "organization")
+        await check_owned(uow, actor, org.owner_id or org.created_by, "organization")
         if "name" in changes and not (changes["name"] or "").strip():
             raise InvalidRequest("an organization keeps a name; it cannot be emptied")
         changes = {k: ([] if v is None and k in ("addresses", "phones", "emails") else v) for k, v in changes.items()}
@@ -139,7 +139,7 @@ async def merge_organizations(uow: CrmUnitOfWork, *, actor: Actor, organization_
         if loser is None or survivor is None or loser.merged_into or survivor.merged_into:
             raise NotFound("both organizations must exist and not be merged already")
         for org in (loser, survivor):
-            await _owned(uow, actor, org.owner_id or org.created_by, "organization")
+            await check_owned(uow, actor, org.owner_id or org.created_by, "organization")
         moved = {}
         for table in (tables.deals, tables.contacts, tables.activities, tables.approval_requests,
                       tables.organization_history):
@@ -196,7 +196,7 @@ async def _open_lead(uow: CrmUnitOfWork, actor: Actor, lead_id: str) -> Lead:
         raise NotFound(f"lead {lead_id} not found")
     if lead.status != "open":
         raise InvalidRequest(f"the lead is already {lead.status}")
-    await _owned(uow, actor, lead.owner_id, "lead")
+    await check_owned(uow, actor, lead.owner_id, "lead")
     return lead
 
 
@@ -278,7 +278,7 @@ async def update_deal(uow: CrmUnitOfWork, *, actor: Actor, deal_id: str, changes
         deal = await uow.deals.get(deal_id, for_update=True)
         if deal is None:
             raise NotFound(f"deal {deal_id} not found")
-        await _owned(uow, actor, deal.owner_id, "deal")
+        await check_owned(uow, actor, deal.owner_id, "deal")
         if "title" in changes and not (changes["title"] or "").strip():
             raise InvalidRequest("a deal keeps a title; it cannot be emptied")
         at = _now()
@@ -342,7 +342,7 @@ async def complete_activity(uow: CrmUnitOfWork, *, actor: Actor, activity_id: st
         activity = await uow.activities.get(activity_id, for_update=True)
         if activity is None:
             raise NotFound(f"activity {activity_id} not found")
-        await _owned(uow, actor, activity.owner_id, "activity")
+        await check_owned(uow, actor, activity.owner_id, "activity")
         if activity.done_at is None:
             activity.done_at = _now()
             await uow.activities.save(activity)
@@ -487,7 +487,7 @@ async def generate_document(uow: CrmUnitOfWork, files, *, actor: Actor, user_nam
         deal = await uow.deals.get(deal_id)
         if deal is None:
             raise NotFound(f"deal {deal_id} not found")
-        await _owned(uow, actor, deal.owner_id, "deal")
+        await check_owned(uow, actor, deal.owner_id, "deal")
         org = await uow.organizations.get(deal.organization_id)
     content = render_template(template, org=org, deal=deal, author=user_name)
     sha, size = files.put(io.BytesIO(content), max_bytes=max_bytes)
