@@ -1,13 +1,12 @@
 """The consume loop the services run: the valid commands of a consumed batch are applied
-together, `batch_size` at a time, in one transaction each (`batch_handler`); a garbage
-record, or a group whose transaction fails, goes record by record through
-infra.delivery (retries, dead letters). Offsets are committed per batch, after the
-effects and dead letters."""
+together, `batch_size` at a time, in one transaction each (`batch_handler`, through
+infra.delivery.apply_together); a garbage record, or a group whose transaction fails,
+goes record by record through infra.delivery.deliver (retries, dead letters). Offsets
+are committed per batch, after the effects and dead letters."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -15,15 +14,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from infra.dead_letters import DeadLetter
-from infra.delivery import DeliveryPolicy, Record, count_applied, deliver
-from infra.logs import bound_contextvars
+from infra.delivery import BatchHandler, DeliveryPolicy, Record, apply_together, deliver
 from infra.metrics import CONSUMER_LAG
-from schemas.registry import InvalidMessage, Message, parse_message
+from schemas.registry import Message
 
 log = structlog.get_logger()
 
 Handler = Callable[[Message, str], Awaitable[None]]
-BatchHandler = Callable[[list[Message], str], Awaitable[None]]  # all applied, or none (raises)
 
 
 class ConsumerLoop:
@@ -96,43 +93,16 @@ class ConsumerLoop:
 
     async def handle_records(self, records: list[ConsumerRecord]) -> None:
         """One partition's records, in order."""
+        records = [Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
         for start in range(0, len(records), self._batch_size):
             group = records[start:start + self._batch_size]
-            for record in await self._apply_together(group) if len(group) > 1 else group:
+            if len(group) > 1:
+                group = await apply_together(group, self._policy, self._batch_handler)
+            for record in group:
                 await self.handle_record(record)
 
-    async def _apply_together(self, group: list[ConsumerRecord]) -> list[ConsumerRecord]:
-        """Applies the group's valid messages in one transaction; returns the records still
-        to deliver one by one: the garbage (to be dead-lettered), or all of them when the
-        transaction failed (nothing of it was applied)."""
-        valid, garbage = [], []
-        for record in group:
-            try:
-                valid.append((record, parse_message(record.value, self._policy.accepted_types)))
-            except InvalidMessage:
-                garbage.append(record)
-        if len(valid) < 2:
-            return group
-        started = time.perf_counter()
-        try:
-            await self._batch_handler([message for _, message in valid], self._topic)
-        except Exception as exc:  # one of them fails: each gets its own retries or dead letter
-            log.info("batch_applied_one_by_one", messages=len(valid), error_class=type(exc).__name__)
-            return group
-        seconds = (time.perf_counter() - started) / len(valid)
-        for record, message in valid:
-            with bound_contextvars(correlation_id=message.envelope.correlation_id, topic=record.topic,
-                                   partition=record.partition, offset=record.offset,
-                                   message_id=str(message.envelope.event_id), message_type=message.envelope.type):
-                count_applied(self._policy, record.topic, message.envelope.type, seconds, attempts=1,
-                              batch=len(valid))
-        return garbage
-
-    async def handle_record(self, record: ConsumerRecord) -> None:
-        await deliver(
-            Record(record.topic, record.partition, record.offset, record.key, record.value, list(record.headers or ())),
-            self._policy, self._handler, self._send_dead_letter,
-        )
+    async def handle_record(self, record: Record) -> None:
+        await deliver(record, self._policy, self._handler, self._send_dead_letter)
 
     async def _send_dead_letter(self, letter: DeadLetter) -> None:
         await self._producer.send_and_wait(letter.topic, value=letter.value, key=letter.key, headers=letter.headers)

@@ -1,6 +1,8 @@
-"""Handling one consumed record, the same way in every consumer (the services'
-aiokafka loops and the bridge's faust agents): parse, apply with bounded retries for
-transient failures, and dead-letter what cannot be applied, with its error context."""
+"""Handling consumed records, the same way in every consumer (the services' aiokafka
+loops and the bridge's faust agents): a group's valid messages applied together when the
+consumer can (`apply_together`); otherwise, and for whatever a group leaves, one record at
+a time (`deliver`): parse, apply with bounded retries for transient failures, and
+dead-letter what cannot be applied, with its error context."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from infra.retrying import AttemptsExhausted, PermanentError, call_with_retries
 from schemas.registry import InvalidMessage, Message, parse_message
 
 log = structlog.get_logger()
+
+BatchHandler = Callable[[list[Message], str], Awaitable[None]]  # all applied, or none (raises)
 
 
 @dataclass(frozen=True)
@@ -86,3 +90,32 @@ async def deliver(
         log.warning("message_dead_lettered", error_class=type(error).__name__, error=str(error)[:300],
                     dead_letter_topic=letter.topic, attempts=attempts)
         return False
+
+
+async def apply_together(records: list[Record], policy: DeliveryPolicy, batch_handler: BatchHandler) -> list[Record]:
+    """Applies the valid messages of one partition's records, in order, with one call of
+    `batch_handler`; returns the records still to deliver one by one: the garbage (to be
+    dead-lettered), or all of them when the call failed (then each gets its own retries
+    or dead letter; handlers are idempotent, so what the failed call did is harmless)."""
+    valid, garbage = [], []
+    for record in records:
+        try:
+            valid.append((record, parse_message(record.value, policy.accepted_types)))
+        except InvalidMessage:
+            garbage.append(record)
+    if len(valid) < 2:
+        return records
+    started = time.perf_counter()
+    try:
+        await batch_handler([message for _, message in valid], records[0].topic)
+    except Exception as exc:
+        log.info("batch_applied_one_by_one", messages=len(valid), error_class=type(exc).__name__,
+                 error=str(exc)[:300])
+        return records
+    seconds = (time.perf_counter() - started) / len(valid)
+    for record, message in valid:
+        with bound_contextvars(correlation_id=message.envelope.correlation_id, topic=record.topic,
+                               partition=record.partition, offset=record.offset,
+                               message_id=str(message.envelope.event_id), message_type=message.envelope.type):
+            count_applied(policy, record.topic, message.envelope.type, seconds, attempts=1, batch=len(valid))
+    return garbage

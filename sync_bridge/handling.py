@@ -1,15 +1,19 @@
-"""What the agents hand off to: turn one faust event into a delivered record, with
-translation, document transfer, publishing and dead letters."""
+"""What the agents hand off to: turn a partition's batch of faust events into delivered
+records, with translation, document transfer, publishing and dead letters. A batch's
+valid events are handled together (their small documents copied in two HTTP calls, their
+commands sent at once); garbage, and every event of a batch that failed as a whole, go
+one by one with their own retries and dead letters."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import faust
 import structlog
 
 from infra.dead_letters import DeadLetter
-from infra.delivery import DeliveryPolicy, Record, deliver
+from infra.delivery import DeliveryPolicy, Record, apply_together, deliver
 from infra.metrics import CONSUMER_LAG, MESSAGES_PUBLISHED, TRANSFER_BYTES, TRANSFERS
 from schemas import crm_events
 from schemas.registry import Message, encode
@@ -17,10 +21,11 @@ from sync_bridge.app import app, settings
 from sync_bridge.control import CRM_TO_ECM as CRM_TO_ECM_DIRECTION
 from sync_bridge.control import ECM_TO_CRM as ECM_TO_CRM_DIRECTION
 from sync_bridge.control import DirectionGates
-from sync_bridge.transfer import DocumentTransfer
+from sync_bridge.transfer import BatchLimits, DocumentTransfer, plan_batches
 from sync_bridge.translation import (
     ECM_EVENT_TRANSLATIONS,
     Outgoing,
+    StoredDocument,
     approval_requested_to_ecm,
     organizations_merged_to_ecm,
     responsibility_transferred_to_ecm,
@@ -39,6 +44,8 @@ ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
 
 _transfer: DocumentTransfer | None = None
 gates = DirectionGates()
+LIMITS = BatchLimits(document_bytes=settings.batch_document_bytes, batch_bytes=settings.batch_bytes,
+                     documents=settings.batch_size)
 
 
 def transfer() -> DocumentTransfer:
@@ -78,17 +85,26 @@ async def send_dead_letter(letter: DeadLetter) -> None:
     await app.producer.send_and_wait(letter.topic, letter.key, letter.value, None, None, letter.headers)
 
 
-async def when_approval_requested_start_in_ecm(message: Message, _topic: str) -> None:
-    event: crm_events.ApprovalRequestedV2 = message.payload
+def _transferred(document, stored: StoredDocument, **fields) -> None:
+    TRANSFERS.labels("copied").inc()
+    TRANSFER_BYTES.inc(document.size)
+    log.info("document_transferred", crm_document_id=document.id, ecm_document_id=stored.document_id,
+             size=document.size, **fields)
+
+
+async def copy_document(document, correlation_id: str) -> StoredDocument:
     try:
-        stored = await transfer().copy(event.document, correlation_id=message.envelope.correlation_id)
+        stored = await transfer().copy(document, correlation_id=correlation_id)
     except Exception:
         TRANSFERS.labels("failed").inc()
         raise
-    TRANSFERS.labels("copied").inc()
-    TRANSFER_BYTES.inc(event.document.size)
-    log.info("document_transferred", crm_document_id=event.document.id, ecm_document_id=stored.document_id,
-             size=event.document.size)
+    _transferred(document, stored)
+    return stored
+
+
+async def when_approval_requested_start_in_ecm(message: Message, _topic: str) -> None:
+    event: crm_events.ApprovalRequestedV2 = message.payload
+    stored = await copy_document(event.document, message.envelope.correlation_id)
     await publish(approval_requested_to_ecm(message.envelope, event, stored))
 
 
@@ -101,19 +117,67 @@ async def when_crm_event_update_ecm(message: Message, topic: str) -> None:
         await publish(responsibility_transferred_to_ecm(message.envelope, message.payload))
 
 
+async def copy_documents(messages: list[Message]) -> dict[str, StoredDocument]:
+    """The documents of a batch's approval requests into the ECM: the small ones in
+    batches of two HTTP calls, the rest (and any a batch left out) one by one. Raises
+    when one cannot be copied (the batch then goes one event at a time)."""
+    wanted = [m.payload.document for m in messages if m.envelope.type == crm_events.APPROVAL_REQUESTED]
+    batches, alone = plan_batches(wanted, LIMITS)
+    stored: dict[str, StoredDocument] = {}
+    for batch in batches:
+        batch_id = f"batch-{uuid.uuid4()}"  # one call carries many flows: its own correlation id
+        copied = await transfer().copy_batch(batch, correlation_id=batch_id)
+        for document in batch:
+            if document.id in copied:
+                stored[document.id] = copied[document.id]
+                _transferred(document, copied[document.id], batch=batch_id)
+            else:
+                alone.append(document)
+    by_id = {m.payload.document.id: m for m in messages if m.envelope.type == crm_events.APPROVAL_REQUESTED}
+    for document in alone:
+        stored[document.id] = await copy_document(document, by_id[document.id].envelope.correlation_id)
+    return stored
+
+
+async def when_crm_events_update_ecm(messages: list[Message], _topic: str) -> None:
+    stored = await copy_documents(messages)
+    commands: list[Outgoing] = []
+    for message in messages:
+        if message.envelope.type == crm_events.APPROVAL_REQUESTED:
+            commands += approval_requested_to_ecm(message.envelope, message.payload,
+                                                  stored[message.payload.document.id])
+        elif message.envelope.type == crm_events.ORGANIZATIONS_MERGED:
+            commands += organizations_merged_to_ecm(message.envelope, message.payload)
+        else:
+            commands += responsibility_transferred_to_ecm(message.envelope, message.payload)
+    await publish(commands)
+
+
 async def when_ecm_event_update_crm(message: Message, _topic: str) -> None:
     translate = ECM_EVENT_TRANSLATIONS[message.envelope.type]
     await publish(translate(message.envelope, message.payload))
 
 
-async def handle_crm_event(event: faust.EventT) -> None:
-    await gates.wait_open(CRM_TO_ECM_DIRECTION)
-    await deliver(as_record(event, CRM_TO_ECM.consumer), CRM_TO_ECM, when_crm_event_update_ecm, send_dead_letter)
+async def when_ecm_events_update_crm(messages: list[Message], _topic: str) -> None:
+    await publish([command for message in messages
+                   for command in ECM_EVENT_TRANSLATIONS[message.envelope.type](message.envelope, message.payload)])
 
 
-async def handle_ecm_event(event: faust.EventT) -> None:
-    await gates.wait_open(ECM_TO_CRM_DIRECTION)
-    await deliver(as_record(event, ECM_TO_CRM.consumer), ECM_TO_CRM, when_ecm_event_update_crm, send_dead_letter)
+async def _handle(events: list[faust.EventT], direction: str, policy: DeliveryPolicy, together, one) -> None:
+    await gates.wait_open(direction)
+    records = [as_record(event, policy.consumer) for event in events]
+    if len(records) > 1:
+        records = await apply_together(records, policy, together)
+    for record in records:
+        await deliver(record, policy, one, send_dead_letter)
+
+
+async def handle_crm_events(events: list[faust.EventT]) -> None:
+    await _handle(events, CRM_TO_ECM_DIRECTION, CRM_TO_ECM, when_crm_events_update_ecm, when_crm_event_update_ecm)
+
+
+async def handle_ecm_events(events: list[faust.EventT]) -> None:
+    await _handle(events, ECM_TO_CRM_DIRECTION, ECM_TO_CRM, when_ecm_events_update_crm, when_ecm_event_update_crm)
 
 
 @app.task
@@ -126,15 +190,17 @@ async def follow_operator_decisions() -> None:
             await asyncio.sleep(1.0)
 
 
-async def handle_until_done(handle, event: faust.EventT) -> None:
+async def handle_until_done(handle, events: list[faust.EventT]) -> None:
     """`deliver` only raises when even the dead letter cannot be written (the broker is
-    away). Trying again, in place, keeps the partition's order and loses nothing; letting
-    the exception out would stop the agent for good."""
+    away). Trying the batch again, in place, keeps the partition's order and loses
+    nothing (what was done already dedupes downstream); letting the exception out would
+    stop the agent for good."""
     while True:
         try:
-            await handle(event)
+            await handle(events)
             return
         except Exception as exc:
+            first = events[0].message
             log.error("event_handling_failed_retrying", error=str(exc)[:300], error_class=type(exc).__name__,
-                      topic=event.message.topic, partition=event.message.partition, offset=event.message.offset)
+                      topic=first.topic, partition=first.partition, offset=first.offset, events=len(events))
             await asyncio.sleep(1.0)

@@ -5,7 +5,9 @@ same bytes -> same version), so a retried or replayed transfer stores nothing tw
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
+from dataclasses import dataclass
 
 import httpx
 
@@ -27,6 +29,37 @@ def _check(response: httpx.Response, what: str) -> None:
         raise TransientHttpError(f"{what}: HTTP {response.status_code}")
     if response.status_code >= 400:
         raise PermanentError(f"{what}: HTTP {response.status_code} {response.text[:300]}")
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Which documents travel together: each at most `document_bytes`, a batch at most
+    `batch_bytes` and `documents` long. Larger documents stream one by one."""
+
+    document_bytes: int = 1024 * 1024
+    batch_bytes: int = 8 * 1024 * 1024
+    documents: int = 100
+
+
+def plan_batches(documents: list[DocumentRef], limits: BatchLimits) -> tuple[list[list[DocumentRef]],
+                                                                               list[DocumentRef]]:
+    """(batches, one by one): each distinct document once, in the order given."""
+    batches: list[list[DocumentRef]] = []
+    alone: list[DocumentRef] = []
+    current: list[DocumentRef] = []
+    size = 0
+    for document in {d.id: d for d in documents}.values():
+        if document.size > limits.document_bytes:
+            alone.append(document)
+            continue
+        if current and (len(current) >= limits.documents or size + document.size > limits.batch_bytes):
+            batches.append(current)
+            current, size = [], 0
+        current.append(document)
+        size += document.size
+    if current:
+        batches.append(current)
+    return batches, alone
 
 
 class DocumentTransfer:
@@ -65,3 +98,37 @@ class DocumentTransfer:
         _check(resp, f"ECM upload of CRM document {document.id}")
         body = resp.json()
         return StoredDocument(document_id=body["id"], version_id=body["version_id"], sha256=body["sha256"])
+
+    async def copy_batch(self, documents: list[DocumentRef], *, correlation_id: str) -> dict[str, StoredDocument]:
+        """Small documents in two calls: their bytes from the CRM in one answer, into the
+        ECM in one upload. Returns CRM document id -> where the ECM keeps it, for the
+        documents that arrived whole and were stored; the others (bytes that are not the
+        event's hash, a file the ECM refused) are left out, for a one-by-one copy to
+        report. Raises when either call fails as a whole."""
+        headers = {CORRELATION_HEADER: correlation_id}
+        resp = await self._crm.post("/api/documents/contents", headers=headers,
+                                    json={"ids": [document.id for document in documents]})
+        _check(resp, f"CRM contents of {len(documents)} documents")
+        sizes = [int(n) for n in resp.headers.get("X-Content-Sizes", "").split(",") if n]
+        if len(sizes) != len(documents) or sum(sizes) != len(resp.content):
+            raise TransientHttpError(f"CRM contents: {len(sizes)} sizes for {len(documents)} documents, "
+                                     f"{len(resp.content)} bytes")
+        whole, start = [], 0
+        for document, size in zip(documents, sizes, strict=True):
+            content = resp.content[start:start + size]
+            start += size
+            if hashlib.sha256(content).hexdigest() == document.sha256:
+                whole.append((document, content))
+        if not whole:
+            return {}
+        manifest = [{"external_ref": f"{CRM}:{document.id}", "doc_type": document.doc_type,
+                     "title": document.filename, "sha256": document.sha256} for document, _ in whole]
+        resp = await self._ecm.post(
+            "/api/documents/batch", headers=headers, data={"manifest": json.dumps(manifest)},
+            files=[("files", (document.filename, content, document.content_type)) for document, content in whole])
+        _check(resp, f"ECM upload of {len(whole)} CRM documents")
+        answers = resp.json()
+        if len(answers) != len(whole):
+            raise TransientHttpError(f"ECM batch upload: {len(answers)} answers for {len(whole)} files")
+        return {document.id: StoredDocument(document_id=a["id"], version_id=a["version_id"], sha256=a["sha256"])
+                for (document, _), a in zip(whole, answers, strict=True) if not a.get("error")}

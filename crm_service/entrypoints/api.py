@@ -6,8 +6,9 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.rights import NotAllowed
@@ -260,6 +261,52 @@ async def document_content(
         container.file_store.path_for(doc.sha256), media_type=doc.content_type, filename=doc.filename,
         headers={"X-Content-SHA256": doc.sha256},
     )
+
+
+CONTENTS_MAX_DOCUMENTS = 200
+
+
+class ContentsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(min_length=1, max_length=CONTENTS_MAX_DOCUMENTS)
+
+
+def _read_all(paths) -> list[bytes]:
+    out = []
+    for path in paths:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+@router.post("/documents/contents", summary="The bytes of many documents in one answer (integrations)",
+             response_class=Response,
+             responses={200: {"content": {"application/octet-stream": {}},
+                              "description": "the documents' bytes one after another, in the order asked; "
+                                             "X-Content-Sizes and X-Content-SHA256 list each one's size "
+                                             "and hash, comma-separated"}})
+async def documents_contents(
+    body: ContentsIn, request: Request,
+    _: User = Depends(require_roles("sales", "manager", "admin", "auditor", "integration"))
+):
+    """GET /api/documents/{id}/content for many small documents at once: 404 naming the
+    ids that do not exist, 413 when together they exceed the upload limit (ask for fewer,
+    or fetch the large ones one by one)."""
+    container = _container(request)
+    async with container.uow() as uow:
+        found = await uow.documents.get_many(list(dict.fromkeys(body.ids)))
+    missing = [i for i in body.ids if i not in found]
+    if missing:
+        raise HTTPException(404, f"documents not found: {', '.join(missing[:20])}")
+    docs = [found[i] for i in body.ids]
+    limit = container.settings.max_upload_bytes
+    if sum(doc.size for doc in docs) > limit:
+        raise HTTPException(413, f"together these documents exceed {limit} bytes; ask for fewer at a time")
+    contents = await run_in_threadpool(_read_all, [container.file_store.path_for(doc.sha256) for doc in docs])
+    return Response(b"".join(contents), media_type="application/octet-stream", headers={
+        "X-Content-Sizes": ",".join(str(len(c)) for c in contents),
+        "X-Content-SHA256": ",".join(doc.sha256 for doc in docs)})
 
 
 @router.post("/deals/{deal_id}/approval-requests", status_code=202, response_model=Accepted)

@@ -48,6 +48,14 @@ class ExternalRefRepository:
             )
         )
 
+    async def attach_many(self, entity_type: str, pairs: list[tuple[str, ExternalRef]]) -> None:
+        """(entity id, ref) pairs in one statement."""
+        if pairs:
+            now = datetime.now(timezone.utc)
+            await self.session.execute(insert(tables.external_refs), [
+                {"entity_type": entity_type, "entity_id": entity_id, "system": ref.system, "external_id": ref.id,
+                 "created_at": now} for entity_id, ref in pairs])
+
     async def find_many(self, entity_type: str, system: str, external_ids: list[str]) -> dict[str, tuple]:
         """external id -> (entity id, attached at) for those of the ids that are known."""
         t = tables.external_refs
@@ -291,6 +299,23 @@ class DocumentRepository:
 
     async def add_version(self, **values) -> None:
         await self.session.execute(insert(tables.document_versions).values(**values))
+
+    async def add_many(self, documents: list[dict], versions: list[dict]) -> None:
+        """New documents and their versions, one statement for each table."""
+        if documents:
+            await self.session.execute(insert(tables.documents), documents)
+        if versions:
+            await self.session.execute(insert(tables.document_versions), versions)
+
+    async def latest_versions(self, document_ids: list[str]) -> dict[str, dict]:
+        """document id -> its latest version, for those of the ids that have one."""
+        v = tables.document_versions
+        latest: dict[str, dict] = {}
+        for start in range(0, len(document_ids), 1000):
+            rows = await self.session.execute(
+                select(v).where(v.c.document_id.in_(document_ids[start:start + 1000])).order_by(v.c.version_no))
+            latest.update((row["document_id"], dict(row)) for row in rows.mappings())
+        return latest
 
     async def version(self, version_id: str) -> dict | None:
         v = tables.document_versions

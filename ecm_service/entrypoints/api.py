@@ -8,15 +8,15 @@ import structlog
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from prometheus_client import Counter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from ecm_service.adapters import tables
 from ecm_service.service_layer.access import can_read_document, ensure_document_readable
-from ecm_service.service_layer.documents import DOCUMENT, DocumentGone, store_version
+from ecm_service.service_layer.documents import DOCUMENT, Arrived, DocumentGone, store_many, store_version
 from ecm_service.service_layer.registry import COUNTERPARTY
-from infra.content_store import CorruptContent, detect_content_type
+from infra.content_store import CorruptContent, FileTooLarge, Refused, detect_content_type
 from infra.users import User
 from infra.web import receive_upload, require_roles, safe_filename
 from schemas.common import ExternalRef
@@ -167,6 +167,91 @@ async def upload_document(
     )
     return StoredVersion(id=document["id"], version_id=version["id"], version_no=version["version_no"],
                          sha256=version["sha256"], size=version["size"], created=created)
+
+
+BATCH_MAX_FILES = 200
+
+
+class BatchManifestItem(BaseModel):
+    external_ref: str = Field(..., max_length=100)
+    doc_type: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-z0-9_\-]+$")
+    title: str = Field(..., min_length=1, max_length=500)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+_MANIFEST = TypeAdapter(list[BatchManifestItem])
+
+
+class BatchItemOut(BaseModel):
+    """One file's outcome: stored (its ids, as POST /api/documents answers) or refused (`error`)."""
+
+    external_ref: str
+    id: str | None = None
+    version_id: str | None = None
+    version_no: int | None = None
+    sha256: str | None = None
+    size: int | None = None
+    created: bool | None = None
+    error: str | None = None
+
+
+def _receive_all(container, files: list[UploadFile], manifest: list[BatchManifestItem]) -> list:
+    """Each file into the content store, checked against its declared hash: (sha256, size,
+    content type) or the reason it was refused. One worker thread for the whole batch."""
+    out = []
+    for file, item in zip(files, manifest, strict=True):
+        try:
+            sha, size = container.content_store.put(file.file, max_bytes=container.settings.max_upload_bytes,
+                                                    expected_sha256=item.sha256, allow_empty=False)
+        except (FileTooLarge, Refused) as exc:
+            out.append(str(exc))
+            continue
+        out.append((sha, size, detect_content_type(container.content_store.path_for(sha),
+                                                    filename=file.filename or "", declared=file.content_type)))
+    return out
+
+
+@router.post("/documents/batch", response_model=list[BatchItemOut],
+             summary="Store many files under external refs in one call (integrations)")
+async def upload_documents(
+    request: Request,
+    files: list[UploadFile] = File(..., description=f"at most {BATCH_MAX_FILES}, in the manifest's order"),
+    manifest: str = Form(..., description='JSON list, one item per file: {"external_ref": "crm:42", '
+                                          '"doc_type": "contract", "title": "...", "sha256": "..."}'),
+    user: User = Depends(require_roles(*UPLOADERS)),
+):
+    """What POST /api/documents does, for each file, answered in order. A file that is
+    empty, over the upload limit or not its declared sha256 is refused on its own line
+    (`error`); the others are stored. The whole request is refused (4xx) when the manifest
+    is malformed, does not match the files, or the body is over the upload limit."""
+    container = _container(request)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > container.settings.max_upload_bytes:
+        raise HTTPException(413, f"a batch exceeds {container.settings.max_upload_bytes} bytes; send fewer files")
+    try:
+        items = _MANIFEST.validate_json(manifest)
+    except ValidationError as exc:
+        raise HTTPException(422, f"manifest: {exc.errors(include_url=False, include_context=False)[:5]}") from exc
+    if len(items) != len(files):
+        raise HTTPException(422, f"manifest has {len(items)} items for {len(files)} files")
+    if len(files) > BATCH_MAX_FILES:
+        raise HTTPException(422, f"at most {BATCH_MAX_FILES} files in one batch")
+    refs = [parse_external_ref(item.external_ref) for item in items]
+    received = await run_in_threadpool(_receive_all, container, files, items)
+    arrived = [Arrived(external_ref=ref, doc_type=item.doc_type, title=item.title,
+                       filename=safe_filename(file.filename), content_type=got[2], sha256=got[0], size=got[1])
+               for ref, item, file, got in zip(refs, items, files, received, strict=True) if not isinstance(got, str)]
+    stored = iter(await store_many(container.uow, user_id=user.id, items=arrived, retention=container.retention))
+    answers = []
+    for item, got in zip(items, received, strict=True):
+        if isinstance(got, str):
+            answers.append(BatchItemOut(external_ref=item.external_ref, error=got))
+            continue
+        document, version, created = next(stored)
+        answers.append(BatchItemOut(external_ref=item.external_ref, id=document["id"], version_id=version["id"],
+                                    version_no=version["version_no"], sha256=version["sha256"],
+                                    size=version["size"], created=created))
+    return answers
 
 
 @router.post("/documents/{document_id}/versions", status_code=201, response_model=StoredVersion,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ecm_service.domain.retention import FALLBACK, disposal_blocker, retain_until
@@ -64,6 +66,78 @@ async def store_version(
         await uow.commit()
         document = await uow.documents.get(document_id)
     return document, version, True
+
+
+@dataclass(frozen=True)
+class Arrived:
+    """One file of a batch upload, its bytes already in the content store."""
+
+    external_ref: ExternalRef
+    doc_type: str
+    title: str
+    filename: str
+    content_type: str
+    sha256: str
+    size: int
+
+
+async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, items: list[Arrived],
+                     retention: dict[str, int] | None = None) -> list[tuple[dict, dict, bool]]:
+    """`store_version` for many files under external refs, in order, with the same answers
+    (the same bytes under the same ref again: the existing version, created False). The
+    common case - refs the ECM has not seen, or seen with these very bytes - is one
+    transaction of a few statements for the whole batch; a new version of a known document
+    (which re-opens its approvals) and a ref repeated within the batch go through
+    `store_version` one by one afterwards. Returns (document, version, created) per item;
+    the document holds its id, doc type and title."""
+    now = datetime.now(timezone.utc)
+    results: list[tuple[dict, dict, bool] | None] = [None] * len(items)
+    later: list[int] = []
+    async with new_uow() as uow:
+        known: dict[tuple[str, str], str] = {}
+        for system in {item.external_ref.system for item in items}:
+            ids = [item.external_ref.id for item in items if item.external_ref.system == system]
+            found = await uow.external_refs.find_many(DOCUMENT, system, ids)
+            known.update(((system, external_id), document_id) for external_id, (document_id, _) in found.items())
+        latest = await uow.documents.latest_versions(sorted(set(known.values())))
+        documents, versions, refs, entries, seen = [], [], [], [], set()
+        for i, item in enumerate(items):
+            key = (item.external_ref.system, item.external_ref.id)
+            document_id = known.get(key)
+            if key in seen or (document_id is not None and latest.get(document_id, {}).get("sha256") != item.sha256):
+                later.append(i)
+                continue
+            seen.add(key)
+            if document_id is not None:
+                results[i] = ({"id": document_id, "doc_type": item.doc_type, "title": item.title},
+                              latest[document_id], False)
+                continue
+            document_id = str(uuid.uuid4())
+            years = (retention or {}).get(item.doc_type, (retention or {}).get(FALLBACK))
+            document = dict(id=document_id, doc_type=item.doc_type, title=item.title, owner_id=user_id,
+                            created_at=now, retain_until=retain_until(now, years) if years is not None else None)
+            version = dict(id=str(uuid.uuid4()), document_id=document_id, version_no=1, sha256=item.sha256,
+                           size=item.size, content_type=item.content_type, filename=item.filename,
+                           created_by=user_id, created_at=now)
+            documents.append(document)
+            versions.append(version)
+            refs.append((document_id, item.external_ref))
+            entries.append(dict(entity_type=DOCUMENT, entity_id=document_id, action="version_stored",
+                                actor=f"user:{user_id}", data={"version_no": 1, "sha256": item.sha256,
+                                                               "size": item.size, "content_type": item.content_type}))
+            results[i] = (document, version, True)
+        if documents:
+            await uow.documents.add_many(documents, versions)
+            await uow.external_refs.attach_many(DOCUMENT, refs)
+            await uow.history.append_many(entries, at=now)
+            await uow.commit()
+    for i in later:
+        item = items[i]
+        results[i] = await store_version(
+            new_uow(), user_id=user_id, doc_type=item.doc_type, title=item.title, filename=item.filename,
+            content_type=item.content_type, sha256=item.sha256, size=item.size, external_ref=item.external_ref,
+            retention=retention)
+    return results  # type: ignore[return-value]
 
 
 async def set_legal_hold(uow: EcmUnitOfWork, *, document_id: str, hold: bool, user_id: str, reason: str) -> dict:

@@ -1,8 +1,10 @@
-from sync_bridge.app import app, crm_events_topic
-from sync_bridge.handling import handle_crm_event, handle_until_done
+from sync_bridge.app import app, crm_events_topic, settings
+from sync_bridge.handling import handle_crm_events, handle_until_done
 
 
 @app.agent(crm_events_topic, isolated_partitions=True)
 async def crm_to_ecm(stream):
-    async for event in stream.events():
-        await handle_until_done(handle_crm_event, event)
+    # A batch's events are acknowledged (and their offsets may be committed) only once it
+    # is handled: faust's take_events acks after the loop body returns.
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_seconds):
+        await handle_until_done(handle_crm_events, events)

@@ -50,6 +50,7 @@ MATRIX = [
     ("POST", "/api/deals/{deal}/documents/generate", {"template": "missing"}, OWNERS),
     ("GET", "/api/document-templates", None, READERS),
     ("GET", "/api/documents/{missing}/content", None, READERS | {"integration"}),
+    ("POST", "/api/documents/contents", {"ids": ["missing"]}, READERS | {"integration"}),
     ("GET", "/api/approval-requests/{missing}", None, READERS),
     ("GET", "/api/approval-requests/{missing}/trace", None, READERS),
     ("POST", "/api/activities", {}, EVERY_SALES),

@@ -59,6 +59,7 @@ MATRIX = [
     ("GET", "/api/counterparties/bulk-loads/{missing}/report", None, {"steward", "admin", "auditor"}),
     ("GET", "/api/documents", None, STAFF),
     ("POST", "/api/documents", {}, {"legal", "finance", "director", "admin", "integration"}),
+    ("POST", "/api/documents/batch", {}, {"legal", "finance", "director", "admin", "integration"}),
     ("GET", "/api/documents/{doc}", None, CONTRACT_READERS),
     ("GET", "/api/documents/{doc}/content", None, CONTRACT_READERS),
     ("POST", "/api/documents/{doc}/versions", {}, {"legal", "finance", "director", "admin", "integration"}),

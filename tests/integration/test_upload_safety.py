@@ -1,9 +1,12 @@
 """Uploads on both services, through the real apps on both backends: an empty file, a
 file over the limit and a declared sha256 that does not match get a clear 4xx and leave
 nothing behind; file names that try to climb out of the store are shown as their last
-component and every byte lands inside the content store, named by its hash."""
+component and every byte lands inside the content store, named by its hash. The batch
+calls the bridge uses (the ECM's upload of many files, the CRM's contents of many
+documents) answer as the single calls would, file by file."""
 
 import hashlib
+import json
 import uuid
 from pathlib import Path
 
@@ -105,3 +108,86 @@ async def test_crm_refuses_bad_uploads_and_file_names_stay_names(crm_client):
         assert "/" not in stored.json()["filename"] and "\\" not in stored.json()["filename"]
     assert all((root / "files") in p.parents for p in files_under(root))
     assert not Path("/tmp/escaped.txt").exists()
+
+
+def _sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+async def _batch(client, items):
+    """items: (external ref, file name, bytes, declared sha256)"""
+    manifest = [{"external_ref": ref, "doc_type": "contract", "title": name, "sha256": sha}
+                for ref, name, _, sha in items]
+    return await client.post("/api/documents/batch", data={"manifest": json.dumps(manifest)},
+                             files=[("files", (name, body, "text/plain")) for _, name, body, _ in items])
+
+
+async def test_ecm_batch_upload_answers_each_file_as_the_single_upload_would(ecm_client):
+    client, root = ecm_client
+    ref = f"crm:{uuid.uuid4().hex[:8]}"
+    first = await _batch(client, [
+        (f"{ref}-a", "a.txt", b"alpha", _sha(b"alpha")),
+        (f"{ref}-b", "../../b.txt", b"beta", "0" * 64),  # not its declared hash
+        (f"{ref}-c", "c.txt", b"", None),  # empty
+        (f"{ref}-d", "d.txt", b"delta", _sha(b"delta")),
+    ])
+    assert first.status_code == 200, first.text
+    a, b, c, d = first.json()
+    assert a["created"] and a["version_no"] == 1 and a["sha256"] == _sha(b"alpha") and a["error"] is None
+    assert b["id"] is None and "does not match" in b["error"]
+    assert c["id"] is None and "empty" in c["error"]
+    assert d["created"] and d["id"] != a["id"]
+    again = await _batch(client, [
+        (f"{ref}-a", "a.txt", b"alpha", _sha(b"alpha")),  # a retried transfer: the same version
+        (f"{ref}-d", "d.txt", b"delta 2", _sha(b"delta 2")),  # new bytes: a second version
+        (f"{ref}-e", "e.txt", b"echo", None),
+        (f"{ref}-e", "e.txt", b"echo", None),  # twice in one batch: stored once
+    ])
+    assert again.status_code == 200, again.text
+    a2, d2, e1, e2 = again.json()
+    assert (a2["id"], a2["version_id"], a2["created"]) == (a["id"], a["version_id"], False)
+    assert (d2["id"], d2["version_no"], d2["created"]) == (d["id"], 2, True)
+    assert e1["created"] and (e2["id"], e2["version_id"], e2["created"]) == (e1["id"], e1["version_id"], False)
+    listed = (await client.get("/api/documents", params={"external_ref": f"{ref}-a"})).json()
+    assert [doc["id"] for doc in listed] == [a["id"]]
+    document = (await client.get(f"/api/documents/{d['id']}")).json()
+    assert [v["sha256"] for v in document["versions"]] == [_sha(b"delta"), _sha(b"delta 2")]
+    assert {p.name for p in files_under(root / "content")} == {_sha(x) for x in (b"alpha", b"delta", b"delta 2",
+                                                                                  b"echo")}
+
+
+async def test_ecm_batch_upload_refuses_a_malformed_or_oversized_batch_whole(ecm_client):
+    client, root = ecm_client
+    files = [("files", ("a.txt", b"alpha", "text/plain"))]
+    two_items = json.dumps([{"external_ref": "crm:1", "doc_type": "contract", "title": "a"}] * 2)
+    mismatch = await client.post("/api/documents/batch", data={"manifest": two_items}, files=files)
+    assert mismatch.status_code == 422 and "2 items for 1 files" in mismatch.text
+    garbage = await client.post("/api/documents/batch", data={"manifest": "[{"}, files=files)
+    assert garbage.status_code == 422 and "manifest" in garbage.text
+    no_ref = json.dumps([{"external_ref": "no colon", "doc_type": "contract", "title": "a"}])
+    bad_ref = await client.post("/api/documents/batch", data={"manifest": no_ref}, files=files)
+    assert bad_ref.status_code == 422 and "external_ref" in bad_ref.text
+    one_item = json.dumps([{"external_ref": "crm:1", "doc_type": "contract", "title": "a"}])
+    big = await client.post("/api/documents/batch", data={"manifest": one_item},
+                            files=[("files", ("a.txt", b"x" * LIMIT, "text/plain"))])
+    assert big.status_code == 413 and str(LIMIT) in big.text
+    assert files_under(root / "content") == set()
+    assert (await client.get("/api/documents")).json() == []
+
+
+async def test_crm_hands_out_many_documents_in_one_answer(crm_client):
+    client, root, deal_id = crm_client
+    url = f"/api/deals/{deal_id}/documents"
+    bodies = [b"first contract", b"second, longer contract", b"x" * 3000, b"y" * 3000]
+    docs = [(await client.post(url, files={"file": (f"{i}.txt", body)})).json() for i, body in enumerate(bodies)]
+    got = await client.post("/api/documents/contents", json={"ids": [docs[1]["id"], docs[0]["id"]]})
+    assert got.status_code == 200, got.text
+    assert got.content == bodies[1] + bodies[0]
+    assert got.headers["X-Content-Sizes"] == f"{len(bodies[1])},{len(bodies[0])}"
+    assert got.headers["X-Content-SHA256"] == f"{_sha(bodies[1])},{_sha(bodies[0])}"
+    missing = await client.post("/api/documents/contents", json={"ids": [docs[0]["id"], "no-such-document"]})
+    assert missing.status_code == 404 and "no-such-document" in missing.text
+    too_much = await client.post("/api/documents/contents", json={"ids": [docs[2]["id"], docs[3]["id"]]})
+    assert too_much.status_code == 413 and "fewer" in too_much.text
+    empty = await client.post("/api/documents/contents", json={"ids": []})
+    assert empty.status_code == 422

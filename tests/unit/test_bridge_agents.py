@@ -8,14 +8,14 @@ async def test_an_event_whose_dead_letter_cannot_be_written_is_retried_in_place(
     monkeypatch.setattr(asyncio, "sleep", _no_wait)
     calls = []
 
-    async def handle(event):
-        calls.append(event)
+    async def handle(events):
+        calls.append(events)
         if len(calls) < 3:
             raise ConnectionError("broker away while dead-lettering")
 
-    event = SimpleNamespace(message=SimpleNamespace(topic="crm.events", partition=0, offset=7))
-    await handling.handle_until_done(handle, event)
-    assert calls == [event] * 3
+    events = [SimpleNamespace(message=SimpleNamespace(topic="crm.events", partition=0, offset=7))]
+    await handling.handle_until_done(handle, events)
+    assert calls == [events] * 3
 
 
 async def _no_wait(_seconds):
@@ -30,3 +30,96 @@ async def test_the_bridge_consumer_waits_at_the_broker_no_longer_than_configured
     consumer = thread._create_worker_consumer(app.transport)
     assert settings.fetch_max_wait_ms == 50
     assert consumer._fetch_max_wait_ms == 50  # what aiokafka hands its fetcher when it starts
+
+
+def _document(doc_id: str, size: int):
+    from schemas.crm_events import DocumentRef
+
+    return DocumentRef(id=doc_id, filename=f"{doc_id}.pdf", content_type="application/pdf", doc_type="contract",
+                       sha256="a" * 64, size=size)
+
+
+def test_small_documents_are_planned_into_bounded_batches_and_large_ones_go_alone():
+    from sync_bridge.transfer import BatchLimits, plan_batches
+
+    docs = [_document("a", 10), _document("big", 101), _document("b", 60), _document("a", 10), _document("c", 50),
+            _document("d", 1), _document("e", 1)]
+    batches, alone = plan_batches(docs, BatchLimits(document_bytes=100, batch_bytes=120, documents=2))
+    assert [[d.id for d in batch] for batch in batches] == [["a", "b"], ["c", "d"], ["e"]]
+    assert [d.id for d in alone] == ["big"]
+
+
+def _requested(request_id: str, document):
+    from datetime import datetime, timezone
+
+    from schemas import crm_events
+    from schemas.envelope import new_envelope
+    from schemas.registry import encode, parse_message
+
+    payload = crm_events.ApprovalRequestedV2(
+        approval_request_id=request_id, requested_at=datetime.now(timezone.utc), requested_by="user-1",
+        organization=crm_events.OrganizationSnapshotV2(id="org-1", name="Вектор"),
+        deal=crm_events.DealRef(id="deal-1", title="Supply"), document=document)
+    return parse_message(encode(new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=2, source="crm",
+                                             payload=payload, correlation_id=f"corr-{request_id}")))
+
+
+def _merged():
+    from datetime import datetime, timezone
+
+    from schemas import crm_events
+    from schemas.envelope import new_envelope
+    from schemas.registry import encode, parse_message
+
+    payload = crm_events.OrganizationsMergedV1(merged_id="loser", survivor_id="org-1", merged_by="u",
+                                               merged_at=datetime.now(timezone.utc))
+    return parse_message(encode(new_envelope(type=crm_events.ORGANIZATIONS_MERGED, schema_version=1, source="crm",
+                                             payload=payload, correlation_id="corr-merge")))
+
+
+class _FakeTransfer:
+    """Copies in batches, except the documents it is told to leave out (as when the bytes
+    the CRM sent are not the event's); records every call."""
+
+    def __init__(self, leave_out=()):
+        self.leave_out, self.batches, self.single = set(leave_out), [], []
+
+    @staticmethod
+    def _stored(document):
+        from sync_bridge.translation import StoredDocument
+
+        return StoredDocument(document_id=f"ecm-{document.id}", version_id=f"v-{document.id}", sha256=document.sha256)
+
+    async def copy_batch(self, documents, *, correlation_id):
+        self.batches.append(([d.id for d in documents], correlation_id))
+        return {d.id: self._stored(d) for d in documents if d.id not in self.leave_out}
+
+    async def copy(self, document, *, correlation_id):
+        self.single.append((document.id, correlation_id))
+        return self._stored(document)
+
+
+async def test_a_batch_copies_small_documents_together_and_sends_every_command_in_event_order(monkeypatch):
+    from schemas import ecm_commands
+
+    fake, sent = _FakeTransfer(leave_out={"doc-2"}), []
+
+    async def publish(commands):
+        sent.append(commands)
+
+    monkeypatch.setattr(handling, "_transfer", fake)
+    monkeypatch.setattr(handling, "publish", publish)
+    messages = [_requested("r1", _document("doc-1", 10)), _merged(),
+                _requested("r2", _document("doc-2", 10)), _requested("r3", _document("doc-3", 10 ** 8))]
+    await handling.when_crm_events_update_ecm(messages, "crm.events")
+
+    assert [ids for ids, _ in fake.batches] == [["doc-1", "doc-2"]]
+    assert fake.batches[0][1].startswith("batch-")  # a batch call has its own correlation id
+    assert fake.single == [("doc-3", "corr-r3"), ("doc-2", "corr-r2")]  # too large; left out by the batch
+    (commands,) = sent  # one send for the whole batch
+    assert [c.envelope.type for c in commands] == [
+        ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.MERGE_EXTERNAL_REFS,
+        ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL,
+        ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL]
+    starts = [c.envelope.payload for c in commands if c.envelope.type == ecm_commands.START_APPROVAL]
+    assert [s["document_id"] for s in starts] == ["ecm-doc-1", "ecm-doc-2", "ecm-doc-3"]

@@ -4,7 +4,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from infra.dead_letters import error_context
-from infra.delivery import DeliveryPolicy, Record, deliver
+from infra.delivery import DeliveryPolicy, Record, apply_together, deliver
 from infra.retrying import PermanentError
 from tests.unit.test_message_parsing import envelope
 
@@ -112,7 +112,7 @@ def _loop(batch_handler, batch_size=20):
     from infra.consumer_loop import ConsumerLoop
 
     async def single(message, topic):
-        raise AssertionError("the single-message path is the consumer's, not _apply_together's")
+        raise AssertionError("the single-message path is the consumer's, not apply_together's")
 
     return ConsumerLoop(bootstrap_servers="unused:9092", topic="crm.commands", group_id="g",
                         accepted_types=POLICY.accepted_types, handler=single, producer=None,
@@ -120,9 +120,7 @@ def _loop(batch_handler, batch_size=20):
 
 
 def consumed(offset, value):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(topic="crm.commands", partition=0, offset=offset, key=b"k", value=value, headers=[])
+    return Record(topic="crm.commands", partition=0, offset=offset, key=b"k", value=value, headers=[])
 
 
 async def test_a_batch_is_applied_together_and_garbage_is_left_for_dead_lettering():
@@ -134,7 +132,7 @@ async def test_a_batch_is_applied_together_and_garbage_is_left_for_dead_letterin
     ids = [f"8f0b8f5e-8e8e-4c1e-9a55-5d0c7c3b1a0{i}" for i in range(3)]
     group = [consumed(0, envelope(event_id=ids[0])), consumed(1, b"{garbage"), consumed(2, envelope(event_id=ids[1])),
              consumed(3, envelope(event_id=ids[2]))]
-    left = await _loop(together)._apply_together(group)
+    left = await apply_together(group, POLICY, together)
     assert seen == [ids] and [r.offset for r in left] == [1]
 
 
@@ -143,7 +141,7 @@ async def test_a_failed_batch_leaves_every_record_to_the_single_path():
         raise PermanentError("one of them is bad")
 
     group = [consumed(0, envelope()), consumed(1, envelope(event_id="8f0b8f5e-8e8e-4c1e-9a55-5d0c7c3b1a09"))]
-    assert await _loop(failing)._apply_together(group) == group
+    assert await apply_together(group, POLICY, failing) == group
 
 
 async def test_records_are_grouped_by_batch_size_in_order():
