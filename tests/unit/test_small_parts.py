@@ -101,3 +101,30 @@ def test_a_started_process_freezes_its_objects_and_collects_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_the_http_middlewares_name_each_request_and_refuse_unstorable_text_only():
+    import httpx
+    from fastapi import FastAPI, Request
+
+    from infra.web import CORRELATION_HEADER, CorrelationIdMiddleware, RejectUnstorableText
+
+    app = FastAPI()
+    app.add_middleware(RejectUnstorableText)
+    app.add_middleware(CorrelationIdMiddleware, service="test")
+
+    @app.post("/echo")
+    async def echo(request: Request):
+        return {"body": (await request.body()).decode(), "correlation_id": request.state.correlation_id}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        sent = await client.post("/echo", json={"name": "Вектор"}, headers={CORRELATION_HEADER: "c-42"})
+        assert sent.status_code == 200 and sent.headers[CORRELATION_HEADER] == "c-42"
+        assert sent.json() == {"body": '{"name":"Вектор"}', "correlation_id": "c-42"}  # the body read is passed on
+        made = await client.post("/echo", json={}, headers={CORRELATION_HEADER: "x" * 129})  # too long: a new one
+        assert made.headers[CORRELATION_HEADER] == made.json()["correlation_id"] != "x" * 129
+        lone = await client.post("/echo", content=b'{"name": "\\ud800"}', headers={"content-type": "application/json"})
+        assert lone.status_code == 422 and "surrogate" in lone.text and lone.headers[CORRELATION_HEADER]
+        pair = await client.post("/echo", content=b'{"name": "\\ud83d\\ude00"}',
+                                 headers={"content-type": "application/json"})
+        assert pair.status_code == 200 and pair.json()["body"] == '{"name": "\\ud83d\\ude00"}'
