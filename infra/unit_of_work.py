@@ -1,5 +1,7 @@
 """The unit of work owns the session and the transaction; nothing else commits.
-It also writes outbox rows and inbox marks inside that same transaction."""
+It also writes outbox rows and inbox marks inside that same transaction: gathered as
+they come and inserted together, one statement per table, just before the commit
+(nothing reads them back within the transaction)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class SqlUnitOfWork:
 
     async def __aenter__(self):
         self.session = self._factory()
+        self._pending: dict[Table, list[dict]] = {}
         await self.session.begin()
         self._bind_repositories(self.session)
         return self
@@ -38,6 +41,9 @@ class SqlUnitOfWork:
         await self.session.close()
 
     async def commit(self) -> None:
+        pending, self._pending = self._pending, {}
+        for table, rows in pending.items():
+            await self.session.execute(insert(table), rows)
         await self.session.commit()
 
     def fork(self):
@@ -46,17 +52,16 @@ class SqlUnitOfWork:
         return type(self)(self._factory)
 
     async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
-        await self.session.execute(
-            insert(self.outbox).values(
-                event_id=str(envelope.event_id),
-                topic=topic,
-                message_key=key,
-                message_type=envelope.type,
-                correlation_id=envelope.correlation_id,
-                body=encode(envelope).decode(),
-                created_at=datetime.now(timezone.utc),
-            )
-        )
+        """The event goes out once the transaction commits (outbox rows keep this order)."""
+        self._pending.setdefault(self.outbox, []).append(dict(
+            event_id=str(envelope.event_id),
+            topic=topic,
+            message_key=key,
+            message_type=envelope.type,
+            correlation_id=envelope.correlation_id,
+            body=encode(envelope).decode(),
+            created_at=datetime.now(timezone.utc),
+        ))
 
     async def published_at(self, event_id: str):
         """When the relay published an outbox event (None while it waits)."""
@@ -85,9 +90,7 @@ class SqlUnitOfWork:
     async def mark_applied(
         self, message_id: uuid.UUID, message_type: str, topic: str, detail: dict | None = None
     ) -> None:
-        await self.session.execute(
-            insert(self.inbox).values(
-                message_id=str(message_id), message_type=message_type, topic=topic,
-                applied_at=datetime.now(timezone.utc), detail=detail,
-            )
-        )
+        self._pending.setdefault(self.inbox, []).append(dict(
+            message_id=str(message_id), message_type=message_type, topic=topic,
+            applied_at=datetime.now(timezone.utc), detail=detail,
+        ))

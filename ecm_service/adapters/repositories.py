@@ -334,8 +334,8 @@ class ApprovalRepository:
         await self.session.execute(
             insert(tables.approvals).values(**{k: getattr(approval, k) for k in _APPROVAL_COLUMNS})
         )
-        for step in approval.steps:
-            await self.session.execute(insert(tables.approval_steps).values(**asdict(step)))
+        if approval.steps:
+            await self.session.execute(insert(tables.approval_steps), [asdict(step) for step in approval.steps])
         await self._insert_places(approval.assignments)
 
     async def _insert_places(self, places: list[Assignment]) -> None:
