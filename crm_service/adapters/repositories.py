@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.model import (
@@ -16,7 +16,7 @@ from crm_service.domain.model import (
     Lead,
     Organization,
 )
-from infra.table_repository import TableRepository
+from infra.table_repository import TableRepository, insert_into
 
 
 class OrganizationRepository(TableRepository):
@@ -39,7 +39,7 @@ class NotificationRepository:
         self.session = session
 
     async def add(self, *, user_id: str, kind: str, text: str, approval_request_id: str | None, at) -> None:
-        await self.session.execute(insert(tables.notifications).values(
+        await self.session.execute(insert_into(tables.notifications), dict(
             user_id=user_id, kind=kind, text=text[:500], approval_request_id=approval_request_id, created_at=at))
 
     async def for_user(self, user_id: str, limit: int = 100) -> list[dict]:
@@ -70,6 +70,13 @@ class DocumentRepository(TableRepository):
 CLOSED_REQUEST_STATUSES = (*FINAL_APPROVAL_STATUSES, "returned")
 
 
+_OPEN_FOR_DOCUMENT = (
+    select(tables.approval_requests)
+    .where(tables.approval_requests.c.document_id == bindparam("document_id"),
+           tables.approval_requests.c.status.not_in(CLOSED_REQUEST_STATUSES))
+    .order_by(tables.approval_requests.c.requested_at.desc()).limit(1))
+
+
 class ApprovalRequestRepository(TableRepository):
     table, entity = tables.approval_requests, ApprovalRequest
 
@@ -85,14 +92,11 @@ class ApprovalRequestRepository(TableRepository):
     async def open_for_document(self, document_id: str) -> ApprovalRequest | None:
         """The request for this document still on its way (not approved, rejected or
         returned for changes)."""
-        t = self.table
-        row = (await self.session.execute(
-            select(t).where(t.c.document_id == document_id, t.c.status.not_in(CLOSED_REQUEST_STATUSES))
-            .order_by(t.c.requested_at.desc()).limit(1))).mappings().first()
+        row = (await self.session.execute(_OPEN_FOR_DOCUMENT, {"document_id": document_id})).mappings().first()
         return ApprovalRequest(**row) if row else None
 
     async def record_status(self, request: ApprovalRequest, command_id: str, changed_at=None) -> None:
-        await self.session.execute(insert(tables.approval_status_history).values(
+        await self.session.execute(insert_into(tables.approval_status_history), dict(
             approval_request_id=request.id, status=request.status, stage=request.stage, revision=request.revision,
             command_id=command_id, changed_at=changed_at, applied_at=request.updated_at))
 

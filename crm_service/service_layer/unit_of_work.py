@@ -1,7 +1,9 @@
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from crm_service.adapters import repositories, tables
 from infra.unit_of_work import SqlUnitOfWork
+
+_TEAM_OF = select(tables.user_profiles.c.team).where(tables.user_profiles.c.user_id == bindparam("user_id"))
 
 
 class CrmUnitOfWork(SqlUnitOfWork):
@@ -25,5 +27,4 @@ class CrmUnitOfWork(SqlUnitOfWork):
     async def team_of(self, user_id: str | None) -> str | None:
         if not user_id:
             return None
-        return (await self.session.execute(
-            select(tables.user_profiles.c.team).where(tables.user_profiles.c.user_id == user_id))).scalar()
+        return (await self.session.execute(_TEAM_OF, {"user_id": user_id})).scalar()

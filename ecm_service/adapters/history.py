@@ -12,6 +12,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters.tables import history
+from infra.table_repository import insert_into
 
 GENESIS = "0" * 64
 CHAIN_LOCK = 7_301_552_031  # any constant; names the history chain's advisory lock
@@ -56,7 +57,7 @@ class HistoryLog:
         entry = _entry(entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
                        data=data, at=at)
         digest = entry_hash(prev, entry)
-        result = await self.session.execute(insert(history).values(
+        result = await self.session.execute(insert_into(history), dict(
             entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
             data=entry["data"], at=at, prev_hash=prev, hash=digest))
         self._tail = digest

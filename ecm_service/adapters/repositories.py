@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters import tables
@@ -22,7 +22,7 @@ from ecm_service.domain.approval import (
 )
 from ecm_service.domain.counterparty import LIVE, VERIFIED, Counterparty
 from ecm_service.domain.matching import Known, name_keys
-from infra.table_repository import TableRepository
+from infra.table_repository import TableRepository, by_id, insert_into
 from schemas.common import ExternalRef
 
 
@@ -30,23 +30,19 @@ class ExternalRefRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
 
+    _FIND = select(tables.external_refs.c.entity_id).where(
+        tables.external_refs.c.entity_type == bindparam("entity_type"),
+        tables.external_refs.c.system == bindparam("system"),
+        tables.external_refs.c.external_id == bindparam("external_id"))
+
     async def find(self, entity_type: str, ref: ExternalRef) -> str | None:
-        t = tables.external_refs
-        return (
-            await self.session.execute(
-                select(t.c.entity_id).where(
-                    t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id
-                )
-            )
-        ).scalar()
+        return (await self.session.execute(
+            self._FIND, {"entity_type": entity_type, "system": ref.system, "external_id": ref.id})).scalar()
 
     async def attach(self, entity_type: str, entity_id: str, ref: ExternalRef) -> None:
-        await self.session.execute(
-            insert(tables.external_refs).values(
-                entity_type=entity_type, entity_id=entity_id, system=ref.system, external_id=ref.id,
-                created_at=datetime.now(timezone.utc),
-            )
-        )
+        await self.session.execute(insert_into(tables.external_refs), {
+            "entity_type": entity_type, "entity_id": entity_id, "system": ref.system, "external_id": ref.id,
+            "created_at": datetime.now(timezone.utc)})
 
     async def attach_many(self, entity_type: str, pairs: list[tuple[str, ExternalRef]]) -> None:
         """(entity id, ref) pairs in one statement."""
@@ -239,7 +235,7 @@ class CounterpartyRepository(TableRepository):
         return list(found.values())
 
     async def add_match_decision(self, **values) -> None:
-        await self.session.execute(insert(tables.match_decisions).values(**values))
+        await self.session.execute(insert_into(tables.match_decisions), values)
 
     async def match_decisions_of(self, counterparty_ids: list[str]) -> list[dict]:
         m = tables.match_decisions
@@ -265,14 +261,11 @@ class DocumentRepository:
         self.session = session
 
     async def add_document(self, **values) -> None:
-        await self.session.execute(insert(tables.documents).values(**values))
+        await self.session.execute(insert_into(tables.documents), values)
 
     async def get(self, document_id: str, *, for_update: bool = False) -> dict | None:
-        t = tables.documents
-        query = select(t).where(t.c.id == document_id)
-        if for_update:
-            query = query.with_for_update()
-        row = (await self.session.execute(query)).mappings().first()
+        row = (await self.session.execute(by_id(tables.documents, for_update), {"item_id": document_id})
+               ).mappings().first()
         return dict(row) if row else None
 
     async def update_document(self, document_id: str, **values) -> None:
@@ -298,7 +291,7 @@ class DocumentRepository:
         return [dict(r) for r in rows.mappings()]
 
     async def add_version(self, **values) -> None:
-        await self.session.execute(insert(tables.document_versions).values(**values))
+        await self.session.execute(insert_into(tables.document_versions), values)
 
     async def add_many(self, documents: list[dict], versions: list[dict]) -> None:
         """New documents and their versions, one statement for each table."""
@@ -332,7 +325,7 @@ class ApprovalRepository:
 
     async def add(self, approval: Approval) -> None:
         await self.session.execute(
-            insert(tables.approvals).values(**{k: getattr(approval, k) for k in _APPROVAL_COLUMNS})
+            insert_into(tables.approvals), {k: getattr(approval, k) for k in _APPROVAL_COLUMNS}
         )
         if approval.steps:
             await self.session.execute(insert(tables.approval_steps), [asdict(step) for step in approval.steps])
