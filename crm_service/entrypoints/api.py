@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.rights import NotAllowed
 from crm_service.service_layer import handlers
-from crm_service.service_layer.sales import actor_for, approvals_of, duplicate_hints, link_text
+from crm_service.service_layer.sales import approvals_of, duplicate_hints, link_text
 from infra.users import User
 from infra.web import correlation_id, receive_upload, require_roles, safe_filename
 from schemas.crm_events import Address
@@ -170,7 +170,7 @@ async def _check_deal_owner(request: Request, user: User, deal_id: str) -> None:
         if deal is None:
             raise HTTPException(404, f"deal {deal_id} not found")
         try:
-            await handlers.check_owned(uow, await actor_for(uow, user), deal.owner_id, "deal")
+            await handlers.check_caller_may_change(uow, user, deal.owner_id, "deal")
         except NotAllowed as exc:
             raise HTTPException(403, str(exc)) from exc
 

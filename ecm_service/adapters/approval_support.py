@@ -13,14 +13,22 @@ from ecm_service.domain.approval import Actor
 
 
 class RouteStore:
+    """One transaction's view of the route versions: the latest version of a document
+    type is read once per transaction (a group of commands starts many approvals on the
+    same few routes); adding a version forgets what was read."""
+
     def __init__(self, session: AsyncSession):
         self.session = session
+        self._latest: dict[str, dict | None] = {}
 
     async def latest(self, doc_type: str) -> dict | None:
-        t = tables.route_versions
-        row = (await self.session.execute(
-            select(t).where(t.c.doc_type == doc_type).order_by(t.c.version.desc()).limit(1))).mappings().first()
-        return dict(row) if row else None
+        if doc_type not in self._latest:
+            t = tables.route_versions
+            row = (await self.session.execute(
+                select(t).where(t.c.doc_type == doc_type).order_by(t.c.version.desc()).limit(1))).mappings().first()
+            self._latest[doc_type] = dict(row) if row else None
+        found = self._latest[doc_type]
+        return dict(found) if found else None
 
     async def latest_from(self, doc_type: str, source: str) -> dict | None:
         t = tables.route_versions
@@ -41,6 +49,7 @@ class RouteStore:
         version = (latest["version"] if latest else 0) + 1
         await self.session.execute(insert(tables.route_versions).values(
             doc_type=doc_type, version=version, spec=spec, source=source, created_by=created_by, created_at=at))
+        self._latest.pop(doc_type, None)
         return version
 
     async def in_flight_by_version(self) -> list[dict]:
