@@ -27,8 +27,13 @@ from schemas.common import ExternalRef
 
 
 class ExternalRefRepository:
+    """Within one unit of work it remembers what it found, prefetched and attached, so a
+    batch of commands asks once for all its references (`prefetch`) and not per command.
+    Renames, detaches and moves forget everything."""
+
     def __init__(self, session: AsyncSession):
         self.session = session
+        self._known: dict[tuple[str, str, str], str | None] = {}
 
     _FIND = select(tables.external_refs.c.entity_id).where(
         tables.external_refs.c.entity_type == bindparam("entity_type"),
@@ -36,13 +41,31 @@ class ExternalRefRepository:
         tables.external_refs.c.external_id == bindparam("external_id"))
 
     async def find(self, entity_type: str, ref: ExternalRef) -> str | None:
-        return (await self.session.execute(
+        key = (entity_type, ref.system, ref.id)
+        if key in self._known:
+            return self._known[key]
+        found = (await self.session.execute(
             self._FIND, {"entity_type": entity_type, "system": ref.system, "external_id": ref.id})).scalar()
+        if found is not None:
+            self._known[key] = found
+        return found
+
+    async def prefetch(self, entity_type: str, refs: Iterable[ExternalRef]) -> None:
+        """Looks these references up together (one statement per system and 1,000 ids);
+        `find` then answers them from memory."""
+        by_system: dict[str, set[str]] = {}
+        for ref in refs:
+            if (entity_type, ref.system, ref.id) not in self._known:
+                by_system.setdefault(ref.system, set()).add(ref.id)
+        for system, ids in by_system.items():
+            found = await self.find_many(entity_type, system, sorted(ids))
+            self._known.update(((entity_type, system, i), found[i][0] if i in found else None) for i in ids)
 
     async def attach(self, entity_type: str, entity_id: str, ref: ExternalRef) -> None:
         await self.session.execute(insert_into(tables.external_refs), {
             "entity_type": entity_type, "entity_id": entity_id, "system": ref.system, "external_id": ref.id,
             "created_at": datetime.now(timezone.utc)})
+        self._known[(entity_type, ref.system, ref.id)] = entity_id
 
     async def attach_many(self, entity_type: str, pairs: list[tuple[str, ExternalRef]]) -> None:
         """(entity id, ref) pairs in one statement."""
@@ -51,6 +74,7 @@ class ExternalRefRepository:
             await self.session.execute(insert(tables.external_refs), [
                 {"entity_type": entity_type, "entity_id": entity_id, "system": ref.system, "external_id": ref.id,
                  "created_at": now} for entity_id, ref in pairs])
+            self._known.update(((entity_type, ref.system, ref.id), entity_id) for entity_id, ref in pairs)
 
     async def find_many(self, entity_type: str, system: str, external_ids: list[str]) -> dict[str, tuple]:
         """external id -> (entity id, attached at) for those of the ids that are known."""
@@ -65,17 +89,20 @@ class ExternalRefRepository:
 
     async def rename(self, entity_type: str, ref: ExternalRef, to: ExternalRef) -> None:
         t = tables.external_refs
+        self._known.clear()
         await self.session.execute(
             update(t).where(t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id)
             .values(system=to.system, external_id=to.id))
 
     async def detach(self, entity_type: str, ref: ExternalRef) -> None:
         t = tables.external_refs
+        self._known.clear()
         await self.session.execute(
             delete(t).where(t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id))
 
     async def move_all(self, entity_type: str, from_id: str, to_id: str) -> None:
         t = tables.external_refs
+        self._known.clear()
         await self.session.execute(
             update(t).where(t.c.entity_type == entity_type, t.c.entity_id == from_id).values(entity_id=to_id))
 
@@ -115,7 +142,33 @@ async def write_name_keys(session: AsyncSession, records: list[tuple[str, str, s
 
 
 class CounterpartyRepository(TableRepository):
+    """Remembers, within one unit of work, the status of each record it read or wrote
+    (`status_of`): starting a batch's approvals asks once for all their counterparties."""
+
     table, entity = tables.counterparties, Counterparty
+
+    def __init__(self, session: AsyncSession):
+        super().__init__(session)
+        self._statuses: dict[str, str] = {}
+
+    async def get(self, item_id: str, *, for_update: bool = False) -> Counterparty | None:
+        record = await super().get(item_id, for_update=for_update)
+        if record is not None:
+            self._statuses[record.id] = record.status
+        return record
+
+    async def status_of(self, counterparty_id: str) -> str | None:
+        """The record's status, or None when there is no such record."""
+        if counterparty_id not in self._statuses:
+            await self.get(counterparty_id)
+        return self._statuses.get(counterparty_id)
+
+    async def prefetch_statuses(self, ids: Iterable[str]) -> None:
+        t = self.table
+        wanted = sorted(set(ids) - self._statuses.keys())
+        for start in range(0, len(wanted), 1000):
+            rows = await self.session.execute(select(t.c.id, t.c.status).where(t.c.id.in_(wanted[start:start + 1000])))
+            self._statuses.update((id_, status) for id_, status in rows)
 
     async def mark_not_duplicates(self, first: str, second: str, *, by: str, reason: str, at) -> bool:
         a, b = sorted((first, second))
@@ -166,10 +219,12 @@ class CounterpartyRepository(TableRepository):
 
     async def add(self, item: Counterparty) -> None:
         await super().add(item)
+        self._statuses[item.id] = item.status
         await write_name_keys(self.session, [(item.id, item.name, item.status)], replace=False)
 
     async def save(self, item: Counterparty) -> None:
         await super().save(item)
+        self._statuses[item.id] = item.status
         await write_name_keys(self.session, [(item.id, item.name, item.status)])
 
     async def name_postings(self, keys: Iterable[str]) -> dict[str, list[str]]:
@@ -259,6 +314,7 @@ class CounterpartyRepository(TableRepository):
 class DocumentRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
+        self._versions: dict[str, dict] = {}
 
     async def add_document(self, **values) -> None:
         await self.session.execute(insert_into(tables.documents), values)
@@ -311,9 +367,20 @@ class DocumentRepository:
         return latest
 
     async def version(self, version_id: str) -> dict | None:
+        if version_id in self._versions:
+            return self._versions[version_id]
         v = tables.document_versions
-        row = (await self.session.execute(select(v).where(v.c.id == version_id))).mappings().first()
+        row = (await self.session.execute(by_id(v), {"item_id": version_id})).mappings().first()
         return dict(row) if row else None
+
+    async def prefetch_versions(self, version_ids: Iterable[str]) -> None:
+        """Loads these versions together (a version never changes once stored); `version`
+        then answers them from memory within this unit of work."""
+        v = tables.document_versions
+        wanted = sorted(set(version_ids) - self._versions.keys())
+        for start in range(0, len(wanted), 1000):
+            rows = await self.session.execute(select(v).where(v.c.id.in_(wanted[start:start + 1000])))
+            self._versions.update((row["id"], dict(row)) for row in rows.mappings())
 
 
 _APPROVAL_COLUMNS = [f.name for f in fields(Approval) if f.name not in ("steps", "assignments")]

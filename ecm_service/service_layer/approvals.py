@@ -85,8 +85,7 @@ async def change_route(uow: EcmUnitOfWork, *, doc_type: str, spec: dict, user) -
 async def counterparty_is_verified(uow: EcmUnitOfWork, counterparty_id: str | None) -> bool:
     if not counterparty_id:
         return False
-    record = await uow.counterparties.get(counterparty_id)
-    return record is not None and record.status == VERIFIED
+    return await uow.counterparties.status_of(counterparty_id) == VERIFIED
 
 
 async def start_approval(
@@ -118,8 +117,20 @@ async def start_approval(
         entity_type=APPROVAL, entity_id=approval.id, action="started", actor=cmd.initiator_ref.as_text(),
         data={"route": [route.doc_type, route.version], "document_version_id": cmd.document_version_id,
               "sha256": cmd.sha256, "external_ref": cmd.external_ref.as_text(), "status": approval.status})
-    await publish_status(uow, approval, "started", causation_id=envelope.event_id)
+    await publish_status(uow, approval, "started", causation_id=envelope.event_id, refs=[cmd.external_ref])
     return {"approval_id": approval.id}
+
+
+async def prefetch_for_starts(uow: EcmUnitOfWork, commands: list[ecm_commands.StartApprovalV1]) -> None:
+    """What `start_approval` reads, looked up once for a batch of commands: the requests'
+    references, the document versions, the counterparties' references and statuses."""
+    if not commands:
+        return
+    await uow.external_refs.prefetch(APPROVAL, [c.external_ref for c in commands])
+    await uow.external_refs.prefetch(COUNTERPARTY, [c.counterparty_ref for c in commands])
+    await uow.documents.prefetch_versions([c.document_version_id for c in commands])
+    known = [await uow.external_refs.find(COUNTERPARTY, c.counterparty_ref) for c in commands]
+    await uow.counterparties.prefetch_statuses([i for i in known if i])
 
 
 # --- deciding ---------------------------------------------------------------------------
@@ -288,13 +299,14 @@ async def reassign_initiator(uow: EcmUnitOfWork, cmd: ecm_commands.ReassignIniti
 
 
 async def publish_status(uow: EcmUnitOfWork, approval: Approval, event: str, *, causation_id,
-                         now: datetime | None = None) -> None:
+                         now: datetime | None = None, refs: list[ExternalRef] | None = None) -> None:
     """The public summary: stage, due date, overdue flag, delay reason code. Internal
-    comments and free-text delay explanations never leave the ECM."""
+    comments and free-text delay explanations never leave the ECM. `refs`: the
+    approval's external references when the caller knows them all (it just started)."""
     step = approval.current_step if approval.is_open else None
     payload = ecm_events.ApprovalStatusChangedV2(
         approval_id=approval.id,
-        external_refs=await uow.external_refs.refs_of(APPROVAL, approval.id),
+        external_refs=refs if refs is not None else await uow.external_refs.refs_of(APPROVAL, approval.id),
         counterparty_ref=_ref(approval.counterparty_ref),
         event=event, status=approval.status,
         stage=step.name if step else None, stage_no=approval.current_stage_no if step else None,

@@ -35,5 +35,11 @@ async def apply_commands(uow: EcmUnitOfWork, messages: list[Message], topic: str
         return await approvals.reassign_initiator(uow, message.payload, envelope)
 
     async with uow:
+        # What the commands read, asked once for the batch (a command that is a
+        # duplicate or already applied only costs its share of these statements).
+        await approvals.prefetch_for_starts(
+            uow, [m.payload for m in messages if m.envelope.type == ecm_commands.START_APPROVAL])
+        await uow.external_refs.prefetch(registry.COUNTERPARTY, [
+            m.payload.external_ref for m in messages if m.envelope.type == ecm_commands.SYNC_COUNTERPARTY])
         await uow.apply_once(messages, topic, handle)
         await uow.commit()

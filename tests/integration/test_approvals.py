@@ -199,3 +199,69 @@ async def test_documents_are_visible_to_owner_participants_and_granted_roles_onl
                                         today)
     assert seen == {"legal": True, "finance": False, "director": True, "steward": False}
     assert auditor and owner
+
+
+async def test_a_batch_of_commands_reads_once_for_all_and_keeps_each_commands_meaning(ecm, people):
+    """A consumed batch (syncs, starts, a start repeated under another command id) applied
+    in one transaction: the reads are asked once for the batch (prefetched references,
+    document versions and counterparty statuses), so each further start costs only its
+    writes; the results are those of applying the commands one by one."""
+    from sqlalchemy import event
+
+    from ecm_service.service_layer.commands import apply_commands
+
+    verified_org = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    await command(ecm, ecm_commands.SYNC_COUNTERPARTY,
+                  ecm_commands.SyncCounterpartyV1(external_ref=verified_org, name="ООО «Гранит»", **VALID))
+    async with ecm.uow() as uow:
+        verified_id = await uow.external_refs.find(cases.COUNTERPARTY, verified_org)
+    await steward.verify(ecm.uow(), counterparty_id=verified_id, user=people["steward"], reason="checked",
+                         correlation_id="c")
+
+    def envelope(type_, payload):
+        return parse_message(encode(new_envelope(type=type_, schema_version=1, source="it", correlation_id="c",
+                                                 payload=payload)))
+
+    async def batch(starts: int) -> tuple[list, list[ExternalRef], ExternalRef, int]:
+        new_org = ExternalRef(system="crm", id=str(uuid.uuid4()))
+        messages = [envelope(ecm_commands.SYNC_COUNTERPARTY,
+                             ecm_commands.SyncCounterpartyV1(external_ref=new_org, name="ООО «Луч»"))]
+        requests = []
+        for i in range(starts):
+            doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+            request = ExternalRef(system="crm", id=str(uuid.uuid4()))
+            requests.append(request)
+            messages.append(envelope(ecm_commands.START_APPROVAL, ecm_commands.StartApprovalV1(
+                external_ref=request, counterparty_ref=new_org if i % 2 else verified_org,
+                initiator_ref=ExternalRef(system="crm", id="u"), document_id=doc["id"],
+                document_version_id=version["id"], sha256=version["sha256"], doc_type="contract",
+                title="Договор поставки")))
+        messages.append(envelope(ecm_commands.START_APPROVAL, messages[1].payload))  # the first start, resent
+        statements = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(ecm.engine.sync_engine, "before_cursor_execute", listener)
+        try:
+            await apply_commands(ecm.uow(), messages, "it", ecm.routes, ecm.document_types)
+        finally:
+            event.remove(ecm.engine.sync_engine, "before_cursor_execute", listener)
+        return messages, requests, new_org, len(statements)
+
+    _, _, _, for_two = await batch(2)
+    messages, requests, new_org, for_six = await batch(6)
+    # Each start writes its approval, steps, assignments, reference and history entry;
+    # the reads (request and counterparty references, version, status) are per batch.
+    assert (for_six - for_two) / 4 <= 5, (for_two, for_six)
+
+    async with ecm.uow() as uow:
+        new_id = await uow.external_refs.find(cases.COUNTERPARTY, new_org)
+        approval_ids = [await uow.external_refs.find(cases.APPROVAL, r) for r in requests]
+        approvals = [await uow.approvals.get(i) for i in approval_ids]
+        a = tables.approvals
+        for_first = (await uow.session.execute(
+            select(a.c.id).where(a.c.document_id == approvals[0].document_id))).scalars().all()
+    assert new_id and new_id != verified_id and all(approval_ids)
+    assert [x.counterparty_id for x in approvals] == [verified_id, new_id] * 3
+    assert for_first == [approval_ids[0]]  # the resent start started nothing new
+    started = await events(ecm, approval_ids[0])
+    assert [e["event"] for e in started] == ["started"]
+    assert started[0]["external_refs"] == [requests[0].model_dump()]
