@@ -25,4 +25,4 @@ class CrmSettings(ServiceSettings):
     consumer_group: str = "crm-service"
     # Commands applied together in one transaction (1: each in its own). Bigger saves
     # round trips; it also holds that transaction's locks longer (README "Configuration").
-    consumer_batch: int = Field(20, ge=1, le=500)
+    consumer_batch: int = Field(100, ge=1, le=500)

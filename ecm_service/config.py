@@ -22,7 +22,7 @@ class EcmSettings(ServiceSettings):
     consumer_group: str = "ecm-service"
     # Commands applied together in one transaction (1: each in its own). Bigger saves
     # round trips; it also holds that transaction's locks longer (README "Configuration").
-    consumer_batch: int = Field(20, ge=1, le=500)
+    consumer_batch: int = Field(100, ge=1, le=500)
     # Match-or-propose (README "Matching"); defaults are `domain.matching.Thresholds`.
     match_name_propose: float = Field(85.0, ge=0, le=100)
     match_name_with_id: float = Field(70.0, ge=0, le=100)

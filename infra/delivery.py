@@ -93,7 +93,7 @@ async def deliver(
 
 
 async def apply_together(records: list[Record], policy: DeliveryPolicy, batch_handler: BatchHandler) -> list[Record]:
-    """Applies the valid messages of one partition's records, in order, with one call of
+    """Applies the valid messages of a group of records (each partition's in order) with one call of
     `batch_handler`; returns the records still to deliver one by one: the garbage (to be
     dead-lettered), or all of them when the call failed (then each gets its own retries
     or dead letter; handlers are idempotent, so what the failed call did is harmless)."""

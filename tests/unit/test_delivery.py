@@ -171,3 +171,50 @@ async def test_the_services_consumer_waits_at_the_broker_as_configured(monkeypat
                         accepted_types=POLICY.accepted_types, handler=None, producer=None,
                         fetch_max_wait_ms=settings.fetch_max_wait_ms)
     assert loop._make_consumer()._fetch_max_wait_ms == 120
+
+
+async def test_a_fetch_of_several_partitions_is_one_group_each_partition_in_order():
+    """Under a steady load a fetch holds a few records per partition: they are applied as
+    one group (one transaction), not one per partition, and offsets are committed once."""
+    import asyncio
+
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    groups, commits = [], []
+
+    async def together(messages, topic):
+        groups.append([str(m.envelope.event_id) for m in messages])
+
+    ids = [f"8f0b8f5e-8e8e-4c1e-9a55-5d0c7c3b1a2{i}" for i in range(5)]
+
+    def consumer_record(partition, offset, event_id):
+        return ConsumerRecord("crm.commands", partition, offset, 0, 0, b"k", envelope(event_id=event_id), None, 0, 0, [])
+
+    fetched = {TopicPartition("crm.commands", 0): [consumer_record(0, 7, ids[0]), consumer_record(0, 8, ids[1])],
+               TopicPartition("crm.commands", 1): [consumer_record(1, 3, ids[2])],
+               TopicPartition("crm.commands", 2): [consumer_record(2, 5, ids[3]), consumer_record(2, 6, ids[4])]}
+
+    class OneFetch:
+        calls = 0
+
+        async def start(self): ...
+
+        async def stop(self): ...
+
+        async def getmany(self, **_):
+            OneFetch.calls += 1
+            if OneFetch.calls > 1:
+                raise asyncio.CancelledError
+            return fetched
+
+        async def commit(self):
+            commits.append(True)
+
+        def highwater(self, tp):
+            return None
+
+    loop = _loop(together, batch_size=100)
+    loop._make_consumer = OneFetch
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run_forever()
+    assert groups == [ids] and commits == [True]
