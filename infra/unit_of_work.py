@@ -1,7 +1,9 @@
 """The unit of work owns the session and the transaction; nothing else commits.
 It also writes outbox rows and inbox marks inside that same transaction: gathered as
 they come and inserted together, one statement per table, just before the commit
-(nothing reads them back within the transaction)."""
+(nothing reads them back within the transaction). An outbox row's envelope is encoded
+then too, after the subclass's `_before_commit` (the ECM writes its history there, and
+a counterparty event carries the history entry's number)."""
 
 from __future__ import annotations
 
@@ -41,10 +43,17 @@ class SqlUnitOfWork:
         await self.session.close()
 
     async def commit(self) -> None:
+        await self._before_commit()
         pending, self._pending = self._pending, {}
         for table, rows in pending.items():
+            if table is self.outbox:  # encoded now: an event may take a value written at commit
+                rows = [{**row, "body": encode(row["body"]).decode()} for row in rows]
             await self.session.execute(insert(table), rows)
         await self.session.commit()
+
+    async def _before_commit(self) -> None:
+        """Subclasses write what they gathered for the commit here (before the outbox
+        rows are encoded)."""
 
     def fork(self):
         """Another unit of work of the same kind on the same database (its own session),
@@ -59,7 +68,7 @@ class SqlUnitOfWork:
             message_key=key,
             message_type=envelope.type,
             correlation_id=envelope.correlation_id,
-            body=encode(envelope).decode(),
+            body=envelope,
             created_at=datetime.now(timezone.utc),
         ))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -32,10 +33,18 @@ def _entry(*, entity_type, entity_id, action, actor, reason, data, at: datetime)
 
 
 class HistoryLog:
+    """Appends wait for the commit by default (`append`): they are chained and inserted
+    together, one statement, when the unit of work commits, so the chain's lock is held
+    for the last few statements of a transaction rather than from its first append (a
+    command group's transaction and a document upload no longer wait for each other's
+    whole work). `append_now` writes at once and answers the entry's sequence number;
+    it, `append_many` and `of` first write what waits, so entries keep their call order."""
+
     def __init__(self, session: AsyncSession):
         self.session = session
         self._transaction = None  # the transaction that holds the chain, and the chain's last hash in it
         self._tail = GENESIS
+        self._waiting: list[tuple[dict, datetime, Callable[[int], None] | None]] = []
 
     async def _chain_tail(self) -> str:
         """The last entry's hash, the chain locked until this transaction ends. Locked and
@@ -50,8 +59,43 @@ class HistoryLog:
         return self._tail
 
     async def append(self, *, entity_type: str, entity_id: str, action: str, actor: str, data: dict,
-                     reason: str | None = None, at: datetime | None = None) -> int:
-        """Returns the entry's sequence number: a global, monotonic version of the registry."""
+               reason: str | None = None, at: datetime | None = None,
+               then: Callable[[int], None] | None = None) -> None:
+        """Chained and written when the transaction commits (`flush`); `then` receives the
+        entry's sequence number then, before the outbox rows are encoded (an event may
+        carry it)."""
+        at = at or datetime.now(timezone.utc)
+        entry = _entry(entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
+                       data=data, at=at)
+        self._waiting.append((entry, at, then))
+
+    async def flush(self) -> None:
+        """Writes the waiting entries: the chain locked, its tail read, one insert."""
+        if not self._waiting:
+            return
+        waiting, self._waiting = self._waiting, []
+        prev = await self._chain_tail()
+        rows = []
+        for entry, at, _ in waiting:
+            digest = entry_hash(prev, entry)
+            rows.append({**{k: entry[k] for k in ("entity_type", "entity_id", "action", "actor", "reason", "data")},
+                         "at": at, "prev_hash": prev, "hash": digest})
+            prev = digest
+        if any(then is not None for *_, then in waiting):
+            seqs = (await self.session.execute(
+                insert(history).returning(history.c.seq, sort_by_parameter_order=True), rows)).scalars().all()
+            for (*_, then), seq in zip(waiting, seqs, strict=True):
+                if then is not None:
+                    then(seq)
+        else:
+            await self.session.execute(insert(history), rows)
+        self._tail = prev
+
+    async def append_now(self, *, entity_type: str, entity_id: str, action: str, actor: str, data: dict,
+                         reason: str | None = None, at: datetime | None = None) -> int:
+        """Written at once; returns the entry's sequence number: a global, monotonic
+        version of the registry."""
+        await self.flush()
         at = at or datetime.now(timezone.utc)
         prev = await self._chain_tail()
         entry = _entry(entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
@@ -64,10 +108,11 @@ class HistoryLog:
         return result.inserted_primary_key[0]
 
     async def append_many(self, entries: list[dict], at: datetime | None = None) -> None:
-        """Chains many entries in one statement (bulk loads). Each item has entity_type,
-        entity_id, action, actor, data and optionally reason."""
+        """Chains many entries in one statement at once (bulk loads). Each item has
+        entity_type, entity_id, action, actor, data and optionally reason."""
         if not entries:
             return
+        await self.flush()
         at = at or datetime.now(timezone.utc)
         prev = await self._chain_tail()
         rows = []
@@ -82,6 +127,7 @@ class HistoryLog:
         self._tail = prev
 
     async def of(self, entity_type: str, entity_id: str) -> list[dict]:
+        await self.flush()
         rows = await self.session.execute(
             select(history.c.seq, history.c.action, history.c.actor, history.c.reason, history.c.data,
                    history.c.at, history.c.hash)

@@ -113,7 +113,7 @@ async def _decided_state(uow: EcmUnitOfWork, run: dict, ref: ExternalRef, org: d
     if run["mode"] == "apply":
         record, outcome = await place_new_ref(uow, ref, decision=decision, name=org["name"], ids=ids, now=_now(),
                                               country="RU")
-        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id,
+        seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id,
                                        action=f"reconciled_{decision.outcome}", actor=f"reconciliation:{run['id']}",
                                        data={"source_ref": ref.as_text()})
         # The other system learns the link (or the pending record) as after a soft sync.

@@ -128,14 +128,16 @@ async def place_new_ref(uow: EcmUnitOfWork, ref: ExternalRef, *, decision: Decis
 
 
 async def announce_synced(uow: EcmUnitOfWork, record: Counterparty, *, outcome: str, source_ref: ExternalRef,
-                          seq: int, correlation_id: str, causation_id=None) -> None:
-    """Tells the referring system which registry record its organization is now."""
+                          seq: int | None, correlation_id: str, causation_id=None) -> Envelope:
+    """Tells the referring system which registry record its organization is now. Returns
+    the event's envelope (its `registry_seq` may be filled in before the commit)."""
     event = ecm_events.CounterpartySyncedV1(
         counterparty_id=record.id, status=record.status, outcome=outcome, legal_name=record.name, inn=record.inn,
         kpp=record.kpp, ogrn=record.ogrn, source_ref=source_ref, registry_seq=seq)
-    await uow.publish(ECM_EVENTS, record.id, new_envelope(
-        type=ecm_events.COUNTERPARTY_SYNCED, schema_version=1, source=SOURCE, payload=event,
-        correlation_id=correlation_id, causation_id=causation_id))
+    envelope = new_envelope(type=ecm_events.COUNTERPARTY_SYNCED, schema_version=1, source=SOURCE, payload=event,
+                            correlation_id=correlation_id, causation_id=causation_id)
+    await uow.publish(ECM_EVENTS, record.id, envelope)
+    return envelope
 
 
 async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpartyV1, envelope: Envelope) -> dict:
@@ -158,12 +160,15 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
         record, outcome = await place_new_ref(
             uow, cmd.external_ref, decision=decision, name=cmd.name, ids=ids, now=now, legal_form=cmd.legal_form,
             country=country, addresses=[a.model_dump() for a in cmd.addresses])
-    seq = await uow.history.append(
+    synced = await announce_synced(uow, record, outcome=outcome, source_ref=cmd.external_ref, seq=None,
+                                   correlation_id=envelope.correlation_id, causation_id=envelope.event_id)
+    # The entry is written at commit; its number goes into the event then (the outbox
+    # row is encoded after the history is written).
+    await uow.history.append(
         entity_type=COUNTERPARTY, entity_id=record.id, action=f"sync_{outcome}",
         actor=f"{cmd.external_ref.system}:sync",
-        data={"source_ref": cmd.external_ref.as_text(), "quality_flags": record.quality_flags})
-    await announce_synced(uow, record, outcome=outcome, source_ref=cmd.external_ref, seq=seq,
-                          correlation_id=envelope.correlation_id, causation_id=envelope.event_id)
+        data={"source_ref": cmd.external_ref.as_text(), "quality_flags": record.quality_flags},
+        then=lambda seq: synced.payload.__setitem__("registry_seq", seq))
     return {"counterparty_id": record.id, "outcome": outcome}
 
 
@@ -186,7 +191,7 @@ async def merge_external_refs(uow: EcmUnitOfWork, cmd: ecm_commands.MergeExterna
     else:
         outcome = "conflict"
     data = {"merged_ref": cmd.merged_ref.as_text(), "survivor_ref": cmd.survivor_ref.as_text(), "outcome": outcome}
-    seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=merged_id, action="external_refs_merged",
+    seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=merged_id, action="external_refs_merged",
                                    actor=f"{cmd.survivor_ref.system}:merge", at=cmd.merged_at, data=data)
     if outcome == "conflict":
         await uow.history.append(entity_type=COUNTERPARTY, entity_id=survivor_id, action="external_refs_merged",

@@ -83,7 +83,7 @@ async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reas
         action = {"verified": "verify", "rejected": "reject", "archived": "archive"}[change]
         getattr(record, action)(datetime.now(timezone.utc))
         await uow.counterparties.save(record)
-        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action=change,
+        seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id, action=change,
                                        actor=_actor(user), reason=reason, data={"status": record.status})
         await _announce(uow, record, change, reason=reason, correlation_id=correlation_id, seq=seq)
         if record.status == VERIFIED:
@@ -123,7 +123,7 @@ async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user,
         await uow.counterparties.save(record)
         await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="merged", actor=_actor(user),
                                  reason=reason, data={"survivor": survivor.id, "moved_refs": moved})
-        seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=survivor.id, action="absorbed",
+        seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=survivor.id, action="absorbed",
                                  actor=_actor(user), reason=reason, data={"merged": record.id, "moved_refs": moved})
         await _announce(uow, record, "merged", reason=reason, correlation_id=correlation_id, seq=seq, shown=survivor)
         if survivor.status == VERIFIED:
@@ -176,7 +176,7 @@ async def edit(uow: EcmUnitOfWork, *, counterparty_id: str, changes: dict, user,
         diff = record.edit(changes, datetime.now(timezone.utc))
         if diff:
             await uow.counterparties.save(record)
-            seq = await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="edited",
+            seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id, action="edited",
                                      actor=_actor(user), reason=reason, data={"changes": diff})
             await _announce(uow, record, "edited", reason=reason, correlation_id=correlation_id, seq=seq)
         await uow.commit()

@@ -17,3 +17,6 @@ class EcmUnitOfWork(SqlUnitOfWork):
         self.deputies = approval_support.DeputyRepository(session)
         self.delay_reasons = approval_support.DelayReasonRepository(session)
         self.notifications = approval_support.NotificationRepository(session)
+
+    async def _before_commit(self) -> None:
+        await self.history.flush()  # the chain's lock is taken here, a few statements before the commit

@@ -55,3 +55,46 @@ async def test_appends_continue_the_chain_after_a_commit_and_another_writer(ecm)
     async with ecm.session_factory() as session:
         report = await verify_chain(session)
     assert report.intact and report.entries == 6
+
+
+async def test_a_waiting_entry_holds_no_lock_and_keeps_the_chain_whole(ecm, backend):
+    """An append waits for the commit: until then the chain is not locked, so another
+    unit of work appends and commits meanwhile (with the lock taken at the first append
+    it would wait for this one, which waits for it: the wait_for below would time out).
+    Both writers' entries end in one chain, each transaction's in its call order."""
+    import asyncio
+
+    async with ecm.uow() as first:
+        await first.history.append(entity_type="counterparty", entity_id="a", action="edited", actor="user:u",
+                                   data={"i": 1})
+        await first.history.append(entity_type="counterparty", entity_id="a", action="edited", actor="user:u",
+                                   data={"i": 2})
+        if backend == "postgresql":  # SQLite has one writer at a time whatever the chain does
+            await asyncio.wait_for(_append(ecm, 2), timeout=30)
+        await first.commit()
+    async with ecm.uow() as uow:
+        assert [e["data"] for e in await uow.history.of("counterparty", "a")] == [{"i": 1}, {"i": 2}]
+    async with ecm.session_factory() as session:
+        report = await verify_chain(session)
+    assert report.intact and report.entries == (4 if backend == "postgresql" else 2)
+
+
+async def test_entries_keep_their_call_order_around_an_immediate_append(ecm):
+    """`append_now` (its number is needed at once) first writes what waits, and the
+    next waiting entry comes after it; `of` sees the transaction's own waiting entries."""
+    async with ecm.uow() as uow:
+        await uow.history.append(entity_type="counterparty", entity_id="c", action="a1", actor="user:u", data={})
+        seq = await uow.history.append_now(entity_type="counterparty", entity_id="c", action="a2", actor="user:u",
+                                           data={})
+        await uow.history.append(entity_type="counterparty", entity_id="c", action="a3", actor="user:u", data={})
+        assert [e["action"] for e in await uow.history.of("counterparty", "c")] == ["a1", "a2", "a3"]
+        numbered = []
+        await uow.history.append(entity_type="counterparty", entity_id="c", action="a4", actor="user:u", data={},
+                                 then=numbered.append)
+        await uow.commit()
+    async with ecm.uow() as uow:
+        entries = await uow.history.of("counterparty", "c")
+    assert [e["action"] for e in entries] == ["a1", "a2", "a3", "a4"]
+    assert entries[1]["seq"] == seq and numbered == [entries[3]["seq"]]
+    async with ecm.session_factory() as session:
+        assert (await verify_chain(session)).intact

@@ -1,6 +1,7 @@
 """Match-or-propose on both backends through the soft-sync command: link, propose with
 evidence, new; the steward's decisions are recorded as confirmed or overturned."""
 
+import json
 import uuid
 
 from sqlalchemy import func, select
@@ -278,3 +279,26 @@ async def test_a_growing_run_refreshes_the_statistics_of_its_results(ecm):
                 "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'reconciliation_results'"))
             assert analysed is not None
     assert handled == 1200
+
+
+async def test_each_synced_event_of_a_batch_carries_its_own_history_entry_number(ecm):
+    """The history is written at commit and the events' `registry_seq` filled in then:
+    each counterparty_synced of a command group names its own entry, in order."""
+    from ecm_service.service_layer.commands import apply_commands
+
+    refs = [ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(3)]
+    messages = [parse_message(encode(new_envelope(
+        type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
+        payload=ecm_commands.SyncCounterpartyV1(external_ref=ref, name=f"ООО «Сигма {i}»"))))
+        for i, ref in enumerate(refs)]
+    await apply_commands(ecm.uow(), messages, "it", {})
+    async with ecm.session_factory() as session:
+        bodies = (await session.execute(select(tables.outbox.c.body).where(
+            tables.outbox.c.message_type == "ecm.counterparty_synced").order_by(tables.outbox.c.id))).scalars().all()
+        entries = (await session.execute(select(tables.history.c.seq, tables.history.c.data).where(
+            tables.history.c.action.like("sync_%")).order_by(tables.history.c.seq))).all()
+    events = [json.loads(body)["payload"] for body in bodies]
+    assert [e["source_ref"]["id"] for e in events] == [r.id for r in refs]
+    assert [e["registry_seq"] for e in events] == [seq for seq, _ in entries]
+    assert [data["source_ref"] for _, data in entries] == [f"crm:{r.id}" for r in refs]
+    assert all(isinstance(e["registry_seq"], int) for e in events)
