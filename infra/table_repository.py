@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import asdict
 from functools import cache
 
@@ -35,13 +36,29 @@ class TableRepository:
 
     def __init__(self, session: AsyncSession):
         self.session = session
+        self._locked: dict[str, dict] = {}  # rows this unit of work locked with `lock_many`, as they now are
 
     async def add(self, item) -> None:
         await self.session.execute(insert_into(self.table), asdict(item))
 
     async def get(self, item_id: str, *, for_update: bool = False):
+        if (row := self._locked.get(item_id)) is not None:
+            return self.entity(**deepcopy(row))
         row = (await self.session.execute(by_id(self.table, for_update), {"item_id": item_id})).mappings().first()
         return self.entity(**row) if row else None
+
+    async def lock_many(self, ids) -> None:
+        """Locks and reads these rows for the rest of the transaction, one statement per
+        1,000, in id order (two transactions that lock the same rows take them in the same
+        order); `get` then answers from them and `save` keeps them current. For a batch
+        of commands that each lock one row."""
+        wanted = sorted(set(ids) - self._locked.keys())
+        for start in range(0, len(wanted), 1000):
+            rows = await self.session.execute(
+                select(self.table).where(self.table.c.id.in_(wanted[start:start + 1000]))
+                .order_by(self.table.c.id).with_for_update())
+            for row in rows.mappings():
+                self._locked[row["id"]] = dict(row)
 
     async def get_many(self, ids: list[str]) -> dict:
         """id -> entity, for those of the ids that exist (one statement per 1,000)."""
@@ -53,5 +70,7 @@ class TableRepository:
 
     async def save(self, item) -> None:
         values = asdict(item)
+        if item.id in self._locked:
+            self._locked[item.id] = dict(values)
         values["item_id"] = values.pop("id")
         await self.session.execute(update_by_id(self.table), values)

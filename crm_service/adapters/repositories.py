@@ -95,12 +95,23 @@ class ApprovalRequestRepository(TableRepository):
         row = (await self.session.execute(_OPEN_FOR_DOCUMENT, {"document_id": document_id})).mappings().first()
         return ApprovalRequest(**row) if row else None
 
+    def __init__(self, session):
+        super().__init__(session)
+        self._statuses: list[dict] = []
+
     async def record_status(self, request: ApprovalRequest, command_id: str, changed_at=None) -> None:
-        await self.session.execute(insert_into(tables.approval_status_history), dict(
+        """Gathered and written at commit (`flush`), one statement for a batch of commands."""
+        self._statuses.append(dict(
             approval_request_id=request.id, status=request.status, stage=request.stage, revision=request.revision,
             command_id=command_id, changed_at=changed_at, applied_at=request.updated_at))
 
+    async def flush(self) -> None:
+        if self._statuses:
+            rows, self._statuses = self._statuses, []
+            await self.session.execute(insert_into(tables.approval_status_history), rows)
+
     async def status_history(self, request_id: str) -> list[dict]:
+        await self.flush()
         h = tables.approval_status_history
         rows = await self.session.execute(
             select(h).where(h.c.approval_request_id == request_id).order_by(h.c.applied_at, h.c.id))

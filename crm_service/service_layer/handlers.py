@@ -242,6 +242,11 @@ async def apply_commands(uow: CrmUnitOfWork, messages: list, topic: str) -> None
         return {"changed": await COMMAND_HANDLERS[envelope.type](uow, message.payload, str(envelope.event_id))}
 
     async with uow:
+        if len(messages) > 1:  # the rows the commands change, locked and read once for all
+            await uow.approval_requests.lock_many(
+                m.payload.approval_request_id for m in messages if m.envelope.type == crm_commands.UPDATE_APPROVAL_STATUS)
+            await uow.organizations.lock_many(
+                m.payload.organization_id for m in messages if m.envelope.type == crm_commands.UPDATE_ORGANIZATION_LINK)
         await uow.apply_once(messages, topic, handle)
         await uow.commit()
 

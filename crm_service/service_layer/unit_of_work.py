@@ -20,6 +20,9 @@ class CrmUnitOfWork(SqlUnitOfWork):
         self.leads = repositories.LeadRepository(session)
         self.activities = repositories.ActivityRepository(session)
 
+    async def _before_commit(self) -> None:
+        await self.approval_requests.flush()
+
     async def user_role(self, user_id: str) -> str | None:
         return (await self.session.execute(
             select(tables.users.c.role).where(tables.users.c.id == user_id))).scalar()
