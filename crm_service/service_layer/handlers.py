@@ -243,10 +243,10 @@ async def apply_commands(uow: CrmUnitOfWork, messages: list, topic: str) -> None
 
     async with uow:
         if len(messages) > 1:  # the rows the commands change, locked and read once for all
+            of_type = lambda type_: [m.payload for m in messages if m.envelope.type == type_]  # noqa: E731
             await uow.approval_requests.lock_many(
-                m.payload.approval_request_id for m in messages if m.envelope.type == crm_commands.UPDATE_APPROVAL_STATUS)
-            await uow.organizations.lock_many(
-                m.payload.organization_id for m in messages if m.envelope.type == crm_commands.UPDATE_ORGANIZATION_LINK)
+                p.approval_request_id for p in of_type(crm_commands.UPDATE_APPROVAL_STATUS))
+            await uow.organizations.lock_many(p.organization_id for p in of_type(crm_commands.UPDATE_ORGANIZATION_LINK))
         await uow.apply_once(messages, topic, handle)
         await uow.commit()
 

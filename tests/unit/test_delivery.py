@@ -188,7 +188,8 @@ async def test_a_fetch_of_several_partitions_is_one_group_each_partition_in_orde
     ids = [f"8f0b8f5e-8e8e-4c1e-9a55-5d0c7c3b1a2{i}" for i in range(5)]
 
     def consumer_record(partition, offset, event_id):
-        return ConsumerRecord("crm.commands", partition, offset, 0, 0, b"k", envelope(event_id=event_id), None, 0, 0, [])
+        return ConsumerRecord("crm.commands", partition, offset, 0, 0, b"k", envelope(event_id=event_id), None,
+                              0, 0, [])
 
     fetched = {TopicPartition("crm.commands", 0): [consumer_record(0, 7, ids[0]), consumer_record(0, 8, ids[1])],
                TopicPartition("crm.commands", 1): [consumer_record(1, 3, ids[2])],
