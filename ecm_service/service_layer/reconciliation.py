@@ -114,8 +114,9 @@ async def _decided_state(uow: EcmUnitOfWork, run: dict, ref: ExternalRef, org: d
         record, outcome = await place_new_ref(uow, ref, decision=decision, name=org["name"], ids=ids, now=_now(),
                                               country="RU")
         seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id,
-                                       action=f"reconciled_{decision.outcome}", actor=f"reconciliation:{run['id']}",
-                                       data={"source_ref": ref.as_text()})
+                                           action=f"reconciled_{decision.outcome}",
+                                           actor=f"reconciliation:{run['id']}",
+                                           data={"source_ref": ref.as_text()})
         # The other system learns the link (or the pending record) as after a soft sync.
         await announce_synced(uow, record, outcome=outcome, source_ref=ref, seq=seq,
                               correlation_id=f"reconciliation-{run['id']}")

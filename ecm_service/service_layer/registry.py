@@ -192,7 +192,7 @@ async def merge_external_refs(uow: EcmUnitOfWork, cmd: ecm_commands.MergeExterna
         outcome = "conflict"
     data = {"merged_ref": cmd.merged_ref.as_text(), "survivor_ref": cmd.survivor_ref.as_text(), "outcome": outcome}
     seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=merged_id, action="external_refs_merged",
-                                   actor=f"{cmd.survivor_ref.system}:merge", at=cmd.merged_at, data=data)
+                                       actor=f"{cmd.survivor_ref.system}:merge", at=cmd.merged_at, data=data)
     if outcome == "conflict":
         await uow.history.append(entity_type=COUNTERPARTY, entity_id=survivor_id, action="external_refs_merged",
                                  actor=f"{cmd.survivor_ref.system}:merge", at=cmd.merged_at, data=data)

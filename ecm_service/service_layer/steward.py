@@ -84,7 +84,7 @@ async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reas
         getattr(record, action)(datetime.now(timezone.utc))
         await uow.counterparties.save(record)
         seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id, action=change,
-                                       actor=_actor(user), reason=reason, data={"status": record.status})
+                                           actor=_actor(user), reason=reason, data={"status": record.status})
         await _announce(uow, record, change, reason=reason, correlation_id=correlation_id, seq=seq)
         if record.status == VERIFIED:
             await resume_waiting(uow, [record.id], actor=_actor(user))
@@ -124,7 +124,8 @@ async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user,
         await uow.history.append(entity_type=COUNTERPARTY, entity_id=record.id, action="merged", actor=_actor(user),
                                  reason=reason, data={"survivor": survivor.id, "moved_refs": moved})
         seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=survivor.id, action="absorbed",
-                                 actor=_actor(user), reason=reason, data={"merged": record.id, "moved_refs": moved})
+                                           actor=_actor(user), reason=reason,
+                                           data={"merged": record.id, "moved_refs": moved})
         await _announce(uow, record, "merged", reason=reason, correlation_id=correlation_id, seq=seq, shown=survivor)
         if survivor.status == VERIFIED:
             await resume_waiting(uow, [survivor.id], actor=_actor(user))
@@ -177,7 +178,7 @@ async def edit(uow: EcmUnitOfWork, *, counterparty_id: str, changes: dict, user,
         if diff:
             await uow.counterparties.save(record)
             seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id, action="edited",
-                                     actor=_actor(user), reason=reason, data={"changes": diff})
+                                               actor=_actor(user), reason=reason, data={"changes": diff})
             await _announce(uow, record, "edited", reason=reason, correlation_id=correlation_id, seq=seq)
         await uow.commit()
     return record, diff
