@@ -13,7 +13,6 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters.tables import history
-from infra.table_repository import insert_into
 
 GENESIS = "0" * 64
 CHAIN_LOCK = 7_301_552_031  # any constant; names the history chain's advisory lock
@@ -59,14 +58,16 @@ class HistoryLog:
         return self._tail
 
     async def append(self, *, entity_type: str, entity_id: str, action: str, actor: str, data: dict,
-               reason: str | None = None, at: datetime | None = None,
-               then: Callable[[int], None] | None = None) -> None:
+                     reason: str | None = None, at: datetime | None = None,
+                     then: Callable[[int], None] | None = None) -> None:
         """Chained and written when the transaction commits (`flush`); `then` receives the
         entry's sequence number then, before the outbox rows are encoded (an event may
         carry it)."""
         at = at or datetime.now(timezone.utc)
-        entry = _entry(entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
-                       data=data, at=at)
+        self._wait(_entry(entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
+                          data=data, at=at), at, then)
+
+    def _wait(self, entry: dict, at: datetime, then: Callable[[int], None] | None = None) -> None:
         self._waiting.append((entry, at, then))
 
     async def flush(self) -> None:
@@ -93,38 +94,22 @@ class HistoryLog:
 
     async def append_now(self, *, entity_type: str, entity_id: str, action: str, actor: str, data: dict,
                          reason: str | None = None, at: datetime | None = None) -> int:
-        """Written at once; returns the entry's sequence number: a global, monotonic
-        version of the registry."""
+        """Written at once (after what waits); returns the entry's sequence number: a
+        global, monotonic version of the registry."""
+        numbered: list[int] = []
+        await self.append(entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, data=data,
+                          reason=reason, at=at, then=numbered.append)
         await self.flush()
-        at = at or datetime.now(timezone.utc)
-        prev = await self._chain_tail()
-        entry = _entry(entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
-                       data=data, at=at)
-        digest = entry_hash(prev, entry)
-        result = await self.session.execute(insert_into(history), dict(
-            entity_type=entity_type, entity_id=entity_id, action=action, actor=actor, reason=reason,
-            data=entry["data"], at=at, prev_hash=prev, hash=digest))
-        self._tail = digest
-        return result.inserted_primary_key[0]
+        return numbered[0]
 
     async def append_many(self, entries: list[dict], at: datetime | None = None) -> None:
         """Chains many entries in one statement at once (bulk loads). Each item has
         entity_type, entity_id, action, actor, data and optionally reason."""
-        if not entries:
-            return
-        await self.flush()
         at = at or datetime.now(timezone.utc)
-        prev = await self._chain_tail()
-        rows = []
         for item in entries:
-            entry = _entry(at=at, reason=item.get("reason"), **{k: item[k] for k in
-                                                               ("entity_type", "entity_id", "action", "actor", "data")})
-            digest = entry_hash(prev, entry)
-            rows.append({**{k: entry[k] for k in ("entity_type", "entity_id", "action", "actor", "reason", "data")},
-                         "at": at, "prev_hash": prev, "hash": digest})
-            prev = digest
-        await self.session.execute(insert(history), rows)
-        self._tail = prev
+            self._wait(_entry(at=at, reason=item.get("reason"),
+                              **{k: item[k] for k in ("entity_type", "entity_id", "action", "actor", "data")}), at)
+        await self.flush()
 
     async def of(self, entity_type: str, entity_id: str) -> list[dict]:
         await self.flush()
