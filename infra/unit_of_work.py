@@ -10,13 +10,78 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import MetaData, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from infra.table_repository import insert_into
 from schemas.envelope import Envelope
 from schemas.registry import encode
+
+
+@cache
+def _table_order(metadata: MetaData) -> dict[Table, int]:
+    """Each table's place with parents before children (by foreign keys)."""
+    return {table: i for i, table in enumerate(metadata.sorted_tables)}
+
+
+class WriteBehindSession:
+    """The unit of work's session as its repositories see it. Rows handed to
+    `insert_later` wait, and go out together, one statement per table (parents before
+    children, by the tables' foreign keys), just before the next statement of any kind
+    on this session, the hand-out of its connection, or the commit. So whatever runs
+    next, reads included, sees them as if they had been inserted at once, and a batch
+    of commands that each add a few rows costs a few statements instead of a few per
+    command: each round trip to the database costs about 0.1-0.3 ms of CPU on each side
+    here, more than the Python around it (bench/RESULTS.md). A row that breaks a
+    constraint fails the statement that flushes it (or the commit), not `insert_later`."""
+
+    def __init__(self, session: AsyncSession):
+        self._session = session
+        self._later: dict[Table, list[dict]] = {}
+
+    def insert_later(self, table: Table, rows: dict | list[dict]) -> None:
+        self._later.setdefault(table, []).extend([rows] if isinstance(rows, dict) else rows)
+
+    async def flush_inserts(self) -> None:
+        while self._later:
+            later, self._later = self._later, {}
+            order = _table_order(next(iter(later)).metadata)
+            for table in sorted(later, key=lambda t: order.get(t, len(order))):
+                await self._session.execute(insert_into(table), later[table])
+
+    async def execute(self, *args, **kwargs):
+        if self._later:
+            await self.flush_inserts()
+        return await self._session.execute(*args, **kwargs)
+
+    async def scalar(self, *args, **kwargs):
+        if self._later:
+            await self.flush_inserts()
+        return await self._session.scalar(*args, **kwargs)
+
+    async def scalars(self, *args, **kwargs):
+        if self._later:
+            await self.flush_inserts()
+        return await self._session.scalars(*args, **kwargs)
+
+    async def connection(self, *args, **kwargs):
+        if self._later:
+            await self.flush_inserts()
+        return await self._session.connection(*args, **kwargs)
+
+    async def commit(self) -> None:
+        await self.flush_inserts()
+        await self._session.commit()
+
+    async def rollback(self) -> None:
+        self._later = {}
+        await self._session.rollback()
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
 
 
 class SqlUnitOfWork:
@@ -28,7 +93,7 @@ class SqlUnitOfWork:
         self.session: AsyncSession
 
     async def __aenter__(self):
-        self.session = self._factory()
+        self.session = WriteBehindSession(self._factory())
         self._pending: dict[Table, list[dict]] = {}
         await self.session.begin()
         self._bind_repositories(self.session)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, update
+from dataclasses import asdict
+
+from sqlalchemy import bindparam, exists, insert, select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.model import (
@@ -63,8 +65,38 @@ class DealRepository(TableRepository):
         return ids
 
 
+def _labelled(table, prefix: str) -> list:
+    return [c.label(f"{prefix}{c.name}") for c in table.c]
+
+
+def _unlabel(row, table, prefix: str) -> dict:
+    return {c.name: row[f"{prefix}{c.name}"] for c in table.c}
+
+
+# A document with its deal and the deal's organization, the document's row locked: what
+# an approval request needs, in one statement instead of three.
+_DOCUMENT_IN_CONTEXT = (
+    select(*_labelled(tables.documents, "doc_"), *_labelled(tables.deals, "deal_"),
+           *_labelled(tables.organizations, "org_"))
+    .select_from(tables.documents
+                 .join(tables.deals, tables.deals.c.id == tables.documents.c.deal_id)
+                 .join(tables.organizations, tables.organizations.c.id == tables.deals.c.organization_id))
+    .where(tables.documents.c.id == bindparam("document_id"), tables.deals.c.id == bindparam("deal_id"))
+    .with_for_update(of=tables.documents))
+
+
 class DocumentRepository(TableRepository):
     table, entity = tables.documents, Document
+
+    async def lock_in_context(self, document_id: str, deal_id: str) -> tuple[Document, Deal, Organization] | None:
+        """The document (its row locked for the rest of the transaction), its deal and the
+        deal's organization; None unless the document exists on that deal."""
+        row = (await self.session.execute(
+            _DOCUMENT_IN_CONTEXT, {"document_id": document_id, "deal_id": deal_id})).mappings().first()
+        if row is None:
+            return None
+        return (Document(**_unlabel(row, tables.documents, "doc_")), Deal(**_unlabel(row, tables.deals, "deal_")),
+                Organization(**_unlabel(row, tables.organizations, "org_")))
 
 
 CLOSED_REQUEST_STATUSES = (*FINAL_APPROVAL_STATUSES, "returned")
@@ -77,8 +109,28 @@ _OPEN_FOR_DOCUMENT = (
     .order_by(tables.approval_requests.c.requested_at.desc()).limit(1))
 
 
+def _insert_unless_open():
+    """INSERT ... SELECT <the request's values> WHERE no open request for its document
+    exists. A statement of its own sees what committed before it started: run after the
+    document's row is locked, it cannot miss a request a concurrent call just committed."""
+    t = tables.approval_requests
+    still_open = select(t.c.id).where(t.c.document_id == bindparam("open_document_id"),
+                                      t.c.status.not_in(CLOSED_REQUEST_STATUSES))
+    values = select(*[bindparam(c.name, type_=c.type) for c in t.c]).where(~exists(still_open))
+    return insert(t).from_select([c.name for c in t.c], values).returning(t.c.id)
+
+
+_INSERT_UNLESS_OPEN = _insert_unless_open()
+
+
 class ApprovalRequestRepository(TableRepository):
     table, entity = tables.approval_requests, ApprovalRequest
+
+    async def add_unless_open(self, request: ApprovalRequest) -> bool:
+        """Adds the request unless another one for its document is still open (False
+        then); one statement. The caller holds the document's lock (`lock_in_context`)."""
+        values = {**asdict(request), "open_document_id": request.document_id}
+        return (await self.session.execute(_INSERT_UNLESS_OPEN, values)).first() is not None
 
     async def latest_for_deal(self, deal_id: str) -> ApprovalRequest | None:
         t = self.table

@@ -62,7 +62,7 @@ class ExternalRefRepository:
             self._known.update(((entity_type, system, i), found[i][0] if i in found else None) for i in ids)
 
     async def attach(self, entity_type: str, entity_id: str, ref: ExternalRef) -> None:
-        await self.session.execute(insert_into(tables.external_refs), {
+        self.session.insert_later(tables.external_refs, {
             "entity_type": entity_type, "entity_id": entity_id, "system": ref.system, "external_id": ref.id,
             "created_at": datetime.now(timezone.utc)})
         self._known[(entity_type, ref.system, ref.id)] = entity_id
@@ -391,12 +391,12 @@ class ApprovalRepository:
         self.session = session
 
     async def add(self, approval: Approval) -> None:
-        await self.session.execute(
-            insert_into(tables.approvals), {k: getattr(approval, k) for k in _APPROVAL_COLUMNS}
-        )
-        if approval.steps:
-            await self.session.execute(insert(tables.approval_steps), [asdict(step) for step in approval.steps])
-        await self._insert_places(approval.assignments)
+        """Written with the next statement or the commit (the unit of work's session
+        gathers the inserts): a batch of starts costs three inserts, not three each."""
+        self.session.insert_later(tables.approvals, {k: getattr(approval, k) for k in _APPROVAL_COLUMNS})
+        self.session.insert_later(tables.approval_steps, [asdict(step) for step in approval.steps])
+        self.session.insert_later(tables.approval_assignments, [asdict(p) for p in approval.assignments])
+        approval._stored_places = {p.id for p in approval.assignments}
 
     async def _insert_places(self, places: list[Assignment]) -> None:
         if places:

@@ -1,8 +1,10 @@
 """The CRM's state change and its event commit together; the relay publishes them to
 the real broker once, in order, with the envelope's ids in the headers."""
 
+import asyncio
 import json
 
+import pytest
 from sqlalchemy import func, select
 
 from crm_service.adapters import tables
@@ -41,6 +43,49 @@ async def test_asking_again_for_an_open_approval_answers_with_the_same_request(c
     fresh = await handlers.request_approval(crm.uow(), user_id="u", deal_id=first.deal_id,
                                             document_id=first.document_id, correlation_id="new round")
     assert fresh.id != first.id
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # concurrent writers: the production database
+async def test_concurrent_requests_for_one_document_start_one_approval(crm):
+    """Eight calls at once for the same document (a double click, a client retrying
+    while the first call is still running): one request, one event, the same answer.
+    Ten rounds, each after the last request was returned for changes."""
+    org, (latest,) = await _approval_requests(crm, 1)
+
+    async def connected():
+        async with crm.session_factory() as session:
+            await session.execute(select(1))
+            await asyncio.sleep(0.2)
+    await asyncio.gather(*[connected() for _ in range(8)])  # eight connections ready: the calls overlap
+    rounds = 10
+    for n in range(rounds):
+        async with crm.uow() as uow:
+            request = await uow.approval_requests.get(latest.id)
+            request.status = "returned"
+            await uow.approval_requests.save(request)
+            await uow.commit()
+        answers = await asyncio.gather(*[
+            handlers.request_approval(crm.uow(), user_id="u", deal_id=latest.deal_id,
+                                      document_id=latest.document_id, correlation_id=f"round-{n}-click-{i}")
+            for i in range(8)])
+        assert len({a.id for a in answers}) == 1 and answers[0].id != latest.id
+        latest = answers[0]
+    async with crm.session_factory() as session:
+        requests = await session.scalar(select(func.count()).select_from(tables.approval_requests))
+        events = await session.scalar(select(func.count()).select_from(tables.outbox))
+    assert (requests, events) == (1 + rounds, 1 + rounds)
+
+
+async def test_a_request_names_what_is_missing(crm):
+    org, (first,) = await _approval_requests(crm, 1)
+    other = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Other")
+    for deal_id, document_id, message in [
+            ("missing", first.document_id, "deal missing not found"),
+            (other.id, first.document_id, f"document {first.document_id} not found on deal {other.id}"),
+            (first.deal_id, "missing", f"document missing not found on deal {first.deal_id}")]:
+        with pytest.raises(handlers.NotFound, match=message):
+            await handlers.request_approval(crm.uow(), user_id="u", deal_id=deal_id, document_id=document_id,
+                                            correlation_id="c")
 
 
 async def test_relay_publishes_each_outbox_row_once_in_order(crm, broker):
