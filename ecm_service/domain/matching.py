@@ -305,3 +305,36 @@ def decide(incoming: Incoming, candidates: list[Known], *, not_duplicates: set[s
     if evidence:
         return Decision("propose", evidence[0]["rules"][0], None, evidence[:5])
     return Decision("new", "no_similar_record")
+
+
+class BatchDecisions:
+    """Match-or-propose answers worked out at once for a batch of soft syncs (two queries
+    for the batch instead of two per organization), each handed out only while it is
+    still the answer the organization would get on its own. One organization's answer
+    depends only on the records sharing one of its query keys, its INN or its OGRN; an
+    answer is withdrawn once a record written earlier in the same transaction (created,
+    or changed before or after) shares one of those with it, and that organization is
+    then matched on its own against what the transaction now holds."""
+
+    def __init__(self):
+        self._answers: dict[object, tuple[Incoming, Decision]] = {}
+        self._keys: set[str] = set()
+        self._ids: set[str] = set()  # INNs and OGRNs of the records written
+
+    def offer(self, ref, item: Incoming, decision: Decision) -> None:
+        self._answers[ref] = (item, decision)
+
+    def written(self, name: str | None, inn: str | None, ogrn: str | None) -> None:
+        """A record with this name and these identifiers was (or, before a change, had
+        been) in the registry within this transaction."""
+        self._keys |= name_keys(name or "")
+        self._ids.update(i for i in (inn, ogrn) if i)
+
+    def take(self, ref, item: Incoming) -> Decision | None:
+        offered = self._answers.pop(ref, None)
+        if offered is None or offered[0] != item:
+            return None
+        if (item.inn and item.inn in self._ids) or (item.ogrn and item.ogrn in self._ids) \
+                or not self._keys.isdisjoint(query_keys(item.name)):
+            return None
+        return offered[1]

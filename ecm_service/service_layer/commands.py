@@ -39,7 +39,8 @@ async def apply_commands(uow: EcmUnitOfWork, messages: list[Message], topic: str
         # duplicate or already applied only costs its share of these statements).
         await approvals.prefetch_for_starts(
             uow, [m.payload for m in messages if m.envelope.type == ecm_commands.START_APPROVAL])
-        await uow.external_refs.prefetch(registry.COUNTERPARTY, [
-            m.payload.external_ref for m in messages if m.envelope.type == ecm_commands.SYNC_COUNTERPARTY])
+        syncs = [m.payload for m in messages if m.envelope.type == ecm_commands.SYNC_COUNTERPARTY]
+        await uow.external_refs.prefetch(registry.COUNTERPARTY, [c.external_ref for c in syncs])
+        await registry.prefetch_matches(uow, syncs)
         await uow.apply_once(messages, topic, handle)
         await uow.commit()

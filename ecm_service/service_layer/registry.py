@@ -102,8 +102,37 @@ def incoming(*, name: str, inn: str | None, kpp: str | None, ogrn: str | None) -
 
 
 async def match_or_propose(uow: EcmUnitOfWork, *, name: str, inn: str | None, kpp: str | None,
-                           ogrn: str | None) -> Decision:
-    return (await match_many(uow, [incoming(name=name, inn=inn, kpp=kpp, ogrn=ogrn)]))[0]
+                           ogrn: str | None, ref: ExternalRef | None = None) -> Decision:
+    """With `ref`, the answer `prefetch_matches` worked out for the batch, while it holds."""
+    item = incoming(name=name, inn=inn, kpp=kpp, ogrn=ogrn)
+    if ref is not None and (decision := uow.match_hints.take(_ref_key(ref), item)) is not None:
+        return decision
+    return (await match_many(uow, [item]))[0]
+
+
+def _ref_key(ref: ExternalRef) -> tuple[str, str]:
+    return (ref.system, ref.id)
+
+
+def _sync_ids(cmd: ecm_commands.SyncCounterpartyV1) -> dict:
+    return dict(inn=compact(cmd.inn), kpp=compact(cmd.kpp), ogrn=compact(cmd.ogrn))
+
+
+async def prefetch_matches(uow: EcmUnitOfWork, commands: list[ecm_commands.SyncCounterpartyV1]) -> None:
+    """Match-or-propose for the organizations of a batch of syncs that the registry has
+    not seen, in one `match_many` (its queries once for the batch). `sync_counterparty`
+    takes each answer while it holds (`matching.BatchDecisions`). Call after the
+    batch's references are prefetched."""
+    fresh: dict[tuple[str, str], Incoming] = {}
+    for cmd in commands:
+        key = _ref_key(cmd.external_ref)
+        if key not in fresh and await uow.external_refs.find(COUNTERPARTY, cmd.external_ref) is None:
+            fresh[key] = incoming(name=cmd.name, **_sync_ids(cmd))
+    if len(fresh) < 2:  # one organization asks for itself
+        return
+    for key, item, decision in zip(fresh, fresh.values(), await match_many(uow, list(fresh.values())),
+                                   strict=True):
+        uow.match_hints.offer(key, item, decision)
 
 
 async def place_new_ref(uow: EcmUnitOfWork, ref: ExternalRef, *, decision: Decision, name: str, ids: dict,
@@ -119,6 +148,7 @@ async def place_new_ref(uow: EcmUnitOfWork, ref: ExternalRef, *, decision: Decis
                               **fields, **ids)
         record.refresh_derived()
         await uow.counterparties.add(record)
+        uow.match_hints.written(record.name, record.inn, record.ogrn)
     await uow.external_refs.attach(COUNTERPARTY, record.id, ref)
     await uow.counterparties.add_match_decision(
         id=str(uuid.uuid4()), counterparty_id=record.id, source_ref=ref.as_text(), outcome=decision.outcome,
@@ -142,21 +172,23 @@ async def announce_synced(uow: EcmUnitOfWork, record: Counterparty, *, outcome: 
 
 async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpartyV1, envelope: Envelope) -> dict:
     now = datetime.now(timezone.utc)
-    ids = dict(inn=compact(cmd.inn), kpp=compact(cmd.kpp), ogrn=compact(cmd.ogrn))
+    ids = _sync_ids(cmd)
     country = (cmd.country or "RU").upper()
     existing_id = await uow.external_refs.find(COUNTERPARTY, cmd.external_ref)
     if existing_id:
         record = await uow.counterparties.get(existing_id, for_update=True)
         outcome = "updated"
         if record.status == PENDING:  # a verified record is master data: sync never overwrites it
+            uow.match_hints.written(record.name, record.inn, record.ogrn)  # as it was, and as it will be:
             record.name, record.legal_form, record.country = cmd.name, cmd.legal_form, country
             record.inn, record.kpp, record.ogrn = ids["inn"], ids["kpp"], ids["ogrn"]
             record.addresses = [a.model_dump() for a in cmd.addresses]
             record.refresh_derived()
             record.updated_at = now
             await uow.counterparties.save(record)
+            uow.match_hints.written(record.name, record.inn, record.ogrn)
     else:
-        decision = await match_or_propose(uow, name=cmd.name, **ids)
+        decision = await match_or_propose(uow, name=cmd.name, **ids, ref=cmd.external_ref)
         record, outcome = await place_new_ref(
             uow, cmd.external_ref, decision=decision, name=cmd.name, ids=ids, now=now, legal_form=cmd.legal_form,
             country=country, addresses=[a.model_dump() for a in cmd.addresses])

@@ -1,5 +1,6 @@
 from ecm_service.adapters import approval_support, repositories, tables
 from ecm_service.adapters.history import HistoryLog
+from ecm_service.domain.matching import BatchDecisions
 from infra.unit_of_work import SqlUnitOfWork
 
 
@@ -17,6 +18,7 @@ class EcmUnitOfWork(SqlUnitOfWork):
         self.deputies = approval_support.DeputyRepository(session)
         self.delay_reasons = approval_support.DelayReasonRepository(session)
         self.notifications = approval_support.NotificationRepository(session)
+        self.match_hints = BatchDecisions()  # registry.prefetch_matches
 
     async def _before_commit(self) -> None:
         await self.history.flush()  # the chain's lock is taken here, a few statements before the commit

@@ -2,7 +2,17 @@ from datetime import datetime, timezone
 
 from crm_service.domain.hints import identifier_hints
 from ecm_service.domain.identifiers import quality_flags
-from ecm_service.domain.matching import Incoming, Known, core_name, decide, name_keys, one_digit_apart, query_keys
+from ecm_service.domain.matching import (
+    BatchDecisions,
+    Decision,
+    Incoming,
+    Known,
+    core_name,
+    decide,
+    name_keys,
+    one_digit_apart,
+    query_keys,
+)
 
 NOW = datetime.now(timezone.utc)
 SBER_INN = "7707083893"
@@ -78,3 +88,23 @@ def test_crm_hints_are_gentle_messages():
     assert identifier_hints(inn=SBER_INN, kpp="773601001", ogrn=None) == []
     hints = identifier_hints(inn="7707083894", kpp="7736", ogrn=None)
     assert any(h.startswith("INN looks wrong") for h in hints) and any(h.startswith("KPP") for h in hints)
+
+
+def test_a_batch_answer_holds_until_a_written_record_shares_a_key_an_inn_or_an_ogrn():
+    answer = Decision(outcome="new", rule="no_similar_record")
+    hints = BatchDecisions()
+    for ref in "abcd":
+        hints.offer(ref, Incoming(name="ООО «Вектор»", inn="7736050003", ogrn="1027700132195"), answer)
+    assert hints.take("a", Incoming(name="ООО «Вектор»", inn="7736050003", ogrn="1027700132195")) is answer
+    assert hints.take("a", Incoming(name="ООО «Вектор»", inn="7736050003", ogrn="1027700132195")) is None  # once
+    assert hints.take("b", Incoming(name="ООО «Другое»")) is None  # not the organization it was worked out for
+    hints.written("ЗАО «Незабудка»", None, None)
+    assert hints.take("c", Incoming(name="ООО «Вектор»", inn="7736050003", ogrn="1027700132195")) is answer
+    hints.written("Ромашка", None, "1027700132195")
+    assert hints.take("d", Incoming(name="ООО «Вектор»", inn="7736050003", ogrn="1027700132195")) is None
+    for written, incoming in [(("Векторр", None, None), Incoming(name="ООО «Вектор»")),  # one letter apart
+                              (("Луч", "7736050003", None), Incoming(name="ООО «Вектор»", inn="7736050003"))]:
+        hints = BatchDecisions()
+        hints.offer("x", incoming, answer)
+        hints.written(*written)
+        assert hints.take("x", incoming) is None
