@@ -17,11 +17,21 @@ def main() -> None:
     configure_logging("bridge", json_logs=settings.json_logs, level=settings.log_level)
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, provisioning(settings.topic_partitions),
                               replication_factor=settings.topic_replication))
+    worker = make_worker()
+    settle_garbage_collector(settings.gc_gen0_threshold)
+    worker.execute_from_commandline()
+
+
+def make_worker() -> faust.Worker:
     # Started programmatically (not through faust's CLI) so that stdout is not redirected
     # into faust's logger: our structured logs stay one JSON object per line.
     worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
-    settle_garbage_collector(settings.gc_gen0_threshold)
-    worker.execute_from_commandline()
+    # faust always makes a terminal spinner, and with one it sets the root logger to DEBUG
+    # (the spinner turns on every record, faust-streaming/faust#495): every debug call in
+    # aiokafka and httpcore then builds a record no handler wants, about a tenth of the
+    # bridge's CPU under load (bench/RESULTS.md). No spinner: the root stays at WARN.
+    worker.spinner = None
+    return worker
 
 
 if __name__ == "__main__":

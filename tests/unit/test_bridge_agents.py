@@ -123,3 +123,22 @@ async def test_a_batch_copies_small_documents_together_and_sends_every_command_i
         ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL]
     starts = [c.envelope.payload for c in commands if c.envelope.type == ecm_commands.START_APPROVAL]
     assert [s["document_id"] for s in starts] == ["ecm-doc-1", "ecm-doc-2", "ecm-doc-3"]
+
+
+def test_the_bridge_worker_keeps_library_debug_logs_off():
+    """faust's terminal spinner would set the root logger to DEBUG: every aiokafka and
+    httpcore debug call would then build a record (a tenth of the bridge's CPU)."""
+    import logging
+
+    from sync_bridge.__main__ import make_worker
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        make_worker()._setup_logging()
+        assert not logging.getLogger("aiokafka").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("httpcore").isEnabledFor(logging.INFO)
+        assert logging.getLogger("sync_bridge").isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
