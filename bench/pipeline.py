@@ -213,6 +213,18 @@ def cpu_by_process(system: LocalSystem) -> dict[str, float]:
     return used
 
 
+def round_trips(system: LocalSystem) -> dict[str, float]:
+    """db_round_trips_total of the CRM and the ECM so far (their /metrics): statements,
+    BEGIN, COMMIT and ROLLBACK each sent to the database and waited for. Unlike CPU
+    time it does not depend on how busy the machine is."""
+    counts = {}
+    for name, url in (("crm", system.crm_url), ("ecm", system.ecm_url)):
+        text_ = httpx.get(f"{url}/metrics", timeout=30).text
+        counts[name] = sum(float(line.split()[-1]) for line in text_.splitlines()
+                           if line.startswith("db_round_trips_total"))
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
@@ -237,13 +249,14 @@ def main() -> None:
         token = next(u["token"] for u in system.users if u["name"] == "sales-anna")
         items = asyncio.run(prepare(system, token, n))
         time.sleep(2)
-        cpu_before = cpu_by_process(system)
+        cpu_before, trips_before = cpu_by_process(system), round_trips(system)
         started_wall = time.perf_counter()
         started = asyncio.run(fire(system, token, items))
         accept_s = time.perf_counter() - started_wall
         crm_url = system.env()["CRM_DATABASE_URL"]
         e2e_s = asyncio.run(wait_in_progress(crm_url, n, started, timeout=max(120, n)))
-        cpu_after = cpu_by_process(system)
+        cpu_after, trips_after = cpu_by_process(system), round_trips(system)
+        trips = {name: (trips_after[name] - trips_before[name]) / n for name in trips_after}
         cpu_ms = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / n for name in cpu_after}
         body_size = 1200  # about the size of one crm.approval_requested envelope
         raw_s = asyncio.run(raw_ceiling(system.bootstrap_servers, n, body_size))
@@ -273,6 +286,9 @@ def main() -> None:
         ("ratio end-to-end / raw", "", f"{(n / e2e_s) / (n / raw_s):.3f}"),
         *[(f"peak RSS {name}", f"{mb:.0f} MB", "") for name, mb in rss.items()],
         *[(f"CPU per request: {name}", f"{ms:.1f} ms", "") for name, ms in cpu_ms.items()],
+        *[(f"DB round trips per request: {name}", f"{count:.1f}",
+           "statements, BEGIN, COMMIT (db_round_trips_total)" if name == "crm" else "")
+          for name, count in trips.items()],
         ("CPU per request: all", f"{cpu_all:.1f} ms",
          f"{os.cpu_count()} cores carry at most {cpu_ceiling:.0f} req/s "
          "of this path (the physical limit; the CRM API call itself included)"),
@@ -282,6 +298,8 @@ def main() -> None:
         (f"pipeline: end to end ({n:,} requests, {args.backend})", f"{end_to_end:.0f} req/s", ">= 500 req/s",
          end_to_end >= 500),
         ("pipeline: raw broker ceiling, ratio", f"{n / raw_s:,.0f} msg/s, {end_to_end / (n / raw_s):.3f}", "", None),
+        ("pipeline: DB round trips per request (CRM + ECM)", f"{sum(trips.values()):.1f}",
+         ", ".join(f"{name} {count:.1f}" for name, count in trips.items()), None),
         ("pipeline: CPU per request, all processes", f"{cpu_all:.1f} ms",
          f"{os.cpu_count()} cores allow {cpu_ceiling:.0f} req/s", None),
         *[(f"peak RSS {name}", f"{mb:.0f} MB", "<= 300 MB" if name == "bridge" else "<= 400 MB",

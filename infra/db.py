@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from infra.metrics import DB_ROUND_TRIPS
+
 
 def make_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
@@ -33,6 +35,7 @@ def make_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        count_round_trips(engine)
         return engine
     # JIT compiles plans whose estimated cost is high (a batch lookup of thousands of
     # keys): 25 ms of compiling for a query that runs in a few. Short OLTP queries only here.
@@ -40,8 +43,19 @@ def make_engine(url: str) -> AsyncEngine:
     # on every checkout, about a third of all statements on the hot path. A connection
     # found dead instead fails its one operation and invalidates the pool; the consumers
     # and relays retry, and the next checkout connects afresh.
-    return create_async_engine(url, pool_size=10, max_overflow=10,
-                               connect_args={"server_settings": {"jit": "off"}})
+    engine = create_async_engine(url, pool_size=10, max_overflow=10,
+                                 connect_args={"server_settings": {"jit": "off"}})
+    count_round_trips(engine)
+    return engine
+
+
+def count_round_trips(engine: AsyncEngine) -> None:
+    """db_round_trips_total: each statement, BEGIN, COMMIT and ROLLBACK is one wait for
+    the database (asyncpg sends BEGIN on its own). On this path a round trip costs more
+    than the Python around it, so it is what the pipeline benchmark counts per request."""
+    count = DB_ROUND_TRIPS.inc
+    for name in ("before_cursor_execute", "begin", "commit", "rollback"):
+        event.listen(engine.sync_engine, name, lambda *args, **kwargs: count())
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker:
@@ -94,6 +108,7 @@ async def insert_rows(session: AsyncSession, table: Table, rows: list[dict]) -> 
     else:
         records = [record_of(row) for row in rows]
     raw = await (await session.connection()).get_raw_connection()
+    DB_ROUND_TRIPS.inc()
     driver = raw.driver_connection
     if not driver.is_in_transaction():  # asyncpg begins on the first statement: make it begin now
         await session.execute(text("SELECT 1"))

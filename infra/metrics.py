@@ -34,3 +34,7 @@ TRANSFERS = Counter(
 )
 APPROVALS_BY_STATE = Gauge("ecm_approvals", "ECM approvals by state", ["state"])
 PAUSED = Gauge("bridge_direction_paused", "1 while an operator has paused the direction", ["direction"])
+DB_ROUND_TRIPS = Counter(
+    "db_round_trips_total", "Requests this process sent to its database and waited for: statements "
+    "(a multi-row insert counts once), BEGIN, COMMIT and ROLLBACK",
+)

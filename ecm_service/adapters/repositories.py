@@ -22,6 +22,7 @@ from ecm_service.domain.approval import (
 )
 from ecm_service.domain.counterparty import LIVE, VERIFIED, Counterparty
 from ecm_service.domain.matching import Known, name_keys
+from infra.metrics import DB_ROUND_TRIPS
 from infra.table_repository import TableRepository, by_id, insert_into
 from schemas.common import ExternalRef
 
@@ -126,6 +127,7 @@ async def _pg_fetch(session: AsyncSession, sql: str, *args) -> list:
     batch, and SQLAlchemy's per-row processing costs more than the query."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
+    DB_ROUND_TRIPS.inc()
     return await raw.driver_connection.fetch(sql, *args)
 
 

@@ -5,6 +5,7 @@ import asyncio
 import json
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from crm_service.adapters import tables
@@ -74,6 +75,20 @@ async def test_concurrent_requests_for_one_document_start_one_approval(crm):
         requests = await session.scalar(select(func.count()).select_from(tables.approval_requests))
         events = await session.scalar(select(func.count()).select_from(tables.outbox))
     assert (requests, events) == (1 + rounds, 1 + rounds)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_an_approval_request_costs_five_round_trips(crm):
+    """BEGIN, the document locked with its deal and organization, the request inserted
+    unless one is open, the outbox row, COMMIT (db_round_trips_total; each costs more
+    than the Python around it, bench/RESULTS.md)."""
+    org = await handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
+    deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
+    doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c.pdf",
+                                         content_type="application/pdf", doc_type="contract", sha256="a" * 64, size=3)
+    before = REGISTRY.get_sample_value("db_round_trips_total")
+    await handlers.request_approval(crm.uow(), user_id="u", deal_id=deal.id, document_id=doc.id, correlation_id="c")
+    assert REGISTRY.get_sample_value("db_round_trips_total") - before == 5
 
 
 async def test_a_request_names_what_is_missing(crm):
