@@ -69,8 +69,17 @@ class TableRepository:
         return found
 
     async def save(self, item) -> None:
+        await self.session.execute(update_by_id(self.table), self._saved(item))
+
+    def save_later(self, item) -> None:
+        """`save`, written with the next statement or the commit, together with the other
+        rows of the table saved so (the unit of work's session). For a row this
+        transaction locked (`lock_many`, `get(for_update=True)`)."""
+        self.session.execute_later(update_by_id(self.table), self._saved(item))
+
+    def _saved(self, item) -> dict:
         values = asdict(item)
         if item.id in self._locked:
             self._locked[item.id] = dict(values)
         values["item_id"] = values.pop("id")
-        await self.session.execute(update_by_id(self.table), values)
+        return values

@@ -41,34 +41,46 @@ class WriteBehindSession:
     def __init__(self, session: AsyncSession):
         self._session = session
         self._later: dict[Table, list[dict]] = {}
+        self._updates: dict[object, list[dict]] = {}  # statement -> parameter sets, in order
 
     def insert_later(self, table: Table, rows: dict | list[dict]) -> None:
-        self._later.setdefault(table, []).extend([rows] if isinstance(rows, dict) else rows)
+        if rows:  # (an empty list: nothing to insert)
+            self._later.setdefault(table, []).extend([rows] if isinstance(rows, dict) else rows)
+
+    def execute_later(self, statement, params: dict) -> None:
+        """An UPDATE (or DELETE) run with the waiting inserts, after them; the same
+        statement's parameter sets go together (one executemany, in order). For changes
+        to rows the transaction already read and locked."""
+        self._updates.setdefault(statement, []).append(params)
 
     async def flush_inserts(self) -> None:
-        while self._later:
+        while self._later or self._updates:
             later, self._later = self._later, {}
-            order = _table_order(next(iter(later)).metadata)
-            for table in sorted(later, key=lambda t: order.get(t, len(order))):
-                await self._session.execute(insert_into(table), later[table])
+            updates, self._updates = self._updates, {}
+            if later:
+                order = _table_order(next(iter(later)).metadata)
+                for table in sorted(later, key=lambda t: order.get(t, len(order))):
+                    await self._session.execute(insert_into(table), later[table])
+            for statement, params in updates.items():
+                await self._session.execute(statement, params)
 
     async def execute(self, *args, **kwargs):
-        if self._later:
+        if self._later or self._updates:
             await self.flush_inserts()
         return await self._session.execute(*args, **kwargs)
 
     async def scalar(self, *args, **kwargs):
-        if self._later:
+        if self._later or self._updates:
             await self.flush_inserts()
         return await self._session.scalar(*args, **kwargs)
 
     async def scalars(self, *args, **kwargs):
-        if self._later:
+        if self._later or self._updates:
             await self.flush_inserts()
         return await self._session.scalars(*args, **kwargs)
 
     async def connection(self, *args, **kwargs):
-        if self._later:
+        if self._later or self._updates:
             await self.flush_inserts()
         return await self._session.connection(*args, **kwargs)
 
@@ -77,7 +89,7 @@ class WriteBehindSession:
         await self._session.commit()
 
     async def rollback(self) -> None:
-        self._later = {}
+        self._later, self._updates = {}, {}
         await self._session.rollback()
 
     def __getattr__(self, name):

@@ -25,7 +25,7 @@ class OrganizationRepository(TableRepository):
     table, entity = tables.organizations, Organization
 
     async def add_history(self, organization_id: str, *, at, kind: str, actor_id: str, detail: dict) -> None:
-        await self.session.execute(insert(tables.organization_history).values(
+        self.session.insert_later(tables.organization_history, dict(
             organization_id=organization_id, at=at, kind=kind, actor_id=actor_id, detail=detail))
 
     async def history(self, organization_id: str) -> list[dict]:
@@ -41,7 +41,7 @@ class NotificationRepository:
         self.session = session
 
     async def add(self, *, user_id: str, kind: str, text: str, approval_request_id: str | None, at) -> None:
-        await self.session.execute(insert_into(tables.notifications), dict(
+        self.session.insert_later(tables.notifications, dict(
             user_id=user_id, kind=kind, text=text[:500], approval_request_id=approval_request_id, created_at=at))
 
     async def for_user(self, user_id: str, limit: int = 100) -> list[dict]:

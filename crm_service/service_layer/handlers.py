@@ -196,7 +196,7 @@ async def update_approval_status(
         delay_reason_code=cmd.delay_reason_code,
     )
     if changed:
-        await uow.approval_requests.save(request)
+        uow.approval_requests.save_later(request)  # with the batch's others, before the commit
         await uow.approval_requests.record_status(request, command_id, cmd.changed_at)
         if cmd.notify_user_id:
             stage = f" ({request.stage})" if request.stage else ""
@@ -218,7 +218,7 @@ async def update_organization_link(
                                       seq=cmd.registry_seq, ids={"inn": cmd.registry_inn, "kpp": cmd.registry_kpp,
                                                                  "ogrn": cmd.registry_ogrn})
     if changed:
-        await uow.organizations.save(org)
+        uow.organizations.save_later(org)
         filled = sorted(key for key, value in before.items() if getattr(org, key) != value)
         if filled:
             await uow.organizations.add_history(org.id, at=_now(), kind="filled_from_registry", actor_id="registry",

@@ -131,15 +131,19 @@ async def _pg_fetch(session: AsyncSession, sql: str, *args) -> list:
     return await raw.driver_connection.fetch(sql, *args)
 
 
+def name_key_rows(records: list[tuple[str, str, str]]) -> list[dict]:
+    """(id, name, status) -> the rows of the blocking keys of each live record."""
+    return [{"key": key, "counterparty_id": record_id} for record_id, name, status in records if status in LIVE
+            for key in name_keys(name or "")]
+
+
 async def write_name_keys(session: AsyncSession, records: list[tuple[str, str, str]], *, replace: bool = True) -> None:
     """(id, name, status) -> the blocking keys of each live record; a record that is no
     longer live (merged, rejected, archived) keeps none."""
     k = tables.counterparty_name_keys
     if replace and records:
         await session.execute(delete(k).where(k.c.counterparty_id.in_([r[0] for r in records])))
-    rows = [{"key": key, "counterparty_id": record_id} for record_id, name, status in records if status in LIVE
-            for key in name_keys(name or "")]
-    if rows:
+    if rows := name_key_rows(records):
         await session.execute(insert(k), rows)
 
 
@@ -220,9 +224,11 @@ class CounterpartyRepository(TableRepository):
         return [Counterparty(**r) for r in (await self.session.execute(query)).mappings()]
 
     async def add(self, item: Counterparty) -> None:
-        await super().add(item)
+        """Written with the next statement or the commit (with its name keys), together
+        with the other records a batch of syncs creates."""
+        self.session.insert_later(self.table, asdict(item))
+        self.session.insert_later(tables.counterparty_name_keys, name_key_rows([(item.id, item.name, item.status)]))
         self._statuses[item.id] = item.status
-        await write_name_keys(self.session, [(item.id, item.name, item.status)], replace=False)
 
     async def save(self, item: Counterparty) -> None:
         await super().save(item)
@@ -292,7 +298,13 @@ class CounterpartyRepository(TableRepository):
         return list(found.values())
 
     async def add_match_decision(self, **values) -> None:
-        await self.session.execute(insert_into(tables.match_decisions), values)
+        self.session.insert_later(tables.match_decisions, values)
+
+    @staticmethod
+    def generic_keys(keys) -> set[str]:
+        """Those of the keys `name_postings` now skips as generic."""
+        now = time.monotonic()
+        return {key for key in keys if _GENERIC_KEYS.get(key, 0.0) >= now}
 
     async def match_decisions_of(self, counterparty_ids: list[str]) -> list[dict]:
         m = tables.match_decisions

@@ -320,6 +320,12 @@ class BatchDecisions:
         self._answers: dict[object, tuple[Incoming, Decision]] = {}
         self._keys: set[str] = set()
         self._ids: set[str] = set()  # INNs and OGRNs of the records written
+        self._generic: set[str] = set()
+
+    def generic(self, keys: set[str]) -> None:
+        """Keys that were generic when the answers were worked out: never searched (and a
+        generic key only gets more records), so sharing one changes no answer."""
+        self._generic |= keys
 
     def offer(self, ref, item: Incoming, decision: Decision) -> None:
         self._answers[ref] = (item, decision)
@@ -335,6 +341,6 @@ class BatchDecisions:
         if offered is None or offered[0] != item:
             return None
         if (item.inn and item.inn in self._ids) or (item.ogrn and item.ogrn in self._ids) \
-                or not self._keys.isdisjoint(query_keys(item.name)):
+                or not self._keys.isdisjoint(query_keys(item.name) - self._generic):
             return None
         return offered[1]

@@ -133,6 +133,7 @@ async def prefetch_matches(uow: EcmUnitOfWork, commands: list[ecm_commands.SyncC
     for key, item, decision in zip(fresh, fresh.values(), await match_many(uow, list(fresh.values())),
                                    strict=True):
         uow.match_hints.offer(key, item, decision)
+    uow.match_hints.generic(uow.counterparties.generic_keys(set().union(*(query_keys(i.name) for i in fresh.values()))))
 
 
 async def place_new_ref(uow: EcmUnitOfWork, ref: ExternalRef, *, decision: Decision, name: str, ids: dict,

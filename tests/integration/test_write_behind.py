@@ -3,7 +3,7 @@ wait until the next statement, then go out parents first; reads see them; a roll
 drops them; a broken constraint fails the statement that flushes them."""
 
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, func, select
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from infra.db import make_engine, make_session_factory
@@ -34,9 +34,15 @@ async def test_pending_rows_go_out_parents_first_and_reads_see_them(factory):
         uow.session.insert_later(parents, [{"id": "a"}, {"id": "b"}])  # the parents come second
         assert await _count(uow.session, children) == 2  # the read flushed them, parents first
         uow.session.insert_later(children, {"id": 3, "parent_id": "a"})
+        uow.session.insert_later(children, [])  # nothing
+        move = children.update().where(children.c.id == bindparam("child")).values(parent_id=bindparam("to"))
+        uow.session.execute_later(move, {"child": 3, "to": "b"})  # a row inserted in this transaction
+        uow.session.execute_later(move, {"child": 1, "to": "b"})
         await uow.commit()
     async with factory() as session:
         assert (await _count(session, parents), await _count(session, children)) == (2, 3)
+        assert dict((await session.execute(select(children.c.id, children.c.parent_id))).all()) == {
+            1: "b", 2: "b", 3: "b"}
 
 
 async def test_a_rollback_drops_what_waits(factory):

@@ -108,3 +108,16 @@ def test_a_batch_answer_holds_until_a_written_record_shares_a_key_an_inn_or_an_o
         hints.offer("x", incoming, answer)
         hints.written(*written)
         assert hints.take("x", incoming) is None
+
+
+def test_sharing_only_keys_that_were_generic_keeps_a_batch_answer():
+    answer = Decision(outcome="new", rule="no_similar_record")
+    item = Incoming(name="Вектор Альфа")
+    shared = name_keys("Вектор Бета") & query_keys(item.name)
+    assert shared
+    for generic, kept in [(set(), False), (shared, True)]:
+        hints = BatchDecisions()
+        hints.offer("y", item, answer)
+        hints.generic(generic)
+        hints.written("Вектор Бета", None, None)
+        assert (hints.take("y", item) is answer) is kept
