@@ -34,9 +34,10 @@ class WriteBehindSession:
     on this session, the hand-out of its connection, or the commit. So whatever runs
     next, reads included, sees them as if they had been inserted at once, and a batch
     of commands that each add a few rows costs a few statements instead of a few per
-    command: each round trip to the database costs about 0.1-0.3 ms of CPU on each side
-    here, more than the Python around it (bench/RESULTS.md). A row that breaks a
-    constraint fails the statement that flushes it (or the commit), not `insert_later`."""
+    command: each statement is a wait, and under load an await takes tens of
+    milliseconds to come back (bench/RESULTS.md, ADR 0012). A row that breaks a
+    constraint fails the statement that flushes it (or the commit), not `insert_later`.
+    Rows handed to `execute_later` (updates) go out after the inserts."""
 
     def __init__(self, session: AsyncSession):
         self._session = session

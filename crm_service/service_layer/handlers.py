@@ -103,8 +103,8 @@ async def request_approval(
     owner, their team's manager, an admin; NotAllowed otherwise), checked in the same
     transaction."""
     async with uow:
-        # Five statements in all (with BEGIN and COMMIT): on this path each round trip to
-        # the database costs more CPU than the Python around it (bench/RESULTS.md).
+        # Five statements in all (with BEGIN and COMMIT): each is a wait, and under load an
+        # await takes tens of milliseconds to come back (bench/RESULTS.md, ADR 0012).
         found = await uow.documents.lock_in_context(document_id, deal_id)
         if found is None:  # say what is missing, in the order a caller would fix it
             deal = await uow.deals.get(deal_id)

@@ -80,8 +80,8 @@ async def test_concurrent_requests_for_one_document_start_one_approval(crm):
 @pytest.mark.parametrize("backend", ["postgresql"])
 async def test_an_approval_request_costs_five_round_trips(crm):
     """BEGIN, the document locked with its deal and organization, the request inserted
-    unless one is open, the outbox row, COMMIT (db_round_trips_total; each costs more
-    than the Python around it, bench/RESULTS.md)."""
+    unless one is open, the outbox row, COMMIT (db_round_trips_total; under load each
+    is a wait of tens of milliseconds, bench/RESULTS.md)."""
     org = await handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
     deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
     doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c.pdf",
