@@ -54,7 +54,8 @@ class WriteBehindSession:
         to rows the transaction already read and locked."""
         self._updates.setdefault(statement, []).append(params)
 
-    async def flush_inserts(self) -> None:
+    async def flush(self) -> None:
+        """Writes what waits (nothing when nothing does)."""
         while self._later or self._updates:
             later, self._later = self._later, {}
             updates, self._updates = self._updates, {}
@@ -65,29 +66,19 @@ class WriteBehindSession:
             for statement, params in updates.items():
                 await self._session.execute(statement, params)
 
-    async def execute(self, *args, **kwargs):
-        if self._later or self._updates:
-            await self.flush_inserts()
-        return await self._session.execute(*args, **kwargs)
+    def _after_flush(name: str):
+        async def method(self, *args, **kwargs):
+            await self.flush()
+            return await getattr(self._session, name)(*args, **kwargs)
+        method.__name__ = name
+        return method
 
-    async def scalar(self, *args, **kwargs):
-        if self._later or self._updates:
-            await self.flush_inserts()
-        return await self._session.scalar(*args, **kwargs)
-
-    async def scalars(self, *args, **kwargs):
-        if self._later or self._updates:
-            await self.flush_inserts()
-        return await self._session.scalars(*args, **kwargs)
-
-    async def connection(self, *args, **kwargs):
-        if self._later or self._updates:
-            await self.flush_inserts()
-        return await self._session.connection(*args, **kwargs)
-
-    async def commit(self) -> None:
-        await self.flush_inserts()
-        await self._session.commit()
+    execute = _after_flush("execute")
+    scalar = _after_flush("scalar")
+    scalars = _after_flush("scalars")
+    connection = _after_flush("connection")
+    commit = _after_flush("commit")
+    del _after_flush
 
     async def rollback(self) -> None:
         self._later, self._updates = {}, {}
