@@ -21,6 +21,10 @@ HANDLER_SECONDS = Histogram(
     "bridge_handler_seconds", "Time to handle one message, retries included", ["consumer", "type"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+BATCH_EVENTS = Histogram(
+    "bridge_batch_events", "Events the bridge handled together in one batch (all of a worker's partitions)",
+    ["direction"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
 OUTBOX_BACKLOG = Gauge("bridge_outbox_backlog", "Outbox rows not yet published", ["service"])
 OUTBOX_OLDEST_AGE = Gauge(
     "bridge_outbox_oldest_unsent_age_seconds", "Age of the oldest unpublished outbox row", ["service"],

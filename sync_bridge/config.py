@@ -23,9 +23,10 @@ class BridgeSettings(ServiceSettings):
     max_attempts: int = 12
     retry_max_wait: float = 10.0
     http_timeout: float = 30.0
-    # Each partition's events are taken `batch_size` at a time, waiting at most
-    # `batch_seconds` for a batch to fill; a batch's small documents travel in two HTTP
-    # calls (see sync_bridge.transfer.BatchLimits) and its commands are sent together.
+    # The assigned partitions' events are taken together (each partition's in order),
+    # `batch_size` at a time, waiting at most `batch_seconds` for a batch to fill; a
+    # batch's small documents travel in two HTTP calls (see
+    # sync_bridge.transfer.BatchLimits) and its commands are sent together.
     # batch_size 1 handles one event at a time.
     batch_size: int = Field(100, ge=1, le=1000)
     batch_seconds: float = Field(0.05, gt=0, le=5)

@@ -1,8 +1,9 @@
-"""What the agents hand off to: turn a partition's batch of faust events into delivered
-records, with translation, document transfer, publishing and dead letters. A batch's
-valid events are handled together (their small documents copied in two HTTP calls, their
-commands sent at once); garbage, and every event of a batch that failed as a whole, go
-one by one with their own retries and dead letters."""
+"""What the agents hand off to: turn a batch of faust events (of all the partitions the
+worker is assigned, each partition's in order) into delivered records, with translation,
+document transfer, publishing and dead letters. A batch's valid events are handled
+together (their small documents copied in two HTTP calls, their commands sent at once);
+garbage, and every event of a batch that failed as a whole, go one by one with their own
+retries and dead letters."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import structlog
 
 from infra.dead_letters import DeadLetter
 from infra.delivery import DeliveryPolicy, Record, apply_together, deliver
-from infra.metrics import CONSUMER_LAG, MESSAGES_PUBLISHED, TRANSFER_BYTES, TRANSFERS
+from infra.metrics import BATCH_EVENTS, CONSUMER_LAG, MESSAGES_PUBLISHED, TRANSFER_BYTES, TRANSFERS
 from schemas import crm_events
 from schemas.registry import Message, encode
 from sync_bridge.app import app, settings
@@ -165,6 +166,7 @@ async def when_ecm_events_update_crm(messages: list[Message], _topic: str) -> No
 
 async def _handle(events: list[faust.EventT], direction: str, policy: DeliveryPolicy, together, one) -> None:
     await gates.wait_open(direction)
+    BATCH_EVENTS.labels(direction).observe(len(events))
     records = [as_record(event, policy.consumer) for event in events]
     if len(records) > 1:
         records = await apply_together(records, policy, together)

@@ -8,8 +8,11 @@ import sys
 import time
 from datetime import datetime, timezone
 
+import httpx
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
+from infra.settings import ServiceSettings
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import (
     create_deal_with_document,
@@ -69,6 +72,48 @@ def test_pausing_a_direction_holds_messages_and_resuming_delivers_them_in_order(
     approvals = [ecm_approval(api, f) for f in flows]
     assert [a["created_at"] for a in approvals] == sorted(a["created_at"] for a in approvals)
     assert len({a["counterparty_id"] for a in approvals}) == 1
+
+
+def bridge_batches(system, direction: str) -> tuple[float, float]:
+    """(batches, events) the bridge has handled in `direction` so far (bridge_batch_events)."""
+    figures = {"count": 0.0, "sum": 0.0}
+    for line in httpx.get(f"{system.bridge_url}/metrics", timeout=10).text.splitlines():
+        for figure in figures:
+            if line.startswith(f'bridge_batch_events_{figure}{{direction="{direction}"}}'):
+                figures[figure] = float(line.split()[-1])
+    return figures["count"], figures["sum"]
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition the relays' producer (aiokafka's default partitioner) gives a key."""
+    every = list(range(partitions))
+    return DefaultPartitioner()(key.encode(), every, every)
+
+
+def test_events_held_on_several_partitions_are_handled_in_one_batch(api, system):
+    partitions = int(system.env().get("KAFKA_TOPIC_PARTITIONS",
+                                      ServiceSettings.model_fields["topic_partitions"].default))
+    bridgectl(system, "pause", "crm-to-ecm", "--reason", "batching check")
+    wait_until(lambda: httpx.get(f"{system.bridge_url}/health").json()["paused"]["crm-to-ecm"],
+               timeout=30, message="bridge sees the pause")
+    # Organizations (the events' keys) until the held events lie on at least 5 partitions.
+    flows = []
+    while len(flows) < 8 or len({partition_of(f["org"]["id"], partitions) for f in flows}) < 5:
+        flows.append(request_approval(api, create_deal_with_document(api, name=f"Held {len(flows)}")))
+    spread = len({partition_of(f["org"]["id"], partitions) for f in flows})
+    wait_until(lambda: next(t for t in status(system)["topics"] if t["topic"] == "crm.events")["lag"] >= len(flows),
+               timeout=30, message="the events wait at the bridge")
+    time.sleep(2)  # and the bridge has fetched them
+    batches, events = bridge_batches(system, "crm-to-ecm")
+
+    bridgectl(system, "resume", "crm-to-ecm")
+    for flow in flows:
+        wait_crm_status(api, flow, "in_progress", "legal")
+    batches_after, events_after = bridge_batches(system, "crm-to-ecm")
+    assert events_after - events == len(flows)
+    # The batch taken when the first event came (it waited for the resume), then the rest
+    # together. An actor per partition would need at least one batch per partition.
+    assert batches_after - batches <= 3 < spread, (batches_after - batches, spread)
 
 
 def test_dead_letters_are_listed_shown_and_replayed_after_the_fix(api, system):
