@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import MetaData, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from infra.outbox_relay import outbox_committed
 from infra.table_repository import insert_into
 from schemas.envelope import Envelope
 from schemas.registry import encode
@@ -119,6 +120,8 @@ class SqlUnitOfWork:
                 rows = [{**row, "body": encode(row["body"]).decode()} for row in rows]
             await self.session.execute(insert(table), rows)
         await self.session.commit()
+        if self.outbox in pending:
+            outbox_committed(self.outbox)
 
     async def _before_commit(self) -> None:
         """Subclasses write what they gathered for the commit here (before the outbox

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from crm_service.adapters import tables
 from crm_service.service_layer import handlers
 from infra.kafka import ensure_topics
+from infra.outbox_relay import OutboxRelay
 from schemas.topics import CRM_EVENTS, provisioning
 from tests.support.kafka import read_all
 
@@ -132,3 +133,30 @@ async def test_a_failed_request_writes_no_event(crm):
         pass
     async with crm.session_factory() as session:
         assert await session.scalar(select(func.count()).select_from(tables.outbox)) == 0
+
+
+async def test_a_commit_with_events_wakes_the_relay_before_its_next_poll(crm, broker):
+    """The relay polls only as a fallback (here every 60 s): a unit of work of the same
+    process that commits outbox rows starts its next batch at once."""
+    await ensure_topics(broker, provisioning(3))
+    relay = OutboxRelay(crm.session_factory, tables.outbox, crm.producer, service="crm", poll_interval=60)
+    running = asyncio.create_task(relay.run_forever())
+    try:
+        await asyncio.sleep(1)  # its first round found nothing; it now waits
+        org, requests = await _approval_requests(crm, 2)
+
+        async def unsent():
+            async with crm.session_factory() as session:
+                return await session.scalar(select(func.count()).select_from(tables.outbox)
+                                            .where(tables.outbox.c.published_at.is_(None)))
+        for _ in range(100):
+            if await unsent() == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await unsent() == 0, "the relay was not woken by the commit"
+        mine = [r for r in await read_all(broker, CRM_EVENTS) if r.key == org.id.encode()]
+        assert [json.loads(r.value)["payload"]["approval_request_id"] for r in mine] == [r.id for r in requests]
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
