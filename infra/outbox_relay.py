@@ -14,11 +14,13 @@ rest of a poll interval.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import datetime, timezone
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, any_, bindparam, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from infra.metrics import MESSAGES_PUBLISHED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE
@@ -55,36 +57,43 @@ class OutboxRelay:
         self._producer = producer
         self._batch_size = batch_size
         self._poll_interval = poll_interval
+        self._built: tuple | None = None  # (read, mark) for the database's dialect
+
+    def _statements(self, dialect: str) -> tuple:
+        """The batch's read and its mark, built once per relay (building a statement on
+        every round cost as much CPU as running it)."""
+        if self._built is not None:
+            return self._built
+        o = self._outbox
+        oldest = (select(o.c.id, o.c.event_id, o.c.topic, o.c.message_key, o.c.message_type, o.c.correlation_id,
+                         o.c.body)
+                  .where(o.c.published_at.is_(None)).order_by(o.c.id).limit(self._batch_size))
+        if dialect == "postgresql":
+            # Several relay replicas may run; each takes its own rows.
+            oldest = oldest.with_for_update(skip_locked=True)
+            ids = o.c.id == any_(bindparam("ids", type_=ARRAY(o.c.id.type)))
+        else:
+            ids = o.c.id.in_(bindparam("ids", expanding=True))
+        self._built = oldest, update(o).where(ids).values(published_at=bindparam("now"))
+        return self._built
 
     async def publish_batch(self) -> int:
-        o = self._outbox
         async with self._sessions() as session, session.begin():
-            query = select(o).where(o.c.published_at.is_(None)).order_by(o.c.id).limit(self._batch_size)
-            if session.bind.dialect.name == "postgresql":
-                # Several relay replicas may run; each takes its own rows.
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).mappings().all()
+            oldest, mark = self._statements(session.bind.dialect.name)
+            rows = (await session.execute(oldest)).all()
             if not rows:
                 return 0
+            send = self._producer.send
             pending = [
-                await self._producer.send(
-                    row["topic"],
-                    value=row["body"].encode(),
-                    key=row["message_key"].encode(),
-                    headers=[
-                        ("event_id", row["event_id"].encode()),
-                        ("type", row["message_type"].encode()),
-                        ("correlation_id", row["correlation_id"].encode()),
-                    ],
-                )
-                for row in rows
+                await send(topic, value=body.encode(), key=key.encode(),
+                           headers=[("event_id", event_id.encode()), ("type", message_type.encode()),
+                                    ("correlation_id", correlation_id.encode())])
+                for _, event_id, topic, key, message_type, correlation_id, body in rows
             ]
             await asyncio.gather(*pending)
-            await session.execute(
-                update(o).where(o.c.id.in_([r["id"] for r in rows])).values(published_at=datetime.now(timezone.utc))
-            )
-        for row in rows:
-            MESSAGES_PUBLISHED.labels(self._service, row["topic"], row["message_type"]).inc()
+            await session.execute(mark, {"ids": [row.id for row in rows], "now": datetime.now(timezone.utc)})
+        for (topic, message_type), count in Counter((row.topic, row.message_type) for row in rows).items():
+            MESSAGES_PUBLISHED.labels(self._service, topic, message_type).inc(count)
         log.debug("outbox_published", count=len(rows))
         return len(rows)
 
