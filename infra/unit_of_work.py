@@ -115,12 +115,14 @@ class SqlUnitOfWork:
     async def commit(self) -> None:
         await self._before_commit()
         pending, self._pending = self._pending, {}
+        events = False
         for table, rows in pending.items():
             if table is self.outbox:  # encoded now: an event may take a value written at commit
                 rows = [{**row, "body": encode(row["body"]).decode()} for row in rows]
+                events = True
             await self.session.execute(insert(table), rows)
         await self.session.commit()
-        if self.outbox in pending:
+        if events:
             outbox_committed(self.outbox)
 
     async def _before_commit(self) -> None:
