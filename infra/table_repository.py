@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from copy import deepcopy
-from dataclasses import asdict
+from dataclasses import asdict, fields, is_dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
 from functools import cache
+from uuid import UUID
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +15,33 @@ from sqlalchemy.ext.asyncio import AsyncSession
 # The hot statements are built once per table and executed with parameters: SQLAlchemy
 # then computes a statement's cache key once, instead of building and keying a new
 # statement on every call (about a third of a statement's CPU here, measured).
+
+
+# Values a row can share with an entity: nothing can change them in place.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, datetime, date, time, Decimal, UUID})
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _copied(value):
+    return asdict(value) if is_dataclass(value) else deepcopy(value)
+
+
+def row_of(item) -> dict:
+    """A flat dataclass entity as a table row, as `dataclasses.asdict` gives it, without
+    asdict's deep copy of every value: immutable values (text, numbers, datetimes) are
+    shared, the rest (JSON lists and dicts) copied. asdict copies a datetime through the
+    pickle protocol; it and the copy in `get` were ~5 % of the CRM's CPU under load."""
+    return {name: value if type(value) in _IMMUTABLE else _copied(value)
+            for name in _field_names(type(item)) for value in (getattr(item, name),)}
+
+
+def fresh(row: dict) -> dict:
+    """A copy of a remembered row that an entity built from it cannot change."""
+    return {name: value if type(value) in _IMMUTABLE else deepcopy(value) for name, value in row.items()}
 
 
 @cache
@@ -39,11 +69,11 @@ class TableRepository:
         self._locked: dict[str, dict] = {}  # rows this unit of work locked with `lock_many`, as they now are
 
     async def add(self, item) -> None:
-        await self.session.execute(insert_into(self.table), asdict(item))
+        await self.session.execute(insert_into(self.table), row_of(item))
 
     async def get(self, item_id: str, *, for_update: bool = False):
         if (row := self._locked.get(item_id)) is not None:
-            return self.entity(**deepcopy(row))
+            return self.entity(**fresh(row))
         row = (await self.session.execute(by_id(self.table, for_update), {"item_id": item_id})).mappings().first()
         return self.entity(**row) if row else None
 
@@ -78,7 +108,7 @@ class TableRepository:
         self.session.execute_later(update_by_id(self.table), self._saved(item))
 
     def _saved(self, item) -> dict:
-        values = asdict(item)
+        values = row_of(item)
         if item.id in self._locked:
             self._locked[item.id] = dict(values)
         values["item_id"] = values.pop("id")

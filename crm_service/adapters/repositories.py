@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from sqlalchemy import bindparam, exists, insert, select, update
 
 from crm_service.adapters import tables
@@ -18,7 +16,7 @@ from crm_service.domain.model import (
     Lead,
     Organization,
 )
-from infra.table_repository import TableRepository, insert_into
+from infra.table_repository import TableRepository, insert_into, row_of
 
 
 class OrganizationRepository(TableRepository):
@@ -129,7 +127,7 @@ class ApprovalRequestRepository(TableRepository):
     async def add_unless_open(self, request: ApprovalRequest) -> bool:
         """Adds the request unless another one for its document is still open (False
         then); one statement. The caller holds the document's lock (`lock_in_context`)."""
-        values = {**asdict(request), "open_document_id": request.document_id}
+        values = {**row_of(request), "open_document_id": request.document_id}
         return (await self.session.execute(_INSERT_UNLESS_OPEN, values)).first() is not None
 
     async def latest_for_deal(self, deal_id: str) -> ApprovalRequest | None:

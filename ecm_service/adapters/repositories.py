@@ -23,7 +23,7 @@ from ecm_service.domain.approval import (
 from ecm_service.domain.counterparty import LIVE, VERIFIED, Counterparty
 from ecm_service.domain.matching import Known, name_keys
 from infra.metrics import DB_ROUND_TRIPS
-from infra.table_repository import TableRepository, by_id, insert_into
+from infra.table_repository import TableRepository, by_id, insert_into, row_of
 from schemas.common import ExternalRef
 
 
@@ -226,7 +226,7 @@ class CounterpartyRepository(TableRepository):
     async def add(self, item: Counterparty) -> None:
         """Written with the next statement or the commit (with its name keys), together
         with the other records a batch of syncs creates."""
-        self.session.insert_later(self.table, asdict(item))
+        self.session.insert_later(self.table, row_of(item))
         self.session.insert_later(tables.counterparty_name_keys, name_key_rows([(item.id, item.name, item.status)]))
         self._statuses[item.id] = item.status
 
@@ -408,8 +408,8 @@ class ApprovalRepository:
         """Written with the next statement or the commit (the unit of work's session
         gathers the inserts): a batch of starts costs three inserts, not three each."""
         self.session.insert_later(tables.approvals, {k: getattr(approval, k) for k in _APPROVAL_COLUMNS})
-        self.session.insert_later(tables.approval_steps, [asdict(step) for step in approval.steps])
-        self.session.insert_later(tables.approval_assignments, [asdict(p) for p in approval.assignments])
+        self.session.insert_later(tables.approval_steps, [row_of(step) for step in approval.steps])
+        self.session.insert_later(tables.approval_assignments, [row_of(p) for p in approval.assignments])
         approval._stored_places = {p.id for p in approval.assignments}
 
     async def _insert_places(self, places: list[Assignment]) -> None:

@@ -128,3 +128,40 @@ async def test_the_http_middlewares_name_each_request_and_refuse_unstorable_text
         pair = await client.post("/echo", content=b'{"name": "\\ud83d\\ude00"}',
                                  headers={"content-type": "application/json"})
         assert pair.status_code == 200 and pair.json()["body"] == '{"name": "\\ud83d\\ude00"}'
+
+
+def test_a_row_of_an_entity_is_asdict_without_sharing_anything_mutable():
+    from dataclasses import asdict, dataclass, field
+    from decimal import Decimal
+
+    from infra.table_repository import fresh, row_of
+
+    @dataclass
+    class Inner:
+        code: str
+        tags: list = field(default_factory=list)
+
+    @dataclass
+    class Entity:
+        id: str
+        at: datetime
+        amount: Decimal
+        addresses: list
+        extra: dict
+        inner: Inner | None = None
+
+    item = Entity(id="e1", at=datetime.now(timezone.utc), amount=Decimal("1.50"),
+                  addresses=[{"kind": "legal", "text": "Moscow"}], extra={"a": [1, 2]}, inner=Inner("c", ["t"]))
+    row = row_of(item)
+    assert row == asdict(item)
+    assert row["at"] is item.at  # immutable: shared, not copied
+    item.addresses[0]["text"] = "Kazan"  # the entity changes after the row was taken
+    item.extra["a"].append(3)
+    item.inner.tags.append("u")
+    assert row["addresses"] == [{"kind": "legal", "text": "Moscow"}] and row["extra"] == {"a": [1, 2]}
+    assert row["inner"] == {"code": "c", "tags": ["t"]}
+
+    copy = fresh(row)
+    copy["addresses"].append({"kind": "postal"})
+    assert copy == {**row, "addresses": [{"kind": "legal", "text": "Moscow"}, {"kind": "postal"}]}
+    assert row["addresses"] == [{"kind": "legal", "text": "Moscow"}]
