@@ -6,7 +6,8 @@ bridge -> CRM status `in_progress`), next to the raw ceiling of the same broker
     PYTHONPATH=. .venv/bin/python bench/pipeline.py --requests 1000 --backend postgresql
 
 Then, unless --seconds 0, latency under steady load: --rate requests/s for --seconds,
-p50/p95/p99 from the CRM API call to the CRM applying `in_progress` (PostgreSQL only).
+p50/p95/p99 from the CRM API call to the CRM applying `in_progress` (PostgreSQL only),
+and how long each stage of the path took (from the marks each leaves in the databases).
 """
 
 from __future__ import annotations
@@ -174,6 +175,51 @@ async def latencies(crm_db_url: str, sent: dict[str, float], timeout: float) -> 
         await engine.dispose()
 
 
+STAGES = (
+    ("CRM API commit -> CRM relay published", 0, 1),
+    ("CRM published -> ECM document stored (bridge, transfer)", 1, 2),
+    ("ECM document stored -> ECM approval committed (bridge, ECM consumer)", 2, 3),
+    ("ECM approval committed -> ECM relay published", 3, 4),
+    ("ECM published -> CRM in_progress (bridge, CRM consumer)", 4, 5),
+)
+
+
+async def stage_times(crm_db_url: str, ecm_db_url: str, request_ids) -> list[tuple[str, list[float]]]:
+    """Where a steady run's latency went: for each approval request, the moments each
+    stage left its mark in the two databases (the CRM's outbox row created and
+    published, the ECM's stored document version, the ECM's approval event created and
+    published, the CRM's in_progress), and the seconds between consecutive ones."""
+    wanted = list(request_ids)
+    crm_query = text(
+        "SELECT o.body::json->'payload'->'document'->>'id', EXTRACT(EPOCH FROM o.created_at), "
+        "EXTRACT(EPOCH FROM o.published_at), o.correlation_id, "
+        "(SELECT EXTRACT(EPOCH FROM min(h.applied_at)) FROM approval_status_history h "
+        " WHERE h.approval_request_id = o.body::json->'payload'->>'approval_request_id' AND h.status = 'in_progress') "
+        "FROM outbox o WHERE o.message_type = 'crm.approval_requested' "
+        "AND o.body::json->'payload'->>'approval_request_id' = ANY(:ids)")
+    stored_query = text(
+        "SELECT e.external_id, EXTRACT(EPOCH FROM min(v.created_at)) FROM external_refs e "
+        "JOIN document_versions v ON v.document_id = e.entity_id WHERE e.entity_type = 'document' "
+        "GROUP BY e.external_id")
+    started_query = text(
+        "SELECT correlation_id, EXTRACT(EPOCH FROM min(created_at)), EXTRACT(EPOCH FROM min(published_at)) "
+        "FROM outbox WHERE message_type = 'ecm.approval_status_changed' GROUP BY correlation_id")
+    crm_engine, ecm_engine = create_async_engine(crm_db_url), create_async_engine(ecm_db_url)
+    try:
+        async with crm_engine.connect() as conn:
+            crm_rows = (await conn.execute(crm_query, {"ids": wanted})).all()
+        async with ecm_engine.connect() as conn:
+            stored = {ref: float(at) for ref, at in (await conn.execute(stored_query)).all()}
+            started = {c: (float(a), float(b)) for c, a, b in (await conn.execute(started_query)).all() if b}
+    finally:
+        await crm_engine.dispose()
+        await ecm_engine.dispose()
+    moments = [(float(created), float(published), stored[document_id], *started[correlation_id], float(done))
+               for document_id, created, published, correlation_id, done in crm_rows
+               if published and done and document_id in stored and correlation_id in started]
+    return [(name, sorted(m[end] - m[begin] for m in moments)) for name, begin, end in STAGES]
+
+
 def peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -263,12 +309,14 @@ def main() -> None:
         rss = {name: peak_rss_mb(p.pid) for name, p in system.processes.items() if name != "broker"}
         steady = int(args.rate * args.seconds)
         lat: list[float] = []
+        stages: list[tuple[str, list[float]]] = []
         refused: Counter = Counter()
         load: dict = {}
         if steady and args.backend == "postgresql":
             more = asyncio.run(prepare(system, token, steady))
             sent, refused, load = asyncio.run(steady_load(system, token, more, args.rate))
             lat = sorted(asyncio.run(latencies(crm_url, sent, timeout=max(300, steady))))
+            stages = asyncio.run(stage_times(crm_url, system.env()["ECM_DATABASE_URL"], sent))
     finally:
         system.stop()
         for name in dbs:
@@ -315,6 +363,12 @@ def main() -> None:
         rows.append(("steady load actually sent", f"{load['achieved_rate']:.1f} req/s",
                      f"asked {args.rate:g} req/s; the API call itself: p50 {calls[49] * 1000:.0f} ms, "
                      f"p99 {calls[98] * 1000:.0f} ms"))
+        for name, seconds in stages:
+            if len(seconds) > 1:
+                q = statistics.quantiles(seconds, n=100)
+                rows.append((f"  stage: {name}", f"p50 {q[49] * 1000:.0f} ms",
+                             f"p95 {q[94] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms ({len(seconds)} requests)"))
+        q = statistics.quantiles(lat, n=100)
         figures.append((f"latency p50 / p95 / p99 at {args.rate:g} req/s for {args.seconds:g} s",
                         f"{q[49]:.2f} / {q[94]:.2f} / {q[98]:.2f} s", "p99 <= 1 s",
                         # a load that fell behind its schedule did not test the target
