@@ -34,7 +34,8 @@ def row_of(item) -> dict:
     """A flat dataclass entity as a table row, as `dataclasses.asdict` gives it, without
     asdict's deep copy of every value: immutable values (text, numbers, datetimes) are
     shared, the rest (JSON lists and dicts) copied. asdict copies a datetime through the
-    pickle protocol; it and the copy in `get` were ~5 % of the CRM's CPU under load."""
+    pickle protocol; it and the copy in `get` were ~5 % of the CRM's profile samples under
+    load."""
     return {name: value if type(value) in _IMMUTABLE else _copied(value)
             for name in _field_names(type(item)) for value in (getattr(item, name),)}
 
