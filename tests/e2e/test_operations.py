@@ -97,8 +97,10 @@ def test_events_held_on_several_partitions_are_handled_in_one_batch(api, system)
     wait_until(lambda: httpx.get(f"{system.bridge_url}/health").json()["paused"]["crm-to-ecm"],
                timeout=30, message="bridge sees the pause")
     # Organizations (the events' keys) until the held events lie on at least 5 partitions.
+    assert partitions >= 5, "this check needs at least 5 partitions per topic"
     flows = []
     while len(flows) < 8 or len({partition_of(f["org"]["id"], partitions) for f in flows}) < 5:
+        assert len(flows) < 60, "keys kept landing on fewer than 5 partitions"
         flows.append(request_approval(api, create_deal_with_document(api, name=f"Held {len(flows)}")))
     spread = len({partition_of(f["org"]["id"], partitions) for f in flows})
     wait_until(lambda: next(t for t in status(system)["topics"] if t["topic"] == "crm.events")["lag"] >= len(flows),
