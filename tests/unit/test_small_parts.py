@@ -165,3 +165,22 @@ def test_a_row_of_an_entity_is_asdict_without_sharing_anything_mutable():
     copy["addresses"].append({"kind": "postal"})
     assert copy == {**row, "addresses": [{"kind": "legal", "text": "Moscow"}, {"kind": "postal"}]}
     assert row["addresses"] == [{"kind": "legal", "text": "Moscow"}]
+
+
+@pytest.mark.parametrize("service", ["crm", "ecm"])
+def test_every_foreign_key_column_leads_an_index(service):
+    """A lookup by a foreign key (an open request of a document, the approvals waiting
+    for a counterparty) or a change of its parent otherwise reads the whole table; the
+    missing index on approval_requests.document_id made every approval request do that."""
+    import importlib
+
+    from sqlalchemy import ForeignKeyConstraint
+
+    metadata = importlib.import_module(f"{service}_service.adapters.tables").metadata
+    unindexed = []
+    for table in metadata.sorted_tables:
+        leading = {index.columns.values()[0].name for index in table.indexes}
+        leading |= {list(c.columns)[0].name for c in table.constraints
+                    if not isinstance(c, ForeignKeyConstraint) and len(c.columns)}
+        unindexed += [f"{table.name}.{fk.parent.name}" for fk in table.foreign_keys if fk.parent.name not in leading]
+    assert unindexed == []
