@@ -19,3 +19,27 @@ async def test_migrations_match_the_declared_tables(databases, backend, service,
     finally:
         await engine.dispose()
     assert diff == []
+
+
+@pytest.mark.parametrize("service", ["crm", "ecm"])
+def test_the_foreign_key_indexes_are_built_concurrently_and_undone(databases, service, caplog):
+    """Migration 0010 adds indexes to tables a running system writes to: on PostgreSQL
+    they are built CONCURRENTLY (writes go on meanwhile), outside a transaction; down and
+    up again works."""
+    import logging
+
+    from alembic import command
+    from alembic.config import Config
+
+    from tests.support.databases import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS[service]))
+    cfg.set_main_option("sqlalchemy.url", databases.url(service, "postgresql", migrate=False))
+    command.upgrade(cfg, "0009")
+    with caplog.at_level(logging.INFO, logger="sqlalchemy.engine"):
+        command.upgrade(cfg, "head")
+    built = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CREATE INDEX")]
+    assert built and all(m.startswith("CREATE INDEX CONCURRENTLY") for m in built), built
+    command.downgrade(cfg, "0009")
+    command.upgrade(cfg, "head")

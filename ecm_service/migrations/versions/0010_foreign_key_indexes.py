@@ -22,10 +22,19 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    op.create_index('ix_approvals_document_version_id', 'approvals', ['document_version_id'], unique=False)
-    op.create_index('ix_approvals_counterparty_id', 'approvals', ['counterparty_id'], unique=False)
-    op.create_index('ix_notifications_approval_id', 'notifications', ['approval_id'], unique=False)
-    op.create_index('ix_report_snapshots_run_id', 'report_snapshots', ['run_id'], unique=False)
+    # CONCURRENTLY (PostgreSQL; SQLite ignores it): a live table keeps taking writes while
+    # its index is built. That cannot run in a transaction, so the migrations before this
+    # one are committed first. A build that fails leaves an INVALID index behind: drop it
+    # (DROP INDEX CONCURRENTLY <name>) and run the upgrade again.
+    with op.get_context().autocommit_block():
+        op.create_index('ix_approvals_document_version_id', 'approvals', ['document_version_id'], unique=False,
+                        postgresql_concurrently=True)
+        op.create_index('ix_approvals_counterparty_id', 'approvals', ['counterparty_id'], unique=False,
+                        postgresql_concurrently=True)
+        op.create_index('ix_notifications_approval_id', 'notifications', ['approval_id'], unique=False,
+                        postgresql_concurrently=True)
+        op.create_index('ix_report_snapshots_run_id', 'report_snapshots', ['run_id'], unique=False,
+                        postgresql_concurrently=True)
 
 
 def downgrade() -> None:
