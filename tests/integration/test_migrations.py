@@ -1,12 +1,17 @@
 """Each service's Alembic history builds exactly the schema its tables declare."""
 
+import logging
+
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from crm_service.adapters.tables import metadata as crm_metadata
 from ecm_service.adapters.tables import metadata as ecm_metadata
+from tests.support.databases import MIGRATIONS
 
 
 @pytest.mark.parametrize("service, metadata", [("crm", crm_metadata), ("ecm", ecm_metadata)])
@@ -26,16 +31,9 @@ def test_the_foreign_key_indexes_are_built_concurrently_and_undone(databases, se
     """Migration 0010 adds indexes to tables a running system writes to: on PostgreSQL
     they are built CONCURRENTLY (writes go on meanwhile), outside a transaction; down and
     up again works."""
-    import logging
-
-    from alembic import command
-    from alembic.config import Config
-
-    from tests.support.databases import MIGRATIONS
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS[service]))
-    cfg.set_main_option("sqlalchemy.url", databases.url(service, "postgresql", migrate=False))
+    cfg.set_main_option("sqlalchemy.url", databases.url(service, "postgresql", migrate=False).replace("%", "%%"))
     command.upgrade(cfg, "0009")
     with caplog.at_level(logging.INFO, logger="sqlalchemy.engine"):
         command.upgrade(cfg, "head")
