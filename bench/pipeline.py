@@ -365,10 +365,9 @@ def main() -> None:
                      f"p99 {calls[98] * 1000:.0f} ms"))
         for name, seconds in stages:
             if len(seconds) > 1:
-                q = statistics.quantiles(seconds, n=100)
-                rows.append((f"  stage: {name}", f"p50 {q[49] * 1000:.0f} ms",
-                             f"p95 {q[94] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms ({len(seconds)} requests)"))
-        q = statistics.quantiles(lat, n=100)
+                sq = statistics.quantiles(seconds, n=100)
+                rows.append((f"  stage: {name}", f"p50 {sq[49] * 1000:.0f} ms",
+                             f"p95 {sq[94] * 1000:.0f} ms, p99 {sq[98] * 1000:.0f} ms ({len(seconds)} requests)"))
         figures.append((f"latency p50 / p95 / p99 at {args.rate:g} req/s for {args.seconds:g} s",
                         f"{q[49]:.2f} / {q[94]:.2f} / {q[98]:.2f} s", "p99 <= 1 s",
                         # a load that fell behind its schedule did not test the target
