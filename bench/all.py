@@ -5,9 +5,10 @@ the figures the performance issue sets targets for, each next to its target.
     PYTHONPATH=. .venv/bin/python bench/all.py --full     # the issue's sizes (~40 min on 2 cores)
 
 Moderate: 1,000 approval requests and 60 s at 100 req/s, a 100,000-row import, matching
-against 200,000 counterparties with a sync of 10,000. Full: 10,000 requests, matching
-against 1,000,000 with the 100,000 sync the target is stated for. Sizes can be set one
-by one (--requests, --rows, --registry, --sync, ...); --only runs some of the three.
+against 200,000 counterparties with a sync of 10,000, pruning 200,000 outbox rows and as
+many inbox marks. Full: 10,000 requests, matching against 1,000,000 with the 100,000 sync
+the target is stated for, pruning 1,000,000 of each. Sizes can be set one
+by one (--requests, --rows, --registry, --sync, ...); --only runs some of them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("pipeline", "import", "matching")
+BENCHES = ("pipeline", "import", "matching", "pruning")
 FAILED = "FAILED"
 
 
@@ -55,6 +56,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--registry", type=int)
     parser.add_argument("--sync", type=int)
+    parser.add_argument("--prune-rows", type=int)
     args = parser.parse_args()
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(only) - set(BENCHES))
@@ -63,6 +65,7 @@ def main() -> int:
     requests = args.requests or (10_000 if args.full else 1_000)
     registry = args.registry or (1_000_000 if args.full else 200_000)
     sync = args.sync or (100_000 if args.full else 10_000)
+    prune_rows = args.prune_rows or (1_000_000 if args.full else 200_000)
 
     figures: list = [("cores", str(os.cpu_count()), "", None)]
     if "pipeline" in only:
@@ -72,6 +75,8 @@ def main() -> int:
         figures += run("import", "crm_import.py", ["--rows", str(args.rows)])
     if "matching" in only:
         figures += run("matching", "matching.py", ["--registry", str(registry), "--sync", str(sync)])
+    if "pruning" in only:
+        figures += run("pruning", "pruning.py", ["--rows", str(prune_rows), "--kept", str(prune_rows // 10)])
 
     print("\n== the figures the performance issue sets targets for")
     width = max(len(measure) for measure, *_ in figures)

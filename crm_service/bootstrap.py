@@ -36,6 +36,7 @@ class CrmContainer(ServiceContainer):
     accepted_commands = handlers.ACCEPTED_COMMANDS
     users_table = tables.users
     outbox_table = tables.outbox
+    inbox_table = tables.inbox
     migrations_dir = Path(__file__).parent / "migrations"
 
     def uow(self) -> CrmUnitOfWork:

@@ -3,10 +3,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from infra.settings import ServiceSettings
+from infra.settings import MessagingSettings, ServiceSettings
 
 
-class CrmSettings(ServiceSettings):
+class CrmSettings(MessagingSettings, ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
 
     port: int = Field(8001, validation_alias="CRM_PORT")

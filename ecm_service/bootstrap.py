@@ -50,6 +50,7 @@ class EcmContainer(ServiceContainer):
     accepted_commands = ACCEPTED_COMMANDS
     users_table = tables.users
     outbox_table = tables.outbox
+    inbox_table = tables.inbox
     migrations_dir = Path(__file__).parent / "migrations"
 
     def uow(self) -> EcmUnitOfWork:

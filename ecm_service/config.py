@@ -3,10 +3,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from infra.settings import ServiceSettings
+from infra.settings import MessagingSettings, ServiceSettings
 
 
-class EcmSettings(ServiceSettings):
+class EcmSettings(MessagingSettings, ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ECM_", extra="ignore")
 
     port: int = Field(8002, validation_alias="ECM_PORT")

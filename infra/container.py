@@ -13,6 +13,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from infra.consumer_loop import ConsumerLoop
+from infra.messaging_retention import Retention, run_pruning
 from infra.outbox_relay import OutboxRelay
 from infra.users import UserDirectory
 from schemas.registry import Message
@@ -30,6 +31,7 @@ class ServiceContainer:
     accepted_commands: ClassVar[frozenset[str]]
     users_table: ClassVar[Table]
     outbox_table: ClassVar[Table]
+    inbox_table: ClassVar[Table]
     migrations_dir: ClassVar[Path]
 
     def uow(self):
@@ -58,6 +60,11 @@ class ServiceContainer:
 
     def relay(self) -> OutboxRelay:
         return OutboxRelay(self.session_factory, self.outbox_table, self.producer, service=self.name)
+
+    def pruning(self):
+        """The job that deletes outbox and inbox rows past their retention."""
+        return run_pruning(self.engine, self.outbox_table, self.inbox_table, Retention.from_settings(self.settings),
+                           self.settings.messaging_prune_seconds)
 
     def command_consumer(self) -> ConsumerLoop:
         return ConsumerLoop(

@@ -24,7 +24,8 @@ def outbox_table(metadata: MetaData) -> Table:
 
 
 def inbox_table(metadata: MetaData) -> Table:
-    # Ids of applied messages, written in the same transaction as the effect.
+    # Ids of applied messages, written in the same transaction as the effect; deleted by
+    # applied_at after their retention (infra.messaging_retention).
     return Table(
         "inbox",
         metadata,
@@ -33,4 +34,5 @@ def inbox_table(metadata: MetaData) -> Table:
         Column("topic", String(200), nullable=False),
         Column("applied_at", UtcDateTime(), nullable=False),
         Column("detail", JSON, nullable=True),
+        Index("ix_inbox_applied_at", "applied_at"),
     )

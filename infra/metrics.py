@@ -42,3 +42,6 @@ DB_ROUND_TRIPS = Counter(
     "db_round_trips_total", "Requests this process sent to its database and waited for: statements "
     "(a multi-row insert counts once), BEGIN, COMMIT and ROLLBACK",
 )
+ROWS_PRUNED = Counter(
+    "messaging_rows_pruned_total", "Outbox and inbox rows deleted after their retention", ["table"],
+)

@@ -33,9 +33,12 @@ async def backlog(database_url: str) -> dict:
     return {"unsent": unsent, "oldest_unsent_age_s": round(age, 1), "total": total}
 
 
-async def mark_for_republish(database_url: str, since: datetime, until: datetime | None = None) -> int:
+async def mark_for_republish(database_url: str, since: datetime,
+                             until: datetime | None = None) -> tuple[int, datetime | None]:
     """Already-sent rows created in the window go back to the relay, which publishes
-    them again in their original order (e.g. after a broker lost data)."""
+    them again in their original order (e.g. after a broker lost data). Returns how many,
+    and when the oldest row the outbox still holds was created (published rows are
+    pruned after the service's OUTBOX_KEEP_DAYS, infra.messaging_retention)."""
     conditions = [OUTBOX.c.created_at >= since, OUTBOX.c.published_at.is_not(None)]
     if until is not None:
         conditions.append(OUTBOX.c.created_at < until)
@@ -43,6 +46,9 @@ async def mark_for_republish(database_url: str, since: datetime, until: datetime
     try:
         async with engine.begin() as conn:
             result = await conn.execute(update(OUTBOX).where(*conditions).values(published_at=None))
+            oldest = await conn.scalar(select(func.min(OUTBOX.c.created_at)))
     finally:
         await engine.dispose()
-    return result.rowcount
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    return result.rowcount, oldest

@@ -30,6 +30,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         tasks = BackgroundTasks()
         tasks.spawn("outbox-relay", container.relay().run_forever())
         tasks.spawn("command-consumer", container.command_consumer().run_forever())
+        tasks.spawn("messaging-pruning", container.pruning())
         for i, job in enumerate(container.background_jobs()):
             tasks.spawn(f"job-{i}", job)
         frozen = settle_garbage_collector(settings.gc_gen0_threshold)

@@ -62,3 +62,27 @@ class ServiceSettings(BaseSettings):
                     f"{prefix}{name.upper()} is missing or a demo value; set a strong secret outside development"
                 )
         return self
+
+
+class MessagingSettings(BaseSettings):
+    """How long a service keeps its outbox and inbox rows (infra.messaging_retention);
+    under the service's prefix (CRM_OUTBOX_KEEP_DAYS, ECM_INBOX_KEEP_DAYS, ...). 0 keeps
+    them forever."""
+
+    # Published rows stay this long for `bridgectl outbox replay`.
+    outbox_keep_days: float = Field(7.0, ge=0)
+    # Longer than anything that can bring a message back: dead letters are kept 30 days,
+    # data topics 7 (deploy/kafka/create-topics.sh), outbox rows outbox_keep_days.
+    inbox_keep_days: float = Field(45.0, ge=0)
+    messaging_prune_seconds: float = Field(3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _inbox_outlives_the_outbox(self):
+        keeps_outbox_forever = self.outbox_keep_days == 0
+        if self.inbox_keep_days and (keeps_outbox_forever or self.inbox_keep_days < self.outbox_keep_days):
+            prefix = self.model_config.get("env_prefix", "")
+            raise ValueError(
+                f"{prefix}INBOX_KEEP_DAYS ({self.inbox_keep_days:g}) must be 0 (forever) or at least "
+                f"{prefix}OUTBOX_KEEP_DAYS ({self.outbox_keep_days:g}, 0 meaning forever): a republished "
+                "outbox row must still find its inbox mark, or it is applied twice")
+        return self

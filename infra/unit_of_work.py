@@ -146,10 +146,13 @@ class SqlUnitOfWork:
             created_at=datetime.now(timezone.utc),
         ))
 
-    async def published_at(self, event_id: str):
-        """When the relay published an outbox event (None while it waits)."""
-        return (await self.session.execute(
-            select(self.outbox.c.published_at).where(self.outbox.c.event_id == event_id))).scalar()
+    async def outbox_event(self, event_id: str) -> tuple[bool, datetime | None]:
+        """Whether the outbox still holds an event (published rows are pruned after their
+        retention, infra.messaging_retention), and when the relay published it (None
+        while it waits)."""
+        row = (await self.session.execute(
+            select(self.outbox.c.published_at).where(self.outbox.c.event_id == event_id))).first()
+        return (row is not None, row[0] if row is not None else None)
 
     async def apply_once(self, messages: list, topic: str, handle: Callable[[Any], Awaitable[dict | None]]) -> None:
         """Within this unit of work: each message not applied before, in order, through

@@ -220,8 +220,12 @@ async def run(args, s: CtlSettings) -> int:
                         apply=args.apply, resume_run=args.resume, batch=max(1, min(args.batch, 1000)))
     elif args.command == "outbox":
         url = s.crm_database_url if args.service == "crm" else s.ecm_database_url
-        count = await mark_for_republish(url, args.since, args.until)
+        count, oldest = await mark_for_republish(url, args.since, args.until)
         print(f"{args.service}: {count} outbox row(s) handed back to the relay for republishing")
+        if oldest is None or oldest > args.since:
+            held = f"since {oldest.isoformat()}" if oldest else "no rows at all"
+            print(f"{args.service}: note: the outbox holds {held}; sent rows older than "
+                  f"{args.service.upper()}_OUTBOX_KEEP_DAYS are pruned and cannot be replayed")
     return 0
 
 

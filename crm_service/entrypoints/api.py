@@ -341,6 +341,7 @@ class Hop(BaseModel):
     status: str | None = None
     stage: str | None = None
     revision: int | None = None
+    note: str | None = None
 
 
 class Trace(BaseModel):

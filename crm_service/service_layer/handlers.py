@@ -261,10 +261,14 @@ async def trace_approval_request(uow: CrmUnitOfWork, request_id: str) -> dict:
         request = await uow.approval_requests.get(request_id)
         if request is None:
             raise NotFound(f"approval request {request_id} not found")
-        published_at = await uow.published_at(request.request_event_id) if request.request_event_id else None
+        held, published_at = (await uow.outbox_event(request.request_event_id) if request.request_event_id
+                              else (False, None))
         history = await uow.approval_requests.status_history(request_id)
     hops = [{"hop": "crm.requested", "at": request.requested_at}]
-    hops.append({"hop": "crm.event_published", "at": published_at, "event_id": request.request_event_id})
+    published = {"hop": "crm.event_published", "at": published_at, "event_id": request.request_event_id}
+    if request.request_event_id and not held:
+        published["note"] = "the outbox row was pruned after CRM_OUTBOX_KEEP_DAYS; its time is no longer known"
+    hops.append(published)
     for h in history:
         detail = {"status": h["status"], "stage": h["stage"], "revision": h["revision"]}
         if h["changed_at"] is not None:

@@ -99,9 +99,9 @@ def test_prometheus_scrapes_every_process_and_the_dashboard_uses_real_metrics():
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             used |= {re.sub(r"_(bucket|count|sum|total)$", "", n)
-                     for n in re.findall(r"\b(?:bridge|ecm)_[a-z_]+", target["expr"])}
+                     for n in re.findall(r"\b(?:bridge|ecm|db|messaging)_[a-z_]+", target["expr"])}
     assert used and used <= {re.sub(r"_total$", "", n) for n in known}, used - known
-    assert {"bridge_consumer_lag", "bridge_outbox_backlog", "ecm_approvals"} <= used
+    assert {"bridge_consumer_lag", "bridge_outbox_backlog", "ecm_approvals", "messaging_rows_pruned"} <= used
 
 
 def test_kubernetes_manifests_wire_the_same_way():

@@ -160,6 +160,10 @@ def test_outbox_replay_republishes_sent_rows_without_duplicating_effects(api, sy
     assert crm_approval(api, flow)["status"] == "in_progress"
     assert bridgectl(system, "outbox", "replay", "--service", "crm", "--since", "2026-01-01T00:00:00",
                      check=False).returncode == 2  # a time without a zone is refused
+    before_any = bridgectl(system, "outbox", "replay", "--service", "crm", "--since", "2020-01-01T00:00:00+00:00",
+                           "--until", "2020-01-02T00:00:00+00:00").stdout
+    assert "crm: 0 outbox row(s)" in before_any and "CRM_OUTBOX_KEEP_DAYS are pruned" in before_any
+    assert "pruned" not in out  # a window the outbox still holds: no note
 
 
 def test_transferring_responsibility_moves_in_flight_approvals_to_the_new_manager(api, system):

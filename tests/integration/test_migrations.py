@@ -27,10 +27,10 @@ async def test_migrations_match_the_declared_tables(databases, backend, service,
 
 
 @pytest.mark.parametrize("service", ["crm", "ecm"])
-def test_the_foreign_key_indexes_are_built_concurrently_and_undone(databases, service, caplog):
-    """Migration 0010 adds indexes to tables a running system writes to: on PostgreSQL
-    they are built CONCURRENTLY (writes go on meanwhile), outside a transaction; down and
-    up again works."""
+def test_indexes_on_live_tables_are_built_concurrently_and_undone(databases, service, caplog):
+    """Migrations 0010 (foreign keys) and 0011 (inbox.applied_at) add indexes to tables a
+    running system writes to: on PostgreSQL they are built CONCURRENTLY (writes go on
+    meanwhile), outside a transaction; down and up again works."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS[service]))
     cfg.set_main_option("sqlalchemy.url", databases.url(service, "postgresql", migrate=False).replace("%", "%%"))
@@ -39,5 +39,6 @@ def test_the_foreign_key_indexes_are_built_concurrently_and_undone(databases, se
         command.upgrade(cfg, "head")
     built = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CREATE INDEX")]
     assert built and all(m.startswith("CREATE INDEX CONCURRENTLY") for m in built), built
+    assert any("ix_inbox_applied_at" in m for m in built), built
     command.downgrade(cfg, "0009")
     command.upgrade(cfg, "head")

@@ -68,3 +68,26 @@ def test_serve_keeps_idle_connections_longer_than_clients_do(monkeypatch):
     monkeypatch.setenv("HTTP_KEEP_ALIVE_SECONDS", "120")
     run_cli(**args)
     assert served["timeout_keep_alive"] == 120
+
+
+@pytest.mark.parametrize("settings_cls, prefix", [(CrmSettings, "CRM"), (EcmSettings, "ECM")])
+def test_the_inbox_is_kept_at_least_as_long_as_the_outbox(monkeypatch, settings_cls, prefix):
+    """A republished outbox row must still find the consumer's inbox mark."""
+    defaults = settings_cls()
+    assert (defaults.outbox_keep_days, defaults.inbox_keep_days) == (7, 45)
+    monkeypatch.setenv(f"{prefix}_OUTBOX_KEEP_DAYS", "10")
+    monkeypatch.setenv(f"{prefix}_INBOX_KEEP_DAYS", "9")
+    with pytest.raises(ValidationError, match=f"{prefix}_INBOX_KEEP_DAYS"):
+        settings_cls()
+    monkeypatch.setenv(f"{prefix}_OUTBOX_KEEP_DAYS", "0")  # the outbox forever, the inbox not: refused
+    with pytest.raises(ValidationError, match="forever"):
+        settings_cls()
+    monkeypatch.setenv(f"{prefix}_INBOX_KEEP_DAYS", "0")
+    assert (settings_cls().outbox_keep_days, settings_cls().inbox_keep_days) == (0, 0)
+    monkeypatch.setenv(f"{prefix}_OUTBOX_KEEP_DAYS", "10")  # the inbox forever: always safe
+    assert settings_cls().outbox_keep_days == 10
+    monkeypatch.setenv(f"{prefix}_INBOX_KEEP_DAYS", "10")
+    assert settings_cls().inbox_keep_days == 10
+    monkeypatch.setenv(f"{prefix}_OUTBOX_KEEP_DAYS", "-1")
+    with pytest.raises(ValidationError):
+        settings_cls()
