@@ -1,10 +1,11 @@
 """Every benchmark, one after the other, each printing its own table; then one table of
 the figures the performance issue sets targets for, each next to its target.
 
-    PYTHONPATH=. .venv/bin/python bench/all.py            # make bench: moderate sizes (~17 min)
-    PYTHONPATH=. .venv/bin/python bench/all.py --full     # the issue's sizes (~40 min on 2 cores)
+    PYTHONPATH=. .venv/bin/python bench/all.py            # make bench: moderate sizes (~20 min)
+    PYTHONPATH=. .venv/bin/python bench/all.py --full     # the issue's sizes (~45 min on 2 cores)
 
-Moderate: 1,000 approval requests and 60 s at 100 req/s, a 100,000-row import, matching
+Moderate: 1,000 approval requests and 60 s at 100 req/s, the API floor (bench/api_floor.py:
+3,000 calls on the bare stack and on the CRM, two rounds), a 100,000-row import, matching
 against 200,000 counterparties with a sync of 10,000, pruning 200,000 outbox rows and as
 many inbox marks. Full: 10,000 requests, matching against 1,000,000 with the 100,000 sync
 the target is stated for, pruning 1,000,000 of each. Sizes can be set one
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("pipeline", "import", "matching", "pruning")
+BENCHES = ("pipeline", "floor", "import", "matching", "pruning")
 FAILED = "FAILED"
 
 
@@ -71,6 +72,8 @@ def main() -> int:
     if "pipeline" in only:
         figures += run("pipeline", "pipeline.py", ["--requests", str(requests), "--backend", args.backend,
                                                    "--rate", f"{args.rate:g}", "--seconds", f"{args.seconds:g}"])
+    if "floor" in only:
+        figures += run("floor", "api_floor.py", ["--requests", "3000", "--rounds", "2"])
     if "import" in only:
         figures += run("import", "crm_import.py", ["--rows", str(args.rows)])
     if "matching" in only:
