@@ -16,7 +16,7 @@ only figures of the same round compare):
 - crm: the CRM's POST /api/deals/{id}/approval-requests (token check, middlewares,
   the event built and validated) with its outbox relay publishing each event to the
   broker; the bridge is stopped meanwhile (SIGSTOP), so the CRM does nothing else.
-The client is bench/pipeline.py's (httpx, 32 requests in flight) for every row. Measured:
+The client is bench/pipeline.py's `fire` (aiohttp, 32 requests in flight) for every row. Measured:
 the server process's CPU per request (/proc), PostgreSQL's, and requests/s.
 """
 

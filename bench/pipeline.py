@@ -54,13 +54,16 @@ async def prepare(system: LocalSystem, token: str, n: int) -> list[tuple[str, st
 
 
 async def fire(system: LocalSystem, token: str, items) -> float:
+    """Every request, 32 in flight, each one asserted accepted; when the first was sent.
+    aiohttp, as in `steady_load`: the client shares the cores with the system it
+    measures, and httpx cost about twice its CPU per call (bench/RESULTS.md, 2026-12-05)."""
     headers = {"Authorization": f"Bearer {token}"}
-    sem = asyncio.Semaphore(32)
-    async with httpx.AsyncClient(base_url=system.crm_url, headers=headers, timeout=60) as client:
+    connector = aiohttp.TCPConnector(limit=32)
+    async with aiohttp.ClientSession(base_url=system.crm_url, headers=headers, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as client:
         async def one(deal_id, doc_id):
-            async with sem:
-                r = await client.post(f"/api/deals/{deal_id}/approval-requests", json={"document_id": doc_id})
-                assert r.status_code == 202, r.text
+            async with client.post(f"/api/deals/{deal_id}/approval-requests", json={"document_id": doc_id}) as r:
+                assert r.status == 202, await r.text()
         started = time.perf_counter()
         await asyncio.gather(*(one(d, doc) for d, doc in items))
         return started
@@ -296,11 +299,13 @@ def main() -> None:
         items = asyncio.run(prepare(system, token, n))
         time.sleep(2)
         cpu_before, trips_before = cpu_by_process(system), round_trips(system)
+        client_before = time.process_time()
         started_wall = time.perf_counter()
         started = asyncio.run(fire(system, token, items))
         accept_s = time.perf_counter() - started_wall
         crm_url = system.env()["CRM_DATABASE_URL"]
         e2e_s = asyncio.run(wait_in_progress(crm_url, n, started, timeout=max(120, n)))
+        client_ms = (time.process_time() - client_before) * 1000 / n
         cpu_after, trips_after = cpu_by_process(system), round_trips(system)
         trips = {name: (trips_after[name] - trips_before[name]) / n for name in trips_after}
         cpu_ms = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / n for name in cpu_after}
@@ -337,6 +342,8 @@ def main() -> None:
         *[(f"DB round trips per request: {name}", f"{count:.1f}",
            "statements, BEGIN, COMMIT (db_round_trips_total)" if name == "crm" else "")
           for name, count in trips.items()],
+        ("CPU per request: load generator", f"{client_ms:.1f} ms",
+         "this benchmark's own aiohttp client, on the same cores; not in 'all'"),
         ("CPU per request: all", f"{cpu_all:.1f} ms",
          f"{os.cpu_count()} cores carry at most {cpu_ceiling:.0f} req/s "
          "of this path (the physical limit; the CRM API call itself included)"),
