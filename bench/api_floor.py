@@ -12,6 +12,8 @@ only figures of the same round compare):
 - sqlalchemy: the same, and one transaction of the CRM call's shape (BEGIN, one row read
   FOR UPDATE by primary key, a request row and an outbox row of ~1 KB inserted, COMMIT)
   through SQLAlchemy Core on an engine made by infra.db.make_engine.
+- session: the same transaction through an AsyncSession, as the services' units of work
+  run their statements.
 - asyncpg: the same transaction on asyncpg alone.
 - crm: the CRM's POST /api/deals/{id}/approval-requests (token check, middlewares,
   the event built and validated) with its outbox relay publishing each event to the
@@ -47,7 +49,7 @@ from deploy.broker import free_port  # noqa: E402
 from deploy.local_run import LauncherSettings, LocalSystem  # noqa: E402
 from tests.support.databases import create_pg_database, drop_pg_database  # noqa: E402
 
-FLOORS = ("empty", "sqlalchemy", "asyncpg")
+FLOORS = ("empty", "sqlalchemy", "session", "asyncpg")
 SCHEMA = """
 CREATE TABLE floor_documents (id varchar(36) PRIMARY KEY, deal_id varchar(36) NOT NULL);
 CREATE TABLE floor_requests (id varchar(36) PRIMARY KEY, document_id varchar(36) NOT NULL,
@@ -74,6 +76,7 @@ def floor_app(variant: str, dsn: str):
 
     from fastapi import FastAPI, HTTPException
     from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, insert, select
+    from sqlalchemy.ext.asyncio import AsyncSession
 
     from infra.db import make_engine
 
@@ -89,7 +92,7 @@ def floor_app(variant: str, dsn: str):
 
     @asynccontextmanager
     async def lifespan(_app):
-        if variant == "sqlalchemy":
+        if variant in ("sqlalchemy", "session"):
             state["engine"] = make_engine(dsn.replace("postgresql://", "postgresql+asyncpg://", 1))
         elif variant == "asyncpg":
             state["pool"] = await asyncpg.create_pool(dsn, min_size=10, max_size=20)
@@ -119,6 +122,17 @@ def floor_app(variant: str, dsn: str):
                 event_id, text = event(request_id, body.document_id)
                 await conn.execute(insert(outbox).values(event_id=event_id, topic="crm.events", message_key=deal_id,
                                                          body=text, created_at=now))
+        elif variant == "session":
+            async with AsyncSession(state["engine"]) as session, session.begin():
+                found = (await session.execute(select(documents.c.deal_id).where(documents.c.id == body.document_id)
+                                               .with_for_update())).first()
+                if found is None or found.deal_id != deal_id:
+                    raise HTTPException(404, "document not found")
+                await session.execute(insert(requests), {"id": request_id, "document_id": body.document_id,
+                                                         "requested_at": now})
+                event_id, text = event(request_id, body.document_id)
+                await session.execute(insert(outbox), {"event_id": event_id, "topic": "crm.events",
+                                                       "message_key": deal_id, "body": text, "created_at": now})
         elif variant == "asyncpg":
             async with state["pool"].acquire() as conn, conn.transaction():
                 found = await conn.fetchval("SELECT deal_id FROM floor_documents WHERE id = $1 FOR UPDATE",
@@ -295,6 +309,7 @@ def main() -> None:
         return [r[key] * 1000 / r["requests"] for r in results[name]]
 
     labels = {"empty": "FastAPI POST, no database", "sqlalchemy": "+ one transaction, SQLAlchemy Core",
+              "session": "+ the same through an AsyncSession",
               "asyncpg": "+ one transaction, asyncpg alone",
               "crm": "the CRM's approval request call, its relay publishing"}
     rows: list[tuple[str, object, str]] = [("cores", os.cpu_count(), ""), ("rounds", args.rounds, "")]
