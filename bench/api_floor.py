@@ -43,10 +43,9 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.pipeline import cpu_seconds, fire, postgres_pids, prepare, wait_in_progress  # noqa: E402
+from bench.pipeline import bench_system, cpu_seconds, fire, postgres_pids, prepare, wait_in_progress  # noqa: E402
 from bench.table import print_table, summarise  # noqa: E402
 from deploy.broker import free_port  # noqa: E402
-from deploy.local_run import LauncherSettings, LocalSystem  # noqa: E402
 from tests.support.databases import create_pg_database, drop_pg_database  # noqa: E402
 
 FLOORS = ("empty", "sqlalchemy", "session", "asyncpg")
@@ -232,19 +231,7 @@ def floor_round(variant: str, n: int) -> dict:
 
 
 def crm_round(n: int) -> dict:
-    var = Path(f"/tmp/bench-floor-{uuid.uuid4().hex[:6]}")
-    dbs, urls = [], {}
-    for service in ("crm", "ecm"):
-        name, url = create_pg_database(f"bench_{service}")
-        dbs.append(name)
-        urls[f"{service}_database_url"] = url
-    settings = LauncherSettings(var_dir=var, crm_port=free_port(), ecm_port=free_port(),
-                                bridge_web_port=free_port(), **urls)
-    system = LocalSystem(settings, log_dir=var / "logs", extra_env={"LOG_LEVEL": "WARNING"})
-    bridge = None
-    try:
-        system.start(timeout=120)
-        token = next(u["token"] for u in system.users if u["name"] == "sales-anna")
+    with bench_system() as (system, token):
         items = asyncio.run(prepare(system, token, n))
         crm_dsn = system.env()["CRM_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
         asyncio.run(outbox_drained(crm_dsn, timeout=120))
@@ -255,18 +242,14 @@ def crm_round(n: int) -> dict:
         time.sleep(1)
         bridge = system.processes["bridge"]
         bridge.send_signal(signal.SIGSTOP)
-
-        def run():
-            asyncio.run(fire(system, token, rest))
-            asyncio.run(outbox_drained(crm_dsn, timeout=max(120, n / 10)))
-        used = measure(system.processes["crm"].pid, run)
-        return {**used, "requests": len(rest)}
-    finally:
-        if bridge is not None:
+        try:
+            def run():
+                asyncio.run(fire(system, token, rest))
+                asyncio.run(outbox_drained(crm_dsn, timeout=max(120, n / 10)))
+            used = measure(system.processes["crm"].pid, run)
+        finally:
             bridge.send_signal(signal.SIGCONT)
-        system.stop()
-        for name in dbs:
-            drop_pg_database(name)
+        return {**used, "requests": len(rest)}
 
 
 async def outbox_drained(dsn: str, timeout: float) -> None:

@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -274,6 +275,32 @@ def round_trips(system: LocalSystem) -> dict[str, float]:
     return counts
 
 
+@contextmanager
+def bench_system(backend: str = "postgresql"):
+    """The whole system started on fresh databases (PostgreSQL: one per service, dropped
+    afterwards), its children's logs under /tmp/bench-*/logs; yields it and a sales rep's
+    token, and stops it after."""
+    var = Path(f"/tmp/bench-{uuid.uuid4().hex[:6]}")
+    dbs, urls = [], {}
+    try:
+        if backend == "postgresql":
+            for service in ("crm", "ecm"):
+                name, url = create_pg_database(f"bench_{service}")
+                dbs.append(name)
+                urls[f"{service}_database_url"] = url
+        settings = LauncherSettings(var_dir=var, crm_port=free_port(), ecm_port=free_port(),
+                                    bridge_web_port=free_port(), **urls)
+        system = LocalSystem(settings, log_dir=var / "logs", extra_env={"LOG_LEVEL": "WARNING"})
+        try:
+            system.start(timeout=120)
+            yield system, next(u["token"] for u in system.users if u["name"] == "sales-anna")
+        finally:
+            system.stop()
+    finally:
+        for name in dbs:
+            drop_pg_database(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
@@ -283,19 +310,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.requests
 
-    var = Path(f"/tmp/bench-{uuid.uuid4().hex[:6]}")
-    dbs, urls = [], {}
-    if args.backend == "postgresql":
-        for service in ("crm", "ecm"):
-            name, url = create_pg_database(f"bench_{service}")
-            dbs.append(name)
-            urls[f"{service}_database_url"] = url
-    settings = LauncherSettings(var_dir=var, crm_port=free_port(), ecm_port=free_port(),
-                                bridge_web_port=free_port(), **urls)
-    system = LocalSystem(settings, log_dir=var / "logs", extra_env={"LOG_LEVEL": "WARNING"})
-    try:
-        system.start(timeout=120)
-        token = next(u["token"] for u in system.users if u["name"] == "sales-anna")
+    with bench_system(args.backend) as (system, token):
         items = asyncio.run(prepare(system, token, n))
         time.sleep(2)
         cpu_before, trips_before = cpu_by_process(system), round_trips(system)
@@ -322,10 +337,6 @@ def main() -> None:
             sent, refused, load = asyncio.run(steady_load(system, token, more, args.rate))
             lat = sorted(asyncio.run(latencies(crm_url, sent, timeout=max(300, steady))))
             stages = asyncio.run(stage_times(crm_url, system.env()["ECM_DATABASE_URL"], sent))
-    finally:
-        system.stop()
-        for name in dbs:
-            drop_pg_database(name)
 
     cpu_all = sum(cpu_ms.values())
     cpu_ceiling = os.cpu_count() * 1000 / cpu_all
