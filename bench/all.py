@@ -1,7 +1,7 @@
 """Every benchmark, one after the other, each printing its own table; then one table of
 the figures the performance issue sets targets for, each next to its target.
 
-    PYTHONPATH=. .venv/bin/python bench/all.py            # make bench: moderate sizes (~20 min)
+    PYTHONPATH=. .venv/bin/python bench/all.py            # make bench: moderate sizes (8-20 min)
     PYTHONPATH=. .venv/bin/python bench/all.py --full     # the issue's sizes (~45 min on 2 cores)
 
 Moderate: 1,000 approval requests and 60 s at 100 req/s, the API floor (bench/api_floor.py:
