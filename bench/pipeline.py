@@ -57,7 +57,9 @@ async def prepare(system: LocalSystem, token: str, n: int) -> list[tuple[str, st
 async def fire(system: LocalSystem, token: str, items) -> float:
     """Every request, 32 in flight, each one asserted accepted; when the first was sent.
     aiohttp, as in `steady_load`: the client shares the cores with the system it
-    measures, and httpx cost about twice its CPU per call (bench/RESULTS.md, 2026-12-05)."""
+    measures, and httpx (at most 20 kept-alive connections by default, so with 32 in
+    flight it kept reconnecting) cost three times its CPU per call and the CRM more for
+    each new connection (bench/RESULTS.md, 2026-12-05)."""
     headers = {"Authorization": f"Bearer {token}"}
     connector = aiohttp.TCPConnector(limit=32)
     async with aiohttp.ClientSession(base_url=system.crm_url, headers=headers, connector=connector,
@@ -354,7 +356,7 @@ def main() -> None:
            "statements, BEGIN, COMMIT (db_round_trips_total)" if name == "crm" else "")
           for name, count in trips.items()],
         ("CPU per request: load generator", f"{client_ms:.1f} ms",
-         "this benchmark's own aiohttp client, on the same cores; not in 'all'"),
+         "this benchmark's own process (its aiohttp client, 32 in flight), on the same cores; not in 'all'"),
         ("CPU per request: all", f"{cpu_all:.1f} ms",
          f"{os.cpu_count()} cores carry at most {cpu_ceiling:.0f} req/s "
          "of this path (the physical limit; the CRM API call itself included)"),
