@@ -38,15 +38,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import asyncpg
-import httpx
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.pipeline import bench_system, cpu_seconds, fire, postgres_pids, prepare, wait_in_progress  # noqa: E402
 from bench.table import print_table, summarise  # noqa: E402
-from deploy.broker import free_port  # noqa: E402
+from deploy.broker import free_port, wait_for_port  # noqa: E402
 from tests.support.databases import create_pg_database, drop_pg_database  # noqa: E402
+from tests.support.polling import async_wait_until  # noqa: E402
 
 FLOORS = ("empty", "sqlalchemy", "session", "asyncpg")
 SCHEMA = """
@@ -107,31 +107,27 @@ def floor_app(variant: str, dsn: str):
         return str(uuid.uuid4()), json.dumps({"approval_request_id": request_id, "document_id": document_id,
                                               "filler": BODY_FILLER})
 
+    async def sqlalchemy_transaction(executor, deal_id: str, document_id: str, request_id: str, now) -> None:
+        """The statements of the transaction, on an AsyncConnection or an AsyncSession
+        (both `execute` a Core statement with its parameters)."""
+        found = (await executor.execute(select(documents.c.deal_id).where(documents.c.id == document_id)
+                                        .with_for_update())).first()
+        if found is None or found.deal_id != deal_id:
+            raise HTTPException(404, "document not found")
+        await executor.execute(insert(requests), {"id": request_id, "document_id": document_id, "requested_at": now})
+        event_id, text = event(request_id, document_id)
+        await executor.execute(insert(outbox), {"event_id": event_id, "topic": "crm.events", "message_key": deal_id,
+                                                "body": text, "created_at": now})
+
     @app.post("/api/deals/{deal_id}/approval-requests", status_code=202, response_model=Accepted)
     async def request_approval(deal_id: str, body: RequestIn) -> Accepted:
         request_id, now = str(uuid.uuid4()), datetime.now(timezone.utc)
         if variant == "sqlalchemy":
             async with state["engine"].begin() as conn:
-                found = (await conn.execute(select(documents.c.deal_id).where(documents.c.id == body.document_id)
-                                            .with_for_update())).first()
-                if found is None or found.deal_id != deal_id:
-                    raise HTTPException(404, "document not found")
-                await conn.execute(insert(requests).values(id=request_id, document_id=body.document_id,
-                                                           requested_at=now))
-                event_id, text = event(request_id, body.document_id)
-                await conn.execute(insert(outbox).values(event_id=event_id, topic="crm.events", message_key=deal_id,
-                                                         body=text, created_at=now))
+                await sqlalchemy_transaction(conn, deal_id, body.document_id, request_id, now)
         elif variant == "session":
             async with AsyncSession(state["engine"]) as session, session.begin():
-                found = (await session.execute(select(documents.c.deal_id).where(documents.c.id == body.document_id)
-                                               .with_for_update())).first()
-                if found is None or found.deal_id != deal_id:
-                    raise HTTPException(404, "document not found")
-                await session.execute(insert(requests), {"id": request_id, "document_id": body.document_id,
-                                                         "requested_at": now})
-                event_id, text = event(request_id, body.document_id)
-                await session.execute(insert(outbox), {"event_id": event_id, "topic": "crm.events",
-                                                       "message_key": deal_id, "body": text, "created_at": now})
+                await sqlalchemy_transaction(session, deal_id, body.document_id, request_id, now)
         elif variant == "asyncpg":
             async with state["pool"].acquire() as conn, conn.transaction():
                 found = await conn.fetchval("SELECT deal_id FROM floor_documents WHERE id = $1 FOR UPDATE",
@@ -174,15 +170,10 @@ async def fill_documents(dsn: str, n: int) -> list[tuple[str, str]]:
     return items
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+def warm_up_split(items: list) -> tuple[list, list]:
+    """A tenth of the calls (at most 200) to warm up with, the rest to measure."""
+    warm = min(200, len(items) // 10)
+    return items[:warm], items[warm:]
 
 
 def postgres_cpu() -> dict[int, float]:
@@ -217,10 +208,9 @@ def floor_round(variant: str, n: int) -> dict:
         server = subprocess.Popen([sys.executable, __file__, "--serve", variant, "--port", str(port), "--dsn", dsn],
                                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/openapi.json")
-        # warm up: connections opened, statements prepared, code paths taken once
-        asyncio.run(fire(Target(base), "floor", items[: min(200, n // 10)]))
-        rest = items[min(200, n // 10):]
+        wait_for_port(port, timeout=30)  # uvicorn listens once the app's lifespan has started
+        warm, rest = warm_up_split(items)  # warm-up: connections opened, statements prepared
+        asyncio.run(fire(Target(base), "floor", warm))
         used = measure(server.pid, lambda: asyncio.run(fire(Target(base), "floor", rest)))
         return {**used, "requests": len(rest)}
     finally:
@@ -235,7 +225,7 @@ def crm_round(n: int) -> dict:
         items = asyncio.run(prepare(system, token, n))
         crm_dsn = system.env()["CRM_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
         asyncio.run(outbox_drained(crm_dsn, timeout=120))
-        warm, rest = items[: min(200, n // 10)], items[min(200, n // 10):]
+        warm, rest = warm_up_split(items)
         started = asyncio.run(fire(system, token, warm))
         # the bridge's answers to the warm-up applied before it stops: the CRM idles after
         asyncio.run(wait_in_progress(system.env()["CRM_DATABASE_URL"], len(warm), started, timeout=120))
@@ -256,11 +246,10 @@ async def outbox_drained(dsn: str, timeout: float) -> None:
     """Waits until the CRM's relay has published every outbox row."""
     conn = await asyncpg.connect(dsn)
     try:
-        deadline = time.monotonic() + timeout
-        while await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the CRM's outbox still holds unpublished rows after {timeout:.0f} s")
-            await asyncio.sleep(0.05)
+        async def drained():
+            return await conn.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL")
+        await async_wait_until(drained, timeout=timeout, interval=0.05,
+                               message="the CRM's relay to publish every outbox row")
     finally:
         await conn.close()
 
