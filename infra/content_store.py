@@ -50,7 +50,11 @@ class ContentStore:
         """Streams to a temporary file, hashing as it goes; the name is the digest, so
         the same bytes are stored once and a half-written file is never visible. Bytes
         that are refused (over the limit, empty, another hash than declared) never
-        reach the store."""
+        reach the store. Durable when it returns: the bytes are flushed to disk before the
+        rename and the rename before the return (fsync of the file, then of its
+        directory), so a row committed afterwards never names a file that a power loss
+        could leave empty or missing (ext4's delayed allocation does exactly that to a
+        new file renamed into place without an fsync)."""
         self.root.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
@@ -62,18 +66,33 @@ class ContentStore:
                         raise FileTooLarge(f"file exceeds {max_bytes} bytes")
                     digest.update(chunk)
                     out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
             sha = digest.hexdigest()
             if size == 0 and not allow_empty:
                 raise Refused("the file is empty")
             if expected_sha256 and expected_sha256 != sha:
                 raise Refused(f"declared sha256 {expected_sha256} does not match the received content ({sha})")
             target = self.path_for(sha)
-            target.parent.mkdir(exist_ok=True)
+            try:
+                target.parent.mkdir()
+                _fsync_directory(self.root)  # the new subdirectory's own entry
+            except FileExistsError:
+                pass
             os.replace(tmp, target)
+            _fsync_directory(target.parent)
             return sha, size
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_of_file(path: Path) -> str:
