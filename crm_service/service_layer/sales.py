@@ -5,6 +5,7 @@ never a reason to refuse."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import asdict
 from datetime import datetime, time, timedelta, timezone
@@ -490,7 +491,8 @@ async def generate_document(uow: CrmUnitOfWork, files, *, actor: Actor, user_nam
         await check_owned(uow, actor, deal.owner_id, "deal")
         org = await uow.organizations.get(deal.organization_id)
     content = render_template(template, org=org, deal=deal, author=user_name)
-    sha, size = files.put(io.BytesIO(content), max_bytes=max_bytes)
+    # off the event loop: the store fsyncs the file and its directory
+    sha, size = await asyncio.to_thread(files.put, io.BytesIO(content), max_bytes=max_bytes)
     return await attach_document(uow, user_id=actor.id, deal_id=deal_id, filename=f"{template}-{deal_id[:8]}.html",
                                  content_type="text/html; charset=utf-8", doc_type=doc_type, sha256=sha, size=size)
 

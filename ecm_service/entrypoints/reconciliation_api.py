@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from ecm_service.adapters import tables
 from ecm_service.service_layer import reconciliation as rec
@@ -123,7 +124,8 @@ async def take_snapshot(request: Request, run_id: str | None = None,
     async with container.uow() as uow:
         run = await report_run(uow, run_id)
         content = rec.report_csv(await rec.report_rows(uow, run["id"]))
-        sha, _ = container.content_store.put(io.BytesIO(content), max_bytes=len(content) + 1)
+        sha, _ = await run_in_threadpool(container.content_store.put, io.BytesIO(content),  # it fsyncs
+                                         max_bytes=len(content) + 1)
         snapshot = dict(id=str(uuid.uuid4()), run_id=run["id"], sha256=sha, rows=content.count(b"\n") - 1,
                         created_by=user.id, created_at=datetime.now(timezone.utc))
         await uow.session.execute(tables.report_snapshots.insert().values(**snapshot))
