@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,11 +41,19 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.pipeline import bench_system, cpu_seconds, fire, postgres_pids, prepare, wait_in_progress  # noqa: E402
+from bench.pipeline import (  # noqa: E402
+    bench_system,
+    bridge_held,
+    cpu_seconds,
+    fire,
+    outbox_drained,
+    postgres_pids,
+    prepare,
+    wait_in_progress,
+)
 from bench.table import print_table, summarise  # noqa: E402
 from deploy.broker import free_port, wait_for_port  # noqa: E402
 from tests.support.databases import create_pg_database, drop_pg_database  # noqa: E402
-from tests.support.polling import async_wait_until  # noqa: E402
 
 FLOORS = ("empty", "sqlalchemy", "session", "asyncpg")
 SCHEMA = """
@@ -223,35 +230,19 @@ def floor_round(variant: str, n: int) -> dict:
 def crm_round(n: int) -> dict:
     with bench_system() as (system, token):
         items = asyncio.run(prepare(system, token, n))
-        crm_dsn = system.env()["CRM_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
-        asyncio.run(outbox_drained(crm_dsn, timeout=120))
+        crm_url = system.env()["CRM_DATABASE_URL"]
+        asyncio.run(outbox_drained(crm_url, timeout=120))
         warm, rest = warm_up_split(items)
         started = asyncio.run(fire(system, token, warm))
         # the bridge's answers to the warm-up applied before it stops: the CRM idles after
-        asyncio.run(wait_in_progress(system.env()["CRM_DATABASE_URL"], len(warm), started, timeout=120))
+        asyncio.run(wait_in_progress(crm_url, len(warm), started, timeout=120))
         time.sleep(1)
-        bridge = system.processes["bridge"]
-        bridge.send_signal(signal.SIGSTOP)
-        try:
+        with bridge_held(system):
             def run():
                 asyncio.run(fire(system, token, rest))
-                asyncio.run(outbox_drained(crm_dsn, timeout=max(120, n / 10)))
+                asyncio.run(outbox_drained(crm_url, timeout=max(120, n / 10)))
             used = measure(system.processes["crm"].pid, run)
-        finally:
-            bridge.send_signal(signal.SIGCONT)
         return {**used, "requests": len(rest)}
-
-
-async def outbox_drained(dsn: str, timeout: float) -> None:
-    """Waits until the CRM's relay has published every outbox row."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        async def drained():
-            return await conn.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL")
-        await async_wait_until(drained, timeout=timeout, interval=0.05,
-                               message="the CRM's relay to publish every outbox row")
-    finally:
-        await conn.close()
 
 
 def main() -> None:

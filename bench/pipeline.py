@@ -8,6 +8,12 @@ bridge -> CRM status `in_progress`), next to the raw ceiling of the same broker
 Then, unless --seconds 0, latency under steady load: --rate requests/s for --seconds,
 p50/p95/p99 from the CRM API call to the CRM applying `in_progress` (PostgreSQL only),
 and how long each stage of the path took (from the marks each leaves in the databases).
+
+Unless --backlog 0, a backlog's drain as well: that many more requests accepted while the
+bridge is held (SIGSTOP, as in an outage of the bridge: the CRM's relay has published
+them all), then the bridge resumed and timed until the CRM shows every one `in_progress`
+- the catch-up rate after an outage, and what the path behind the CRM's API costs on its
+own (the API call and its relay are outside that window).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import sys
 import time
@@ -24,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
@@ -36,6 +44,7 @@ from deploy.broker import free_port  # noqa: E402
 from deploy.local_run import LauncherSettings, LocalSystem  # noqa: E402
 from infra.kafka import ensure_topics  # noqa: E402
 from tests.support.databases import create_pg_database, drop_pg_database  # noqa: E402
+from tests.support.polling import async_wait_until  # noqa: E402
 
 
 async def prepare(system: LocalSystem, token: str, n: int) -> list[tuple[str, str]]:
@@ -85,6 +94,47 @@ async def wait_in_progress(crm_db_url: str, n: int, started: float, timeout: flo
             await asyncio.sleep(0.2)
     finally:
         await engine.dispose()
+
+
+async def outbox_drained(dsn: str, timeout: float) -> None:
+    """Waits until the CRM's relay has published every outbox row (`dsn`: the service's
+    SQLAlchemy URL or a plain PostgreSQL one)."""
+    conn = await asyncpg.connect(dsn.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        async def drained():
+            return await conn.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL")
+        await async_wait_until(drained, timeout=timeout, interval=0.05,
+                               message="the CRM's relay to publish every outbox row")
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def bridge_held(system: LocalSystem):
+    """The bridge stopped (SIGSTOP) for the block and resumed after it, as in an outage of
+    the bridge: the CRM goes on accepting requests and its relay publishing them."""
+    bridge = system.processes["bridge"]
+    bridge.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        bridge.send_signal(signal.SIGCONT)
+
+
+def backlog_drain(system: LocalSystem, token: str, items, in_progress_before: int) -> tuple[float, dict[str, float]]:
+    """`items` accepted by the CRM while the bridge is held, then the bridge resumed: the
+    seconds until the CRM shows all of them `in_progress`, and the CPU each process spent
+    meanwhile (seconds)."""
+    crm_url = system.env()["CRM_DATABASE_URL"]
+    with bridge_held(system):
+        asyncio.run(fire(system, token, items))
+        asyncio.run(outbox_drained(crm_url, timeout=max(120, len(items) / 10)))
+        cpu_before = cpu_by_process(system)
+        started = time.perf_counter()
+    seconds = asyncio.run(wait_in_progress(crm_url, in_progress_before + len(items), started,
+                                           timeout=max(120, len(items))))
+    cpu_after = cpu_by_process(system)
+    return seconds, {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
 
 
 async def raw_ceiling(bootstrap: str, n: int, size: int) -> float:
@@ -309,6 +359,8 @@ def main() -> None:
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--rate", type=float, default=100, help="steady load for the latency figures, req/s")
     parser.add_argument("--seconds", type=float, default=60, help="how long the steady load runs (0: skip)")
+    parser.add_argument("--backlog", type=int, default=1000,
+                        help="requests accepted while the bridge is held, then drained (0: skip)")
     args = parser.parse_args()
     n = args.requests
 
@@ -329,6 +381,10 @@ def main() -> None:
         body_size = 1200  # about the size of one crm.approval_requested envelope
         raw_s = asyncio.run(raw_ceiling(system.bootstrap_servers, n, body_size))
         rss = {name: peak_rss_mb(p.pid) for name, p in system.processes.items() if name != "broker"}
+        drain_s, drain_cpu = None, {}
+        if args.backlog:
+            backlog = asyncio.run(prepare(system, token, args.backlog))
+            drain_s, drain_cpu = backlog_drain(system, token, backlog, in_progress_before=n)
         steady = int(args.rate * args.seconds)
         lat: list[float] = []
         stages: list[tuple[str, list[float]]] = []
@@ -348,6 +404,11 @@ def main() -> None:
         ("approval requests", n, ""),
         ("CRM API accepted (202) in", f"{accept_s:.2f} s", f"{n / accept_s:.0f} req/s"),
         ("end to end: request -> CRM in_progress", f"{e2e_s:.2f} s", f"{n / e2e_s:.0f} req/s"),
+        *([("backlog drained after the bridge was held", f"{drain_s:.2f} s",
+            f"{args.backlog / drain_s:.0f} req/s; {args.backlog} requests; CPU per request "
+            f"{sum(drain_cpu.values()) * 1000 / args.backlog:.1f} ms ("
+            + ", ".join(f"{name} {sec * 1000 / args.backlog:.1f}" for name, sec in drain_cpu.items()) + ")")]
+          if drain_s else []),
         ("raw broker ceiling (aiokafka produce+consume)", f"{raw_s:.2f} s", f"{n / raw_s:.0f} msg/s"),
         ("ratio end-to-end / raw", "", f"{(n / e2e_s) / (n / raw_s):.3f}"),
         *[(f"peak RSS {name}", f"{mb:.0f} MB", "") for name, mb in rss.items()],
@@ -365,6 +426,9 @@ def main() -> None:
     figures = [
         (f"pipeline: end to end ({n:,} requests, {args.backend})", f"{end_to_end:.0f} req/s", ">= 500 req/s",
          end_to_end >= 500),
+        *([("pipeline: backlog drained after the bridge was held", f"{args.backlog / drain_s:.0f} req/s",
+            f"{sum(drain_cpu.values()) * 1000 / args.backlog:.1f} ms CPU per request, API not in it", None)]
+          if drain_s else []),
         ("pipeline: raw broker ceiling, ratio", f"{n / raw_s:,.0f} msg/s, {end_to_end / (n / raw_s):.3f}", "", None),
         ("pipeline: DB round trips per request (CRM + ECM)", f"{sum(trips.values()):.1f}",
          ", ".join(f"{name} {count:.1f}" for name, count in trips.items()), None),
