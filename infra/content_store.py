@@ -66,13 +66,13 @@ class ContentStore:
                         raise FileTooLarge(f"file exceeds {max_bytes} bytes")
                     digest.update(chunk)
                     out.write(chunk)
+                sha = digest.hexdigest()
+                if size == 0 and not allow_empty:
+                    raise Refused("the file is empty")
+                if expected_sha256 and expected_sha256 != sha:
+                    raise Refused(f"declared sha256 {expected_sha256} does not match the received content ({sha})")
                 out.flush()
                 os.fsync(out.fileno())
-            sha = digest.hexdigest()
-            if size == 0 and not allow_empty:
-                raise Refused("the file is empty")
-            if expected_sha256 and expected_sha256 != sha:
-                raise Refused(f"declared sha256 {expected_sha256} does not match the received content ({sha})")
             target = self.path_for(sha)
             try:
                 target.parent.mkdir()

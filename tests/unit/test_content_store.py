@@ -58,9 +58,11 @@ def test_a_second_file_in_an_existing_directory_syncs_only_that_directory(tmp_pa
                         ("fsync dir", path.parent.stat().st_ino)]
 
 
-def test_refused_bytes_are_neither_renamed_nor_left_behind(tmp_path, disk_log):
+def test_refused_bytes_are_neither_synced_nor_renamed_nor_left_behind(tmp_path, disk_log):
     store = ContentStore(tmp_path / "store")
     with pytest.raises(Refused):
         store.put(io.BytesIO(b"tampered"), max_bytes=1000, expected_sha256="0" * 64)
-    assert not any(kind == "rename" for kind, _ in disk_log)
+    with pytest.raises(Refused):
+        store.put(io.BytesIO(b""), max_bytes=1000, allow_empty=False)
+    assert disk_log == []  # neither synced nor renamed
     assert list(store.root.iterdir()) == []
