@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
@@ -96,17 +95,18 @@ async def wait_in_progress(crm_db_url: str, n: int, started: float, timeout: flo
         await engine.dispose()
 
 
-async def outbox_drained(dsn: str, timeout: float) -> None:
-    """Waits until the CRM's relay has published every outbox row (`dsn`: the service's
-    SQLAlchemy URL or a plain PostgreSQL one)."""
-    conn = await asyncpg.connect(dsn.replace("postgresql+asyncpg://", "postgresql://", 1))
+async def outbox_drained(url: str, timeout: float) -> None:
+    """Waits until the CRM's relay has published every outbox row (`url`: the service's
+    database URL, PostgreSQL or SQLite)."""
+    engine = create_async_engine(url)
     try:
         async def drained():
-            return await conn.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL")
+            async with engine.connect() as conn:
+                return await conn.scalar(text("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"))
         await async_wait_until(drained, timeout=timeout, interval=0.05,
                                message="the CRM's relay to publish every outbox row")
     finally:
-        await conn.close()
+        await engine.dispose()
 
 
 @contextmanager
