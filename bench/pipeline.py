@@ -133,8 +133,7 @@ def backlog_drain(system: LocalSystem, token: str, items, in_progress_before: in
         started = time.perf_counter()
     seconds = asyncio.run(wait_in_progress(crm_url, in_progress_before + len(items), started,
                                            timeout=max(120, len(items))))
-    cpu_after = cpu_by_process(system)
-    return seconds, {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+    return seconds, cpu_since(system, cpu_before)
 
 
 async def raw_ceiling(bootstrap: str, n: int, size: int) -> float:
@@ -315,6 +314,12 @@ def cpu_by_process(system: LocalSystem) -> dict[str, float]:
     return used
 
 
+def cpu_since(system: LocalSystem, before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process spent since `before` (a `cpu_by_process` reading)."""
+    after = cpu_by_process(system)
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
 def round_trips(system: LocalSystem) -> dict[str, float]:
     """db_round_trips_total of the CRM and the ECM so far (their /metrics): statements,
     BEGIN, COMMIT and ROLLBACK each sent to the database and waited for. Unlike CPU
@@ -375,16 +380,17 @@ def main() -> None:
         crm_url = system.env()["CRM_DATABASE_URL"]
         e2e_s = asyncio.run(wait_in_progress(crm_url, n, started, timeout=max(120, n)))
         client_ms = (time.process_time() - client_before) * 1000 / n
-        cpu_after, trips_after = cpu_by_process(system), round_trips(system)
+        cpu_ms = {name: seconds * 1000 / n for name, seconds in cpu_since(system, cpu_before).items()}
+        trips_after = round_trips(system)
         trips = {name: (trips_after[name] - trips_before[name]) / n for name in trips_after}
-        cpu_ms = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / n for name in cpu_after}
         body_size = 1200  # about the size of one crm.approval_requested envelope
         raw_s = asyncio.run(raw_ceiling(system.bootstrap_servers, n, body_size))
         rss = {name: peak_rss_mb(p.pid) for name, p in system.processes.items() if name != "broker"}
-        drain_s, drain_cpu = None, {}
+        drain_s, drain_ms = None, {}
         if args.backlog:
             backlog = asyncio.run(prepare(system, token, args.backlog))
             drain_s, drain_cpu = backlog_drain(system, token, backlog, in_progress_before=n)
+            drain_ms = {name: seconds * 1000 / args.backlog for name, seconds in drain_cpu.items()}
         steady = int(args.rate * args.seconds)
         lat: list[float] = []
         stages: list[tuple[str, list[float]]] = []
@@ -396,7 +402,7 @@ def main() -> None:
             lat = sorted(asyncio.run(latencies(crm_url, sent, timeout=max(300, steady))))
             stages = asyncio.run(stage_times(crm_url, system.env()["ECM_DATABASE_URL"], sent))
 
-    cpu_all = sum(cpu_ms.values())
+    cpu_all, drain_all = sum(cpu_ms.values()), sum(drain_ms.values())
     cpu_ceiling = os.cpu_count() * 1000 / cpu_all
     rows = [
         ("cores", os.cpu_count(), ""),
@@ -405,9 +411,8 @@ def main() -> None:
         ("CRM API accepted (202) in", f"{accept_s:.2f} s", f"{n / accept_s:.0f} req/s"),
         ("end to end: request -> CRM in_progress", f"{e2e_s:.2f} s", f"{n / e2e_s:.0f} req/s"),
         *([("backlog drained after the bridge was held", f"{drain_s:.2f} s",
-            f"{args.backlog / drain_s:.0f} req/s; {args.backlog} requests; CPU per request "
-            f"{sum(drain_cpu.values()) * 1000 / args.backlog:.1f} ms ("
-            + ", ".join(f"{name} {sec * 1000 / args.backlog:.1f}" for name, sec in drain_cpu.items()) + ")")]
+            f"{args.backlog / drain_s:.0f} req/s; {args.backlog} requests; CPU per request {drain_all:.1f} ms ("
+            + ", ".join(f"{name} {ms:.1f}" for name, ms in drain_ms.items()) + ")")]
           if drain_s else []),
         ("raw broker ceiling (aiokafka produce+consume)", f"{raw_s:.2f} s", f"{n / raw_s:.0f} msg/s"),
         ("ratio end-to-end / raw", "", f"{(n / e2e_s) / (n / raw_s):.3f}"),
@@ -427,7 +432,7 @@ def main() -> None:
         (f"pipeline: end to end ({n:,} requests, {args.backend})", f"{end_to_end:.0f} req/s", ">= 500 req/s",
          end_to_end >= 500),
         *([("pipeline: backlog drained after the bridge was held", f"{args.backlog / drain_s:.0f} req/s",
-            f"{sum(drain_cpu.values()) * 1000 / args.backlog:.1f} ms CPU per request, API not in it", None)]
+            f"{drain_all:.1f} ms CPU per request, API not in it", None)]
           if drain_s else []),
         ("pipeline: raw broker ceiling, ratio", f"{n / raw_s:,.0f} msg/s, {end_to_end / (n / raw_s):.3f}", "", None),
         ("pipeline: DB round trips per request (CRM + ECM)", f"{sum(trips.values()):.1f}",
