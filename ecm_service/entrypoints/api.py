@@ -197,18 +197,26 @@ class BatchItemOut(BaseModel):
 
 def _receive_all(container, files: list[UploadFile], manifest: list[BatchManifestItem]) -> list:
     """Each file into the content store, checked against its declared hash: (sha256, size,
-    content type) or the reason it was refused. One worker thread for the whole batch."""
-    out = []
-    for file, item in zip(files, manifest, strict=True):
-        try:
-            sha, size = container.content_store.put(file.file, max_bytes=container.settings.max_upload_bytes,
-                                                    expected_sha256=item.sha256, allow_empty=False)
-        except (FileTooLarge, Refused) as exc:
-            out.append(str(exc))
-            continue
-        out.append((sha, size, detect_content_type(container.content_store.path_for(sha),
-                                                    filename=file.filename or "", declared=file.content_type)))
-    return out
+    content type) or the reason it was refused. One worker thread for the whole batch, and
+    the accepted files made durable together (ContentStore.commit)."""
+    store, staged, out = container.content_store, [], []
+    try:
+        for file, item in zip(files, manifest, strict=True):
+            try:
+                staged.append(store.stage(file.file, max_bytes=container.settings.max_upload_bytes,
+                                          expected_sha256=item.sha256, allow_empty=False))
+            except (FileTooLarge, Refused) as exc:
+                out.append(str(exc))
+                continue
+            out.append(staged[-1])
+    except BaseException:
+        store.discard(staged)
+        raise
+    store.commit(staged)
+    return [got if isinstance(got, str) else
+            (got.sha256, got.size, detect_content_type(store.path_for(got.sha256), filename=file.filename or "",
+                                                       declared=file.content_type))
+            for got, file in zip(out, files, strict=True)]
 
 
 @router.post("/documents/batch", response_model=list[BatchItemOut],

@@ -1,5 +1,6 @@
 """The content store's durability: what it answers is on disk (fsync of the file before
-its rename, of the directory after), and refused bytes leave nothing behind."""
+its rename, of the directory after), alone or many files at once, and refused bytes leave
+nothing behind."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import hashlib
 import io
 import os
 import stat
+import threading
 
 import pytest
 
-from infra.content_store import ContentStore, Refused
+from infra.content_store import ContentStore, Refused, Staged
 
 
 @pytest.fixture
@@ -40,8 +42,9 @@ def test_put_syncs_the_bytes_before_the_rename_and_the_directory_after(tmp_path,
     path = store.path_for(sha)
     assert (sha, size, path.read_bytes()) == (hashlib.sha256(content).hexdigest(), len(content), content)
     file_ino, dir_ino, root_ino = path.stat().st_ino, path.parent.stat().st_ino, store.root.stat().st_ino
-    assert disk_log == [("fsync file", file_ino), ("fsync dir", root_ino), ("rename", file_ino),
-                        ("fsync dir", dir_ino)]
+    assert disk_log[:2] == [("fsync file", file_ino), ("rename", file_ino)]
+    # the new subdirectory's entry in the root, and the file's in the subdirectory (at once)
+    assert sorted(disk_log[2:]) == sorted([("fsync dir", root_ino), ("fsync dir", dir_ino)])
 
 
 def test_a_second_file_in_an_existing_directory_syncs_only_that_directory(tmp_path, disk_log):
@@ -65,4 +68,66 @@ def test_refused_bytes_are_neither_synced_nor_renamed_nor_left_behind(tmp_path, 
     with pytest.raises(Refused):
         store.put(io.BytesIO(b""), max_bytes=1000, allow_empty=False)
     assert disk_log == []  # neither synced nor renamed
+    assert list(store.root.iterdir()) == []
+
+
+def _staged_many(store: ContentStore, contents: list[bytes]) -> list[Staged]:
+    return [store.stage(io.BytesIO(content), max_bytes=1000) for content in contents]
+
+
+def test_many_files_commit_with_each_sync_in_its_place(tmp_path, disk_log):
+    store = ContentStore(tmp_path / "store")
+    store.put(io.BytesIO(b"already there"), max_bytes=1000)  # its directory exists before the batch
+    contents = [f"contract {i}".encode() for i in range(40)] + [b"contract 0"]  # the same bytes twice
+    staged = _staged_many(store, contents)
+    disk_log.clear()
+    store.commit(staged)
+
+    for content in contents:
+        assert store.path_for(hashlib.sha256(content).hexdigest()).read_bytes() == content
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".upload-")]
+    renames = [i for i, (what, _) in enumerate(disk_log) if what == "rename"]
+    synced = {ino: i for i, (what, ino) in enumerate(disk_log) if what == "fsync file"}
+    renamed = {ino: i for i, (what, ino) in enumerate(disk_log) if what == "rename"}
+    assert renamed.keys() <= synced.keys() and all(synced[ino] < renamed[ino] for ino in renamed)
+    directories = {store.path_for(hashlib.sha256(c).hexdigest()).parent for c in contents} | {store.root}
+    dir_syncs = {ino: i for i, (what, ino) in enumerate(disk_log) if what == "fsync dir"}
+    assert {d.stat().st_ino for d in directories} == dir_syncs.keys()  # each once, the root for its new entries
+    assert min(dir_syncs.values()) > max(renames)
+
+
+def test_a_commits_syncs_run_at_once(tmp_path, monkeypatch):
+    """The first two file syncs wait for each other: one after the other they never meet."""
+    store = ContentStore(tmp_path / "store")
+    staged = _staged_many(store, [f"contract {i}".encode() for i in range(10)])
+    meet, calls, lock = threading.Barrier(2, timeout=5), [], threading.Lock()
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        with lock:
+            calls.append(fd)
+            first_two = len(calls) <= 2
+        if first_two:
+            meet.wait()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.commit(staged)
+    assert all(store.path_for(s.sha256).exists() for s in staged)
+
+
+def test_a_failed_sync_leaves_nothing_visible_and_nothing_behind(tmp_path, monkeypatch):
+    store = ContentStore(tmp_path / "store")
+    staged = _staged_many(store, [f"contract {i}".encode() for i in range(10)])
+    failing = staged[7].path.stat().st_ino
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.fstat(fd).st_ino == failing:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError):
+        store.commit(staged)
     assert list(store.root.iterdir()) == []
