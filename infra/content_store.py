@@ -6,7 +6,7 @@ import hashlib
 import mimetypes
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -131,10 +131,14 @@ _sync_pool = ThreadPoolExecutor(max_workers=_SYNCS, thread_name_prefix="content-
 
 
 def _all_at_once(sync, paths: list[Path]) -> None:
+    """`sync` of every path, at once; raises the first failure after all have ended (so
+    none is still running when the caller cleans up)."""
     if len(paths) == 1:
         sync(paths[0])
         return
-    for done in [_sync_pool.submit(sync, path) for path in paths]:
+    running = [_sync_pool.submit(sync, path) for path in paths]
+    wait(running)
+    for done in running:
         done.result()
 
 

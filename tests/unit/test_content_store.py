@@ -9,6 +9,7 @@ import io
 import os
 import stat
 import threading
+import time
 
 import pytest
 
@@ -117,17 +118,24 @@ def test_a_commits_syncs_run_at_once(tmp_path, monkeypatch):
 
 
 def test_a_failed_sync_leaves_nothing_visible_and_nothing_behind(tmp_path, monkeypatch):
+    """And the commit raises only once every sync it started has ended."""
     store = ContentStore(tmp_path / "store")
     staged = _staged_many(store, [f"contract {i}".encode() for i in range(10)])
-    failing = staged[7].path.stat().st_ino
+    failing, slow = staged[0].path.stat().st_ino, staged[9].path.stat().st_ino
+    slow_ended = threading.Event()
     real_fsync = os.fsync
 
     def fsync(fd):
-        if os.fstat(fd).st_ino == failing:
+        ino = os.fstat(fd).st_ino
+        if ino == failing:
             raise OSError(5, "Input/output error")
+        if ino == slow:
+            time.sleep(0.2)
+            slow_ended.set()
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(OSError):
         store.commit(staged)
+    assert slow_ended.is_set()
     assert list(store.root.iterdir()) == []
