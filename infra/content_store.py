@@ -96,7 +96,7 @@ class ContentStore:
         if not staged:
             return
         try:
-            _all_at_once(_fsync_file, [s.path for s in staged])
+            _fsync_all([s.path for s in staged])
             touched: set[Path] = set()
             for s in staged:
                 target = self.path_for(s.sha256)
@@ -107,7 +107,7 @@ class ContentStore:
                     pass
                 os.replace(s.path, target)
                 touched.add(target.parent)
-            _all_at_once(_fsync_directory, sorted(touched))
+            _fsync_all(sorted(touched), os.O_RDONLY | os.O_DIRECTORY)
         except BaseException:
             self.discard(staged)
             raise
@@ -130,28 +130,20 @@ _SYNCS = 8
 _sync_pool = ThreadPoolExecutor(max_workers=_SYNCS, thread_name_prefix="content-sync")
 
 
-def _all_at_once(sync, paths: list[Path]) -> None:
-    """`sync` of every path, at once; raises the first failure after all have ended (so
-    none is still running when the caller cleans up)."""
+def _fsync_all(paths: list[Path], flags: int = os.O_RDONLY) -> None:
+    """fsync of every path (opened with `flags`), at once; raises the first failure after
+    all have ended (so none is still running when the caller cleans up)."""
     if len(paths) == 1:
-        sync(paths[0])
+        _fsync(paths[0], flags)
         return
-    running = [_sync_pool.submit(sync, path) for path in paths]
+    running = [_sync_pool.submit(_fsync, path, flags) for path in paths]
     wait(running)
     for done in running:
         done.result()
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
