@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import promql_parser
 import pytest
 import yaml
 
@@ -14,12 +15,17 @@ from ecm_service.config import EcmSettings
 from infra import metrics
 from schemas.topics import BRIDGE_CONTROL, DATA_TOPICS, provisioning
 from sync_bridge.config import BridgeSettings
+from tests.support import alerts
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 BROKERS = ["kafka-1:9092", "kafka-2:9092", "kafka-3:9092"]
 STRONG = "Zq8vN3mK7pR2xW5tY9bC4dF6gH1jL0sA"
+README = (DEPLOY.parent / "README.md").read_text()
+PROMETHEUS = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+# The code's metrics by name as prometheus_client keeps it (a counter's without `_total`).
+METRICS = {m._name: m for m in vars(metrics).values() if hasattr(m, "_name")}
 
 
 def k8s_documents() -> list[dict]:
@@ -90,10 +96,9 @@ def test_the_provisioning_script_creates_every_topic_the_code_uses():
 
 
 def test_prometheus_scrapes_every_process_and_the_dashboard_uses_real_metrics():
-    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    jobs = {job["job_name"] for job in PROMETHEUS["scrape_configs"]}
     assert jobs == {"crm", "ecm", "bridge"}
-    known = {m._name for m in vars(metrics).values() if hasattr(m, "_name")}
+    known = set(METRICS)
     dashboard = json.loads((DEPLOY / "grafana" / "bridge-dashboard.json").read_text())
     used = set()
     for panel in dashboard["panels"]:
@@ -102,6 +107,51 @@ def test_prometheus_scrapes_every_process_and_the_dashboard_uses_real_metrics():
                      for n in re.findall(r"\b(?:bridge|ecm|db|messaging)_[a-z_]+", target["expr"])}
     assert used and used <= {re.sub(r"_total$", "", n) for n in known}, used - known
     assert {"bridge_consumer_lag", "bridge_outbox_backlog", "ecm_approvals", "messaging_rows_pruned"} <= used
+
+
+def metric_of(series: str):
+    """The code's metric a series name belongs to (`x_total`, `x_bucket`, ... of `x`), or None."""
+    for suffix in ("_total", "_bucket", "_count", "_sum", ""):
+        if series.endswith(suffix) and (base := series.removesuffix(suffix)) in METRICS:
+            return METRICS[base]
+    return None
+
+
+def test_alerting_rules_are_loaded_parse_and_name_real_metrics_labels_jobs_and_readme_sections():
+    assert PROMETHEUS["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert "../prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in SERVICES["prometheus"]["volumes"]
+    jobs = {job["job_name"] for job in PROMETHEUS["scrape_configs"]}
+    headings = set(re.findall(r"^#+ (.+)$", README, re.M))
+    rules = alerts.rule_list()
+    assert len({r["alert"] for r in rules}) == len(rules) >= 7
+    for rule in rules:
+        name, notes = rule["alert"], rule["annotations"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert {"summary", "description", "runbook"} <= notes.keys(), name
+        sections, _, bullet = notes["runbook"].removeprefix("README: ").partition(" (")
+        assert all(section in headings for section in sections.split(" -> ")), (name, sections)
+        assert not bullet or f"**{bullet.removesuffix(')')}**" in README, (name, bullet)
+        carried = set()  # the labels the selected series have
+        for selector in alerts.selectors(rule["expr"]):
+            if selector.name == alerts.MADE_BY_PROMETHEUS:
+                assert {m.name for m in selector.matchers.matchers} == {"job"}, name
+                assert any(alerts.matches(selector, "up", {"job": job}) for job in jobs), (name, "no such job")
+                carried |= {"job", "instance"}
+                continue
+            metric = metric_of(selector.name)
+            assert metric is not None, (name, selector.name)
+            assert {m.name for m in selector.matchers.matchers} <= set(metric._labelnames), (name, selector)
+            carried |= set(metric._labelnames) | {"job", "instance"}
+        groupings = [set(a.modifier.labels) for a in alerts.nodes(rule["expr"], promql_parser.AggregateExpr)
+                     if a.modifier is not None and a.modifier.type == promql_parser.AggModifierType.By]
+        assert all(grouping <= carried for grouping in groupings), (name, groupings, carried)
+        # The alert carries the labels of its outermost (first, left-hand) aggregation, if any.
+        result = groupings[0] if groupings else carried
+        templated = set(re.findall(r"\$labels\.(\w+)", notes["summary"] + notes["description"]))
+        assert templated <= result, (name, templated - result)
+    down = alerts.selectors(alerts.rule("ProcessDown")["expr"])
+    assert {job for job in jobs if any(alerts.matches(s, "up", {"job": job}) for s in down)} == jobs, \
+        "a scrape job whose processes going down would go unnoticed"
 
 
 def test_kubernetes_manifests_wire_the_same_way():

@@ -21,6 +21,7 @@ from tests.e2e.journey import (
     verify_counterparty,
     wait_crm_status,
 )
+from tests.support import alerts
 from tests.support.polling import wait_until
 
 
@@ -171,6 +172,15 @@ def test_health_readiness_metrics_and_openapi_are_served(api, system):
                message="approvals gauge")
     assert "bridge_outbox_backlog" in httpx.get(f"{system.crm_url}/metrics").text
     assert metric(bridge, "bridge_direction_paused", direction="crm-to-ecm") == 0
+    # The alerts that watch gauges find them where the processes expose them (the counters'
+    # alerts are checked where their events happen: test_reliability, test_operations).
+    pages = [httpx.get(f"{base}/metrics").text for base in (system.crm_url, system.ecm_url, bridge)]
+    outboxes = [sample for text in pages for sample in alerts.selected("OutboxNotPublishing", text)]
+    assert {sample.labels["service"] for sample in outboxes} == {"crm", "ecm"}
+    assert all(sample.value < 120 for sample in outboxes)  # the alert's threshold, on a healthy system
+    lags = [sample for text in pages for sample in alerts.selected("ConsumerFallingBehind", text)
+            if sample.name == "bridge_consumer_lag"]
+    assert {sample.labels["topic"] for sample in lags} >= {"crm.events", "ecm.events", "crm.commands", "ecm.commands"}
     assert api.crm(SALES, "GET", "/api/deals/missing").status_code == 404
     assert api.ecm("legal-lena", "GET", "/api/approvals/missing").status_code == 404
 

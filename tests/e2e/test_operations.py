@@ -22,6 +22,7 @@ from tests.e2e.journey import (
     request_approval,
     wait_crm_status,
 )
+from tests.support import alerts
 from tests.support.polling import wait_until
 
 
@@ -49,6 +50,12 @@ def ecm_has(api, flow) -> bool:
     return bool(api.ecm("legal-lena", "GET", f"/api/approvals?external_ref=crm:{flow['request']['id']}").json())
 
 
+def paused_as_alerts_see_it(system) -> dict[str, float]:
+    """The series the DirectionPausedLong alert (deploy/prometheus/alerts.yml) selects."""
+    text = httpx.get(f"{system.bridge_url}/metrics", timeout=10).text
+    return {sample.labels["direction"]: sample.value for sample in alerts.selected("DirectionPausedLong", text)}
+
+
 def test_pausing_a_direction_holds_messages_and_resuming_delivers_them_in_order(api, system):
     bridgectl(system, "pause", "crm-to-ecm", "--reason", "ECM maintenance")
     wait_until(lambda: __import__("httpx").get(f"{system.bridge_url}/health").json()["paused"]["crm-to-ecm"],
@@ -65,10 +72,12 @@ def test_pausing_a_direction_holds_messages_and_resuming_delivers_them_in_order(
     assert report["directions"]["crm-to-ecm"]["reason"] == "ECM maintenance"
     assert next(t for t in report["topics"] if t["topic"] == "crm.events")["lag"] >= 4
     assert "PAUSED" in bridgectl(system, "status").stdout
+    assert paused_as_alerts_see_it(system) == {"crm-to-ecm": 1, "ecm-to-crm": 0}
 
     bridgectl(system, "resume", "crm-to-ecm")
     for flow in flows:
         wait_crm_status(api, flow, "in_progress", "legal")
+    assert paused_as_alerts_see_it(system) == {"crm-to-ecm": 0, "ecm-to-crm": 0}
     approvals = [ecm_approval(api, f) for f in flows]
     assert [a["created_at"] for a in approvals] == sorted(a["created_at"] for a in approvals)
     assert len({a["counterparty_id"] for a in approvals}) == 1

@@ -7,6 +7,7 @@ import signal
 import uuid
 from datetime import datetime, timezone
 
+import httpx
 import pytest
 
 from infra.dead_letters import KEPT_WHEN_TOO_LARGE, error_context
@@ -25,6 +26,7 @@ from tests.e2e.journey import (
     request_approval,
     wait_crm_status,
 )
+from tests.support import alerts
 from tests.support.kafka import produce, read_all, republish
 from tests.support.polling import wait_until
 
@@ -111,6 +113,11 @@ def test_every_kind_of_bad_message_on_each_consumed_topic_is_dead_lettered_and_t
         assert ctx["source.topic"] == topic and ctx["error.class"] == "InvalidMessage", (topic, kind)
         assert reason in ctx["error.message"] and int(ctx["source.offset"]) >= 0, (topic, kind, ctx)
         assert letters[0].key == flow["org"]["id"].encode()
+    # The DeadLetters alert (deploy/prometheus/alerts.yml) selects what each consumer counted.
+    counted = [sample for base in (system.crm_url, system.ecm_url, system.bridge_url)
+               for sample in alerts.selected("DeadLetters", httpx.get(f"{base}/metrics", timeout=10).text)
+               if sample.value > 0]
+    assert {sample.labels["topic"] for sample in counted} == set(DATA_TOPICS)
     for process in system.processes.values():
         assert process.poll() is None, "nothing crashed"
 

@@ -1,0 +1,55 @@
+"""The alerting rules (deploy/prometheus/alerts.yml) as tests read them: each rule's PromQL
+parsed (promql-parser), the series it selects, and which samples of a process's /metrics
+a selector picks - its metric name and label matchers. The rest of an expression (rates,
+aggregation, comparison, `for`) is Prometheus's to evaluate; no Prometheus runs here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import promql_parser
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+RULES_FILE = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+MADE_BY_PROMETHEUS = "up"  # the scrape's own series, not a process's metric
+
+_MATCH = {  # by the name of promql_parser.MatchOp's member (its members are not hashable)
+    "Equal": lambda pattern, value: value == pattern,
+    "NotEqual": lambda pattern, value: value != pattern,
+    "Re": lambda pattern, value: re.fullmatch(pattern, value) is not None,
+    "NotRe": lambda pattern, value: re.fullmatch(pattern, value) is None,
+}
+
+
+def rule_list() -> list[dict]:
+    return [rule for group in yaml.safe_load(RULES_FILE.read_text())["groups"] for rule in group["rules"]]
+
+
+def rule(alert: str) -> dict:
+    return next(r for r in rule_list() if r["alert"] == alert)
+
+
+def nodes(expr: str, kind: type) -> list:
+    """Every node of `kind` in the parsed expression (ValueError when it is not PromQL)."""
+    found = []
+    promql_parser.walk(promql_parser.parse(expr), pre_visit=lambda n: found.append(n) if isinstance(n, kind) else None)
+    return found
+
+
+def selectors(expr: str) -> list[promql_parser.VectorSelector]:
+    return nodes(expr, promql_parser.VectorSelector)
+
+
+def matches(selector: promql_parser.VectorSelector, name: str, labels: dict[str, str]) -> bool:
+    """Prometheus's rule: a label the series lacks counts as the empty string."""
+    return name == selector.name and all(
+        _MATCH[str(m.op).rpartition(".")[2]](m.value, labels.get(m.name, "")) for m in selector.matchers.matchers)
+
+
+def selected(alert: str, exposition: str) -> list:
+    """The samples of one process's /metrics text that the alert's selectors pick."""
+    chosen = [s for s in selectors(rule(alert)["expr"]) if s.name != MADE_BY_PROMETHEUS]
+    return [sample for family in text_string_to_metric_families(exposition) for sample in family.samples
+            if any(matches(s, sample.name, sample.labels) for s in chosen)]
