@@ -15,7 +15,7 @@ from aiokafka.structs import ConsumerRecord
 
 from infra.dead_letters import DeadLetter
 from infra.delivery import BatchHandler, DeliveryPolicy, Record, apply_together, deliver
-from infra.metrics import CONSUMER_LAG
+from infra.metrics import LagReport
 from schemas.registry import Message
 
 log = structlog.get_logger()
@@ -42,6 +42,7 @@ class ConsumerLoop:
         self._topic = topic
         self._group_id = group_id
         self._policy = DeliveryPolicy(consumer=group_id, accepted_types=accepted_types, max_attempts=max_attempts)
+        self._lag = LagReport(group_id)
         self._handler = handler
         self._batch_handler = batch_handler
         self._batch_size = batch_size if batch_handler is not None else 1
@@ -90,8 +91,8 @@ class ConsumerLoop:
         for tp in batch:
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
-                lag = max(0, highwater - (batch[tp][-1].offset + 1))
-                CONSUMER_LAG.labels(self._group_id, tp.topic, str(tp.partition)).set(lag)
+                self._lag.set(tp.topic, tp.partition, max(0, highwater - (batch[tp][-1].offset + 1)))
+        self._lag.keep_only({(tp.topic, tp.partition) for tp in self.consumer.assignment()})
 
     async def handle_records(self, records: list[ConsumerRecord]) -> None:
         """A fetch's records, each partition's in order (groups may mix partitions)."""

@@ -45,3 +45,23 @@ DB_ROUND_TRIPS = Counter(
 ROWS_PRUNED = Counter(
     "messaging_rows_pruned_total", "Outbox and inbox rows deleted after their retention", ["table"],
 )
+
+
+class LagReport:
+    """`bridge_consumer_lag` for one consumer. A partition's lag is set as its records are
+    read; `keep_only` drops the partitions the consumer no longer holds, so after a
+    rebalance no worker keeps reporting the last lag of a partition another one now reads
+    (a sum over the workers would count it twice, and alert on a backlog that is gone)."""
+
+    def __init__(self, consumer: str):
+        self._consumer = consumer
+        self._partitions: set[tuple[str, int]] = set()
+
+    def set(self, topic: str, partition: int, lag: int) -> None:
+        CONSUMER_LAG.labels(self._consumer, topic, str(partition)).set(lag)
+        self._partitions.add((topic, partition))
+
+    def keep_only(self, assigned: set[tuple[str, int]]) -> None:
+        for topic, partition in self._partitions - assigned:
+            CONSUMER_LAG.remove(self._consumer, topic, str(partition))
+        self._partitions &= assigned

@@ -15,7 +15,7 @@ import structlog
 
 from infra.dead_letters import DeadLetter
 from infra.delivery import DeliveryPolicy, Record, apply_together, deliver
-from infra.metrics import BATCH_EVENTS, CONSUMER_LAG, MESSAGES_PUBLISHED, TRANSFER_BYTES, TRANSFERS
+from infra.metrics import BATCH_EVENTS, MESSAGES_PUBLISHED, TRANSFER_BYTES, TRANSFERS, LagReport
 from schemas import crm_events
 from schemas.registry import Message, encode
 from sync_bridge.app import app, settings
@@ -59,11 +59,17 @@ def transfer() -> DocumentTransfer:
     return _transfer
 
 
+# bridge_consumer_lag of each direction's consumer; the /metrics page drops the partitions
+# this worker no longer holds (sync_bridge/web.py).
+LAG_REPORTS: dict[str, LagReport] = {}
+
+
 def as_record(event: faust.EventT, consumer: str) -> Record:
     m = event.message
     highwater = app.consumer.highwater(m.tp) if app.consumer else None
     if highwater is not None:
-        CONSUMER_LAG.labels(consumer, m.topic, str(m.partition)).set(max(0, highwater - m.offset - 1))
+        report = LAG_REPORTS.get(consumer) or LAG_REPORTS.setdefault(consumer, LagReport(consumer))
+        report.set(m.topic, m.partition, max(0, highwater - m.offset - 1))
     headers = list(m.headers.items()) if isinstance(m.headers, dict) else list(m.headers or ())
     return Record(m.topic, m.partition, m.offset, m.key, m.value, headers)
 

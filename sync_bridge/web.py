@@ -5,7 +5,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from infra.metrics import PAUSED
 from sync_bridge.app import app
 from sync_bridge.control import DIRECTIONS
-from sync_bridge.handling import gates
+from sync_bridge.handling import LAG_REPORTS, gates
 
 
 @app.page("/health")
@@ -20,4 +20,8 @@ async def health(web, request):
 async def metrics(web, request):
     for direction in DIRECTIONS:
         PAUSED.labels(direction).set(1 if gates.is_paused(direction) else 0)
+    consumer = app.consumer
+    assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()} if consumer else set()
+    for report in list(LAG_REPORTS.values()):
+        report.keep_only(assigned)
     return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

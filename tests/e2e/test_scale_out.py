@@ -5,6 +5,7 @@ import signal
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.broker import free_port
 from tests.e2e.conftest import running_system
@@ -25,13 +26,30 @@ def assigned(url: str) -> set[str]:
         return set()
 
 
+def lag_partitions(url: str) -> set[str]:
+    """The partitions a worker reports bridge_consumer_lag for on its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return {f"{s.labels['topic']}:{s.labels['partition']}" for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "bridge_consumer_lag"}
+
+
 def test_two_workers_share_partitions_and_survive_losing_one(system, api):
+    # The first worker alone reads a few partitions first, so that the rebalance takes some away.
+    early = [request_approval(api, create_deal_with_document(api, name=f"Early {i}")) for i in range(8)]
+    for flow in early:
+        wait_crm_status(api, flow, "in_progress", "legal", timeout=90)
+    read_alone = lag_partitions(system.bridge_url)
     second = system.start_extra_bridge("bridge-2", free_port())
     # After the rebalance each worker holds part of the partitions, and together all of them.
     wait_until(lambda: assigned(system.bridge_url) and assigned(second)
                and not assigned(system.bridge_url) & assigned(second)
                and len(assigned(system.bridge_url) | assigned(second)) == 12,
                timeout=90, interval=1, message="partitions split between two workers")
+    assert read_alone & assigned(second), "the rebalance moved none of the partitions read so far"
+    # No worker reports the lag of a partition it no longer holds (ConsumerFallingBehind,
+    # deploy/prometheus/alerts.yml, sums the workers' figures).
+    for url in (system.bridge_url, second):
+        assert lag_partitions(url) <= assigned(url), url
 
     flows = [create_deal_with_document(api, name=f"Scale {i}") for i in range(16)]
     for i, flow in enumerate(flows):

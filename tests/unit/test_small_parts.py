@@ -4,10 +4,13 @@ import json
 from datetime import datetime, timezone
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from crm_service.domain.model import ApprovalRequest
 from deploy.demo_users import DEMO_USERS, ensure_demo_users
 from infra.content_store import ContentStore, FileTooLarge
+from infra.metrics import LagReport
 from infra.tokens import hash_token, is_weak_secret, new_token
 
 NOW = datetime.now(timezone.utc)
@@ -184,3 +187,24 @@ def test_every_foreign_key_column_leads_an_index(service):
                     if not isinstance(c, ForeignKeyConstraint) and len(c.columns)}
         unindexed += [f"{table.name}.{fk.parent.name}" for fk in table.foreign_keys if fk.parent.name not in leading]
     assert unindexed == []
+
+
+def lag_series(consumer: str) -> dict[tuple[str, str], float]:
+    text = generate_latest().decode()
+    return {(s.labels["topic"], s.labels["partition"]): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "bridge_consumer_lag" and s.labels["consumer"] == consumer}
+
+
+def test_a_consumer_stops_reporting_lag_of_partitions_it_no_longer_holds():
+    report = LagReport("unit-lag")
+    report.set("crm.events", 0, 7)
+    report.set("crm.events", 1, 3)
+    report.set("ecm.events", 1, 0)
+    assert lag_series("unit-lag") == {("crm.events", "0"): 7, ("crm.events", "1"): 3, ("ecm.events", "1"): 0}
+    report.keep_only({("crm.events", 1), ("ecm.events", 1), ("ecm.events", 2)})  # a rebalance took crm.events:0
+    assert lag_series("unit-lag") == {("crm.events", "1"): 3, ("ecm.events", "1"): 0}
+    report.keep_only(set())  # no partitions left, no series left; a second call has nothing to remove
+    report.keep_only(set())
+    assert lag_series("unit-lag") == {}
+    report.set("crm.events", 0, 2)  # given back later: reported again
+    assert lag_series("unit-lag") == {("crm.events", "0"): 2}
