@@ -10,6 +10,7 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas.topics import DATA_TOPICS
 from tests.e2e.journey import (
     SALES,
     approve_all,
@@ -181,6 +182,9 @@ def test_health_readiness_metrics_and_openapi_are_served(api, system):
     lags = [sample for text in pages for sample in alerts.selected("ConsumerFallingBehind", text)
             if sample.name == "bridge_consumer_lag"]
     assert {sample.labels["topic"] for sample in lags} >= {"crm.events", "ecm.events", "crm.commands", "ecm.commands"}
+    flow = [sample for text in pages for sample in alerts.selected("FlowStalled", text)]
+    for counted in ("bridge_messages_published_total", "bridge_messages_consumed_total"):
+        assert {s.labels["topic"] for s in flow if s.name == counted and s.value > 0} == set(DATA_TOPICS), counted
     assert api.crm(SALES, "GET", "/api/deals/missing").status_code == 404
     assert api.ecm("legal-lena", "GET", "/api/approvals/missing").status_code == 404
 
