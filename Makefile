@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test browser test-unit test-integration test-e2e test-chaos lint bench schemas-check asyncapi install clean
+.PHONY: run test browser promtool test-unit test-integration test-e2e test-chaos lint bench schemas-check asyncapi install clean
 
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,10 +17,10 @@ install: $(STAMP)
 run: $(STAMP)
 	PYTHONPATH=. $(PY) -m deploy.local_run
 
-test: $(STAMP) browser
+test: $(STAMP) browser promtool
 	PYTHONPATH=. $(PY) -m pytest
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) promtool
 	PYTHONPATH=. $(PY) -m pytest tests/unit tests/contract
 
 test-integration: $(STAMP)
@@ -28,6 +28,9 @@ test-integration: $(STAMP)
 
 browser:
 	@bash tools/ensure-chromium.sh
+
+promtool:
+	@bash tools/ensure-promtool.sh
 
 test-e2e: $(STAMP) browser
 	PYTHONPATH=. $(PY) -m pytest tests/e2e
