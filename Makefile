@@ -27,10 +27,10 @@ test-integration: $(STAMP)
 	PYTHONPATH=. $(PY) -m pytest tests/integration
 
 browser:
-	@bash tools/ensure-chromium.sh
+	@bash tools/ensure-debian-tool.sh /usr/bin/chromium chromium "the browser tests"
 
 promtool:
-	@bash tools/ensure-promtool.sh
+	@bash tools/ensure-debian-tool.sh /usr/bin/promtool prometheus "the alerting rules' tests" --no-install-recommends
 
 test-e2e: $(STAMP) browser
 	PYTHONPATH=. $(PY) -m pytest tests/e2e

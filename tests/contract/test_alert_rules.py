@@ -19,7 +19,7 @@ PROMETHEUS_YML = alerts.RULES_FILE.with_name("prometheus.yml")
 
 
 def promtool(*args: str, cwd: Path | None = None) -> str:
-    assert Path(PROMTOOL).exists(), "promtool is missing: `make test` installs it (tools/ensure-promtool.sh)"
+    assert Path(PROMTOOL).exists(), "promtool is missing: `make test` installs it (tools/ensure-debian-tool.sh)"
     result = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
