@@ -26,7 +26,7 @@ def promtool(*args: str, cwd: Path | None = None) -> str:
 
 
 def test_promtool_accepts_the_rules_and_the_configuration_that_loads_them(tmp_path):
-    assert "SUCCESS: 8 rules found" in promtool("check", "rules", str(alerts.RULES_FILE))
+    assert f"SUCCESS: {len(alerts.rule_list())} rules found" in promtool("check", "rules", str(alerts.RULES_FILE))
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     config["rule_files"] = [str(alerts.RULES_FILE)]  # the container's path, here
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
