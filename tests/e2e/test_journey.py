@@ -8,7 +8,6 @@ import json
 import uuid
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.topics import DATA_TOPICS
 from tests.e2e.journey import (
@@ -23,6 +22,7 @@ from tests.e2e.journey import (
     wait_crm_status,
 )
 from tests.support import alerts
+from tests.support.metrics import samples
 from tests.support.polling import wait_until
 
 
@@ -143,13 +143,8 @@ def test_known_tax_id_links_to_the_verified_counterparty_instead_of_duplicating(
 
 
 def metric(base: str, name: str, **labels) -> float:
-    text = httpx.get(f"{base}/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return sum(s.value for s in samples(httpx.get(f"{base}/metrics").text, name)
+               if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def test_health_readiness_metrics_and_openapi_are_served(api, system):

@@ -5,12 +5,12 @@ import signal
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.broker import free_port
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import create_deal_with_document, request_approval, wait_crm_status
 from tests.e2e.test_reliability import ecm_counts, wait_drained
+from tests.support.metrics import samples
 from tests.support.polling import wait_until
 
 
@@ -28,9 +28,8 @@ def assigned(url: str) -> set[str]:
 
 def lag_partitions(url: str) -> set[str]:
     """The partitions a worker reports bridge_consumer_lag for on its /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return {f"{s.labels['topic']}:{s.labels['partition']}" for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == "bridge_consumer_lag"}
+    page = httpx.get(f"{url}/metrics", timeout=5).text
+    return {f"{s.labels['topic']}:{s.labels['partition']}" for s in samples(page, "bridge_consumer_lag")}
 
 
 def test_two_workers_share_partitions_and_survive_losing_one(system, api):

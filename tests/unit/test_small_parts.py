@@ -5,13 +5,13 @@ from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from crm_service.domain.model import ApprovalRequest
 from deploy.demo_users import DEMO_USERS, ensure_demo_users
 from infra.content_store import ContentStore, FileTooLarge
 from infra.metrics import LagReport
 from infra.tokens import hash_token, is_weak_secret, new_token
+from tests.support.metrics import samples
 
 NOW = datetime.now(timezone.utc)
 
@@ -190,9 +190,8 @@ def test_every_foreign_key_column_leads_an_index(service):
 
 
 def lag_series(consumer: str) -> dict[tuple[str, str], float]:
-    text = generate_latest().decode()
-    return {(s.labels["topic"], s.labels["partition"]): s.value for f in text_string_to_metric_families(text)
-            for s in f.samples if s.name == "bridge_consumer_lag" and s.labels["consumer"] == consumer}
+    return {(s.labels["topic"], s.labels["partition"]): s.value
+            for s in samples(generate_latest().decode(), "bridge_consumer_lag") if s.labels["consumer"] == consumer}
 
 
 def test_a_consumer_stops_reporting_lag_of_partitions_it_no_longer_holds():
