@@ -4,7 +4,9 @@ Every worker reads the whole control topic (no consumer group) and keeps followi
 A paused direction's agent stops before its next event: nothing is skipped, nothing is
 reordered, offsets stay where they are, and there is no cap on how long a pause lasts.
 Until the worker has read the control topic to its end once, both directions stay
-closed, so a worker that restarts during a pause does not slip a message through."""
+closed, so a worker that restarts during a pause does not slip a message through. That
+state is reported as "starting", not as a pause: no operator decided it, and an alert
+that a pause silences must still see a worker that never gets past it."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ log = structlog.get_logger()
 CRM_TO_ECM = "crm-to-ecm"
 ECM_TO_CRM = "ecm-to-crm"
 DIRECTIONS = (CRM_TO_ECM, ECM_TO_CRM)
+STARTING, OPEN, PAUSED = "starting", "open", "paused"
 
 
 def control_record(direction: str, *, paused: bool, reason: str | None, by: str) -> tuple[bytes, bytes]:
@@ -49,9 +52,16 @@ class DirectionGates:
     def __init__(self):
         self._open = {d: asyncio.Event() for d in DIRECTIONS}
         self.state: dict[str, dict] = {}
+        self.caught_up = False  # the control topic read to its end once
 
     def is_paused(self, direction: str) -> bool:
-        return not self._open[direction].is_set()
+        """Whether an operator's decision holds the direction (not the start-up state)."""
+        return self.caught_up and not self._open[direction].is_set()
+
+    def describe(self, direction: str) -> str:
+        if not self.caught_up:
+            return STARTING
+        return PAUSED if self.is_paused(direction) else OPEN
 
     async def wait_open(self, direction: str) -> None:
         if not self._open[direction].is_set():
@@ -69,6 +79,13 @@ class DirectionGates:
                 self._open[direction].set()
                 log.info("direction_open", direction=direction)
 
+    def catch_up(self, state: dict[str, dict]) -> None:
+        """The decisions read up to the topic's end when the worker started (or read it again)."""
+        self.apply(state)
+        if not self.caught_up:
+            self.caught_up = True
+            log.info("control_caught_up", state=self.state)
+
     async def follow(self, bootstrap: str) -> None:
         """Reads the control topic from the start, opens the gates once caught up,
         then applies every new decision as it arrives."""
@@ -83,8 +100,7 @@ class DirectionGates:
             while await consumer.position(tp) < end:
                 for items in (await consumer.getmany(timeout_ms=500)).values():
                     seen.extend(items)
-            self.apply(fold(seen))
-            log.info("control_caught_up", state=self.state)
+            self.catch_up(fold(seen))
             while True:
                 for items in (await consumer.getmany(timeout_ms=1000)).values():
                     self.apply(fold(items))

@@ -12,14 +12,25 @@ from sync_bridge.handling import LAG_REPORTS, gates
 async def health(web, request):
     consumer = app.consumer
     assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()) if consumer else []
-    paused = {d: gates.is_paused(d) for d in DIRECTIONS}
-    return web.json({"status": "ok", "service": "bridge", "assigned_partitions": assigned, "paused": paused})
+    return web.json({"status": "ok", "service": "bridge", "assigned_partitions": assigned,
+                     "directions": {d: gates.describe(d) for d in DIRECTIONS},
+                     "paused": {d: gates.is_paused(d) for d in DIRECTIONS}})
+
+
+def export_pauses(gates) -> None:
+    """bridge_direction_paused per direction once the worker knows the operators'
+    decisions; no series while it starts (a 0 would claim a direction open that is not,
+    a 1 would silence the stall alerts for a worker stuck at start)."""
+    if not gates.caught_up:
+        PAUSED.clear()
+        return
+    for direction in DIRECTIONS:
+        PAUSED.labels(direction).set(1 if gates.is_paused(direction) else 0)
 
 
 @app.page("/metrics")
 async def metrics(web, request):
-    for direction in DIRECTIONS:
-        PAUSED.labels(direction).set(1 if gates.is_paused(direction) else 0)
+    export_pauses(gates)
     consumer = app.consumer
     assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()} if consumer else set()
     for report in list(LAG_REPORTS.values()):

@@ -2,6 +2,7 @@
 rebalance nothing is lost or duplicated."""
 
 import signal
+import time
 
 import httpx
 import pytest
@@ -32,6 +33,26 @@ def lag_partitions(url: str) -> set[str]:
     return {f"{s.labels['topic']}:{s.labels['partition']}" for s in samples(page, "bridge_consumer_lag")}
 
 
+def watch_start(url: str, timeout: float = 90) -> list[tuple[dict, dict, dict]]:
+    """What a starting worker reports, (directions, paused, the pause gauge's series) per
+    answer of /health, until it holds partitions and knows the operators' decisions."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            # /metrics first: a worker that still says "starting" afterwards was starting then too.
+            page = httpx.get(f"{url}/metrics", timeout=5).text
+            health = httpx.get(f"{url}/health", timeout=2).json()
+        except httpx.HTTPError:
+            time.sleep(0.2)
+            continue
+        gauge = {s.labels["direction"]: s.value for s in samples(page, "bridge_direction_paused")}
+        seen.append((health["directions"], health["paused"], gauge))
+        if health["assigned_partitions"] and "starting" not in health["directions"].values():
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not finish starting: last answer {seen[-1:]}")
+
+
 def test_two_workers_share_partitions_and_survive_losing_one(system, api):
     # The first worker alone reads a few partitions first, so that the rebalance takes some away.
     early = [request_approval(api, create_deal_with_document(api, name=f"Early {i}")) for i in range(8)]
@@ -39,6 +60,18 @@ def test_two_workers_share_partitions_and_survive_losing_one(system, api):
         wait_crm_status(api, flow, "in_progress", "legal", timeout=90)
     read_alone = lag_partitions(system.bridge_url)
     second = system.start_extra_bridge("bridge-2", free_port())
+    # Until it has read the control topic a worker holds both directions, and says so as
+    # "starting": not as an operator's pause, and with no pause gauge series (a 1 would
+    # silence FlowStalled for a worker stuck there).
+    answers = watch_start(second)
+    assert not any(any(paused.values()) for _, paused, _ in answers), answers
+    assert all(gauge == {} for directions, _, gauge in answers if "starting" in directions.values()), answers
+    assert answers[-1][0] == {"crm-to-ecm": "open", "ecm-to-crm": "open"}
+    assert any("starting" in directions.values() for directions, _, _ in answers), \
+        "the worker was never seen starting (it reads the control topic after its first assignment)"
+    assert {s.labels["direction"]: s.value for s in samples(httpx.get(f"{second}/metrics", timeout=5).text,
+                                                            "bridge_direction_paused")} == {"crm-to-ecm": 0,
+                                                                                            "ecm-to-crm": 0}
     # After the rebalance each worker holds part of the partitions, and together all of them.
     wait_until(lambda: assigned(system.bridge_url) and assigned(second)
                and not assigned(system.bridge_url) & assigned(second)

@@ -155,3 +155,43 @@ async def test_httpcore_finds_sniffio_so_its_per_call_import_is_a_lookup():
 
     assert current_async_library() == "asyncio"
     assert "sniffio" in sys.modules
+
+
+async def test_a_starting_worker_holds_both_directions_without_reporting_a_pause():
+    from sync_bridge.control import CRM_TO_ECM, ECM_TO_CRM, DirectionGates
+
+    gates = DirectionGates()
+    held = asyncio.ensure_future(gates.wait_open(CRM_TO_ECM))
+    await asyncio.sleep(0)
+    assert not held.done()  # nothing passes before the operators' decisions are known
+    assert [gates.describe(d) for d in (CRM_TO_ECM, ECM_TO_CRM)] == ["starting", "starting"]
+    assert not gates.is_paused(CRM_TO_ECM)
+
+    gates.catch_up({ECM_TO_CRM: {"paused": True, "reason": "ECM maintenance"}})
+    await asyncio.sleep(0)
+    assert held.done()
+    assert [gates.describe(d) for d in (CRM_TO_ECM, ECM_TO_CRM)] == ["open", "paused"]
+    assert gates.is_paused(ECM_TO_CRM)
+
+    gates.apply({ECM_TO_CRM: {"paused": False}})
+    assert gates.describe(ECM_TO_CRM) == "open"
+
+
+def test_the_pause_gauge_has_no_series_while_a_worker_starts():
+    from prometheus_client import generate_latest
+
+    from sync_bridge.control import ECM_TO_CRM, DirectionGates
+    from sync_bridge.web import export_pauses
+    from tests.support.metrics import samples
+
+    def exported():
+        return {s.labels["direction"]: s.value for s in samples(generate_latest().decode(), "bridge_direction_paused")}
+
+    gates = DirectionGates()
+    export_pauses(gates)
+    assert exported() == {}
+    gates.catch_up({ECM_TO_CRM: {"paused": True}})
+    export_pauses(gates)
+    assert exported() == {"crm-to-ecm": 0, "ecm-to-crm": 1}
+    export_pauses(DirectionGates())  # read again from the start after a restart of the app
+    assert exported() == {}
