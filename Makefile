@@ -29,10 +29,11 @@ test-integration: $(STAMP)
 browser:
 	@bash tools/ensure-debian-tool.sh /usr/bin/chromium chromium "the browser tests"
 
-promtool:
+promtool:  # and the Prometheus server of tests/e2e/test_monitoring.py, from the same package
 	@bash tools/ensure-debian-tool.sh /usr/bin/promtool prometheus "the alerting rules' tests" --no-install-recommends
+	@bash tools/ensure-debian-tool.sh /usr/bin/prometheus prometheus "the alerting rules' tests" --no-install-recommends
 
-test-e2e: $(STAMP) browser
+test-e2e: $(STAMP) browser promtool
 	PYTHONPATH=. $(PY) -m pytest tests/e2e
 
 test-chaos: $(STAMP)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Tests need a few programs from Debian's packages: Chromium for the browser tests (driven by
-# Playwright, never `playwright install`) and promtool, from the `prometheus` package, for
-# the alerting rules' tests (no daemon is started or needed). Installs one when it is
-# missing; fails loudly when it cannot.
+# Playwright, never `playwright install`) and, from the `prometheus` package, promtool and
+# the Prometheus server for the alerting rules' tests (the tests start the server on their
+# own port; the package's daemon is not started). Installs one when it is missing; fails
+# loudly when it cannot.
 #   tools/ensure-debian-tool.sh PROGRAM PACKAGE WHAT-NEEDS-IT [apt-get option...]
 set -euo pipefail
 PROGRAM=$1 PACKAGE=$2 NEEDED_BY=$3

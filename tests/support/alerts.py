@@ -1,7 +1,9 @@
 """The alerting rules (deploy/prometheus/alerts.yml) as tests read them: each rule's PromQL
 parsed (promql-parser), the series it selects, and which samples of a process's /metrics
 a selector picks - its metric name and label matchers. The rest of an expression (rates,
-aggregation, comparison, `for`) is Prometheus's to evaluate; no Prometheus runs here."""
+aggregation, comparison, `for`) is Prometheus's to evaluate: promtool on synthetic series
+(tests/contract/test_alert_rules.py), a real server on the processes' series
+(tests/e2e/test_monitoring.py)."""
 
 from __future__ import annotations
 

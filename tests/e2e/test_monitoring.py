@@ -1,0 +1,163 @@
+"""A real Prometheus (Debian 12's package, 2.42; the compose file runs 2.54.1) scrapes
+the running processes with the deployed scrape jobs and evaluates the deployed alerting
+rules (deploy/prometheus/alerts.yml) on their real series: every rule evaluates without
+error, a healthy system fires nothing, and the faults the rules are for make them
+pending or firing with the labels the runbook needs. promtool's unit tests
+(tests/contract/test_alert_rules.py) check the timings on synthetic series; this checks
+that the series the code really exports make the expressions work."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import yaml
+
+from deploy.broker import free_port
+from deploy.processes import start_child, stop_child
+from schemas.topics import CRM_EVENTS
+from tests.e2e.conftest import running_system
+from tests.e2e.journey import create_deal_with_document, request_approval, wait_crm_status
+from tests.e2e.test_operations import bridgectl
+from tests.support import alerts
+from tests.support.kafka import produce
+from tests.support.polling import wait_until
+
+PROMETHEUS = "/usr/bin/prometheus"  # Debian's `prometheus` package; `make test` installs it
+DEPLOYED_CONFIG = alerts.RULES_FILE.parent / "prometheus.yml"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    yield from running_system(tmp_path_factory, "sqlite")
+
+
+def scrape_config(system) -> dict:
+    """The deployed Prometheus configuration with each job's discovery replaced by the
+    address its process listens on here, scraped and evaluated every second."""
+    deployed = yaml.safe_load(DEPLOYED_CONFIG.read_text())
+    here = {"crm": system.crm_url, "ecm": system.ecm_url, "bridge": system.bridge_url}
+    jobs = []
+    for job in deployed["scrape_configs"]:
+        assert job["job_name"] in here, f"a scrape job this test does not know: {job['job_name']}"
+        kept = {k: v for k, v in job.items() if not k.endswith("_sd_configs") and k != "static_configs"}
+        jobs.append({**kept, "static_configs": [{"targets": [urlparse(here[job["job_name"]]).netloc]}]})
+    assert len(deployed["rule_files"]) == 1
+    return {"global": {**deployed.get("global", {}), "scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(alerts.RULES_FILE)], "scrape_configs": jobs}
+
+
+@pytest.fixture(scope="module")
+def prometheus(system, tmp_path_factory):
+    home: Path = tmp_path_factory.mktemp("prometheus")
+    (home / "prometheus.yml").write_text(yaml.safe_dump(scrape_config(system)))
+    port = free_port()
+    process = start_child([PROMETHEUS, f"--config.file={home / 'prometheus.yml'}",
+                           f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                          env=None, log_file=home / "prometheus.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, (home / "prometheus.log").read_text()[-2000:]
+        try:
+            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout=30, message="Prometheus ready")
+    yield url
+    stop_child(process)
+
+
+def query(prometheus: str, path: str, **params) -> dict | list:
+    body = httpx.get(f"{prometheus}/api/v1/{path}", params=params, timeout=10).json()
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def rules(prometheus: str) -> list[dict]:
+    return [rule for group in query(prometheus, "rules", type="alert")["groups"] for rule in group["rules"]]
+
+
+def active(prometheus: str) -> list[dict]:
+    """Alerts pending or firing: [{name, state, labels}]."""
+    return [{"name": a["labels"]["alertname"], "state": a["state"], "labels": a["labels"]}
+            for a in query(prometheus, "alerts")["alerts"]]
+
+
+def evaluated_since(prometheus: str, moment: float) -> bool:
+    """Every rule evaluated (twice, to be past a scrape in between) since `moment`."""
+    def seconds(stamp: str) -> float:
+        return datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return all(seconds(rule["lastEvaluation"]) >= moment + 2 for rule in rules(prometheus))
+
+
+def wait_active(prometheus: str, name: str, state: str, **labels) -> dict:
+    def found():
+        return next((a for a in active(prometheus) if a["name"] == name and a["state"] == state
+                     and all(a["labels"].get(k) == v for k, v in labels.items())), None)
+    return wait_until(found, timeout=30, message=f"{name} {state} {labels} in Prometheus: {active(prometheus)}")
+
+
+def test_prometheus_scrapes_every_process_and_every_rule_evaluates_cleanly_on_a_healthy_system(
+        api, system, prometheus):
+    jobs = {"crm", "ecm", "bridge"}
+    wait_until(lambda: {t["labels"]["job"] for t in query(prometheus, "targets")["activeTargets"]
+                        if t["health"] == "up"} == jobs, timeout=30, message="every process scraped")
+    flow = request_approval(api, create_deal_with_document(api, name="Watched"))
+    wait_crm_status(api, flow, "in_progress", "legal")
+    after = time.time()
+    wait_until(lambda: evaluated_since(prometheus, after), timeout=30, message="rules evaluated after the journey")
+
+    loaded = rules(prometheus)
+    assert sorted(r["name"] for r in loaded) == sorted(r["alert"] for r in alerts.rule_list())
+    assert [(r["name"], r["health"], r.get("lastError")) for r in loaded if r["health"] != "ok"] == []
+    # What the rules read is there: the outbox ages of both services and the bridge's pause gauge.
+    ages = query(prometheus, "query", query="bridge_outbox_oldest_unsent_age_seconds")["result"]
+    assert {series["metric"]["service"] for series in ages} == {"crm", "ecm"}
+    pauses = query(prometheus, "query", query="bridge_direction_paused")["result"]
+    assert {s["metric"]["direction"]: s["value"][1] for s in pauses} == {"crm-to-ecm": "0", "ecm-to-crm": "0"}
+    # Nothing fires on a healthy system. FlowStalled alone may be pending for a few minutes
+    # at a trickle of traffic: a counter series appears at its first increment, so when a
+    # topic's handled count first shows up already at its final value, its rate stays 0
+    # while the published count's is above 0; that lasts less than the rule's `for`.
+    assert [a for a in active(prometheus) if a["state"] == "firing"] == []
+    assert [a for a in active(prometheus) if a["name"] != "FlowStalled"] == []
+
+
+def test_the_faults_the_rules_are_for_raise_them_in_prometheus(api, system, prometheus):
+    # A message the bridge cannot read: DeadLetters fires at once (it has no `for`).
+    asyncio.run(produce(system.bootstrap_servers, CRM_EVENTS, b"not json, for the alert"))
+    wait_active(prometheus, "DeadLetters", "firing", topic=CRM_EVENTS, consumer="sync-bridge:crm-to-ecm")
+
+    # An operator's pause: DirectionPausedLong is pending (it fires after an hour); the
+    # resume clears it.
+    bridgectl(system, "pause", "ecm-to-crm", "--reason", "alert check")
+    wait_active(prometheus, "DirectionPausedLong", "pending", direction="ecm-to-crm")
+    bridgectl(system, "resume", "ecm-to-crm")
+    wait_until(lambda: not [a for a in active(prometheus) if a["name"] == "DirectionPausedLong"], timeout=30,
+               message="DirectionPausedLong cleared by the resume")
+
+    # A process gone: ProcessDown pending for its job, and for the only bridge worker,
+    # NoBridgeWorker too; both clear once it is back.
+    for name in ("ecm", "bridge"):
+        system.kill(name, signal.SIGKILL)
+        wait_active(prometheus, "ProcessDown", "pending", job=name)
+        if name == "bridge":
+            wait_active(prometheus, "NoBridgeWorker", "pending")
+        else:
+            assert not [a for a in active(prometheus) if a["name"] == "NoBridgeWorker"]
+        system.start_process(name)
+        system.wait_healthy(timeout=90, names=(name,))
+        wait_until(lambda: not [a for a in active(prometheus) if a["name"] in ("ProcessDown", "NoBridgeWorker")],
+                   timeout=30, message=f"ProcessDown cleared once {name} is back")
+
+    # The system still works after it all.
+    flow = request_approval(api, create_deal_with_document(api, name="Watched after"))
+    wait_crm_status(api, flow, "in_progress", "legal", timeout=90)
