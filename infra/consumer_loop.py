@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from infra.dead_letters import DeadLetter
-from infra.delivery import BatchHandler, DeliveryPolicy, Record, apply_together, deliver
+from infra.delivery import BatchHandler, DeliveryPolicy, Record, apply_together, count_from_zero, deliver
 from infra.metrics import LagReport
 from schemas.registry import Message
 
@@ -42,6 +42,7 @@ class ConsumerLoop:
         self._topic = topic
         self._group_id = group_id
         self._policy = DeliveryPolicy(consumer=group_id, accepted_types=accepted_types, max_attempts=max_attempts)
+        count_from_zero(self._policy, topic)
         self._lag = LagReport(group_id)
         self._handler = handler
         self._batch_handler = batch_handler

@@ -41,6 +41,16 @@ class DeliveryPolicy:
     max_wait: float = 5.0
 
 
+def count_from_zero(policy: DeliveryPolicy, topic: str) -> None:
+    """Creates the consumer's applied count at 0 for every type it accepts on `topic`
+    (Prometheus's advice for label values known in advance). A series born at its first
+    increment shows no increase: when a consumer's first messages of a type arrive in one
+    batch (it was behind: starting, or after a pause), rate() would read it as idle while
+    the producer's count rises, and FlowStalled would be pending for up to its window."""
+    for message_type in policy.accepted_types:
+        MESSAGES_CONSUMED.labels(policy.consumer, topic, message_type, "applied")
+
+
 def count_applied(policy: DeliveryPolicy, topic: str, message_type: str, seconds: float, **fields) -> None:
     """The log line and metrics of one applied message (its context already bound)."""
     log.info("message_applied", **fields)

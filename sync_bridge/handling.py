@@ -14,10 +14,11 @@ import faust
 import structlog
 
 from infra.dead_letters import DeadLetter
-from infra.delivery import DeliveryPolicy, Record, apply_together, deliver
+from infra.delivery import DeliveryPolicy, Record, apply_together, count_from_zero, deliver
 from infra.metrics import BATCH_EVENTS, MESSAGES_PUBLISHED, TRANSFER_BYTES, TRANSFERS, LagReport
 from schemas import crm_events
 from schemas.registry import Message, encode
+from schemas.topics import CRM_EVENTS, ECM_EVENTS
 from sync_bridge.app import app, settings
 from sync_bridge.control import CRM_TO_ECM as CRM_TO_ECM_DIRECTION
 from sync_bridge.control import ECM_TO_CRM as ECM_TO_CRM_DIRECTION
@@ -42,6 +43,8 @@ CRM_TO_ECM = DeliveryPolicy(consumer=f"{settings.app_id}:crm-to-ecm",
 ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
                             accepted_types=frozenset(ECM_EVENT_TRANSLATIONS),
                             max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
+count_from_zero(CRM_TO_ECM, CRM_EVENTS)
+count_from_zero(ECM_TO_CRM, ECM_EVENTS)
 
 _transfer: DocumentTransfer | None = None
 gates = DirectionGates()

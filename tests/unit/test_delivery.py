@@ -219,3 +219,23 @@ async def test_a_fetch_of_several_partitions_is_one_group_each_partition_in_orde
     with pytest.raises(asyncio.CancelledError):
         await loop.run_forever()
     assert groups == [ids] and commits == [True]
+
+
+def test_a_consumer_counts_each_type_it_accepts_from_zero_before_its_first_message():
+    # FlowStalled reads rate() of these counts: a series born at its first increment
+    # would show no increase for the first messages.
+    from infra.consumer_loop import ConsumerLoop
+    from sync_bridge import handling
+
+    def applied(consumer, topic, type_):  # None: no such series
+        return REGISTRY.get_sample_value("bridge_messages_consumed_total",
+                                         dict(consumer=consumer, topic=topic, type=type_, outcome="applied"))
+
+    types = frozenset({"crm.update_approval_status", "crm.update_organization_link"})
+    assert applied("zero-test", "crm.commands", "crm.update_approval_status") is None
+    ConsumerLoop(bootstrap_servers="127.0.0.1:1", topic="crm.commands", group_id="zero-test", accepted_types=types,
+                 handler=None, producer=None)
+    assert [applied("zero-test", "crm.commands", t) for t in sorted(types)] == [0.0, 0.0]
+    for policy, topic in ((handling.CRM_TO_ECM, "crm.events"), (handling.ECM_TO_CRM, "ecm.events")):
+        assert len(policy.accepted_types) == 3
+        assert [t for t in sorted(policy.accepted_types) if applied(policy.consumer, topic, t) is None] == []
