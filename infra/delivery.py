@@ -33,6 +33,9 @@ class Record:
     headers: list[tuple[str, bytes]]
 
 
+INVALID_TYPE = "invalid"  # the type label of a dead letter whose type the consumer does not accept
+
+
 @dataclass(frozen=True)
 class DeliveryPolicy:
     consumer: str
@@ -42,13 +45,16 @@ class DeliveryPolicy:
 
 
 def count_from_zero(policy: DeliveryPolicy, topic: str) -> None:
-    """Creates the consumer's applied count at 0 for every type it accepts on `topic`
-    (Prometheus's advice for label values known in advance). A series born at its first
-    increment shows no increase: when a consumer's first messages of a type arrive in one
-    batch (it was behind: starting, or after a pause), rate() would read it as idle while
-    the producer's count rises, and FlowStalled would be pending for up to its window."""
+    """Creates the consumer's counts at 0 for every outcome it can label (Prometheus's
+    advice for label values known in advance): `applied` for every type it accepts,
+    `dead_lettered` for those and for `invalid`. A series born at its first increment
+    shows no increase, so without them a dashboard's increase() never charts the first
+    dead letter of a type, and when a consumer's first messages of a type arrive in one
+    batch (it was behind) rate() reads it as idle while the producer's count rises."""
     for message_type in policy.accepted_types:
         MESSAGES_CONSUMED.labels(policy.consumer, topic, message_type, "applied")
+    for message_type in (*policy.accepted_types, INVALID_TYPE):
+        MESSAGES_CONSUMED.labels(policy.consumer, topic, message_type, "dead_lettered")
 
 
 def count_applied(policy: DeliveryPolicy, topic: str, message_type: str, seconds: float, **fields) -> None:
@@ -89,7 +95,7 @@ async def deliver(
         except (InvalidMessage, PermanentError) as exc:
             error = exc
             if message_type not in policy.accepted_types:
-                message_type = "invalid"  # keep label values bounded
+                message_type = INVALID_TYPE  # keep label values bounded
             DELIVERY_FAILURES.labels(policy.consumer, record.topic, message_type, type(error).__name__).inc()
         letter = build_dead_letter(
             source_topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,

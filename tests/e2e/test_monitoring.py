@@ -9,6 +9,7 @@ that the series the code really exports make the expressions work."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from datetime import datetime, timezone
@@ -31,6 +32,11 @@ from tests.support.polling import wait_until
 
 PROMETHEUS = "/usr/bin/prometheus"  # Debian's `prometheus` package; `make test` installs it
 DEPLOYED_CONFIG = alerts.RULES_FILE.parent / "prometheus.yml"
+DASHBOARD = alerts.RULES_FILE.parents[1] / "grafana" / "bridge-dashboard.json"
+# Panels with no series on a healthy system that has pruned nothing yet (their label
+# values, error classes and tables, appear with the first failure or pruned row).
+UNSEEN_PANELS = {"Delivery failures (retries) per second", "Outbox and inbox rows pruned per hour (CRM, ECM)"}
+DEAD_LETTERS = "Dead-lettered per minute"
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +104,12 @@ def evaluated_since(prometheus: str, moment: float) -> bool:
     return all(seconds(rule["lastEvaluation"]) >= moment + 2 for rule in rules(prometheus))
 
 
+def panels() -> dict[str, str]:
+    """The Grafana dashboard's queries by panel title."""
+    board = json.loads(DASHBOARD.read_text())
+    return {panel["title"]: target["expr"] for panel in board["panels"] for target in panel.get("targets", [])}
+
+
 def wait_active(prometheus: str, name: str, state: str, **labels) -> dict:
     def found():
         return next((a for a in active(prometheus) if a["name"] == name and a["state"] == state
@@ -125,12 +137,21 @@ def test_prometheus_scrapes_every_process_and_every_rule_evaluates_cleanly_on_a_
     assert {s["metric"]["direction"]: s["value"][1] for s in pauses} == {"crm-to-ecm": "0", "ecm-to-crm": "0"}
     # Nothing fires or is pending on a healthy system.
     assert active(prometheus) == []
+    # Every dashboard panel's query runs, and charts something unless it charts a fault.
+    charted = {title: query(prometheus, "query", query=expr)["result"] for title, expr in panels().items()}
+    assert UNSEEN_PANELS | {DEAD_LETTERS} <= set(charted)
+    assert sorted(title for title, result in charted.items() if not result) == sorted(UNSEEN_PANELS)
+    assert {float(series["value"][1]) for series in charted[DEAD_LETTERS]} == {0.0}  # every consumer, from its start
 
 
 def test_the_faults_the_rules_are_for_raise_them_in_prometheus(api, system, prometheus):
     # A message the bridge cannot read: DeadLetters fires at once (it has no `for`).
     asyncio.run(produce(system.bootstrap_servers, CRM_EVENTS, b"not json, for the alert"))
     wait_active(prometheus, "DeadLetters", "firing", topic=CRM_EVENTS, consumer="sync-bridge:crm-to-ecm")
+    # The dashboard charts that first dead letter of its series too.
+    letters = query(prometheus, "query", query=panels()[DEAD_LETTERS])["result"]
+    assert [(series["metric"]["consumer"], series["metric"]["topic"]) for series in letters
+            if float(series["value"][1]) > 0] == [("sync-bridge:crm-to-ecm", CRM_EVENTS)]
 
     # An operator's pause: DirectionPausedLong is pending (it fires after an hour); the
     # resume clears it.

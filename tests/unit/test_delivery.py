@@ -221,21 +221,38 @@ async def test_a_fetch_of_several_partitions_is_one_group_each_partition_in_orde
     assert groups == [ids] and commits == [True]
 
 
-def test_a_consumer_counts_each_type_it_accepts_from_zero_before_its_first_message():
-    # FlowStalled reads rate() of these counts: a series born at its first increment
-    # would show no increase for the first messages.
+def test_a_consumer_counts_every_outcome_it_can_label_from_zero_before_its_first_message():
+    # FlowStalled and the dashboard read rate() and increase() of these counts: a series
+    # born at its first increment would show no increase for it.
     from infra.consumer_loop import ConsumerLoop
     from sync_bridge import handling
 
-    def applied(consumer, topic, type_):  # None: no such series
+    def counted(consumer, topic, type_, outcome):  # None: no such series
         return REGISTRY.get_sample_value("bridge_messages_consumed_total",
-                                         dict(consumer=consumer, topic=topic, type=type_, outcome="applied"))
+                                         dict(consumer=consumer, topic=topic, type=type_, outcome=outcome))
 
     types = frozenset({"crm.update_approval_status", "crm.update_organization_link"})
-    assert applied("zero-test", "crm.commands", "crm.update_approval_status") is None
+    assert counted("zero-test", "crm.commands", "crm.update_approval_status", "applied") is None
     ConsumerLoop(bootstrap_servers="127.0.0.1:1", topic="crm.commands", group_id="zero-test", accepted_types=types,
                  handler=None, producer=None)
-    assert [applied("zero-test", "crm.commands", t) for t in sorted(types)] == [0.0, 0.0]
+    assert [counted("zero-test", "crm.commands", t, "applied") for t in sorted(types)] == [0.0, 0.0]
+    assert [counted("zero-test", "crm.commands", t, "dead_lettered")
+            for t in (*sorted(types), "invalid")] == [0.0, 0.0, 0.0]
     for policy, topic in ((handling.CRM_TO_ECM, "crm.events"), (handling.ECM_TO_CRM, "ecm.events")):
         assert len(policy.accepted_types) == 3
-        assert [t for t in sorted(policy.accepted_types) if applied(policy.consumer, topic, t) is None] == []
+        assert [(t, outcome) for t in (*sorted(policy.accepted_types), "invalid") for outcome in ("applied",
+                                                                                                 "dead_lettered")
+                if counted(policy.consumer, topic, t, outcome) is None] == [("invalid", "applied")]
+
+
+async def test_a_message_of_a_type_the_consumer_does_not_accept_is_counted_as_invalid():
+    letters = Letters()
+    labels = dict(consumer="test", topic="crm.commands", type="invalid", outcome="dead_lettered")
+    before = sample("bridge_messages_consumed_total", **labels)
+
+    async def never(message, topic):
+        raise AssertionError("not handled")
+
+    foreign = json.dumps({**json.loads(envelope()), "type": "crm.something_new"}).encode()
+    assert await deliver(record(foreign), POLICY, never, letters) is False
+    assert sample("bridge_messages_consumed_total", **labels) - before == 1
