@@ -33,6 +33,10 @@ def lag_partitions(url: str) -> set[str]:
     return {f"{s.labels['topic']}:{s.labels['partition']}" for s in samples(page, "bridge_consumer_lag")}
 
 
+def pause_gauge(page: str) -> dict[str, float]:
+    return {s.labels["direction"]: s.value for s in samples(page, "bridge_direction_paused")}
+
+
 def watch_start(url: str, timeout: float = 90) -> list[tuple[dict, dict, dict]]:
     """What a starting worker reports, (directions, paused, the pause gauge's series) per
     answer of /health, until it holds partitions and knows the operators' decisions."""
@@ -45,8 +49,7 @@ def watch_start(url: str, timeout: float = 90) -> list[tuple[dict, dict, dict]]:
         except httpx.HTTPError:
             time.sleep(0.2)
             continue
-        gauge = {s.labels["direction"]: s.value for s in samples(page, "bridge_direction_paused")}
-        seen.append((health["directions"], health["paused"], gauge))
+        seen.append((health["directions"], health["paused"], pause_gauge(page)))
         if health["assigned_partitions"] and "starting" not in health["directions"].values():
             return seen
         time.sleep(0.2)
@@ -69,9 +72,7 @@ def test_two_workers_share_partitions_and_survive_losing_one(system, api):
     assert answers[-1][0] == {"crm-to-ecm": "open", "ecm-to-crm": "open"}
     assert any("starting" in directions.values() for directions, _, _ in answers), \
         "the worker was never seen starting (it reads the control topic after its first assignment)"
-    assert {s.labels["direction"]: s.value for s in samples(httpx.get(f"{second}/metrics", timeout=5).text,
-                                                            "bridge_direction_paused")} == {"crm-to-ecm": 0,
-                                                                                            "ecm-to-crm": 0}
+    assert pause_gauge(httpx.get(f"{second}/metrics", timeout=5).text) == {"crm-to-ecm": 0, "ecm-to-crm": 0}
     # After the rebalance each worker holds part of the partitions, and together all of them.
     wait_until(lambda: assigned(system.bridge_url) and assigned(second)
                and not assigned(system.bridge_url) & assigned(second)
