@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import Column, MetaData, String, Table, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from infra.tokens import hash_token
@@ -70,7 +71,16 @@ class UserDirectory:
 
 
 async def upsert_user(session_factory: async_sessionmaker, users: Table, *, name: str, role: str, token: str) -> str:
-    """Idempotent by name: re-running a seed refreshes the role and token."""
+    """Idempotent by name: re-running a seed refreshes the role and token. Replicas that
+    start together upsert the same integration user at once: the one whose insert loses
+    the race updates the row the other inserted."""
+    try:
+        return await _upsert_user(session_factory, users, name=name, role=role, token=token)
+    except IntegrityError:
+        return await _upsert_user(session_factory, users, name=name, role=role, token=token)
+
+
+async def _upsert_user(session_factory: async_sessionmaker, users: Table, *, name: str, role: str, token: str) -> str:
     async with session_factory() as session, session.begin():
         existing = (await session.execute(select(users.c.id).where(users.c.name == name))).scalar()
         if existing:

@@ -1,6 +1,10 @@
 """Each service's Alembic history builds exactly the schema its tables declare."""
 
+import asyncio
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from alembic import command
@@ -11,7 +15,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from crm_service.adapters.tables import metadata as crm_metadata
 from ecm_service.adapters.tables import metadata as ecm_metadata
-from tests.support.databases import MIGRATIONS
+from infra.db import migrations_at_head
+from tests.support.databases import MIGRATIONS, ROOT
 
 
 @pytest.mark.parametrize("service, metadata", [("crm", crm_metadata), ("ecm", ecm_metadata)])
@@ -42,3 +47,27 @@ def test_indexes_on_live_tables_are_built_concurrently_and_undone(databases, ser
     assert any("ix_inbox_applied_at" in m for m in built), built
     command.downgrade(cfg, "0009")
     command.upgrade(cfg, "head")
+
+
+@pytest.mark.parametrize("service", ["crm", "ecm"])
+def test_replicas_migrating_a_fresh_database_at_once_all_succeed(databases, service):
+    """Kubernetes starts a service's replicas together, each migrating in its init
+    container: three real `migrate` processes at once on a fresh PostgreSQL database.
+    Without the migration lock two of three failed on tables and indexes the other had
+    just created; a waiter blocked inside a transaction deadlocked with the CONCURRENTLY
+    index builds."""
+    url = databases.url(service, "postgresql", migrate=False)
+    env = {**os.environ, f"{service.upper()}_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    replicas = [subprocess.Popen([sys.executable, "-m", f"{service}_service", "migrate"], env=env, cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [replica.communicate(timeout=120)[0] for replica in replicas]
+    failed = [out[-1500:] for replica, out in zip(replicas, outputs, strict=True) if replica.returncode != 0]
+    assert failed == []
+
+    async def at_head() -> bool:
+        engine = create_async_engine(url)
+        try:
+            return await migrations_at_head(engine, MIGRATIONS[service])
+        finally:
+            await engine.dispose()
+    assert asyncio.run(at_head())

@@ -54,3 +54,16 @@ async def test_zero_seconds_looks_up_every_time(crm):
 async def test_the_service_uses_the_configured_seconds(crm):
     assert crm.users is crm.users  # one directory per process
     assert crm.users._seconds == crm.settings.token_cache_seconds == 5.0
+
+
+async def test_replicas_registering_the_same_user_at_once_all_succeed(crm):
+    # Every replica of a service upserts its integration user as it starts; a rollout
+    # starts them together.
+    import asyncio
+
+    tokens = [uuid.uuid4().hex for _ in range(4)]
+    ids = await asyncio.gather(*(upsert_user(crm.session_factory, tables.users, name="crm-integration-race",
+                                             role="integration", token=t) for t in tokens))
+    assert len(set(ids)) == 1
+    directory = UserDirectory(crm.session_factory, tables.users, cache_seconds=0)
+    assert sum([await directory.by_token(t) is not None for t in tokens]) == 1  # the last write's token
