@@ -186,3 +186,60 @@ def test_kubernetes_manifests_wire_the_same_way():
     for resource in kustomization["resources"]:
         assert (DEPLOY / resource).exists()
     assert "k8s/secret.example.yaml" not in kustomization["resources"]
+
+
+def data_dirs(settings_cls) -> list[str]:
+    """The environment variables of a service's directories that hold data it must keep
+    (its settings' paths under var/, e.g. files, content, imports): not its packaged files."""
+    prefix = settings_cls.model_config["env_prefix"]
+    return [f"{prefix}{name.upper()}" for name, field in settings_cls.model_fields.items()
+            if isinstance(field.default, Path) and field.default.parts[:1] == ("var",)]
+
+
+@pytest.mark.parametrize("name, settings_cls", [("crm", CrmSettings), ("ecm", EcmSettings)])
+def test_every_data_directory_is_on_a_volume_the_replicas_share(name, settings_cls):
+    """A directory left at its default is inside the container: lost on a restart, and on
+    Kubernetes, where the service runs several replicas behind one Service, a file one
+    pod wrote (an import's upload, its report, a stored document) is missing on the pod
+    the next request reaches."""
+    wanted = data_dirs(settings_cls)
+    assert f"{name.upper()}_IMPORTS_DIR" in wanted and len(wanted) >= 2
+
+    service = SERVICES[name]
+    named = {mount.split(":")[1]: mount.split(":")[0] for mount in service["volumes"]}
+    for var in wanted:
+        path = service["environment"].get(var)
+        assert path and path in named and named[path] in COMPOSE["volumes"], (name, var, "compose")
+
+    docs = k8s_documents()
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {var["name"]: var.get("value") for var in container["env"]}
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    paths = []
+    for var in wanted:
+        path = env.get(var)
+        assert path in mounts, (name, var, "kubernetes: not on a mounted volume")
+        claim = volumes[mounts[path]["name"]]["persistentVolumeClaim"]["claimName"]
+        if deployment["spec"]["replicas"] > 1:
+            assert "ReadWriteMany" in claims[claim]["spec"]["accessModes"], (name, var, claim)
+        paths.append((claim, mounts[path].get("subPath", "")))
+    assert len(set(paths)) == len(paths), f"two data directories of {name} share one place: {paths}"
+
+
+def test_the_image_user_can_write_every_data_directory():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    uid = re.search(r"useradd --uid (\d+) --gid (\d+) app", dockerfile)
+    assert uid and uid.group(1) == uid.group(2) and "USER app" in dockerfile
+    created = set(re.search(r"mkdir -p ([^&\n]+)", dockerfile).group(1).replace("\\", " ").split())
+    assert "chown -R app:app /data" in dockerfile
+    for name in ("crm", "ecm"):
+        mounted = {mount.split(":")[1] for mount in SERVICES[name]["volumes"]}
+        assert mounted <= created, (name, mounted - created)  # a new named volume takes the image's owner
+    for doc in k8s_documents():
+        if doc["kind"] == "Deployment":
+            context = doc["spec"]["template"]["spec"]["securityContext"]
+            assert context["runAsUser"] == context["fsGroup"] == int(uid.group(1)), doc["metadata"]["name"]
