@@ -75,7 +75,9 @@ class LocalSystem:
             "CRM_DATABASE_URL": s.crm_database_url or f"sqlite+aiosqlite:///{var / 'crm.db'}",
             "ECM_DATABASE_URL": s.ecm_database_url or f"sqlite+aiosqlite:///{var / 'ecm.db'}",
             "CRM_FILES_DIR": str(var / "crm-files"),
+            "CRM_IMPORTS_DIR": str(var / "crm-imports"),
             "ECM_CONTENT_DIR": str(var / "ecm-content"),
+            "ECM_IMPORTS_DIR": str(var / "ecm-imports"),
             "CRM_URL": self.crm_url,
             "ECM_URL": self.ecm_url,
             "BRIDGE_WEB_PORT": str(s.bridge_web_port),
@@ -119,12 +121,15 @@ class LocalSystem:
         self.processes[name] = start_child(self._python(*self.COMMANDS[name]), env=self.env(),
                                            log_file=self._log(name), cwd=ROOT)
 
-    def start_extra_bridge(self, name: str, web_port: int) -> str:
-        """Another bridge worker in the same consumer group (scale-out); returns its URL."""
-        env = {**self.env(), "BRIDGE_WEB_PORT": str(web_port), "BRIDGE_DATA_DIR": str(self.var / name)}
-        self.processes[name] = start_child(self._python(*self.COMMANDS["bridge"]), env=env,
+    def start_replica(self, kind: str, name: str, port: int) -> str:
+        """Another process of `kind` (crm, ecm, bridge) on `port`, sharing the first one's
+        database, directories and consumer group, as replicas do; returns its URL."""
+        own = {"crm": {"CRM_PORT": str(port)}, "ecm": {"ECM_PORT": str(port)},
+               "bridge": {"BRIDGE_WEB_PORT": str(port), "BRIDGE_DATA_DIR": str(self.var / name)}}[kind]
+        env = {**self.env(), **own}
+        self.processes[name] = start_child(self._python(*self.COMMANDS[kind]), env=env,
                                            log_file=self._log(name), cwd=ROOT)
-        return f"http://127.0.0.1:{web_port}"
+        return f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 60.0) -> None:
         self.prepare()
@@ -158,10 +163,10 @@ class LocalSystem:
         process.wait(15)
 
     def stop(self) -> None:
-        order = [n for n in self.processes if n.startswith("bridge")] + ["crm", "ecm", "broker"]
-        for name in order:
-            if name in self.processes:
-                stop_child(self.processes.pop(name))
+        # Bridge workers first, then the services and their replicas, the broker last.
+        rank = {"bridge": 0, "crm": 1, "ecm": 1, "broker": 2}
+        for name in sorted(self.processes, key=lambda n: rank.get(n.split("-")[0], 1)):
+            stop_child(self.processes.pop(name))
 
     def describe(self) -> str:
         return "\n".join([

@@ -62,7 +62,7 @@ def test_two_workers_share_partitions_and_survive_losing_one(system, api):
     for flow in early:
         wait_crm_status(api, flow, "in_progress", "legal", timeout=90)
     read_alone = lag_partitions(system.bridge_url)
-    second = system.start_extra_bridge("bridge-2", free_port())
+    second = system.start_replica("bridge", "bridge-2", free_port())
     # Until it has read the control topic a worker holds both directions, and says so as
     # "starting": not as an operator's pause, and with no pause gauge series (a 1 would
     # silence FlowStalled for a worker stuck there).

@@ -1,0 +1,105 @@
+"""Two replicas of each service, as deploy/k8s runs them: real processes sharing their
+service's PostgreSQL database, directories and consumer group, with requests spread over
+both. Every approval request is published once, handled once and reaches the CRM; both
+ECM replicas apply commands; an import's steps may each reach a different replica."""
+
+import asyncio
+import csv
+import io
+
+import httpx
+import pytest
+
+from deploy.broker import free_port
+from schemas.topics import CRM_EVENTS
+from tests.e2e.conftest import running_system
+from tests.e2e.journey import SALES, create_deal_with_document, request_approval, wait_crm_status
+from tests.e2e.test_reliability import ecm_counts, wait_drained
+from tests.support.kafka import read_all
+from tests.support.metrics import samples
+from tests.support.polling import wait_until
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    yield from running_system(tmp_path_factory, "postgresql")
+
+
+class Via:
+    """The e2e Api, but calling the given replicas."""
+
+    def __init__(self, api, crm_url: str, ecm_url: str):
+        self._api, self._crm, self._ecm = api, crm_url, ecm_url
+
+    def crm(self, user: str, method: str, path: str, **kwargs) -> httpx.Response:
+        return self._api._call(self._crm, user, method, path, **kwargs)
+
+    def ecm(self, user: str, method: str, path: str, **kwargs) -> httpx.Response:
+        return self._api._call(self._ecm, user, method, path, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def replicas(system, api):
+    crm2 = system.start_replica("crm", "crm-2", free_port())
+    ecm2 = system.start_replica("ecm", "ecm-2", free_port())
+    for url in (crm2, ecm2):
+        wait_until(lambda u=url: _ready(u), timeout=90, message=f"{url} ready")
+    return [Via(api, system.crm_url, system.ecm_url), Via(api, crm2, ecm2)]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def applied(url: str, consumer: str) -> float:
+    page = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(s.value for s in samples(page, "bridge_messages_consumed_total")
+               if s.labels["consumer"] == consumer and s.labels["outcome"] == "applied")
+
+
+def test_approval_requests_spread_over_replicas_are_each_published_and_handled_once(api, system, replicas):
+    flows = []
+    for i in range(16):
+        via = replicas[i % 2]
+        flows.append(request_approval(via, create_deal_with_document(via, name=f"Replica {i}")))
+    for i, flow in enumerate(flows):
+        wait_crm_status(replicas[(i + 1) % 2], flow, "in_progress", "legal", timeout=90)  # read on the other one
+    wait_drained(system)
+
+    assert ecm_counts(api, flows) == [(1, 1, 1, 1)] * len(flows)
+    # Both CRM relays published (each its own rows: FOR UPDATE SKIP LOCKED), none twice.
+    requested = [r for r in asyncio.run(read_all(system.bootstrap_servers, CRM_EVENTS))
+                 if dict(r.headers).get("type") == b"crm.approval_requested"]
+    ids = [dict(r.headers)["event_id"] for r in requested]
+    assert len(ids) == len(set(ids)) == len(flows)
+    # Both ECM replicas applied commands: the consumer group split the partitions.
+    ecm_urls = [system.ecm_url, replicas[1]._ecm]
+    assert all(applied(url, "ecm-service") > 0 for url in ecm_urls), [applied(u, "ecm-service") for u in ecm_urls]
+    crm_urls = [system.crm_url, replicas[1]._crm]
+    assert sum(applied(url, "crm-service") for url in crm_urls) >= len(flows)
+
+
+def _wait_import(via, import_id: str, status: str) -> dict:
+    return wait_until(lambda: (lambda job: job if job["status"] in (status, "failed") else None)(
+        via.crm(SALES, "GET", f"/api/imports/{import_id}").json()), timeout=60, message=f"import {status}")
+
+
+def test_an_import_whose_steps_reach_different_replicas_completes(replicas):
+    first, second = replicas
+    out = io.StringIO()
+    csv.writer(out, delimiter=";").writerows([["Наименование", "ИНН"], ["ООО «Северный ветер»", ""],
+                                              ["Южный порт", ""]])
+    up = second.crm(SALES, "POST", "/api/imports", files={"file": ("orgs.csv", out.getvalue().encode(), "text/csv")})
+    assert up.status_code == 201, up.text
+    import_id = up.json()["id"]
+    assert first.crm(SALES, "POST", f"/api/imports/{import_id}/dry-run").status_code == 202
+    dry = _wait_import(second, import_id, "dry_run")
+    assert dry["status"] == "dry_run" and dry["counts"]["create"] == 2, dry["counts"]
+    assert second.crm(SALES, "POST", f"/api/imports/{import_id}/apply").status_code == 202
+    done = _wait_import(first, import_id, "applied")
+    assert done["status"] == "applied", done
+    report = first.crm(SALES, "GET", done["report_url"])
+    assert report.status_code == 200 and report.content.decode("utf-8-sig").count("create") == 2
