@@ -15,6 +15,10 @@ class CrmSettings(MessagingSettings, ServiceSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     imports_dir: Path = Path("var/crm-imports")
     max_import_bytes: int = 200 * 1024 * 1024
+    # A running import with no progress for this long is taken for stopped (its process
+    # went away): it shows as failed and can be started again. Progress is written every
+    # half second while rows are read, so only a dead process stays this quiet.
+    import_stale_seconds: float = Field(120.0, gt=0)
     funnel_file: Path = Path(__file__).parent / "funnel.json"
     # Activities due within this many minutes get a reminder (and the owner's hook is called).
     remind_ahead_minutes: int = Field(15, ge=0)

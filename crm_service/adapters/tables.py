@@ -176,6 +176,8 @@ imports = Table(
     Column("report_path", String(500)),
     Column("error", Text),
     Column("finished_at", UtcDateTime()),
+    Column("run_id", String(36)),  # the run that owns a running job; another run's writes are ignored
+    Column("progress_at", UtcDateTime()),  # a running job's last progress: stalled ones are taken over
 )
 
 # Stable keys of imported rows (INN+KPP, an external id, or the row's fingerprint):

@@ -366,7 +366,8 @@ class ImportOut(BaseModel):
 
 async def _import_row(container, import_id: str) -> dict:
     try:
-        return await import_jobs.get_import(container.session_factory, import_id)
+        return await import_jobs.get_import(container.session_factory, import_id,
+                                            stale_after=container.settings.import_stale_seconds)
     except import_jobs.ImportRefused as exc:
         raise HTTPException(exc.status, str(exc)) from exc
 

@@ -135,8 +135,12 @@ def prepare(number: int, cells: list, filled: bool, columns: dict[int, str]) -> 
     return [number, filled, values, row_key(values), hints, fields, name_key(fields["name"])]
 
 
+class RunTakenOver(Exception):
+    """Another run owns the job now: this one stalled long enough to be taken for stopped."""
+
+
 async def run_import(session_factory, *, import_id: str, path: Path, mapping: dict[str, str], user_id: str,
-                     apply: bool, report_path: Path) -> dict:
+                     apply: bool, report_path: Path, run_id: str | None = None) -> dict:
     """The dry run (apply=False) writes nothing but the job's progress, its report and
     the prepared rows the apply then reads instead of parsing the file a second time (the
     mapping cannot change in between: a new mapping needs a new dry run).
@@ -146,18 +150,24 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
     chunk's statements run while the next is worked on. Chunks never wait for each
     other's rows: repeats within the file are found here, in file order, before a chunk
     goes to the database, and duplicate hints look only at organizations older than the
-    import. The report and the progress follow the file's order."""
+    import. The report and the progress follow the file's order.
+
+    `run_id`: the run that owns the job (import_jobs.start). Its progress writes only
+    touch the job while it still owns it; once another run has taken over, this one
+    stops (RunTakenOver) and leaves the job alone."""
     counts = dict.fromkeys(OUTCOMES, 0)
     indices = sorted(int(k) for k in mapping)
     columns = {position: mapping[str(index)] for position, index in enumerate(indices)}
     cache = parsed_rows_path(report_path, import_id)
     from_cache = apply and cache.exists()
-    partial = cache.with_name(cache.name + ".part")  # a dry run cut short leaves no cache
+    # A dry run cut short leaves no cache; each run writes its own, so that a run taken
+    # over never touches its successor's.
+    partial = cache.with_name(cache.name + (f".{run_id}" if run_id else "") + ".part")
     in_flight = IN_FLIGHT if _dialect(session_factory) == "postgresql" else 1
     started = datetime.now(timezone.utc)
     seen: set[str] = set()
     pending: deque[_Chunk] = deque()
-    progress = _Progress(session_factory, import_id)
+    progress = _Progress(session_factory, import_id, run_id)
     done = 0
     try:
         with open(report_path, "w", newline="", encoding="utf-8-sig") as out, \
@@ -190,14 +200,21 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
                     chunk.task.cancel()
                 await asyncio.gather(*(chunk.task for chunk in pending), return_exceptions=True)
         if not apply:
+            if not await _progress(session_factory, import_id, done, counts, run_id=run_id):
+                raise RunTakenOver(import_id)  # the cache is the job's owner's to write
             os.replace(partial, cache)
         status = "applied" if apply else "dry_run"
-        await _progress(session_factory, import_id, done, counts, status=status, total=done)
+        await _progress(session_factory, import_id, done, counts, status=status, total=done, run_id=run_id)
+    except RunTakenOver:
+        log.warning("import_run_taken_over", import_id=import_id)
+        partial.unlink(missing_ok=True)
+        raise
     except Exception as exc:
         # The class only: a driver's message may quote cell values (personal data).
         log.error("import_failed", import_id=import_id, error=type(exc).__name__)
         partial.unlink(missing_ok=True)
-        await _progress(session_factory, import_id, done, counts, status="failed", error=str(exc)[:1000])
+        await _progress(session_factory, import_id, done, counts, status="failed", error=str(exc)[:1000],
+                        run_id=run_id)
         raise
     finally:
         if apply:
@@ -208,29 +225,35 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
 class _Progress:
     """The job's row count and counts as it goes, written at most every PROGRESS_SECONDS."""
 
-    def __init__(self, session_factory, import_id: str):
-        self.session_factory, self.import_id = session_factory, import_id
+    def __init__(self, session_factory, import_id: str, run_id: str | None):
+        self.session_factory, self.import_id, self.run_id = session_factory, import_id, run_id
         self.last = 0.0
 
     async def report(self, done: int, counts: dict) -> None:
         if time.monotonic() - self.last >= PROGRESS_SECONDS:
             self.last = time.monotonic()
-            await _progress(self.session_factory, self.import_id, done, counts)
+            if not await _progress(self.session_factory, self.import_id, done, counts, run_id=self.run_id):
+                raise RunTakenOver(self.import_id)
 
 
 def _dialect(session_factory) -> str:
     return session_factory().bind.dialect.name
 
 
-async def _progress(session_factory, import_id, done, counts, *, status=None, total=None, error=None):
+async def _progress(session_factory, import_id, done, counts, *, status=None, total=None, error=None,
+                    run_id=None) -> bool:
+    """Writes the job's progress (and its end, with `status`); False when `run_id` no
+    longer owns the job."""
     t = tables.imports
-    values = {"rows_done": done, "counts": dict(counts)}
+    now = datetime.now(timezone.utc)
+    values = {"rows_done": done, "counts": dict(counts), "progress_at": now}
     if status:
-        values.update(status=status, finished_at=datetime.now(timezone.utc), error=error)
+        values.update(status=status, finished_at=now, error=error)
     if total is not None:
         values["rows_total"] = total
+    owned = [t.c.id == import_id] + ([t.c.run_id == run_id] if run_id is not None else [])
     async with session_factory() as session, session.begin():
-        await session.execute(update(t).where(t.c.id == import_id).values(**values))
+        return (await session.execute(update(t).where(*owned).values(**values))).rowcount > 0
 
 
 class _Chunk:

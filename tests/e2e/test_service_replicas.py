@@ -1,11 +1,15 @@
 """Two replicas of each service, as deploy/k8s runs them: real processes sharing their
 service's PostgreSQL database, directories and consumer group, with requests spread over
 both. Every approval request is published once, handled once and reaches the CRM; both
-ECM replicas apply commands; an import's steps may each reach a different replica."""
+ECM replicas apply commands; an import's steps may each reach a different replica, and
+an import whose replica is killed mid-run (a deploy's restart) is started again on the
+other."""
 
 import asyncio
 import csv
 import io
+import signal
+import time
 
 import httpx
 import pytest
@@ -19,10 +23,13 @@ from tests.support.kafka import read_all
 from tests.support.metrics import samples
 from tests.support.polling import wait_until
 
+STALE_SECONDS = 4  # CRM_IMPORT_STALE_SECONDS here: a stopped import is taken for stopped soon
+
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    yield from running_system(tmp_path_factory, "postgresql")
+    yield from running_system(tmp_path_factory, "postgresql",
+                              extra_env={"CRM_IMPORT_STALE_SECONDS": str(STALE_SECONDS)})
 
 
 class Via:
@@ -45,6 +52,12 @@ def replicas(system, api):
     for url in (crm2, ecm2):
         wait_until(lambda u=url: _ready(u), timeout=90, message=f"{url} ready")
     return [Via(api, system.crm_url, system.ecm_url), Via(api, crm2, ecm2)]
+
+
+def _csv(rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, delimiter=";").writerows([["Наименование", "ИНН"], *rows])
+    return out.getvalue().encode()
 
 
 def _ready(url: str) -> bool:
@@ -89,10 +102,8 @@ def _wait_import(via, import_id: str, status: str) -> dict:
 
 def test_an_import_whose_steps_reach_different_replicas_completes(replicas):
     first, second = replicas
-    out = io.StringIO()
-    csv.writer(out, delimiter=";").writerows([["Наименование", "ИНН"], ["ООО «Северный ветер»", ""],
-                                              ["Южный порт", ""]])
-    up = second.crm(SALES, "POST", "/api/imports", files={"file": ("orgs.csv", out.getvalue().encode(), "text/csv")})
+    data = _csv([["ООО «Северный ветер»", ""], ["Южный порт", ""]])
+    up = second.crm(SALES, "POST", "/api/imports", files={"file": ("orgs.csv", data, "text/csv")})
     assert up.status_code == 201, up.text
     import_id = up.json()["id"]
     assert first.crm(SALES, "POST", f"/api/imports/{import_id}/dry-run").status_code == 202
@@ -103,3 +114,26 @@ def test_an_import_whose_steps_reach_different_replicas_completes(replicas):
     assert done["status"] == "applied", done
     report = first.crm(SALES, "GET", done["report_url"])
     assert report.status_code == 200 and report.content.decode("utf-8-sig").count("create") == 2
+
+
+def test_an_import_whose_replica_is_killed_mid_run_is_started_again_on_the_other(system, replicas):
+    first, second = replicas
+    rows = [[f"ООО «Рестарт {i}»", ""] for i in range(40_000)]  # a few seconds of dry run
+    up = second.crm(SALES, "POST", "/api/imports", files={"file": ("big.csv", _csv(rows), "text/csv")})
+    assert up.status_code == 201, up.text
+    import_id = up.json()["id"]
+    assert second.crm(SALES, "POST", f"/api/imports/{import_id}/dry-run").status_code == 202
+    wait_until(lambda: first.crm(SALES, "GET", f"/api/imports/{import_id}").json()["rows_done"] > 0, timeout=60,
+               interval=0.1, message="the dry run under way")
+    system.kill("crm-2", signal.SIGKILL)  # the replica running it goes away mid-run
+    stopped = first.crm(SALES, "GET", f"/api/imports/{import_id}").json()
+    assert stopped["status"] == "dry_running" and 0 < stopped["rows_done"] < len(rows), stopped
+    # Until it has been quiet for CRM_IMPORT_STALE_SECONDS it counts as running...
+    assert first.crm(SALES, "POST", f"/api/imports/{import_id}/dry-run").status_code == 409
+    time.sleep(STALE_SECONDS + 1)
+    # ...then it reads as failed, interrupted, and the other replica runs it again to its end.
+    failed = first.crm(SALES, "GET", f"/api/imports/{import_id}").json()
+    assert failed["status"] == "failed" and failed["error"].startswith("interrupted"), failed
+    assert first.crm(SALES, "POST", f"/api/imports/{import_id}/dry-run").status_code == 202
+    dry = _wait_import(first, import_id, "dry_run")
+    assert (dry["status"], dry["rows_done"], dry["counts"]["create"]) == ("dry_run", len(rows), len(rows)), dry

@@ -204,3 +204,44 @@ async def test_one_of_finds_exactly_the_listed_keys(sessions):
             one_of(k.c.key, ["inn:1:", "inn:3:", "inn:9:"], dialect)).order_by(k.c.key))
         assert list(found) == ["org-1", "org-3"]
         assert list(await session.scalars(select(k.c.key).where(one_of(k.c.key, [], dialect)))) == []
+
+
+async def test_a_stopped_run_is_taken_for_stopped_and_a_new_run_owns_the_job(sessions, tmp_path):
+    """A CRM process that stops mid-import (a deploy's restart) leaves its job running with
+    no progress: after `stale_after` it reads as failed and may be started again; a run
+    that has been taken over cannot write to the job any more."""
+    from datetime import timedelta
+
+    from crm_service.service_layer import import_jobs
+
+    path = tmp_path / "orgs.xlsx"
+    _xlsx(path, [[f"ООО «Стоп {i}»", "", "", "", ""] for i in range(30)])
+    import_id = await _new_import(sessions, path, imports.suggest_mapping(HEADER))
+    old = datetime.now(timezone.utc) - timedelta(seconds=300)
+    async with sessions() as session, session.begin():
+        await session.execute(tables.imports.update().where(tables.imports.c.id == import_id).values(
+            status="dry_running", run_id="run-gone", progress_at=old, rows_done=7))
+
+    assert (await import_jobs.get_import(sessions, import_id, stale_after=600))["status"] == "dry_running"
+    assert (await import_jobs.get_import(sessions, import_id))["status"] == "dry_running"  # no rule, no change
+    job = await import_jobs.get_import(sessions, import_id, stale_after=120)
+    assert job["status"] == "failed" and job["error"].startswith("interrupted") and job["run_id"] is None
+
+    # A run another one has taken over stops at its first progress write, leaving the job alone.
+    async with sessions() as session, session.begin():
+        await session.execute(tables.imports.update().where(tables.imports.c.id == import_id).values(
+            status="dry_running", run_id="run-new", rows_done=0))
+    with pytest.raises(imports.RunTakenOver):
+        await imports.run_import(sessions, import_id=import_id, path=path, mapping=imports.suggest_mapping(HEADER),
+                                 user_id="u1", apply=False, report_path=tmp_path / "old.csv", run_id="run-gone")
+    async with sessions() as session:
+        row = (await session.execute(select(tables.imports).where(tables.imports.c.id == import_id))).mappings().one()
+    assert (row["status"], row["run_id"], row["rows_done"]) == ("dry_running", "run-new", 0)
+    assert not imports.parsed_rows_path(tmp_path / "old.csv", import_id).exists()  # nothing kept for an apply
+    # The owner's run goes through.
+    counts = await imports.run_import(sessions, import_id=import_id, path=path,
+                                      mapping=imports.suggest_mapping(HEADER), user_id="u1", apply=False,
+                                      report_path=tmp_path / "new.csv", run_id="run-new")
+    assert counts["create"] == 30
+    job = await import_jobs.get_import(sessions, import_id, stale_after=120)
+    assert (job["status"], job["rows_done"]) == ("dry_run", 30) and job["progress_at"] is not None
