@@ -75,8 +75,15 @@ class _one_at_a_time:
                 told = True
             time.sleep(0.5)
 
-    def __exit__(self, *exc):
-        if self._locking:
+    def __exit__(self, exc_type, exc, tb):
+        if not self._locking:
+            return False
+        try:
             self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
             self._connection.commit()
+        except Exception:
+            if exc_type is None:
+                raise
+            # After a failed migration the error to report is the migration's; the lock goes
+            # with the connection, which is closed next.
         return False
