@@ -64,15 +64,14 @@ def transfer() -> DocumentTransfer:
 
 # bridge_consumer_lag of each direction's consumer; the /metrics page drops the partitions
 # this worker no longer holds (sync_bridge/web.py).
-LAG_REPORTS: dict[str, LagReport] = {}
+LAG_REPORTS = {policy.consumer: LagReport(policy.consumer) for policy in (CRM_TO_ECM, ECM_TO_CRM)}
 
 
 def as_record(event: faust.EventT, consumer: str) -> Record:
     m = event.message
     highwater = app.consumer.highwater(m.tp) if app.consumer else None
     if highwater is not None:
-        report = LAG_REPORTS.get(consumer) or LAG_REPORTS.setdefault(consumer, LagReport(consumer))
-        report.set(m.topic, m.partition, max(0, highwater - m.offset - 1))
+        LAG_REPORTS[consumer].set(m.topic, m.partition, max(0, highwater - m.offset - 1))
     headers = list(m.headers.items()) if isinstance(m.headers, dict) else list(m.headers or ())
     return Record(m.topic, m.partition, m.offset, m.key, m.value, headers)
 
