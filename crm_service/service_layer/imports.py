@@ -200,7 +200,7 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
                     chunk.task.cancel()
                 await asyncio.gather(*(chunk.task for chunk in pending), return_exceptions=True)
         if not apply:
-            if not await _progress(session_factory, import_id, done, counts, run_id=run_id):
+            if run_id is not None and not await _progress(session_factory, import_id, done, counts, run_id=run_id):
                 raise RunTakenOver(import_id)  # the cache is the job's owner's to write
             os.replace(partial, cache)
         status = "applied" if apply else "dry_run"
