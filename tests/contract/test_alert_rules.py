@@ -15,7 +15,6 @@ from tests.support import alerts
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 UNIT_TESTS = Path(__file__).with_name("alert_rules.test.yml")
-PROMETHEUS_YML = alerts.RULES_FILE.with_name("prometheus.yml")
 
 
 def promtool(*args: str, cwd: Path | None = None) -> str:
@@ -27,9 +26,7 @@ def promtool(*args: str, cwd: Path | None = None) -> str:
 
 def test_promtool_accepts_the_rules_and_the_configuration_that_loads_them(tmp_path):
     assert f"SUCCESS: {len(alerts.rule_list())} rules found" in promtool("check", "rules", str(alerts.RULES_FILE))
-    config = yaml.safe_load(PROMETHEUS_YML.read_text())
-    config["rule_files"] = [str(alerts.RULES_FILE)]  # the container's path, here
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(alerts.deployed_config()))
     promtool("check", "config", str(tmp_path / "prometheus.yml"))
 
 

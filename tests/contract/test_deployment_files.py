@@ -23,7 +23,7 @@ SERVICES = COMPOSE["services"]
 BROKERS = ["kafka-1:9092", "kafka-2:9092", "kafka-3:9092"]
 STRONG = "Zq8vN3mK7pR2xW5tY9bC4dF6gH1jL0sA"
 README = (DEPLOY.parent / "README.md").read_text()
-PROMETHEUS = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+PROMETHEUS = yaml.safe_load(alerts.CONFIG_FILE.read_text())
 # The code's metrics by name as prometheus_client keeps it (a counter's without `_total`).
 METRICS = {m._name: m for m in vars(metrics).values() if hasattr(m, "_name")}
 

@@ -31,7 +31,6 @@ from tests.support.kafka import produce
 from tests.support.polling import wait_until
 
 PROMETHEUS = "/usr/bin/prometheus"  # Debian's `prometheus` package; `make test` installs it
-DEPLOYED_CONFIG = alerts.RULES_FILE.parent / "prometheus.yml"
 DASHBOARD = alerts.RULES_FILE.parents[1] / "grafana" / "bridge-dashboard.json"
 # Panels with no series on a healthy system that has pruned nothing yet (their label
 # values, error classes and tables, appear with the first failure or pruned row).
@@ -47,16 +46,15 @@ def system(tmp_path_factory):
 def scrape_config(system) -> dict:
     """The deployed Prometheus configuration with each job's discovery replaced by the
     address its process listens on here, scraped and evaluated every second."""
-    deployed = yaml.safe_load(DEPLOYED_CONFIG.read_text())
+    deployed = alerts.deployed_config()
     here = {"crm": system.crm_url, "ecm": system.ecm_url, "bridge": system.bridge_url}
     jobs = []
     for job in deployed["scrape_configs"]:
         assert job["job_name"] in here, f"a scrape job this test does not know: {job['job_name']}"
         kept = {k: v for k, v in job.items() if not k.endswith("_sd_configs") and k != "static_configs"}
         jobs.append({**kept, "static_configs": [{"targets": [urlparse(here[job["job_name"]]).netloc]}]})
-    assert len(deployed["rule_files"]) == 1
     return {"global": {**deployed.get("global", {}), "scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(alerts.RULES_FILE)], "scrape_configs": jobs}
+            "rule_files": deployed["rule_files"], "scrape_configs": jobs}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 RULES_FILE = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+CONFIG_FILE = RULES_FILE.with_name("prometheus.yml")  # the Prometheus configuration that loads it
 MADE_BY_PROMETHEUS = "up"  # the scrape's own series, not a process's metric
 
 _MATCH = {  # by the name of promql_parser.MatchOp's member (its members are not hashable)
@@ -27,6 +28,14 @@ _MATCH = {  # by the name of promql_parser.MatchOp's member (its members are not
 
 def rule_list() -> list[dict]:
     return [rule for group in yaml.safe_load(RULES_FILE.read_text())["groups"] for rule in group["rules"]]
+
+
+def deployed_config() -> dict:
+    """The deployed Prometheus configuration, its rule file named by this checkout's path
+    (the container's path there)."""
+    config = yaml.safe_load(CONFIG_FILE.read_text())
+    assert len(config["rule_files"]) == 1, config["rule_files"]
+    return {**config, "rule_files": [str(RULES_FILE)]}
 
 
 def rule(alert: str) -> dict:
