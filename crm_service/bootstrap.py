@@ -15,7 +15,7 @@ from infra.container import ServiceContainer
 from infra.content_store import ContentStore
 from infra.db import make_engine, make_session_factory
 from infra.kafka import make_producer
-from schemas.topics import CRM_COMMANDS
+from schemas.topics import CRM_COMMANDS, CRM_EVENTS
 
 
 def load_funnel(path: Path) -> dict:
@@ -33,6 +33,7 @@ class CrmContainer(ServiceContainer):
 
     name = "crm"
     commands_topic = CRM_COMMANDS
+    events_topic = CRM_EVENTS
     accepted_commands = handlers.ACCEPTED_COMMANDS
     users_table = tables.users
     outbox_table = tables.outbox

@@ -25,7 +25,7 @@ from infra.container import ServiceContainer
 from infra.content_store import ContentStore
 from infra.db import make_engine, make_session_factory
 from infra.kafka import make_producer
-from schemas.topics import ECM_COMMANDS
+from schemas.topics import ECM_COMMANDS, ECM_EVENTS
 
 log = structlog.get_logger()
 
@@ -47,6 +47,7 @@ class EcmContainer(ServiceContainer):
 
     name = "ecm"
     commands_topic = ECM_COMMANDS
+    events_topic = ECM_EVENTS
     accepted_commands = ACCEPTED_COMMANDS
     users_table = tables.users
     outbox_table = tables.outbox

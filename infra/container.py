@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from infra.consumer_loop import ConsumerLoop
 from infra.messaging_retention import Retention, run_pruning
+from infra.metrics import count_published_from_zero
 from infra.outbox_relay import OutboxRelay
 from infra.users import UserDirectory
 from schemas.registry import Message
@@ -28,6 +29,7 @@ class ServiceContainer:
 
     name: ClassVar[str]
     commands_topic: ClassVar[str]
+    events_topic: ClassVar[str]  # what its outbox relay publishes to
     accepted_commands: ClassVar[frozenset[str]]
     users_table: ClassVar[Table]
     outbox_table: ClassVar[Table]
@@ -59,6 +61,7 @@ class ServiceContainer:
         return []
 
     def relay(self) -> OutboxRelay:
+        count_published_from_zero(self.name, self.events_topic)
         return OutboxRelay(self.session_factory, self.outbox_table, self.producer, service=self.name)
 
     def pruning(self):

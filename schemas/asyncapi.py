@@ -10,27 +10,21 @@ import sys
 
 from pydantic.json_schema import models_json_schema
 
-from schemas import crm_commands, crm_events, ecm_commands, ecm_events
 from schemas.envelope import Envelope
-from schemas.registry import LATEST
+from schemas.registry import LATEST, TYPES_ON_TOPIC
 from schemas.topics import BRIDGE_CONTROL, CRM_COMMANDS, CRM_EVENTS, ECM_COMMANDS, ECM_EVENTS, dead_letter_topic
 
 REF = "#/components/schemas/{model}"
 
 # topic -> (channel id, producer, consumer, message types, description)
 CHANNELS = [
-    (CRM_EVENTS, "crmEvents", "crm", "sync-bridge",
-     [crm_events.APPROVAL_REQUESTED, crm_events.RESPONSIBILITY_TRANSFERRED, crm_events.ORGANIZATIONS_MERGED],
+    (CRM_EVENTS, "crmEvents", "crm", "sync-bridge", TYPES_ON_TOPIC[CRM_EVENTS],
      "Events the CRM publishes through its outbox. Key: CRM organization id."),
-    (ECM_COMMANDS, "ecmCommands", "sync-bridge", "ecm",
-     [ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR,
-      ecm_commands.MERGE_EXTERNAL_REFS],
+    (ECM_COMMANDS, "ecmCommands", "sync-bridge", "ecm", TYPES_ON_TOPIC[ECM_COMMANDS],
      "Commands the bridge sends to the ECM. Key: CRM organization id."),
-    (ECM_EVENTS, "ecmEvents", "ecm", "sync-bridge",
-     [ecm_events.COUNTERPARTY_SYNCED, ecm_events.COUNTERPARTY_CHANGED, ecm_events.APPROVAL_STATUS_CHANGED],
+    (ECM_EVENTS, "ecmEvents", "ecm", "sync-bridge", TYPES_ON_TOPIC[ECM_EVENTS],
      "Events the ECM publishes through its outbox. Key: ECM counterparty id."),
-    (CRM_COMMANDS, "crmCommands", "sync-bridge", "crm",
-     [crm_commands.UPDATE_APPROVAL_STATUS, crm_commands.UPDATE_ORGANIZATION_LINK],
+    (CRM_COMMANDS, "crmCommands", "sync-bridge", "crm", TYPES_ON_TOPIC[CRM_COMMANDS],
      "Commands the bridge sends to the CRM. Key: CRM organization id."),
 ]
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas import crm_commands, crm_events, ecm_commands, ecm_events
 from schemas.envelope import Envelope
+from schemas.topics import CRM_COMMANDS, CRM_EVENTS, ECM_COMMANDS, ECM_EVENTS
 
 MAX_MESSAGE_BYTES = 1_000_000
 
@@ -31,6 +32,18 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
     ecm_events.APPROVAL_STATUS_CHANGED: (2, ecm_events.ApprovalStatusChangedV2),
     crm_commands.UPDATE_APPROVAL_STATUS: (2, crm_commands.UpdateApprovalStatusV2),
     crm_commands.UPDATE_ORGANIZATION_LINK: (2, crm_commands.UpdateOrganizationLinkV2),
+}
+
+# The message types each data topic carries (its one producer publishes only these): the
+# AsyncAPI document's channels, and the published counts every producer starts at 0.
+TYPES_ON_TOPIC: dict[str, tuple[str, ...]] = {
+    CRM_EVENTS: (crm_events.APPROVAL_REQUESTED, crm_events.RESPONSIBILITY_TRANSFERRED,
+                 crm_events.ORGANIZATIONS_MERGED),
+    ECM_COMMANDS: (ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR,
+                   ecm_commands.MERGE_EXTERNAL_REFS),
+    ECM_EVENTS: (ecm_events.COUNTERPARTY_SYNCED, ecm_events.COUNTERPARTY_CHANGED,
+                 ecm_events.APPROVAL_STATUS_CHANGED),
+    CRM_COMMANDS: (crm_commands.UPDATE_APPROVAL_STATUS, crm_commands.UPDATE_ORGANIZATION_LINK),
 }
 
 # (type, version) -> function turning a payload of that version into version + 1.

@@ -15,10 +15,17 @@ import structlog
 
 from infra.dead_letters import DeadLetter
 from infra.delivery import DeliveryPolicy, Record, apply_together, count_from_zero, deliver
-from infra.metrics import BATCH_EVENTS, MESSAGES_PUBLISHED, TRANSFER_BYTES, TRANSFERS, LagReport
+from infra.metrics import (
+    BATCH_EVENTS,
+    MESSAGES_PUBLISHED,
+    TRANSFER_BYTES,
+    TRANSFERS,
+    LagReport,
+    count_published_from_zero,
+)
 from schemas import crm_events
 from schemas.registry import Message, encode
-from schemas.topics import CRM_EVENTS, ECM_EVENTS
+from schemas.topics import CRM_COMMANDS, CRM_EVENTS, ECM_COMMANDS, ECM_EVENTS
 from sync_bridge.app import app, settings
 from sync_bridge.control import CRM_TO_ECM as CRM_TO_ECM_DIRECTION
 from sync_bridge.control import ECM_TO_CRM as ECM_TO_CRM_DIRECTION
@@ -45,6 +52,8 @@ ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
                             max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
 count_from_zero(CRM_TO_ECM, CRM_EVENTS)
 count_from_zero(ECM_TO_CRM, ECM_EVENTS)
+count_published_from_zero("bridge", ECM_COMMANDS)
+count_published_from_zero("bridge", CRM_COMMANDS)
 
 _transfer: DocumentTransfer | None = None
 gates = DirectionGates()

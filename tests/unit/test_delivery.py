@@ -246,6 +246,34 @@ def test_a_consumer_counts_every_outcome_it_can_label_from_zero_before_its_first
         assert missing == [("invalid", "applied")]  # an invalid message is never applied
 
 
+def test_every_producer_counts_every_type_its_topic_carries_from_zero_before_its_first_message():
+    # FlowStalled compares rate() of the published counts with the consumed ones: a published
+    # series born at its first increment shows no rate, so a stalled consumer of a brand-new
+    # type went unreported until a second message came.
+    from crm_service.bootstrap import CrmContainer
+    from ecm_service.bootstrap import EcmContainer
+    from infra.metrics import MESSAGES_PUBLISHED
+    from schemas.registry import TYPES_ON_TOPIC
+    from sync_bridge import handling  # noqa: F401  (the bridge counts its two topics when it loads)
+
+    def published(producer, topic):
+        return {t: REGISTRY.get_sample_value("bridge_messages_published_total",
+                                             dict(producer=producer, topic=topic, type=t))
+                for t in TYPES_ON_TOPIC[topic]}
+
+    for container, producer, topic in ((CrmContainer, "crm", "crm.events"), (EcmContainer, "ecm", "ecm.events")):
+        for message_type in TYPES_ON_TOPIC[topic]:
+            try:
+                MESSAGES_PUBLISHED.remove(producer, topic, message_type)
+            except KeyError:
+                pass
+        assert set(published(producer, topic).values()) == {None}
+        container(settings=None, engine=None, session_factory=None, producer=None).relay()
+        assert set(published(producer, topic).values()) == {0.0}, producer
+    for topic in ("ecm.commands", "crm.commands"):
+        assert None not in published("bridge", topic).values(), topic
+
+
 async def test_a_message_of_a_type_the_consumer_does_not_accept_is_counted_as_invalid():
     letters = Letters()
     labels = dict(consumer="test", topic="crm.commands", type="invalid", outcome="dead_lettered")
