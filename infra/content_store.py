@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import mimetypes
 import os
@@ -158,12 +159,16 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+TYPE_PROBE_BYTES = 8192
+
+
 def detect_content_type(path: Path, *, filename: str, declared: str | None) -> str:
     """What the bytes are, not what the sender said: a known signature wins (a file named
     .pdf that is an executable is stored as one); otherwise the file name's extension,
     then plain text when the start decodes as UTF-8, then the declared type."""
     with path.open("rb") as f:
-        head = f.read(8192)
+        head = f.read(TYPE_PROBE_BYTES)
+        whole = not f.read(1)
     kind = filetype.guess(head)
     if kind is not None:
         return kind.mime
@@ -171,8 +176,8 @@ def detect_content_type(path: Path, *, filename: str, declared: str | None) -> s
     if guessed:
         return guessed
     if head and b"\x00" not in head:
-        try:
-            head.decode("utf-8")
+        try:  # incrementally: the 8 KiB read may end inside a multi-byte character
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)
             return "text/plain"
         except UnicodeDecodeError:
             pass

@@ -33,12 +33,19 @@ def clean_cell(value) -> str | None:
     return text[:MAX_CELL] or None
 
 
+PROBE_BYTES = 65536
+
+
 def _csv_text(path: Path) -> io.TextIOBase:
+    """The file as text in the encoding its first 64 KiB decode in. Incrementally: the
+    probe may end inside a multi-byte character, which is no sign of another encoding (a
+    UTF-8 file would then have been read as Windows-1251, every Cyrillic name garbled)."""
     with open(path, "rb") as probe:
-        head = probe.read(65536)
+        head = probe.read(PROBE_BYTES)
+        whole = not probe.read(1)
     for encoding in ("utf-8-sig", "cp1251"):
         try:
-            codecs.decode(head, encoding)
+            codecs.getincrementaldecoder(encoding)().decode(head, final=whole)
             return open(path, encoding=encoding, newline="", errors="strict")
         except UnicodeDecodeError:
             continue

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from infra.content_store import ContentStore, Refused, Staged
+from infra.content_store import ContentStore, Refused, Staged, detect_content_type
 
 
 @pytest.fixture
@@ -140,3 +140,27 @@ def test_a_failed_sync_leaves_nothing_visible_and_nothing_behind(tmp_path, monke
         store.commit(staged)
     assert slow_ended.is_set()
     assert list(store.root.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, filename, declared, expected", [
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "contract.txt", "text/plain", "application/pdf"),  # the bytes win
+    (b"\x00\x01binary", "scan.docx", None,
+     "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    ("Договор поставки\n".encode(), "contract", "application/octet-stream", "text/plain"),
+    ("Договор поставки\n".encode("cp1251"), "contract", "application/x-custom", "application/x-custom"),
+    (b"\x00\x01binary", "contract", None, "application/octet-stream"),
+])
+def test_the_content_type_comes_from_the_bytes_then_the_name_then_the_text(tmp_path, content, filename, declared,
+                                                                          expected):
+    path = tmp_path / "blob"
+    path.write_bytes(content)
+    assert detect_content_type(path, filename=filename, declared=declared) == expected
+
+
+def test_a_long_utf8_text_whose_probe_ends_inside_a_character_is_text(tmp_path):
+    data = ("№" + "Я" * 5000).encode()  # three bytes, then two each: byte 8,192 is half a letter
+    path = tmp_path / "memo"
+    path.write_bytes(data)
+    assert detect_content_type(path, filename="memo", declared=None) == "text/plain"
+    path.write_bytes(data[:8192])  # a file that does end inside a character is no text
+    assert detect_content_type(path, filename="memo", declared=None) == "application/octet-stream"

@@ -19,6 +19,23 @@ def test_csv_utf8_with_bom_and_english_headers(tmp_path):
     assert list(read_rows(path)) == [{"code": "A1", "name": "Vector GmbH", "inn": None, "country": "de"}]
 
 
+@pytest.mark.parametrize("name", ["ООО «Ромашка»", "ИП Иванов"])
+def test_a_large_utf8_csv_whose_probe_ends_inside_a_character_reads_as_utf8(tmp_path, name):
+    # The encoding is guessed from the file's first 64 KiB. Cut inside a two-byte Cyrillic
+    # letter, that head is not valid UTF-8: a file without "И" (whose second byte 0x98 is
+    # not Windows-1251) was then read as Windows-1251, every name garbled; one with it was
+    # refused as neither.
+    def utf8_file(padding: int) -> bytes:  # the first code padded with zeros moves the cut
+        rows = [f"{'0' * padding if i == 0 else ''}{i};{name}\n" for i in range(20_000)]
+        return ("Код;Наименование\n" + "".join(rows)).encode()
+
+    data = next(d for d in map(utf8_file, range(4)) if d[65_536] & 0xC0 == 0x80)  # a continuation byte
+    path = tmp_path / "export.csv"
+    path.write_bytes(data)
+    read = list(read_rows(path))
+    assert len(read) == 20_000 and {row["name"] for row in read} == {name}
+
+
 def test_xlsx_numbers_formulas_and_short_rows(tmp_path):
     book = Workbook()
     sheet = book.active
