@@ -14,6 +14,10 @@ class EcmSettings(MessagingSettings, ServiceSettings):
     content_dir: Path = Path("var/ecm-content")
     imports_dir: Path = Path("var/ecm-imports")
     max_import_bytes: int = 2 * 1024 * 1024 * 1024
+    # A bulk load that has written no progress for this long was interrupted (the process
+    # running it went away): it shows as failed. Progress is written after every chunk of
+    # 5,000 rows, seconds apart, so only a dead process stays this quiet.
+    bulk_load_stale_seconds: float = Field(120.0, gt=0)
     routes_file: Path = Path(__file__).parent / "approval_routes.json"
     document_types_file: Path = Path(__file__).parent / "document_types.json"
     delay_reasons_file: Path = Path(__file__).parent / "delay_reasons.json"

@@ -296,6 +296,7 @@ bulk_loads = Table(
     Column("counts", JSON, nullable=False),
     Column("report_path", String(500)),
     Column("error", Text),
+    Column("progress_at", UtcDateTime()),  # a running load's last progress: a quiet one was interrupted
 )
 
 # Initial sync / reconciliation of another system's organizations against the registry.

@@ -9,11 +9,9 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from ecm_service.adapters import tables
-from ecm_service.service_layer.bulk_load import run_job, start_job
+from ecm_service.service_layer.bulk_load import get_job, run_job, start_job
 from infra.users import User
 from infra.web import require_roles, safe_filename, save_upload
 
@@ -74,9 +72,8 @@ async def start(request: Request, file: UploadFile = File(...),
 
 @router.get("/{load_id}", response_model=LoadOut)
 async def status(load_id: str, request: Request, _: User = Depends(require_roles(*LOADERS, "auditor"))):
-    async with request.app.state.container.session_factory() as session:
-        row = (await session.execute(select(tables.bulk_loads).where(tables.bulk_loads.c.id == load_id))
-               ).mappings().first()
+    container = request.app.state.container
+    row = await get_job(container.session_factory, load_id, stale_after=container.settings.bulk_load_stale_seconds)
     if row is None:
         raise HTTPException(404, f"bulk load {load_id} not found")
     return _out(row)

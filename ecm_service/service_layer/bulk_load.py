@@ -15,10 +15,11 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
 
+import structlog
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -35,6 +36,8 @@ from infra.db import analyze
 
 FIELDS = ("name", "short_name", "legal_form", "country", "inn", "kpp", "ogrn", "vat", "addresses")
 ANALYZE_EVERY_CHUNKS = 8
+log = structlog.get_logger()
+
 REPORT_HEADER = ["row", "code", "outcome", "counterparty_id", "quality_flags", "message"]
 
 
@@ -207,11 +210,43 @@ class BulkLoader:
 
 async def start_job(session_factory, *, file_name: str, system: str, user_id: str) -> str:
     load_id = str(uuid.uuid4())
+    now = datetime.now(timezone.utc)
     async with session_factory() as session, session.begin():
         await session.execute(insert(tables.bulk_loads).values(
             id=load_id, status="running", file_name=file_name[:255], system=system, created_by=user_id,
-            started_at=datetime.now(timezone.utc), counts={}))
+            started_at=now, progress_at=now, counts={}))
     return load_id
+
+
+async def get_job(session_factory, load_id: str, *, stale_after: float | None = None) -> dict | None:
+    """The load, or None. With `stale_after`, a running load that has made no progress for
+    that many seconds is marked failed first: the process running it stopped (a deploy's
+    restart, a crash). Its chunks so far are committed; loading the file again finds those
+    rows by their code and creates nothing twice."""
+    t = tables.bulk_loads
+
+    async def load() -> dict | None:
+        async with session_factory() as session:
+            row = (await session.execute(select(t).where(t.c.id == load_id))).mappings().first()
+        return dict(row) if row else None
+
+    row = await load()
+    if row is None or stale_after is None or row["status"] != "running":
+        return row
+    since = row["progress_at"] or row["started_at"]  # loads started before migration 0012 have none
+    if datetime.now(timezone.utc) - since <= timedelta(seconds=stale_after):
+        return row
+    same_progress = t.c.progress_at == since if row["progress_at"] else t.c.progress_at.is_(None)
+    error = (f"interrupted: no progress for over {stale_after:.0f} s after {row['rows_done']} rows (the process "
+             "running it stopped); load the file again: rows already loaded are found by their code, not "
+             "created twice")
+    async with session_factory() as session, session.begin():
+        taken = (await session.execute(
+            update(t).where(t.c.id == load_id, t.c.status == "running", same_progress)
+            .values(status="failed", error=error, finished_at=datetime.now(timezone.utc)))).rowcount
+    if taken:
+        log.warning("bulk_load_interrupted", load_id=load_id, rows_done=row["rows_done"])
+    return await load()
 
 
 async def run_job(session_factory, *, load_id: str, path: Path, kind: str, system: str, actor: str,
@@ -221,12 +256,14 @@ async def run_job(session_factory, *, load_id: str, path: Path, kind: str, syste
 
     async def progress(rows: int, counts: Counter) -> None:
         async with session_factory() as session, session.begin():
-            await session.execute(update(t).where(t.c.id == load_id).values(rows_done=rows, counts=dict(counts)))
+            await session.execute(update(t).where(t.c.id == load_id).values(
+                rows_done=rows, counts=dict(counts), progress_at=datetime.now(timezone.utc)))
 
     try:
         loader = BulkLoader(session_factory, system=system, actor=actor, verify_clean=verify_clean)
         result = await loader.run(read_rows(path, kind), report_path, progress)
-        final = {"status": "done", "rows_done": result.rows, "counts": dict(result.counts)}
+        # error cleared: a load that was only slow may have been reported interrupted meanwhile
+        final = {"status": "done", "rows_done": result.rows, "counts": dict(result.counts), "error": None}
     except Exception as exc:  # an unreadable file, a database error: say so on the job
         result, final = None, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]}
     async with session_factory() as session, session.begin():

@@ -3,7 +3,8 @@ service's PostgreSQL database, directories and consumer group, with requests spr
 both. Every approval request is published once, handled once and reaches the CRM; both
 ECM replicas apply commands; an import's steps may each reach a different replica, and
 an import whose replica is killed mid-run (a deploy's restart) is started again on the
-other."""
+other, and a bulk load of the registry whose replica is killed reads as interrupted and is
+loaded again without duplicates."""
 
 import asyncio
 import csv
@@ -13,8 +14,11 @@ import time
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from deploy.broker import free_port
+from ecm_service.adapters import tables as ecm_tables
 from schemas.topics import CRM_EVENTS
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import SALES, create_deal_with_document, request_approval, wait_crm_status
@@ -24,12 +28,15 @@ from tests.support.metrics import samples
 from tests.support.polling import wait_until
 
 STALE_SECONDS = 4  # CRM_IMPORT_STALE_SECONDS here: a stopped import is taken for stopped soon
+# ECM_BULK_LOAD_STALE_SECONDS here: a load writes progress after each 5,000-row chunk (~1.5 s)
+LOAD_STALE_SECONDS = 8
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     yield from running_system(tmp_path_factory, "postgresql",
-                              extra_env={"CRM_IMPORT_STALE_SECONDS": str(STALE_SECONDS)})
+                              extra_env={"CRM_IMPORT_STALE_SECONDS": str(STALE_SECONDS),
+                                         "ECM_BULK_LOAD_STALE_SECONDS": str(LOAD_STALE_SECONDS)})
 
 
 class Via:
@@ -137,3 +144,49 @@ def test_an_import_whose_replica_is_killed_mid_run_is_started_again_on_the_other
     assert first.crm(SALES, "POST", f"/api/imports/{import_id}/dry-run").status_code == 202
     dry = _wait_import(first, import_id, "dry_run")
     assert (dry["status"], dry["rows_done"], dry["counts"]["create"]) == ("dry_run", len(rows), len(rows)), dry
+
+
+def test_a_bulk_load_whose_replica_is_killed_reads_as_interrupted_and_loading_again_duplicates_nothing(
+        system, replicas):
+    # Runs last in this module: it stops ecm-2.
+    first, second = replicas
+    steward = "steward-stas"
+    rows = "".join(f"RST-{i};ООО «Загрузка {i:05d}»;;;\n" for i in range(20_000))
+    files = {"file": ("export.csv", ("Код;Наименование;ИНН;КПП;ОГРН\n" + rows).encode(), "text/csv")}
+    started = second.ecm(steward, "POST", "/api/counterparties/bulk-loads", files=files, data={"system": "rst"})
+    assert started.status_code == 202, started.text
+    url = f"/api/counterparties/bulk-loads/{started.json()['id']}"
+    def moving() -> dict | None:
+        load = first.ecm(steward, "GET", url).json()
+        return load if load["rows_done"] > 0 or load["status"] != "running" else None
+
+    under_way = wait_until(moving, timeout=60, interval=0.1, message="the load under way")
+    assert under_way["status"] == "running", under_way["error"]
+    system.kill("ecm-2", signal.SIGKILL)  # the replica running it goes away mid-load
+    stopped = first.ecm(steward, "GET", url).json()
+    assert stopped["status"] == "running" and 0 < stopped["rows_done"] < 20_000, stopped
+    time.sleep(LOAD_STALE_SECONDS + 1)
+    failed = first.ecm(steward, "GET", url).json()
+    assert failed["status"] == "failed" and failed["error"].startswith("interrupted"), failed
+    assert failed["report_url"] is None  # the report of a load cut short is not offered
+    loaded = asyncio.run(registered(system, "rst"))
+    assert loaded >= stopped["rows_done"] and loaded < 20_000
+
+    again = first.ecm(steward, "POST", "/api/counterparties/bulk-loads", files=files, data={"system": "rst"})
+    assert again.status_code == 202, again.text
+    done = wait_until(lambda: (s := first.ecm(steward, "GET", f"/api/counterparties/bulk-loads/{again.json()['id']}")
+                               .json())["status"] != "running" and s, timeout=120, message="loaded again")
+    assert done["status"] == "done", done
+    assert done["counts"] == {"unchanged": loaded, "created": 20_000 - loaded}, done["counts"]
+    assert asyncio.run(registered(system, "rst")) == 20_000
+
+
+async def registered(system, source: str) -> int:
+    """Registry records that the loads of one source system created (one external ref each)."""
+    engine = create_async_engine(system.settings.ecm_database_url)
+    try:
+        async with engine.connect() as conn:
+            refs = ecm_tables.external_refs
+            return await conn.scalar(select(func.count(func.distinct(refs.c.entity_id))).where(refs.c.system == source))
+    finally:
+        await engine.dispose()

@@ -79,3 +79,47 @@ async def test_every_row_gets_an_outcome_and_nothing_is_duplicated(ecm, tmp_path
         refs = await session.scalar(select(func.count()).select_from(tables.external_refs)
                                     .where(tables.external_refs.c.system == "1c"))
     assert refs == 3
+
+
+async def test_a_load_whose_process_stopped_reads_as_interrupted_and_loading_again_duplicates_nothing(
+        ecm, tmp_path):
+    """The ECM process running a load stops between chunks (a deploy's restart): the load
+    stayed `running` for good. After `stale_after` with no progress it reads as failed,
+    interrupted, with the rows it got through; a progressing load is left alone; the file
+    loaded again finds the rows already in and creates only the rest."""
+    from datetime import timedelta
+
+    from ecm_service.service_layer.bulk_load import get_job, run_job, start_job
+
+    sessions = ecm.session_factory
+    path = tmp_path / "export.csv"
+    path.write_text(HEADER + "\n".join(ROWS[:2]) + "\n", encoding="utf-8")
+    gone = await start_job(sessions, file_name="export.csv", system="1c", user_id="steward")
+    # Its first chunk went in, then its process stopped five minutes ago.
+    await BulkLoader(sessions, system="1c", actor="test", verify_clean=False).run(
+        read_rows(path), tmp_path / "first.csv")
+    quiet = datetime.now(timezone.utc) - timedelta(seconds=300)
+    async with sessions() as session, session.begin():
+        await session.execute(tables.bulk_loads.update().where(tables.bulk_loads.c.id == gone).values(
+            rows_done=2, progress_at=quiet))
+
+    assert (await get_job(sessions, gone))["status"] == "running"  # no rule, no change
+    assert (await get_job(sessions, gone, stale_after=600))["status"] == "running"
+    job = await get_job(sessions, gone, stale_after=120)
+    assert job["status"] == "failed" and job["finished_at"] is not None
+    assert job["error"].startswith("interrupted: no progress for over 120 s after 2 rows")
+    assert (await get_job(sessions, gone, stale_after=120))["error"] == job["error"]  # read again: the same
+    assert await get_job(sessions, "missing", stale_after=120) is None
+
+    # A load that writes progress stays running whatever the rule; the whole file loaded
+    # again creates only the rows the interrupted load did not reach.
+    path.write_text(HEADER + "\n".join(ROWS) + "\n", encoding="utf-8")
+    again = await start_job(sessions, file_name="export.csv", system="1c", user_id="steward")
+    assert (await get_job(sessions, again, stale_after=0.5))["status"] == "running"
+    result = await run_job(sessions, load_id=again, path=path, kind="csv", system="1c", actor="test",
+                           verify_clean=False, report_path=tmp_path / "again.csv")
+    assert (result.counts["unchanged"], result.counts["created"]) == (2, 1)  # row 7, the one new code
+    done = await get_job(sessions, again, stale_after=0.001)
+    assert (done["status"], done["rows_done"], done["error"]) == ("done", 6, None)
+    assert done["progress_at"] is not None
+    assert await _count(ecm, tables.counterparties) == 3
