@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from infra import business_day
 from infra.db import database_reachable, migrations_at_head
 from infra.kafka import broker_reachable
 from infra.runtime import BackgroundTasks, settle_garbage_collector, start_producer
@@ -21,6 +22,7 @@ log = structlog.get_logger()
 
 def build_app(*, title: str, service: str, container, routers: list[APIRouter]) -> FastAPI:
     settings = container.settings
+    business_day.use_zone(settings.business_timezone)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
+from infra.business_day import zone_named
 from infra.tokens import is_weak_secret
 
 
@@ -39,6 +40,8 @@ class ServiceSettings(BaseSettings):
     token_cache_seconds: float = Field(5.0, ge=0, le=300, validation_alias=AliasChoices("TOKEN_CACHE_SECONDS"))
     # The token other deployables (the bridge) present to this one, role `integration`.
     integration_token: str | None = None
+    # The company's time zone: where its days begin (deputies' date ranges, "my day").
+    business_timezone: str = Field("UTC", validation_alias=AliasChoices("BUSINESS_TIMEZONE"))
 
     # Secrets that must be real outside development.
     required_secrets: ClassVar[tuple[str, ...]] = ("integration_token",)
@@ -50,6 +53,12 @@ class ServiceSettings(BaseSettings):
     @property
     def json_logs(self) -> bool:
         return self.log_json if self.log_json is not None else not self.is_development
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _a_known_time_zone(cls, name: str) -> str:
+        zone_named(name)
+        return name
 
     @model_validator(mode="after")
     def _secrets_are_real_outside_development(self):

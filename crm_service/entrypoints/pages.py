@@ -4,7 +4,6 @@ import wizard and my day. Same rights as the API."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,12 +16,14 @@ from crm_service.adapters import tables
 from crm_service.domain.rights import NotAllowed
 from crm_service.entrypoints.sales_api import _import_row, organization_card
 from crm_service.service_layer import handlers, import_jobs, imports, sales
+from infra import business_day
 from infra.pages import add_login_routes, page_user_dependency
 from infra.users import User
 from infra.web import correlation_id
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["local"] = business_day.local_text  # times as the company's clock reads them
 PAGE_ROLES = ("sales", "manager", "admin", "auditor")
 WRITERS = ("sales", "manager", "admin")
 page_user = page_user_dependency(PAGE_ROLES)
@@ -88,7 +89,7 @@ async def add_activity(org_id: str, request: Request, kind: str = Form(...), sub
     due = None
     if due_at:
         try:
-            due = datetime.fromisoformat(due_at).replace(tzinfo=timezone.utc)
+            due = business_day.from_wall_clock(due_at)
         except ValueError:
             return RedirectResponse(f"/ui/organizations/{org_id}?error={quote('due date not understood')}", 303)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import asdict
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from crm_service.service_layer.handlers import (  # noqa: F401  (actor_for: the 
     check_owned,
 )
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
+from infra import business_day
 from schemas import crm_events
 from schemas.envelope import new_envelope
 from schemas.topics import CRM_EVENTS
@@ -354,14 +355,14 @@ async def complete_activity(uow: CrmUnitOfWork, *, actor: Actor, activity_id: st
 async def my_day(uow: CrmUnitOfWork, *, user_id: str, now: datetime | None = None) -> dict:
     """Today's planned calls, meetings and tasks, and everything overdue, oldest first."""
     now = now or _now()
-    start = datetime.combine(now.date(), time.min, tzinfo=timezone.utc)
-    end = start + timedelta(days=1)
+    day = business_day.today(now)
+    _, end = business_day.day_bounds(day)
     t, o = tables.activities, tables.organizations
     base = (select(t, o.c.name.label("organization_name")).outerjoin(o, o.c.id == t.c.organization_id)
             .where(t.c.owner_id == user_id, t.c.done_at.is_(None), t.c.due_at.is_not(None)))
     overdue = await uow.session.execute(base.where(t.c.due_at < now).order_by(t.c.due_at))
     today = await uow.session.execute(base.where(t.c.due_at >= now, t.c.due_at < end).order_by(t.c.due_at))
-    return {"date": now.date().isoformat(), "overdue": [dict(r) for r in overdue.mappings()],
+    return {"date": day.isoformat(), "overdue": [dict(r) for r in overdue.mappings()],
             "today": [dict(r) for r in today.mappings()]}
 
 
@@ -473,7 +474,7 @@ def render_template(name: str, *, org: Organization, deal: Deal, author: str) ->
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined)
     html = env.get_template(f"{name}.html").render(
-        org=org, deal=deal, author=author, today=_now().date(),
+        org=org, deal=deal, author=author, today=business_day.today(),
         amount=f"{deal.amount:,.2f}".replace(",", " ") if isinstance(deal.amount, Decimal) else None)
     return html.encode("utf-8")
 

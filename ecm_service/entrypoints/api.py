@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 
 import structlog
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
@@ -16,6 +16,7 @@ from ecm_service.adapters import tables
 from ecm_service.service_layer.access import can_read_document, ensure_document_readable
 from ecm_service.service_layer.documents import DOCUMENT, Arrived, DocumentGone, store_many, store_version
 from ecm_service.service_layer.registry import COUNTERPARTY
+from infra import business_day
 from infra.content_store import CorruptContent, FileTooLarge, Refused, detect_content_type
 from infra.users import User
 from infra.web import receive_upload, require_roles, safe_filename
@@ -287,7 +288,7 @@ async def readable_document(uow, container, user: User, document_id: str) -> dic
     document = await uow.documents.get(document_id)
     if document is None:
         raise HTTPException(404, f"document {document_id} not found")
-    await ensure_document_readable(uow, user, document, container.document_types, date.today())
+    await ensure_document_readable(uow, user, document, container.document_types, business_day.today())
     return document
 
 
@@ -301,7 +302,7 @@ async def list_documents(request: Request, external_ref: str | None = None, limi
         out = []
         for document_id in ids:
             document = await uow.documents.get(document_id)
-            if await can_read_document(uow, user, document, container.document_types, date.today()):
+            if await can_read_document(uow, user, document, container.document_types, business_day.today()):
                 out.append(await _document_out(uow, document_id))
         return out
 

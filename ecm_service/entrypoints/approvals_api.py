@@ -18,6 +18,7 @@ from ecm_service.domain.approval import Actor, Approval
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer.access import can_read_document, ensure_document_readable
 from ecm_service.service_layer.approvals import APPROVAL
+from infra import business_day
 from infra.users import User
 from infra.web import require_roles
 from schemas.common import ExternalRef
@@ -111,7 +112,7 @@ async def readable_approval(uow, container, user: User, approval_id: str) -> App
     if approval is None:
         raise HTTPException(404, f"approval {approval_id} not found")
     document = await uow.documents.get(approval.document_id)
-    await ensure_document_readable(uow, user, document, container.document_types, date.today())
+    await ensure_document_readable(uow, user, document, container.document_types, business_day.today())
     return approval
 
 
@@ -136,7 +137,7 @@ async def list_approvals(
         out = []
         for approval_id, document_id in (await uow.session.execute(query)).all():
             document = await uow.documents.get(document_id)
-            if await can_read_document(uow, user, document, container.document_types, date.today()):
+            if await can_read_document(uow, user, document, container.document_types, business_day.today()):
                 out.append(approval_out(await uow.approvals.get(approval_id),
                                         await uow.external_refs.refs_of(APPROVAL, approval_id)))
         return out
@@ -235,7 +236,7 @@ async def inbox_for(container, user: User) -> list[dict]:
     actor = actor_of(user)
     a, s, t = tables.approval_assignments, tables.approval_steps, tables.approvals
     async with container.uow() as uow:
-        people = [actor, *await uow.deputies.principals_of(user.id, date.today())]
+        people = [actor, *await uow.deputies.principals_of(user.id, business_day.today())]
         place = or_(*[or_(a.c.assignee_user == p.name, and_(a.c.assignee_role == p.role, a.c.assignee_user.is_(None)))
                       for p in people])
         open_place = (select(a.c.approval_id).join(t, and_(t.c.id == a.c.approval_id, t.c.round == a.c.round,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +30,7 @@ from ecm_service.entrypoints.approvals_api import (
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.approvals import APPROVAL
+from infra import business_day
 from infra.pages import add_login_routes, page_user_dependency
 from infra.users import User
 
@@ -78,7 +79,7 @@ async def _card_context(request: Request, user: User, approval_id: str) -> dict:
         versions = await uow.documents.versions(approval.document_id)
         history = await uow.history.of(APPROVAL, approval_id)
         delays = await uow.delay_reasons.of_approval(approval_id)
-        principals = await uow.deputies.principals_of(user.id, date.today())
+        principals = await uow.deputies.principals_of(user.id, business_day.today())
     try:
         _, behalf, via_escalation = approval.place_for(actor_of(user), principals)
         can_decide = user.role in DECIDERS

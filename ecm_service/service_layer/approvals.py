@@ -18,6 +18,7 @@ from ecm_service.domain.document_types import DocumentType, policy_for
 from ecm_service.domain.routes import FALLBACK, parse_route
 from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+from infra import business_day
 from infra.retrying import PermanentError
 from schemas import ecm_commands, ecm_events
 from schemas.common import ExternalRef
@@ -151,7 +152,7 @@ async def decide(
         stage = approval.current_step
         place = approval.decide(
             actor=actor, decision=decision, comment=comment, reason=reason, at=now,
-            principals=await _principals(uow, actor, now.date()),
+            principals=await _principals(uow, actor, business_day.today(now)),
             counterparty_verified=await counterparty_is_verified(uow, approval.counterparty_id))
         await uow.approvals.save(approval)
         await uow.history.append(
@@ -177,7 +178,7 @@ async def record_delay_reason(uow: EcmUnitOfWork, *, approval_id: str, actor: Ac
             raise NotFound(f"approval {approval_id} not found")
         now = _now()
         step = approval.record_delay_reason(actor=actor, code=code, at=now,
-                                            principals=await _principals(uow, actor, now.date()))
+                                            principals=await _principals(uow, actor, business_day.today(now)))
         await uow.approvals.save(approval)
         await uow.delay_reasons.add(approval_id=approval.id, stage_no=step.stage_no, stage_name=step.name,
                                     role=step.role, doc_type=approval.doc_type, code=code, text=text,

@@ -125,6 +125,35 @@ async def test_a_deputy_decides_and_the_history_and_event_name_both(ecm, people)
     assert published[0]["due_at"] and published[0]["overdue"] is False
 
 
+async def test_a_deputy_stands_in_on_the_companys_calendar_day_not_utcs(ecm, people):
+    # A zone whose date differs from UTC's at this very moment (UTC-12 in UTC's morning,
+    # UTC+14 in its afternoon): a deputy named for that one business day decides; a
+    # deputy named for UTC's day does not. Before BUSINESS_TIMEZONE, UTC's date ruled here
+    # and the server's own zone in the inbox.
+    from infra import business_day
+
+    approval_id, _ = await start(ecm)
+    utc_today = datetime.now(timezone.utc).date()
+    zone = "Etc/GMT+12" if datetime.now(timezone.utc).hour < 12 else "Etc/GMT-14"
+    business_day.use_zone(zone)
+    try:
+        company_today = business_day.today()
+        assert company_today != utc_today
+        deputy = await person(ecm, "deputy-one-day", "finance")
+        utc_deputy = await person(ecm, "deputy-utc-day", "finance")
+        async with ecm.uow() as uow:
+            for who, day in ((deputy, company_today), (utc_deputy, utc_today)):
+                await uow.deputies.add(user_id=people["legal"].id, deputy_id=who.id, starts_on=day, ends_on=day,
+                                       at=datetime.now(timezone.utc))
+            await uow.commit()
+        with pytest.raises(DecisionNotAllowed):
+            await decide(ecm, approval_id, utc_deputy)
+        approval = await decide(ecm, approval_id, deputy)
+        assert approval.current_step.name == "finance"
+    finally:
+        business_day.use_zone("UTC")
+
+
 async def test_return_for_changes_then_a_new_version_reopens_and_decisions_carry_the_new_hash(ecm, people):
     approval_id, doc = await start(ecm)
     await decide(ecm, approval_id, people["legal"])

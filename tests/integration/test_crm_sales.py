@@ -282,3 +282,64 @@ async def test_spreadsheet_import_dry_run_apply_report_and_idempotent_reimport(c
     assert empty.status_code == 422
     wrong = await client.post("/api/imports", headers=anna, files={"file": ("e.pdf", b"%PDF", "x")})
     assert wrong.status_code == 422
+
+
+async def test_my_day_is_the_companys_calendar_day(crm):
+    """At 01:30 in Moscow on the 7th (22:30 UTC on the 6th) a rep's day is the 7th: a
+    meeting at 23:00 Moscow time is today's, one at 00:30 on the 8th is not. In UTC, the
+    day is still the 6th, and the 23:00 meeting is tomorrow's."""
+    from crm_service.domain.model import Activity
+    from crm_service.service_layer.sales import my_day
+    from infra import business_day
+
+    now = datetime(2026, 12, 6, 22, 30, tzinfo=timezone.utc)
+    due = {"late evening": datetime(2026, 12, 7, 20, 0, tzinfo=timezone.utc),  # 23:00 on the 7th, Moscow
+           "after midnight": datetime(2026, 12, 7, 21, 30, tzinfo=timezone.utc),  # 00:30 on the 8th
+           "overdue": datetime(2026, 12, 6, 20, 0, tzinfo=timezone.utc)}
+    async with crm.uow() as uow:
+        for subject, at in due.items():
+            await uow.activities.add(Activity(id=str(uuid.uuid4()), kind="meeting", subject=subject,
+                                              owner_id="rep-msk", created_at=now, due_at=at))
+        await uow.commit()
+
+    def listed(day):
+        return day["date"], [a["subject"] for a in day["today"]], [a["subject"] for a in day["overdue"]]
+
+    business_day.use_zone("Europe/Moscow")
+    try:
+        async with crm.uow() as uow:
+            moscow = await my_day(uow, user_id="rep-msk", now=now)
+    finally:
+        business_day.use_zone("UTC")
+    async with crm.uow() as uow:
+        utc = await my_day(uow, user_id="rep-msk", now=now)
+    assert listed(moscow) == ("2026-12-07", ["late evening"], ["overdue"])
+    assert listed(utc) == ("2026-12-06", [], ["overdue"])
+
+
+async def test_the_pages_read_and_show_times_on_the_companys_clock(crm_app):
+    """A rep in Moscow types 15:00 into the activity form (a datetime-local field has no
+    zone): that is 12:00 UTC, stored as such, and shown again as 15:00 on the card and in
+    my day. It used to be stored as 15:00 UTC, its reminder three hours late."""
+    from infra import business_day
+
+    client, users, container = crm_app
+    anna = users["anna"]
+    org = (await client.post("/api/organizations", headers=anna["headers"], json={"name": "Часовой пояс"})).json()
+    token = anna["headers"]["Authorization"].removeprefix("Bearer ")
+    business_day.use_zone("Europe/Moscow")
+    try:
+        added = await client.post(f"/ui/organizations/{org['id']}/activities", cookies={"session": token},
+                                  data={"kind": "meeting", "subject": "Встреча в 15:00", "due_at": "2099-12-07T15:00"})
+        assert added.status_code == 303, added.text
+        async with container.session_factory() as session:
+            due = await session.scalar(select(tables.activities.c.due_at)
+                                       .where(tables.activities.c.organization_id == org["id"]))
+        assert due == datetime(2099, 12, 7, 12, 0, tzinfo=timezone.utc)
+        card = await client.get(f"/ui/organizations/{org['id']}", cookies={"session": token})
+        assert "2099-12-07 15:00" in card.text and "2099-12-07 12:00" not in card.text
+        refused = await client.post(f"/ui/organizations/{org['id']}/activities", cookies={"session": token},
+                                    data={"kind": "call", "subject": "x", "due_at": "tomorrow-ish"})
+        assert refused.status_code == 303 and "not%20understood" in refused.headers["location"]
+    finally:
+        business_day.use_zone("UTC")

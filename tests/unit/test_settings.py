@@ -91,3 +91,35 @@ def test_the_inbox_is_kept_at_least_as_long_as_the_outbox(monkeypatch, settings_
     monkeypatch.setenv(f"{prefix}_OUTBOX_KEEP_DAYS", "-1")
     with pytest.raises(ValidationError):
         settings_cls()
+
+
+@pytest.mark.parametrize("settings_cls", [CrmSettings, EcmSettings])
+def test_the_business_time_zone_is_an_iana_name_checked_at_start(monkeypatch, settings_cls):
+    assert settings_cls().business_timezone == "UTC"
+    monkeypatch.setenv("BUSINESS_TIMEZONE", "Europe/Moscow")
+    assert settings_cls().business_timezone == "Europe/Moscow"
+    monkeypatch.setenv("BUSINESS_TIMEZONE", "Moscow")
+    with pytest.raises(ValidationError, match="unknown time zone 'Moscow'"):
+        settings_cls()
+
+
+def test_the_companys_day_begins_at_its_own_midnight_across_daylight_saving():
+    from datetime import date, datetime, timezone
+
+    from infra import business_day
+
+    try:
+        business_day.use_zone("Europe/Moscow")
+        assert business_day.today(datetime(2026, 12, 6, 21, 0, tzinfo=timezone.utc)) == date(2026, 12, 7)
+        assert business_day.today(datetime(2026, 12, 6, 20, 59, tzinfo=timezone.utc)) == date(2026, 12, 6)
+        start, end = business_day.day_bounds(date(2026, 12, 7))
+        assert (start, end) == (datetime(2026, 12, 6, 21, tzinfo=timezone.utc),
+                                datetime(2026, 12, 7, 21, tzinfo=timezone.utc))
+        business_day.use_zone("Europe/Berlin")  # clocks go forward on 29 March 2026: a 23-hour day
+        start, end = business_day.day_bounds(date(2026, 3, 29))
+        assert (end - start).total_seconds() == 23 * 3600
+        with pytest.raises(ValueError, match="unknown time zone"):
+            business_day.use_zone("Nowhere/Special")
+    finally:
+        business_day.use_zone("UTC")
+    assert business_day.today(datetime(2026, 12, 6, 23, 59, tzinfo=timezone.utc)) == date(2026, 12, 6)
