@@ -1,6 +1,8 @@
 """Reading tabular files row by row, for imports on both sides: CSV (UTF-8 or
 Windows-1251, comma or semicolon) and XLSX (openpyxl in read-only mode). Files are never
-loaded whole; cells come back cleaned (numbers that are ids as text, formulas dropped)."""
+loaded whole; cells come back cleaned (numbers that are ids as text, formulas dropped).
+And the other way: text written into the CSV and XLSX exports stays text when a
+spreadsheet opens them."""
 
 from __future__ import annotations
 
@@ -34,6 +36,41 @@ def clean_cell(value) -> str | None:
 
 
 PROBE_BYTES = 65536
+
+
+# What a spreadsheet takes for the start of a formula when it opens a CSV (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(value):
+    """A value for a CSV export that no spreadsheet runs as a formula: text starting like one
+    (a name a rep typed as `=HYPERLINK(…)`, a comment, a phone `+7 …`) gets a leading
+    apostrophe, which Excel and LibreOffice show as text. Other values pass unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def inert_row(row) -> list:
+    return [inert(value) for value in row]
+
+
+def inert_record(record: dict) -> dict:
+    return {key: inert(value) for key, value in record.items()}
+
+
+def text_cells(sheet, row) -> list:
+    """A row for an openpyxl write-only sheet whose text cells stay text: openpyxl takes any
+    string starting with `=` for a formula, and Excel would run it."""
+    from openpyxl.cell import WriteOnlyCell
+
+    cells = []
+    for value in row:
+        cell = WriteOnlyCell(sheet, value=value)
+        if isinstance(value, str):
+            cell.data_type = "s"
+        cells.append(cell)
+    return cells
 
 
 def _csv_text(path: Path) -> io.TextIOBase:

@@ -27,7 +27,7 @@ from crm_service.domain.hints import identifier_hints
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
 from infra.db import insert_rows, one_of
 from infra.process_reader import JsonLinesReader, ProcessReader, json_line
-from infra.spreadsheets import UnreadableFile, clean_cell, header_key, mapped_rows, read_table
+from infra.spreadsheets import UnreadableFile, clean_cell, header_key, inert_row, mapped_rows, read_table
 
 log = structlog.get_logger()
 
@@ -287,7 +287,7 @@ class _Chunk:
 
     async def finish(self, report, counts: dict) -> int:
         await self.task
-        report.writerows(sorted(self.lines, key=lambda line: line[0]))
+        report.writerows(inert_row(line) for line in sorted(self.lines, key=lambda line: line[0]))
         for outcome, count in self.counts.items():
             counts[outcome] += count
         return self.size

@@ -19,6 +19,7 @@ from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer.access import can_read_document, ensure_document_readable
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
+from infra.spreadsheets import inert_record
 from infra.users import User
 from infra.web import require_roles
 from schemas.common import ExternalRef
@@ -222,7 +223,7 @@ async def delay_reason_report(request: Request, format: Literal["json", "csv"] =
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(map(inert_record, rows))
     return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="delay-reasons.csv"'})
 

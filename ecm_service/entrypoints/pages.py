@@ -32,6 +32,7 @@ from ecm_service.service_layer import steward
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
 from infra.pages import add_login_routes, page_user_dependency
+from infra.spreadsheets import inert_record
 from infra.users import User
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -208,7 +209,7 @@ async def delay_report_csv(request: Request, user: User = Depends(page_user)):
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS)
     writer.writeheader()
-    writer.writerows(await delay_report_rows(request.app.state.container))
+    writer.writerows(map(inert_record, await delay_report_rows(request.app.state.container)))
     return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="delay-reasons.csv"'})
 

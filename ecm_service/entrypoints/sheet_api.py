@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from ecm_service.entrypoints.approvals_api import readable_approval
+from infra.spreadsheets import inert_row
 from infra.users import User
 from infra.web import require_roles
 
@@ -54,6 +55,6 @@ async def sheet_csv(approval_id: str, request: Request, user: User = Depends(req
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
-    writer.writerows(rows)
+    writer.writerows(map(inert_row, rows))
     return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="approval-sheet-{approval.id}.csv"'})

@@ -33,6 +33,7 @@ from ecm_service.domain.matching import match_name
 from ecm_service.domain.names import normalize_name
 from ecm_service.service_layer.registry import COUNTERPARTY
 from infra.db import analyze
+from infra.spreadsheets import inert_row
 
 FIELDS = ("name", "short_name", "legal_form", "country", "inn", "kpp", "ogrn", "vat", "addresses")
 ANALYZE_EVERY_CHUNKS = 8
@@ -89,7 +90,7 @@ class BulkLoader:
                     await self._refresh_statistics()
                 chunks += 1
                 lines = await self._load_chunk(chunk)
-                writer.writerows(lines)
+                writer.writerows(map(inert_row, lines))
                 result.rows += len(chunk)
                 result.counts.update(line[2] for line in lines)
                 if progress:

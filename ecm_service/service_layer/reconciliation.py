@@ -34,6 +34,7 @@ from ecm_service.service_layer.registry import (
 )
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra.db import analyze
+from infra.spreadsheets import inert_row, text_cells
 from schemas.common import ExternalRef
 
 STATES = ("linked", "proposed", "unlinked", "conflict", "duplicate", "stale")
@@ -238,7 +239,7 @@ def report_csv(rows: list[dict]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(REPORT_COLUMNS)
-    writer.writerows(csv_row(r) for r in rows)
+    writer.writerows(inert_row(csv_row(r)) for r in rows)
     return out.getvalue().encode("utf-8")
 
 
@@ -249,7 +250,7 @@ def report_xlsx(rows: list[dict]) -> bytes:
     sheet = book.create_sheet("reconciliation")
     sheet.append(REPORT_COLUMNS)
     for row in rows:
-        sheet.append(csv_row(row))
+        sheet.append(text_cells(sheet, csv_row(row)))
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()

@@ -57,7 +57,7 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
 
     decide(api, approval["id"], "legal", comment="clause 4 checked")
     wait_crm_status(api, flow, "in_progress", "finance")
-    decide(api, approval["id"], "finance")
+    decide(api, approval["id"], "finance", comment='=HYPERLINK("http://evil.example","open")')
     # A contract needs a verified counterparty before its last stage: sales sees that it
     # waits, nobody is asked anything; the steward completes and verifies the record.
     waiting = wait_crm_status(api, flow, "awaiting_counterparty_verification", "director")
@@ -89,6 +89,7 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
         ("legal", "approved", "legal-lena", sha), ("finance", "approved", "finance-fedor", sha),
         ("director", "approved", "director-dina", sha)]
     assert lines[1][7] == "clause 4 checked"
+    assert lines[2][7] == "'=HYPERLINK(\"http://evil.example\",\"open\")"  # shown as text, never run
     page = api.ecm("ecm-auditor", "GET", f"/api/approvals/{approval['id']}/sheet.html")
     assert page.status_code == 200 and "Лист согласования" in page.text and sha in page.text
     assert api.ecm("ecm-integration", "GET", f"/api/approvals/{approval['id']}/sheet.csv").status_code == 403

@@ -68,3 +68,29 @@ def test_unreadable_files_say_why(tmp_path, content, kind, message):
     path.write_text(content)
     with pytest.raises(UnreadableFile, match=message):
         list(read_rows(path))
+
+
+def test_exported_text_that_starts_like_a_formula_stays_text():
+    # OWASP's CSV injection: a name a rep typed, an approver's comment, a file's code.
+    import csv
+    import io
+
+    from openpyxl import load_workbook
+
+    from ecm_service.service_layer.reconciliation import report_csv, report_xlsx
+    from infra.spreadsheets import inert, inert_record
+
+    assert [inert(v) for v in ("=1+1", "+7 900 000-00-00", "-x", "@SUM(A1)", "\tx", "\rx")] == [
+        "'=1+1", "'+7 900 000-00-00", "'-x", "'@SUM(A1)", "'\tx", "'\rx"]
+    assert [inert(v) for v in ("ООО «Ромашка»", "", None, -5, 0.5, "a=b")] == ["ООО «Ромашка»", "", None, -5, 0.5,
+                                                                          "a=b"]
+    assert inert_record({"text": "=cmd|' /C calc'!A0", "count": 3}) == {"text": "'=cmd|' /C calc'!A0", "count": 3}
+    row = {"external_id": "org-1", "state": "proposed", "counterparty_id": None, "score": -1.5, "evidence": {},
+           "snapshot": {"name": '=HYPERLINK("http://evil.example","open")', "inn": "7707083893"}, "run_id": "r"}
+    (line,) = list(csv.reader(io.StringIO(report_csv([row]).decode())))[1:]
+    assert line[5] == "'" + row["snapshot"]["name"] and line[3] == "-1.5"
+    sheet = load_workbook(io.BytesIO(report_xlsx([row]))).active
+    name = sheet.cell(row=2, column=6)
+    assert (name.value, name.data_type) == (row["snapshot"]["name"], "s")  # a text cell, not a formula
+    assert sheet.cell(row=2, column=4).value == -1.5
+
