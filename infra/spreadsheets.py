@@ -109,9 +109,12 @@ def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
             book = load_workbook(path, read_only=True, data_only=True)
         except Exception as exc:
             raise UnreadableFile(f"not a readable XLSX file: {exc}") from exc
+        number = 0
         try:
-            for row in book.active.iter_rows(values_only=True):
+            for number, row in enumerate(book.active.iter_rows(values_only=True), start=1):
                 yield list(row)
+        except Exception as exc:  # broken sheet XML (a writer let U+FFFF through), a cut file, ...
+            raise UnreadableFile(f"the XLSX cannot be read past row {number}: {type(exc).__name__}: {exc}") from exc
         finally:
             book.close()
     else:

@@ -94,3 +94,18 @@ def test_exported_text_that_starts_like_a_formula_stays_text():
     assert (name.value, name.data_type) == (row["snapshot"]["name"], "s")  # a text cell, not a formula
     assert sheet.cell(row=2, column=4).value == -1.5
 
+
+def test_an_xlsx_whose_sheet_breaks_off_says_from_which_row(tmp_path):
+    # openpyxl writes U+FFFF into the sheet's XML as it is, and no XML parser reads it back;
+    # the reader used to let the parser's own error out instead of saying the file is bad.
+    from infra.spreadsheets import read_table
+
+    book = Workbook()
+    for row in (["Код", "Наименование"], ["1", "ООО «Ромашка»"], ["2", "Лютик\uffff"]):
+        book.active.append(row)
+    path = tmp_path / "export.xlsx"
+    book.save(path)
+    with pytest.raises(UnreadableFile, match=r"the XLSX cannot be read past row \d+: ParseError"):
+        list(read_table(path))
+    with pytest.raises(UnreadableFile, match="cannot be read past row"):
+        list(read_rows(path))
