@@ -4,13 +4,13 @@ day; documents from templates; spreadsheet imports."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Literal
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
 from crm_service.adapters import tables
@@ -304,7 +304,8 @@ class ActivityIn(BaseModel):
     organization_id: str | None = Field(None, min_length=1, max_length=36)
     deal_id: str | None = Field(None, min_length=1, max_length=36)
     contact_id: str | None = Field(None, min_length=1, max_length=36)
-    due_at: datetime | None = None
+    # With its offset: a time without one is ambiguous (it was a 500 at the database).
+    due_at: AwareDatetime | None = Field(None, description="with its UTC offset, e.g. 2026-12-07T15:00:00+03:00")
 
 
 @router.post("/activities", status_code=201, summary="A call, meeting, e-mail, note or task")

@@ -157,6 +157,9 @@ async def test_funnel_stage_history_activities_my_day_and_reminders_to_a_webhook
     nobody = await client.post("/api/activities", headers=anna, json={"kind": "call", "subject": "x",
                                                                       "contact_id": "missing"})
     assert nobody.status_code == 404
+    naive = await client.post("/api/activities", headers=anna, json={"kind": "call", "subject": "x",
+                                                                     "due_at": "2026-12-07T15:00:00"})
+    assert naive.status_code == 422 and "timezone" in naive.text  # was a 500 at the database
     day = (await client.get("/api/my-day", headers=anna)).json()
     assert [a["id"] for a in day["overdue"]] == [overdue["id"]]
     assert overdue["organization_id"] == org["id"]  # taken from the deal
