@@ -1,5 +1,5 @@
-"""Reading tabular files row by row, for imports on both sides: CSV (UTF-8 or
-Windows-1251, comma or semicolon) and XLSX (openpyxl in read-only mode). Files are never
+"""Reading tabular files row by row, for imports on both sides: CSV (UTF-8, Windows-1251
+or UTF-16 with its BOM; comma, semicolon or tab) and XLSX (openpyxl in read-only mode). Files are never
 loaded whole; cells come back cleaned (numbers that are ids as text, formulas dropped).
 And the other way: text written into the CSV and XLSX exports stays text when a
 spreadsheet opens them."""
@@ -36,6 +36,7 @@ def clean_cell(value) -> str | None:
 
 
 PROBE_BYTES = 65536
+DELIMITERS = (",", ";", "\t")  # tab: what Excel's "Unicode text" export separates with
 
 
 # What a spreadsheet takes for the start of a formula when it opens a CSV (OWASP: CSV injection).
@@ -80,13 +81,15 @@ def _csv_text(path: Path) -> io.TextIOBase:
     with open(path, "rb") as probe:
         head = probe.read(PROBE_BYTES)
         whole = not probe.read(1)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+        return open(path, encoding="utf-16", newline="", errors="strict")
     for encoding in ("utf-8-sig", "cp1251"):
         try:
             codecs.getincrementaldecoder(encoding)().decode(head, final=whole)
             return open(path, encoding=encoding, newline="", errors="strict")
         except UnicodeDecodeError:
             continue
-    raise UnreadableFile("the CSV is neither UTF-8 nor Windows-1251")
+    raise UnreadableFile("the CSV is neither UTF-8 nor Windows-1251 (nor UTF-16 with a byte order mark)")
 
 
 def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
@@ -97,7 +100,7 @@ def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
         with handle:
             sample = handle.read(4096)
             handle.seek(0)
-            delimiter = ";" if sample.count(";") > sample.count(",") else ","
+            delimiter = max(DELIMITERS, key=sample.count)  # the first of equals: a one-column file
             try:
                 yield from csv.reader(handle, delimiter=delimiter)
             except (csv.Error, UnicodeDecodeError) as exc:
@@ -109,12 +112,13 @@ def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
             book = load_workbook(path, read_only=True, data_only=True)
         except Exception as exc:
             raise UnreadableFile(f"not a readable XLSX file: {exc}") from exc
-        number = 0
+        read = 0
         try:
-            for number, row in enumerate(book.active.iter_rows(values_only=True), start=1):
+            for row in book.active.iter_rows(values_only=True):
                 yield list(row)
+                read += 1
         except Exception as exc:  # broken sheet XML (a writer let U+FFFF through), a cut file, ...
-            raise UnreadableFile(f"the XLSX cannot be read past row {number}: {type(exc).__name__}: {exc}") from exc
+            raise UnreadableFile(f"the XLSX cannot be read past row {read}: {type(exc).__name__}: {exc}") from exc
         finally:
             book.close()
     else:

@@ -175,12 +175,13 @@ def test_a_cleaned_cell_is_text_without_formulas_and_bounded(value):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r"),
                                  max_size=50), min_size=1, max_size=6), min_size=1, max_size=20),
-       st.sampled_from(("utf-8", "utf-8-sig", "cp1251")), st.sampled_from((",", ";")))
+       st.sampled_from(("utf-8", "utf-8-sig", "cp1251", "utf-16")), st.sampled_from((",", ";", "\t")))
 def test_a_csv_reads_back_cell_for_cell_in_either_encoding_and_delimiter(tmp_path, rows, encoding, delimiter):
-    # The delimiter is guessed (Excel in Russian writes ';'): a file is only unambiguous
-    # when its cells do not hold the other delimiter (a one-column file of ";" is either).
-    other = ";" if delimiter == "," else ","
-    rows = [[c.replace(other, " ") for c in row] for row in rows]
+    # The delimiter is guessed (Excel in Russian writes ';', its "Unicode text" a tab): a
+    # file is only unambiguous when its cells do not hold another delimiter (a one-column
+    # file of ";" is either).
+    for other in {",", ";", "\t"} - {delimiter}:
+        rows = [[c.replace(other, " ") for c in row] for row in rows]
     if encoding == "cp1251":
         rows = [[c.encode("cp1251", "replace").decode("cp1251") for c in row] for row in rows]
     path = tmp_path / "rows.csv"

@@ -13,6 +13,17 @@ def test_csv_in_windows_1251_with_semicolons_and_russian_headers(tmp_path):
         {"code": "000123", "name": "ООО «Ёлка»", "inn": "7707083893", "kpp": "773601001"}]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_excels_unicode_text_export_utf16_with_tabs(tmp_path, encoding):
+    # "Unicode text" (Юникод-текст) is how Excel saves a sheet with every alphabet intact:
+    # UTF-16 with a byte order mark, tab-separated. It used to read as Windows-1251 garbage.
+    text = "Код\tНаименование\tИНН\r\n000123\tООО «Ёлка», филиал\t7707083893\r\n"
+    data = text.encode(encoding) if encoding == "utf-16" else "\ufeff".encode("utf-16-be") + text.encode(encoding)
+    path = tmp_path / "export.csv"
+    path.write_bytes(data)
+    assert list(read_rows(path)) == [{"code": "000123", "name": "ООО «Ёлка», филиал", "inn": "7707083893"}]
+
+
 def test_csv_utf8_with_bom_and_english_headers(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("\ufeffcode,Company,Tax ID,country\nA1,Vector GmbH,,de\n", encoding="utf-8")
