@@ -37,6 +37,7 @@ from infra.users import User
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["local"] = business_day.local_text  # times on the company's clock, its zone named
 PAGE_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin")
 HOME = {"steward": "/ui/steward", "auditor": "/ui/registry", "admin": "/ui/registry"}
 
@@ -104,7 +105,7 @@ async def approval_sheet(approval_id: str, request: Request, user: User = Depend
     approval, rows = await sheet_rows(request, approval_id, user)
     return templates.TemplateResponse(request, "approval_sheet.html", {
         "approval": approval, "columns": COLUMNS, "rows": rows,
-        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+        "generated_at": business_day.local_text(datetime.now(timezone.utc), "%Y-%m-%d %H:%M %Z")})
 
 
 @router.post("/approvals/{approval_id}/decision", response_class=HTMLResponse)

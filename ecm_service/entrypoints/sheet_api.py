@@ -13,14 +13,16 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from ecm_service.entrypoints.approvals_api import readable_approval
+from infra import business_day
 from infra.spreadsheets import inert_row
 from infra.users import User
 from infra.web import require_roles
 
 router = APIRouter(prefix="/api/approvals", tags=["approval sheet"])
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["local"] = business_day.local_text
 READERS = ("legal", "finance", "director", "steward", "auditor", "admin")
-COLUMNS = ["№", "Этап / Stage", "Роль / Role", "Решение / Decision", "Кто / By", "Когда / When (UTC)",
+COLUMNS = ["№", "Этап / Stage", "Роль / Role", "Решение / Decision", "Кто / By", "Когда / When",
            "Версия / Version sha256", "Комментарий / Comment", "От имени / On behalf of", "Раунд / Round"]
 
 
@@ -33,7 +35,7 @@ async def sheet_rows(request: Request, approval_id: str, user: User):
     steps = {s.stage_no: s for s in approval.steps}
     decided = sorted((p for p in approval.assignments if p.decided_at), key=lambda p: (p.decided_at, p.stage_no))
     rows = [[p.stage_no, steps[p.stage_no].name, p.assignee_user or p.assignee_role, p.status, p.decided_by_name,
-             p.decided_at.strftime("%Y-%m-%d %H:%M:%S"), p.sha256, p.comment,
+             business_day.local_text(p.decided_at, "%Y-%m-%d %H:%M:%S %Z"), p.sha256, p.comment,
              p.on_behalf_of or ("escalation" if p.via_escalation else None), p.round] for p in decided]
     done = {(p.stage_no, p.round) for p in decided}
     rows += [[s.stage_no, s.name, s.role, s.status, None, None, None, None, None, approval.round]
@@ -46,7 +48,7 @@ async def sheet_html(approval_id: str, request: Request, user: User = Depends(re
     approval, rows = await sheet_rows(request, approval_id, user)
     return templates.TemplateResponse(request, "approval_sheet.html", {
         "approval": approval, "columns": COLUMNS, "rows": rows,
-        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+        "generated_at": business_day.local_text(datetime.now(timezone.utc), "%Y-%m-%d %H:%M %Z")})
 
 
 @router.get("/{approval_id}/sheet.csv")

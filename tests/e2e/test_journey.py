@@ -89,6 +89,7 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
         ("legal", "approved", "legal-lena", sha), ("finance", "approved", "finance-fedor", sha),
         ("director", "approved", "director-dina", sha)]
     assert lines[1][7] == "clause 4 checked"
+    assert lines[0][5] == "Когда / When" and lines[1][5].endswith(" UTC")  # BUSINESS_TIMEZONE, named
     assert lines[2][7] == "'=HYPERLINK(\"http://evil.example\",\"open\")"  # shown as text, never run
     page = api.ecm("ecm-auditor", "GET", f"/api/approvals/{approval['id']}/sheet.html")
     assert page.status_code == 200 and "Лист согласования" in page.text and sha in page.text

@@ -118,6 +118,16 @@ def test_the_companys_day_begins_at_its_own_midnight_across_daylight_saving():
         business_day.use_zone("Europe/Berlin")  # clocks go forward on 29 March 2026: a 23-hour day
         start, end = business_day.day_bounds(date(2026, 3, 29))
         assert (end - start).total_seconds() == 23 * 3600
+        business_day.use_zone("Europe/Moscow")
+        noon_utc = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+        assert business_day.local_text(noon_utc) == "2026-12-07 15:00"
+        assert business_day.local_text(noon_utc, "%H:%M %Z") == "15:00 MSK"
+        assert business_day.local_text(noon_utc.replace(tzinfo=None)) == "2026-12-07 15:00"  # naive: UTC
+        assert business_day.local_text(None) == ""
+        assert business_day.from_wall_clock("2026-12-07T15:00") == noon_utc  # typed on the company's clock
+        assert business_day.from_wall_clock("2026-12-07T15:00+00:00") == datetime(2026, 12, 7, 15, tzinfo=timezone.utc)
+        with pytest.raises(ValueError):
+            business_day.from_wall_clock("tomorrow")
         with pytest.raises(ValueError, match="unknown time zone"):
             business_day.use_zone("Nowhere/Special")
     finally:
