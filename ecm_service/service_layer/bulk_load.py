@@ -39,6 +39,10 @@ FIELDS = ("name", "short_name", "legal_form", "country", "inn", "kpp", "ogrn", "
 ANALYZE_EVERY_CHUNKS = 8
 log = structlog.get_logger()
 
+# The widths of the registry's columns a row's values go into.
+WIDTHS = {"code": tables.external_refs.c.external_id.type.length,
+          **{field: tables.counterparties.c[field].type.length
+             for field in ("name", "short_name", "legal_form", "inn", "kpp", "ogrn", "vat")}}
 REPORT_HEADER = ["row", "code", "outcome", "counterparty_id", "quality_flags", "message"]
 
 
@@ -112,10 +116,15 @@ class BulkLoader:
             return None, [number, code, "error", "", "", "name is required"]
         if not code:
             return None, [number, "", "error", "", "", "code is required (the accounting system's own id)"]
+        values = _prepare(row)
+        too_long = [f"{field} ({len(value)} > {width})" for field, width in WIDTHS.items()
+                    if (value := code if field == "code" else values.get(field)) and len(value) > width]
+        if too_long:  # PostgreSQL would refuse the whole chunk's insert over one such value
+            return None, [number, code, "error", "", " ".join(values["quality_flags"]),
+                          f"longer than the registry holds, in characters: {', '.join(too_long)}"]
         if (first := self._seen_codes.get(hash(code))) is not None:
             return None, [number, code, "duplicate_in_file", "", "", f"code already on row {first}"]
         self._seen_codes[hash(code)] = number
-        values = _prepare(row)
         if values["inn"] and "inn_invalid" not in values["quality_flags"]:
             key = hash((values["inn"], values["kpp"]))
             if (first := self._seen_keys.get(key)) is not None:

@@ -123,3 +123,21 @@ async def test_a_load_whose_process_stopped_reads_as_interrupted_and_loading_aga
     assert (done["status"], done["rows_done"], done["error"]) == ("done", 6, None)
     assert done["progress_at"] is not None
     assert await _count(ecm, tables.counterparties) == 3
+
+
+async def test_a_value_longer_than_the_registry_holds_is_a_row_error_not_a_failed_load(ecm, tmp_path):
+    # On PostgreSQL one such value failed the chunk's insert, and with it the whole load
+    # (SQLite stores any length, so only one backend showed it).
+    rows = ["1;" + "Я" * 501 + ";;;",                                  # name over 500
+            "2;Лютик;7707083893/773601001 и ещё что-то;;",              # an INN cell holding more
+            "3" * 65 + ";Длинный код;;;",                               # code over 64
+            "4;" + "Я" * 500 + ";;;",                                  # exactly 500: fits
+            "5;Нормальная;;;"]
+    result, report = await _load(ecm, tmp_path, rows)
+    assert {row: r["outcome"] for row, r in report.items()} == {
+        "2": "error", "3": "error", "4": "error", "5": "created", "6": "created"}
+    assert report["2"]["message"] == "longer than the registry holds, in characters: name (501 > 500)"
+    assert report["3"]["message"].endswith("inn (29 > 20)")  # counted without its spaces
+    assert report["4"]["message"].endswith(": code (65 > 64)")
+    assert result.counts == {"error": 3, "created": 2}
+    assert await _count(ecm, tables.counterparties) == 2
