@@ -7,17 +7,21 @@ from pydantic import Field
 from schemas.common import Contract, ExternalRef
 from schemas.crm_events import Address
 
+TITLE_WIDTH = 500  # an approval's and a document's title in the ECM
+
 
 class SyncCounterpartyV1(Contract):
     """Soft sync of an organization record: always accepted, reconciled later."""
 
     external_ref: ExternalRef
+    # The widths the registry stores (a longer value could never be applied: it is invalid,
+    # dead-lettered at once with its reason, instead of failing at the database on every retry).
     name: str = Field(min_length=1, max_length=500)
-    inn: str | None = None
-    kpp: str | None = None
-    ogrn: str | None = None
-    legal_form: str | None = None
-    country: str | None = None
+    inn: str | None = Field(None, max_length=20)
+    kpp: str | None = Field(None, max_length=20)
+    ogrn: str | None = Field(None, max_length=20)
+    legal_form: str | None = Field(None, max_length=100)
+    country: str | None = Field(None, max_length=2)
     # Optional, added without a version bump: v1 readers that predate it ignore it.
     addresses: list[Address] = Field(default_factory=list, max_length=20)
 
@@ -29,8 +33,8 @@ class StartApprovalV1(Contract):
     document_id: str
     document_version_id: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    doc_type: str
-    title: str
+    doc_type: str = Field(max_length=64)
+    title: str = Field(max_length=TITLE_WIDTH)
 
 
 class ReassignInitiatorV1(Contract):

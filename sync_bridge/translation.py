@@ -46,6 +46,17 @@ def _command(source: Envelope, purpose: str, type_: str, payload, topic: str, ke
     return Outgoing(topic=topic, key=key, envelope=envelope)
 
 
+def approval_title(deal_title: str, filename: str, width: int = ecm_commands.TITLE_WIDTH) -> str:
+    """"<deal>: <file>", within the ECM's title width: the deal's title is shortened (with
+    an ellipsis), the file name kept whole. Each fits the CRM's own columns (500 and 255),
+    but both together did not fit the ECM's, and the approval never started."""
+    title = f"{deal_title}: {filename}"
+    if len(title) <= width:
+        return title
+    room = width - len(filename) - len("…: ")
+    return f"{deal_title[:room]}…: {filename}" if room > 0 else title[:width]
+
+
 def approval_requested_to_ecm(
     source: Envelope, event: crm_events.ApprovalRequestedV2, stored: StoredDocument
 ) -> list[Outgoing]:
@@ -65,7 +76,7 @@ def approval_requested_to_ecm(
         document_version_id=stored.version_id,
         sha256=stored.sha256,
         doc_type=event.document.doc_type,
-        title=f"{event.deal.title}: {event.document.filename}",
+        title=approval_title(event.deal.title, event.document.filename),
     )
     return [
         _command(source, "sync_counterparty", ecm_commands.SYNC_COUNTERPARTY, sync, ECM_COMMANDS, org.id),

@@ -17,13 +17,13 @@ from sync_bridge.translation import (
 SHA = "a" * 64
 
 
-def requested(org_id="org-1", inn=None):
+def requested(org_id="org-1", inn=None, deal_title="Supply", filename="c.pdf"):
     payload = crm_events.ApprovalRequestedV2(
         approval_request_id="req-1", requested_at=datetime.now(timezone.utc), requested_by="user-1",
         organization=crm_events.OrganizationSnapshotV2(
             id=org_id, name="Вектор", inn=inn, addresses=[crm_events.Address(city="Казань", street="Баумана")]),
-        deal=crm_events.DealRef(id="deal-1", title="Supply"),
-        document=crm_events.DocumentRef(id="doc-1", filename="c.pdf", content_type="application/pdf",
+        deal=crm_events.DealRef(id="deal-1", title=deal_title),
+        document=crm_events.DocumentRef(id="doc-1", filename=filename, content_type="application/pdf",
                                         doc_type="contract", sha256=SHA, size=10),
     )
     envelope = new_envelope(type=crm_events.APPROVAL_REQUESTED, schema_version=2, source="crm", payload=payload,
@@ -43,6 +43,37 @@ def test_approval_request_becomes_sync_then_start_keyed_by_organization():
     assert start.document_version_id == "ecm-ver" and start.sha256 == SHA
     assert start.external_ref.id == "req-1" and start.initiator_ref.id == "user-1"
     assert all(o.envelope.correlation_id == "corr-1" and o.envelope.causation_id == envelope.event_id for o in out)
+
+
+def test_the_approvals_title_fits_the_ecm_keeping_the_file_name_whole():
+    # A deal title (up to 500 characters in the CRM) and a file name (up to 255) each fit
+    # the CRM; "<deal>: <file>" did not fit the ECM's 500, and on PostgreSQL the approval
+    # never started (now the command itself would be invalid).
+    filename = "Д" * 251 + ".pdf"
+    envelope, payload = requested(deal_title="Поставка " * 55, filename=filename)
+    _, start = approval_requested_to_ecm(envelope, payload, StoredDocument("ecm-doc", "ecm-ver", SHA))
+    title = parse_message(encode(start.envelope)).payload.title
+    assert len(title) == 500 and title.startswith("Поставка Поставка") and title.endswith("…: " + filename)
+    envelope, payload = requested(deal_title="Supply", filename="c.pdf")
+    _, start = approval_requested_to_ecm(envelope, payload, StoredDocument("ecm-doc", "ecm-ver", SHA))
+    assert parse_message(encode(start.envelope)).payload.title == "Supply: c.pdf"  # short ones as they were
+
+
+def test_a_sync_command_with_a_value_wider_than_the_registry_is_invalid_at_once():
+    # Dead-lettered with its reason on arrival, instead of failing at the database on
+    # every retry (PostgreSQL: "value too long for type character varying(2)").
+    import json
+
+    import pytest
+
+    from schemas.registry import InvalidMessage
+
+    envelope, payload = requested()
+    sync, _ = approval_requested_to_ecm(envelope, payload, StoredDocument("ecm-doc", "ecm-ver", SHA))
+    raw = json.loads(encode(sync.envelope))
+    raw["payload"]["country"] = "Russia"
+    with pytest.raises(InvalidMessage, match="country"):
+        parse_message(json.dumps(raw).encode())
 
 
 def test_command_ids_are_deterministic_so_replays_dedupe():
