@@ -66,17 +66,37 @@ _LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][
                              rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
 
+# A JSON \\u0000 escape (an odd run of backslashes before it: "\\\\u0000" is the text
+# "\\u0000"). PostgreSQL's text cannot hold NUL: "invalid byte sequence for encoding UTF8".
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_NUL_IN_URL = re.compile(rb"%00|\x00")
+
+UNSTORABLE_NUL = ("the request contains a NUL character (\\u0000), which cannot be stored; "
+                  "send text without it")
+UNSTORABLE_SURROGATE = ("the request contains text with an unpaired UTF-16 surrogate (\\ud800-\\udfff), "
+                        "which cannot be stored; send valid Unicode text")
+
+
 class RejectUnstorableText:
-    """Answers 422 to a JSON body with text that cannot be stored, instead of failing
-    deep inside a database driver with a 500. A plain ASGI middleware (see above): the
-    body it read is handed on to the app as it came."""
+    """Answers 422 to text that cannot be stored, instead of failing deep inside a
+    database driver with a 500 (SQLite takes it, PostgreSQL does not): a NUL character in
+    the path, the query or a JSON or form body, and a JSON escape of an unpaired surrogate.
+    A plain ASGI middleware (see above): the body it read is handed on to the app as it
+    came. File uploads (multipart) are not looked into: bytes are what files hold."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH")
-                or "json" not in Headers(scope=scope).get("content-type", "")):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or _NUL_IN_URL.search(scope.get("query_string", b"")):
+            await JSONResponse(status_code=422, content={"detail": UNSTORABLE_NUL})(scope, receive, send)
+            return
+        content_type = Headers(scope=scope).get("content-type", "")
+        is_json, is_form = "json" in content_type, "x-www-form-urlencoded" in content_type
+        if scope["method"] not in ("POST", "PUT", "PATCH") or not (is_json or is_form):
             await self.app(scope, receive, send)
             return
         chunks, messages = [], []
@@ -88,11 +108,15 @@ class RejectUnstorableText:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        if _LONE_SURROGATE.search(b"".join(chunks)):
-            response = JSONResponse(status_code=422, content={
-                "detail": "the request contains text with an unpaired UTF-16 surrogate (\\ud800-\\udfff), "
-                          "which cannot be stored; send valid Unicode text"})
-            await response(scope, receive, send)
+        body = b"".join(chunks)
+        problem = None
+        if is_json:
+            problem = (UNSTORABLE_SURROGATE if _LONE_SURROGATE.search(body)
+                       else UNSTORABLE_NUL if _NUL_ESCAPE.search(body) or b"\x00" in body else None)
+        elif _NUL_IN_URL.search(body):
+            problem = UNSTORABLE_NUL
+        if problem:
+            await JSONResponse(status_code=422, content={"detail": problem})(scope, receive, send)
             return
 
         async def replay() -> Message:

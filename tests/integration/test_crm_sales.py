@@ -346,3 +346,25 @@ async def test_the_pages_read_and_show_times_on_the_companys_clock(crm_app):
         assert refused.status_code == 303 and "not%20understood" in refused.headers["location"]
     finally:
         business_day.use_zone("UTC")
+
+
+async def test_text_no_database_can_store_is_a_422_on_either_backend(crm_app):
+    """PostgreSQL's text holds no NUL (SQLite does): a NUL in a JSON body, a query or a
+    form was a 500 from the driver there ("invalid byte sequence for encoding UTF8")."""
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    refused = [
+        await client.post("/api/organizations", headers=anna, json={"name": "A\u0000B"}),
+        await client.post("/api/organizations", headers={**anna, "Content-Type": "application/json"},
+                          content=b'{"name": "\\ud8ce x"}'),
+        await client.get("/api/organizations", headers=anna, params={"q": "A\x00B"}),
+        await client.post("/ui/login", data={"token": "t\x00"}),
+    ]
+    assert [r.status_code for r in refused] == [422] * 4
+    assert ["NUL" in r.json()["detail"] for r in refused] == [True, False, True, True]
+    assert "surrogate" in refused[1].json()["detail"]
+    # The text "\u0000" (a backslash and five characters) is ordinary text.
+    kept = await client.post("/api/organizations", headers=anna, json={"name": "ООО «Путь C:\\u0000»"})
+    assert kept.status_code == 201 and kept.json()["name"] == "ООО «Путь C:\\u0000»"
+    async with container.session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 1
