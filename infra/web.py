@@ -10,6 +10,7 @@ import structlog
 from fastapi import Depends, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -75,6 +76,23 @@ UNSTORABLE_NUL = ("the request contains a NUL character (\\u0000), which cannot 
                   "send text without it")
 UNSTORABLE_SURROGATE = ("the request contains text with an unpaired UTF-16 surrogate (\\ud800-\\udfff), "
                         "which cannot be stored; send valid Unicode text")
+
+
+def _storable(text: str | None) -> str | None:
+    if text is not None and "\x00" in text:
+        raise ValueError(UNSTORABLE_NUL)
+    return text
+
+
+# For text the middleware below does not see, in the JSON a multipart field carries:
+# `title: Annotated[str, StorableText] = Field(...)`.
+StorableText = AfterValidator(_storable)
+
+
+def refuse_unstorable(*texts: str | None) -> None:
+    """The same for a multipart upload's own text fields (a 422)."""
+    if any(text and "\x00" in text for text in texts):
+        raise HTTPException(422, UNSTORABLE_NUL)
 
 
 class RejectUnstorableText:

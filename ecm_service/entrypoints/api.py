@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
@@ -19,7 +20,7 @@ from ecm_service.service_layer.registry import COUNTERPARTY
 from infra import business_day
 from infra.content_store import CorruptContent, FileTooLarge, Refused, detect_content_type
 from infra.users import User
-from infra.web import receive_upload, require_roles, safe_filename
+from infra.web import StorableText, receive_upload, refuse_unstorable, require_roles, safe_filename
 from schemas.common import ExternalRef
 
 log = structlog.get_logger()
@@ -159,6 +160,7 @@ async def upload_document(
     user: User = Depends(require_roles(*UPLOADERS)),
 ):
     container = _container(request)
+    refuse_unstorable(title, external_ref)
     ref = parse_external_ref(external_ref) if external_ref else None
     actual, size, content_type = await _receive(container, file, sha256)
     document, version, created = await store_version(
@@ -174,9 +176,9 @@ BATCH_MAX_FILES = 200
 
 
 class BatchManifestItem(BaseModel):
-    external_ref: str = Field(..., max_length=100)
+    external_ref: Annotated[str, StorableText] = Field(..., max_length=100)
     doc_type: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-z0-9_\-]+$")
-    title: str = Field(..., min_length=1, max_length=500)
+    title: Annotated[str, StorableText] = Field(..., min_length=1, max_length=500)
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 

@@ -71,6 +71,14 @@ async def test_ecm_refuses_bad_uploads_clearly_and_keeps_nothing(ecm_client):
     malformed = await client.post("/api/documents", data={**form, "sha256": "../x"},
                                   files={"file": ("a.pdf", b"real bytes")})
     assert malformed.status_code == 422
+    # A NUL in a multipart text field, or in the batch's JSON manifest: PostgreSQL cannot
+    # store it, and the driver's error was a 500 (schemathesis found it there).
+    nul = await client.post("/api/documents", data={**form, "title": "t\x00"}, files={"file": ("a.pdf", b"x")})
+    assert nul.status_code == 422 and "NUL" in nul.text
+    manifest = json.dumps([{"external_ref": "crm:1", "doc_type": "contract", "title": "t\u0000"}])
+    nul_batch = await client.post("/api/documents/batch", data={"manifest": manifest},
+                                  files=[("files", ("a.pdf", b"x"))])
+    assert nul_batch.status_code == 422 and "NUL" in nul_batch.text
     assert (await client.get("/api/documents")).json() == []
     assert files_under(root / "content") == set()  # no partial or orphan files
 
