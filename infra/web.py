@@ -130,7 +130,8 @@ class RejectUnstorableText:
         problem = None
         if is_json:
             problem = (UNSTORABLE_SURROGATE if _LONE_SURROGATE.search(body)
-                       else UNSTORABLE_NUL if _NUL_ESCAPE.search(body) or b"\x00" in body else None)
+                       else UNSTORABLE_NUL if b"\x00" in body or (b"\\u0000" in body and _NUL_ESCAPE.search(body))
+                       else None)
         elif _NUL_IN_URL.search(body):
             problem = UNSTORABLE_NUL
         if problem:
