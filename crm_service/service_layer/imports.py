@@ -105,9 +105,11 @@ ORG_COLUMNS = ("name", "inn", "kpp", "ogrn", "legal_form", "website", "region", 
                "org_group", "lead_source", "notes")
 
 
-# Column sizes of `organizations`: longer cells are cut, never a reason to fail the import.
-LIMITS = {"name": 500, "inn": 20, "kpp": 20, "ogrn": 20, "legal_form": 100, "website": 300, "region": 200,
-          "category": 200, "activity_type": 200, "org_group": 200, "lead_source": 200}
+# Column sizes of `organizations` (and the contact's name): longer cells are cut, never a
+# reason to fail the import (PostgreSQL refuses a longer value, and with it the chunk).
+LIMITS = {k: tables.organizations.c[k].type.length for k in ORG_COLUMNS
+          if getattr(tables.organizations.c[k].type, "length", None)}
+CONTACT_NAME_WIDTH = tables.contacts.c.full_name.type.length
 
 
 def org_values(values: dict) -> dict:
@@ -342,7 +344,8 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
             new_keys.append(dict(key=key, organization_id=org_id))
             history.append(dict(organization_id=org_id, at=now, kind="imported", actor_id=user_id, detail={}))
             if values.get("contact_name"):
-                contacts.append(dict(id=str(uuid.uuid4()), organization_id=org_id, full_name=values["contact_name"],
+                contacts.append(dict(id=str(uuid.uuid4()), organization_id=org_id,
+                                     full_name=values["contact_name"][:CONTACT_NAME_WIDTH],
                                      phones=[], emails=[], important_dates=[], owner_id=user_id, created_at=now))
         if not apply:
             await session.rollback()

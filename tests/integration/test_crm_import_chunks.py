@@ -245,3 +245,20 @@ async def test_a_stopped_run_is_taken_for_stopped_and_a_new_run_owns_the_job(ses
     assert counts["create"] == 30
     job = await import_jobs.get_import(sessions, import_id, stale_after=120)
     assert (job["status"], job["rows_done"]) == ("dry_run", 30) and job["progress_at"] is not None
+
+
+async def test_cells_longer_than_their_columns_are_cut_and_the_import_goes_through(sessions, tmp_path):
+    # The contact person's name had no cut: on PostgreSQL one such cell failed the apply's
+    # chunk, and the whole import (SQLite stores any length, so only one backend showed it).
+    rows = [["ООО «Длинный контакт»", "", "", "", "Я" * 900], ["ООО «Обычная»", "", "", "", "Анна"]]
+    path = tmp_path / "orgs.xlsx"
+    _xlsx(path, rows)
+    mapping = imports.suggest_mapping(HEADER)
+    import_id = await _new_import(sessions, path, mapping)
+    for apply in (False, True):
+        counts = await imports.run_import(sessions, import_id=import_id, path=path, mapping=mapping, user_id="u1",
+                                          apply=apply, report_path=tmp_path / f"{apply}.csv")
+        assert counts["create"] == 2 and counts["error"] == 0, counts
+    async with sessions() as session:
+        names = sorted(await session.scalars(select(tables.contacts.c.full_name)), key=len)
+    assert names == ["Анна", "Я" * 300]
