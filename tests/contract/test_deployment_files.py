@@ -161,6 +161,8 @@ def test_kubernetes_manifests_wire_the_same_way():
         by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
     config = by_kind["ConfigMap"]["bridge-config"]["data"]
     assert config["APP_ENV"] == "production" and config["KAFKA_BOOTSTRAP_SERVERS"]
+    # Behind the ingress that ends TLS: its forwarded scheme trusted (the cookie is Secure).
+    assert config["FORWARDED_ALLOW_IPS"] == "*" and COMPOSE["x-app-env"]["FORWARDED_ALLOW_IPS"] == "*"
     secret_keys = set(by_kind["Secret"]["bridge-secrets"]["stringData"])
     deployments = by_kind["Deployment"]
     assert set(deployments) == {"crm", "ecm", "bridge"}

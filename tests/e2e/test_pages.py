@@ -9,6 +9,7 @@ import hashlib
 import re
 import time
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -35,6 +36,16 @@ def test_login_is_required_and_a_wrong_token_is_refused(page, system, api):
     expect(page.get_by_role("alert")).to_contain_text("Unknown token")
     login(page, system, api, "legal-lena")
     expect(page.locator("header .who")).to_contain_text("legal-lena (legal)")
+
+    # Behind a proxy that ends TLS (X-Forwarded-Proto from an address the server trusts,
+    # FORWARDED_ALLOW_IPS; the deployment files trust the cluster network), the session
+    # cookie is Secure; on plain HTTP it cannot be.
+    for proto, secure in (("https", True), (None, False)):
+        answer = httpx.post(f"{system.ecm_url}/ui/login", data={"token": api.tokens["legal-lena"]},
+                            headers={"X-Forwarded-Proto": proto} if proto else {})
+        cookie = answer.headers["set-cookie"].lower()
+        assert answer.status_code == 303 and "httponly" in cookie and "samesite=strict" in cookie
+        assert ("; secure" in cookie) is secure, cookie
 
 
 def test_inbox_lists_my_stages_overdue_first_and_the_card_takes_a_decision(page, system, api):
