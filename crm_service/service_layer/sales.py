@@ -379,7 +379,8 @@ async def due_reminders(uow: CrmUnitOfWork, *, now: datetime, ahead: timedelta) 
             # Several CRM processes may run the clock: each activity is taken by one.
             .with_for_update(skip_locked=True, of=t))
         for row in rows.mappings():
-            text = f"{row['kind']} «{row['subject'][:200]}» due {row['due_at']:%Y-%m-%d %H:%M} UTC"
+            due = business_day.local_text(row["due_at"], "%Y-%m-%d %H:%M %Z")  # the company's clock, named
+            text = f"{row['kind']} «{row['subject'][:200]}» due {due}"
             await uow.notifications.add(user_id=row["owner_id"], kind="activity_due", text=text,
                                         approval_request_id=None, at=now)
             await uow.session.execute(update(t).where(t.c.id == row["id"]).values(reminded_at=now))

@@ -11,6 +11,7 @@ import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -180,12 +181,21 @@ async def test_funnel_stage_history_activities_my_day_and_reminders_to_a_webhook
     try:
         hook = f"http://127.0.0.1:{server.server_port}/hook"
         assert (await client.put("/api/me/notify-hook", headers=anna, json={"notify_hook": hook})).status_code == 200
-        sent = await send_due_reminders(container.uow, container.settings)
+        from infra import business_day
+
+        business_day.use_zone("Europe/Moscow")  # the reminder gives the time on the company's clock
+        try:
+            sent = await send_due_reminders(container.uow, container.settings)
+        finally:
+            business_day.use_zone("UTC")
         assert sorted(s["delivery"] for s in sent) == ["sent", "sent"]
         assert await send_due_reminders(container.uow, container.settings) == []  # once per activity
     finally:
         server.shutdown()
     assert len(received) == 2 and all("due" in r["text"] for r in received)
+    meeting = next(r["text"] for r in received if "Встреча" in r["text"])
+    moscow = (now + timedelta(minutes=5)).astimezone(ZoneInfo("Europe/Moscow"))
+    assert meeting.endswith(f"due {moscow:%Y-%m-%d %H:%M} MSK"), meeting  # it used to give UTC
     notes = (await client.get("/api/notifications", headers=anna)).json()
     assert sum(n["kind"] == "activity_due" for n in notes) == 2
 
