@@ -29,7 +29,7 @@ def clean_cell(value) -> str | None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # spreadsheets turn ИНН into numbers
-    text = str(value).strip()
+    text = str(value).replace("\x00", "").strip()  # a NUL no database text can hold (JSON's \u0000)
     if text.startswith("="):
         return None  # formulas are not data
     return text[:MAX_CELL] or None

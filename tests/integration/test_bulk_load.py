@@ -141,3 +141,20 @@ async def test_a_value_longer_than_the_registry_holds_is_a_row_error_not_a_faile
     assert report["4"]["message"].endswith(": code (65 > 64)")
     assert result.counts == {"error": 3, "created": 2}
     assert await _count(ecm, tables.counterparties) == 2
+
+
+async def test_a_nul_in_a_json_lines_export_is_dropped_not_a_failed_load(ecm, tmp_path):
+    # JSON can carry "\u0000"; PostgreSQL's text cannot hold it, and one such value failed
+    # the chunk's insert and with it the whole load. Cells lose it when they are cleaned.
+    import json
+
+    path = tmp_path / "export.jsonl"
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in (
+        {"code": "N1", "name": "ООО «Ноль\u0000»", "inn": "7707083893\u0000"},
+        {"code": "N2", "name": "Лютик"})), encoding="utf-8")
+    result = await BulkLoader(ecm.session_factory, system="1c", actor="test", verify_clean=False).run(
+        read_rows(path), tmp_path / "report.csv")
+    assert result.counts == {"created": 2}
+    async with ecm.session_factory() as session:
+        names = set(await session.scalars(select(tables.counterparties.c.name)))
+    assert names == {"ООО «Ноль»", "Лютик"}

@@ -169,7 +169,7 @@ cells = st.one_of(st.none(), st.text(printable, max_size=200), st.integers(min_v
 def test_a_cleaned_cell_is_text_without_formulas_and_bounded(value):
     cell = clean_cell(value)
     assert cell is None or (isinstance(cell, str) and cell == cell.strip() and 0 < len(cell) <= MAX_CELL
-                            and not cell.startswith("="))
+                            and not cell.startswith("=") and "\x00" not in cell)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
