@@ -259,6 +259,16 @@ async def get_job(session_factory, load_id: str, *, stale_after: float | None = 
     return await load()
 
 
+async def recent_jobs(session_factory, *, limit: int, stale_after: float | None = None) -> list[dict]:
+    """The latest loads, newest first; running ones checked as `get_job` checks them."""
+    t = tables.bulk_loads
+    async with session_factory() as session:
+        rows = [dict(r) for r in (await session.execute(
+            select(t).order_by(t.c.started_at.desc(), t.c.id).limit(limit))).mappings()]
+    return [await get_job(session_factory, row["id"], stale_after=stale_after) if row["status"] == "running"
+            else row for row in rows]
+
+
 async def run_job(session_factory, *, load_id: str, path: Path, kind: str, system: str, actor: str,
                   verify_clean: bool, report_path: Path) -> LoadResult | None:
     """Runs a load and keeps its row current; a failure is recorded, not raised."""

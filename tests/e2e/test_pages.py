@@ -147,3 +147,33 @@ def test_steward_queue_shows_flags_and_candidates_side_by_side_and_merges(page, 
     moved = api.ecm("ecm-auditor", "GET", f"/api/approvals/{approval['id']}").json()
     survivor = api.ecm("steward-stas", "GET", "/api/counterparties?status=verified").json()
     assert moved["counterparty_id"] in {c["id"] for c in survivor if c["inn"] == "7707083893"}
+
+
+def test_the_steward_loads_an_export_on_its_page_and_reads_the_report(page, system, api, tmp_path):
+    export = tmp_path / "export.csv"
+    export.write_bytes("Код;Наименование;ИНН;КПП;ОГРН\nPG-1;ООО «Страница»;;;\nPG-2;;;;\n".encode("cp1251"))
+    login(page, system, api, "steward-stas")
+    page.click("header a[href='/ui/bulk-loads']")
+    page.set_input_files("#file", str(export))
+    page.fill("#system", "pages")
+    page.click("form[action='/ui/bulk-loads'] button[type=submit]")
+    expect(page.get_by_role("status")).to_contain_text("Load started")
+    load_id = page.get_by_role("status").locator("code").inner_text()
+    row = page.locator(f"tr[data-load='{load_id}']")
+    for _ in range(60):
+        if "done" in row.locator(".status").inner_text():
+            break
+        time.sleep(0.5)
+        page.reload()
+    expect(row.locator(".status")).to_contain_text("done")
+    expect(row.locator(".counts")).to_contain_text("created: 1")
+    expect(row.locator(".counts")).to_contain_text("error: 1")
+    with page.expect_download() as download:
+        row.locator("a").click()
+    report = open(download.value.path(), encoding="utf-8").read()
+    assert "PG-1" in report and "name is required" in report
+    # The same list through the API, newest first; approvers neither see nor open the page.
+    assert api.ecm("ecm-auditor", "GET", "/api/counterparties/bulk-loads").json()[0]["id"] == load_id
+    login(page, system, api, "legal-lena")
+    assert page.locator("header a[href='/ui/bulk-loads']").count() == 0
+    assert page.goto(f"{system.ecm_url}/ui/bulk-loads").status == 403

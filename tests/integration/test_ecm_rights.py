@@ -55,6 +55,7 @@ MATRIX = [
     ("GET", "/api/reconciliation/report/snapshots/{missing}", None, {"auditor", "admin", "steward"}),
     ("GET", "/api/reports/matching-quality", None, {"steward", "auditor", "admin"}),
     ("POST", "/api/counterparties/bulk-loads", {}, {"steward", "admin"}),
+    ("GET", "/api/counterparties/bulk-loads", None, {"steward", "admin", "auditor"}),
     ("GET", "/api/counterparties/bulk-loads/{missing}", None, {"steward", "admin", "auditor"}),
     ("GET", "/api/counterparties/bulk-loads/{missing}/report", None, {"steward", "admin", "auditor"}),
     ("GET", "/api/documents", None, STAFF),

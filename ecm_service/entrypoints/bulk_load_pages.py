@@ -1,0 +1,57 @@
+"""The steward's bulk-load page: upload an accounting export, watch the latest loads
+(status, counts, interruptions) and download each one's row-level report. The same
+rights as the API: the steward and admins load, auditors read."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from ecm_service.entrypoints.bulk_load_api import LOADERS, READERS, begin_load, load_out, report_file
+from ecm_service.entrypoints.pages import page_user, render
+from ecm_service.service_layer.bulk_load import get_job, recent_jobs
+from infra.users import User
+
+router = APIRouter(prefix="/ui/bulk-loads", include_in_schema=False)
+
+
+def _reader(user: User) -> None:
+    if user.role not in READERS:
+        raise HTTPException(403, "bulk loads are the data steward's (auditors read them)")
+
+
+@router.get("", response_class=HTMLResponse)
+async def bulk_loads(request: Request, user: User = Depends(page_user), started: str | None = None,
+                     error: str | None = None):
+    _reader(user)
+    container = request.app.state.container
+    loads = [load_out(row) for row in await recent_jobs(
+        container.session_factory, limit=30, stale_after=container.settings.bulk_load_stale_seconds)]
+    return render(request, "bulk_loads.html", user, loads=loads, started=started, error=error,
+                  can_load=user.role in LOADERS)
+
+
+@router.post("")
+async def upload(request: Request, file: UploadFile = File(...),
+                 system: str = Form("1c", pattern=r"^[a-z0-9_\-]{1,32}$"), verify_clean_rows: str = Form(""),
+                 user: User = Depends(page_user)):
+    if user.role not in LOADERS:
+        raise HTTPException(403, "only the steward and admins load the registry")
+    try:
+        load_id = await begin_load(request.app.state.container, file, system=system,
+                                   verify_clean_rows=bool(verify_clean_rows), user=user)
+    except HTTPException as exc:
+        return RedirectResponse(f"/ui/bulk-loads?error={quote(str(exc.detail))}", status_code=303)
+    return RedirectResponse(f"/ui/bulk-loads?started={load_id}", status_code=303)
+
+
+@router.get("/{load_id}/report")
+async def report(load_id: str, request: Request, user: User = Depends(page_user)):
+    _reader(user)
+    container = request.app.state.container
+    row = await get_job(container.session_factory, load_id, stale_after=container.settings.bulk_load_stale_seconds)
+    if row is None:
+        raise HTTPException(404, f"bulk load {load_id} not found")
+    return report_file(container, load_out(row))
