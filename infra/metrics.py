@@ -41,14 +41,6 @@ TRANSFERS = Counter(
 APPROVALS_BY_STATE = Gauge("ecm_approvals", "ECM approvals by state", ["state"])
 PAUSED = Gauge("bridge_direction_paused", "1 while an operator has paused the direction", ["direction"])
 
-
-def count_published_from_zero(producer: str, topic: str) -> None:
-    """Creates the producer's published counts at 0 for every type the topic carries. A
-    series born at its first increment shows no rate() or increase() for it, so FlowStalled
-    (published against consumed, whose counts start at 0 too: infra.delivery.count_from_zero)
-    and the dashboard would miss a type's first messages until a second one came."""
-    for message_type in TYPES_ON_TOPIC[topic]:
-        MESSAGES_PUBLISHED.labels(producer, topic, message_type)
 DB_ROUND_TRIPS = Counter(
     "db_round_trips_total", "Requests this process sent to its database and waited for: statements "
     "(a multi-row insert counts once), BEGIN, COMMIT and ROLLBACK",
@@ -76,3 +68,12 @@ class LagReport:
         for topic, partition in self._partitions - assigned:
             CONSUMER_LAG.remove(self._consumer, topic, str(partition))
         self._partitions &= assigned
+
+
+def count_published_from_zero(producer: str, topic: str) -> None:
+    """Creates the producer's published counts at 0 for every type the topic carries. A
+    series born at its first increment shows no rate() or increase() for it, so FlowStalled
+    (published against consumed, whose counts start at 0 too: infra.delivery.count_from_zero)
+    and the dashboard would miss a type's first messages until a second one came."""
+    for message_type in TYPES_ON_TOPIC[topic]:
+        MESSAGES_PUBLISHED.labels(producer, topic, message_type)

@@ -40,7 +40,8 @@ class ServiceSettings(BaseSettings):
     token_cache_seconds: float = Field(5.0, ge=0, le=300, validation_alias=AliasChoices("TOKEN_CACHE_SECONDS"))
     # The token other deployables (the bridge) present to this one, role `integration`.
     integration_token: str | None = None
-    # The company's time zone: where its days begin (deputies' date ranges, "my day").
+    # The company's time zone: where its days begin (deputies' date ranges, "my day") and
+    # the clock its pages and messages show (infra.business_day, ADR 0016).
     business_timezone: str = Field("UTC", validation_alias=AliasChoices("BUSINESS_TIMEZONE"))
 
     # Secrets that must be real outside development.

@@ -1,8 +1,8 @@
 """Reading tabular files row by row, for imports on both sides: CSV (UTF-8, Windows-1251
-or UTF-16 with its BOM; comma, semicolon or tab) and XLSX (openpyxl in read-only mode). Files are never
-loaded whole; cells come back cleaned (numbers that are ids as text, formulas dropped).
-And the other way: text written into the CSV and XLSX exports stays text when a
-spreadsheet opens them."""
+or UTF-16 with its BOM; comma, semicolon or tab) and XLSX (openpyxl in read-only mode).
+Files are never loaded whole; cells come back cleaned (numbers that are ids as text,
+formulas and NUL characters dropped). And the other way: text written into the CSV and
+XLSX exports stays text when a spreadsheet opens them."""
 
 from __future__ import annotations
 

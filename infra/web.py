@@ -67,8 +67,9 @@ _LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][
                              rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
 
-# A JSON \\u0000 escape (an odd run of backslashes before it: "\\\\u0000" is the text
-# "\\u0000"). PostgreSQL's text cannot hold NUL: "invalid byte sequence for encoding UTF8".
+# JSON's escape of NUL: backslash, u0000, after an even run of other backslashes (each pair
+# is an escaped backslash, so a pair before it makes the text "backslash u0000", no NUL).
+# PostgreSQL's text cannot hold NUL: "invalid byte sequence for encoding UTF8".
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _NUL_IN_URL = re.compile(rb"%00|\x00")
 
