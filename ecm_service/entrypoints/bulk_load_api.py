@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ecm_service.service_layer.bulk_load import get_job, recent_jobs, run_job, start_job
+from ecm_service.service_layer.bulk_load import get_job, recent_jobs, refuse_job, run_job, start_job
 from infra.users import User
 from infra.web import require_roles, safe_filename, save_upload
 
@@ -55,10 +55,13 @@ async def begin_load(container, file: UploadFile, *, system: str, verify_clean_r
     try:
         size = await run_in_threadpool(save_upload, file.file, path, container.settings.max_import_bytes)
     except ValueError as exc:
+        refused = HTTPException(413, str(exc))
+    else:
+        refused = HTTPException(422, "the file is empty") if size == 0 else None
+    if refused:  # the load never ran: it says why in the list, instead of staying `running`
         path.unlink(missing_ok=True)
-        raise HTTPException(413, str(exc)) from exc
-    if size == 0:
-        raise HTTPException(422, "the file is empty")
+        await refuse_job(container.session_factory, load_id, refused.detail)
+        raise refused
     task = asyncio.create_task(run_job(
         container.session_factory, load_id=load_id, path=path, kind=kind, system=system, actor=f"user:{user.id}",
         verify_clean=verify_clean_rows, report_path=folder / f"{load_id}.report.csv"))

@@ -228,6 +228,14 @@ async def start_job(session_factory, *, file_name: str, system: str, user_id: st
     return load_id
 
 
+async def refuse_job(session_factory, load_id: str, error: str) -> None:
+    """A load whose upload was refused (empty, too large): failed before it ran."""
+    t = tables.bulk_loads
+    async with session_factory() as session, session.begin():
+        await session.execute(update(t).where(t.c.id == load_id).values(
+            status="failed", error=error[:2000], finished_at=datetime.now(timezone.utc)))
+
+
 async def get_job(session_factory, load_id: str, *, stale_after: float | None = None) -> dict | None:
     """The load, or None. With `stale_after`, a running load that has made no progress for
     that many seconds is marked failed first: the process running it stopped (a deploy's

@@ -199,3 +199,25 @@ async def test_crm_hands_out_many_documents_in_one_answer(crm_client):
     assert too_much.status_code == 413 and "fewer" in too_much.text
     empty = await client.post("/api/documents/contents", json={"ids": []})
     assert empty.status_code == 422
+
+
+async def test_a_refused_bulk_load_upload_says_why_in_the_list_and_keeps_no_file(backend, databases, broker,
+                                                                                  tmp_path):
+    # Its job row is made before the file arrives: an empty or oversize upload left it
+    # `running` for good, and the list (and the steward's page) would show it so.
+    settings = EcmSettings(database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
+                           content_dir=tmp_path / "content", imports_dir=tmp_path / "imports", max_import_bytes=64)
+    app = create_ecm(settings)
+    token = f"steward-{uuid.uuid4().hex}"
+    await upsert_user(app.state.container.session_factory, ecm_tables.users, name=f"stas-{token[-6:]}",
+                      role="steward", token=token)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ecm",
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        empty = await client.post("/api/counterparties/bulk-loads", files={"file": ("e.csv", b"")})
+        big = await client.post("/api/counterparties/bulk-loads", files={"file": ("b.csv", b"x" * 65)})
+        assert (empty.status_code, big.status_code) == (422, 413)
+        listed = {load["file_name"]: load for load in (await client.get("/api/counterparties/bulk-loads")).json()}
+    await app.state.container.engine.dispose()
+    assert (listed["e.csv"]["status"], listed["e.csv"]["error"]) == ("failed", "the file is empty")
+    assert listed["b.csv"]["status"] == "failed" and "64" in listed["b.csv"]["error"]
+    assert files_under(tmp_path / "imports") == set()
