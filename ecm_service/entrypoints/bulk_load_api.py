@@ -84,19 +84,26 @@ async def start(request: Request, file: UploadFile = File(...),
 @router.get("", response_model=list[LoadOut], summary="The latest loads, newest first")
 async def latest(request: Request, limit: int = Query(50, ge=1, le=500),
                  _: User = Depends(require_roles(*READERS))):
-    container = request.app.state.container
-    rows = await recent_jobs(container.session_factory, limit=limit,
-                             stale_after=container.settings.bulk_load_stale_seconds)
-    return [load_out(row) for row in rows]
+    return await latest_loads(request.app.state.container, limit)
 
 
 @router.get("/{load_id}", response_model=LoadOut)
 async def status(load_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
-    container = request.app.state.container
+    return await find_load(request.app.state.container, load_id)
+
+
+async def find_load(container, load_id: str) -> LoadOut:
+    """One load, checked for a stop (the API's and the page's); 404 if there is none."""
     row = await get_job(container.session_factory, load_id, stale_after=container.settings.bulk_load_stale_seconds)
     if row is None:
         raise HTTPException(404, f"bulk load {load_id} not found")
     return load_out(row)
+
+
+async def latest_loads(container, limit: int) -> list[LoadOut]:
+    rows = await recent_jobs(container.session_factory, limit=limit,
+                             stale_after=container.settings.bulk_load_stale_seconds)
+    return [load_out(row) for row in rows]
 
 
 def report_file(container, load: LoadOut) -> FileResponse:

@@ -9,9 +9,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from ecm_service.entrypoints.bulk_load_api import LOADERS, READERS, begin_load, load_out, report_file
+from ecm_service.entrypoints.bulk_load_api import LOADERS, READERS, begin_load, find_load, latest_loads, report_file
 from ecm_service.entrypoints.pages import page_user, render
-from ecm_service.service_layer.bulk_load import get_job, recent_jobs
 from infra.users import User
 
 router = APIRouter(prefix="/ui/bulk-loads", include_in_schema=False)
@@ -26,9 +25,7 @@ def _reader(user: User) -> None:
 async def bulk_loads(request: Request, user: User = Depends(page_user), started: str | None = None,
                      error: str | None = None):
     _reader(user)
-    container = request.app.state.container
-    loads = [load_out(row) for row in await recent_jobs(
-        container.session_factory, limit=30, stale_after=container.settings.bulk_load_stale_seconds)]
+    loads = await latest_loads(request.app.state.container, 30)
     return render(request, "bulk_loads.html", user, loads=loads, started=started, error=error,
                   can_load=user.role in LOADERS)
 
@@ -51,7 +48,4 @@ async def upload(request: Request, file: UploadFile = File(...),
 async def report(load_id: str, request: Request, user: User = Depends(page_user)):
     _reader(user)
     container = request.app.state.container
-    row = await get_job(container.session_factory, load_id, stale_after=container.settings.bulk_load_stale_seconds)
-    if row is None:
-        raise HTTPException(404, f"bulk load {load_id} not found")
-    return report_file(container, load_out(row))
+    return report_file(container, await find_load(container, load_id))

@@ -20,7 +20,6 @@ from infra.web import require_roles
 
 router = APIRouter(prefix="/api/approvals", tags=["approval sheet"])
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-templates.env.filters["local"] = business_day.local_text
 READERS = ("legal", "finance", "director", "steward", "auditor", "admin")
 COLUMNS = ["№", "Этап / Stage", "Роль / Role", "Решение / Decision", "Кто / By", "Когда / When",
            "Версия / Version sha256", "Комментарий / Comment", "От имени / On behalf of", "Раунд / Round"]

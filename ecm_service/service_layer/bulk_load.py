@@ -236,45 +236,46 @@ async def refuse_job(session_factory, load_id: str, error: str) -> None:
             status="failed", error=error[:2000], finished_at=datetime.now(timezone.utc)))
 
 
+async def _select(session_factory, query) -> list[dict]:
+    async with session_factory() as session:
+        return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
 async def get_job(session_factory, load_id: str, *, stale_after: float | None = None) -> dict | None:
     """The load, or None. With `stale_after`, a running load that has made no progress for
     that many seconds is marked failed first: the process running it stopped (a deploy's
     restart, a crash). Its chunks so far are committed; loading the file again finds those
     rows by their code and creates nothing twice."""
+    rows = await _select(session_factory, select(tables.bulk_loads).where(tables.bulk_loads.c.id == load_id))
+    return await _checked(session_factory, rows[0], stale_after) if rows else None
+
+
+async def recent_jobs(session_factory, *, limit: int, stale_after: float | None = None) -> list[dict]:
+    """The latest loads, newest first; running ones checked as `get_job` checks them."""
     t = tables.bulk_loads
+    rows = await _select(session_factory, select(t).order_by(t.c.started_at.desc(), t.c.id).limit(limit))
+    return [await _checked(session_factory, row, stale_after) for row in rows]
 
-    async def load() -> dict | None:
-        async with session_factory() as session:
-            row = (await session.execute(select(t).where(t.c.id == load_id))).mappings().first()
-        return dict(row) if row else None
 
-    row = await load()
-    if row is None or stale_after is None or row["status"] != "running":
+async def _checked(session_factory, row: dict, stale_after: float | None) -> dict:
+    """The load as read, or, if it is running but quiet past `stale_after`, marked failed."""
+    if stale_after is None or row["status"] != "running":
         return row
     since = row["progress_at"] or row["started_at"]  # loads started before migration 0012 have none
     if datetime.now(timezone.utc) - since <= timedelta(seconds=stale_after):
         return row
+    t = tables.bulk_loads
     same_progress = t.c.progress_at == since if row["progress_at"] else t.c.progress_at.is_(None)
     error = (f"interrupted: no progress for over {stale_after:.0f} s after {row['rows_done']} rows (the process "
              "running it stopped); load the file again: rows already loaded are found by their code, not "
              "created twice")
     async with session_factory() as session, session.begin():
         taken = (await session.execute(
-            update(t).where(t.c.id == load_id, t.c.status == "running", same_progress)
+            update(t).where(t.c.id == row["id"], t.c.status == "running", same_progress)
             .values(status="failed", error=error, finished_at=datetime.now(timezone.utc)))).rowcount
     if taken:
-        log.warning("bulk_load_interrupted", load_id=load_id, rows_done=row["rows_done"])
-    return await load()
-
-
-async def recent_jobs(session_factory, *, limit: int, stale_after: float | None = None) -> list[dict]:
-    """The latest loads, newest first; running ones checked as `get_job` checks them."""
-    t = tables.bulk_loads
-    async with session_factory() as session:
-        rows = [dict(r) for r in (await session.execute(
-            select(t).order_by(t.c.started_at.desc(), t.c.id).limit(limit))).mappings()]
-    return [await get_job(session_factory, row["id"], stale_after=stale_after) if row["status"] == "running"
-            else row for row in rows]
+        log.warning("bulk_load_interrupted", load_id=row["id"], rows_done=row["rows_done"])
+    return (await _select(session_factory, select(t).where(t.c.id == row["id"])))[0]
 
 
 async def run_job(session_factory, *, load_id: str, path: Path, kind: str, system: str, actor: str,
