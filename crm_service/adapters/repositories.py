@@ -6,7 +6,6 @@ from sqlalchemy import bindparam, exists, insert, select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.model import (
-    CLOSED_DEAL_STAGES,
     FINAL_APPROVAL_STATUSES,
     Activity,
     ApprovalRequest,
@@ -53,10 +52,10 @@ class NotificationRepository:
 class DealRepository(TableRepository):
     table, entity = tables.deals, Deal
 
-    async def move_open_deals(self, organization_id: str, new_owner_id: str) -> list[str]:
+    async def move_open_deals(self, organization_id: str, new_owner_id: str, closed_stages) -> list[str]:
         t = self.table
         ids = list((await self.session.execute(
-            select(t.c.id).where(t.c.organization_id == organization_id, t.c.stage.not_in(CLOSED_DEAL_STAGES))
+            select(t.c.id).where(t.c.organization_id == organization_id, t.c.stage.not_in(list(closed_stages)))
             .order_by(t.c.created_at))).scalars())
         if ids:
             await self.session.execute(update(t).where(t.c.id.in_(ids)).values(owner_id=new_owner_id))

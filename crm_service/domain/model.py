@@ -9,7 +9,6 @@ from decimal import Decimal
 from crm_service.domain.names import name_key
 
 APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
-CLOSED_DEAL_STAGES = ("won", "lost")
 FINAL_APPROVAL_STATUSES = ("approved", "rejected")
 
 
@@ -74,6 +73,13 @@ class Organization:
                 if getattr(self, key) and getattr(self, key) != value]
 
 
+def opening_stage(funnel: dict) -> tuple[str, int | None]:
+    """Where a new deal starts on the configured funnel: its first stage, with that
+    stage's default probability."""
+    stage = funnel["stages"][0]
+    return stage, funnel.get("probability", {}).get(stage)
+
+
 @dataclass
 class Deal:
     id: str
@@ -87,10 +93,6 @@ class Deal:
     expected_close_date: date | None = None
     probability: int | None = None
     closed_at: datetime | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.stage not in CLOSED_DEAL_STAGES
 
 
 @dataclass

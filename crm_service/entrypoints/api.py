@@ -200,7 +200,8 @@ async def get_organization(org_id: str, request: Request, _: User = Depends(requ
 @router.post("/deals", status_code=201, response_model=DealOut)
 async def create_deal(body: DealIn, request: Request, user: User = Depends(require_roles(*SALES))):
     try:
-        deal = await handlers.create_deal(_container(request).uow(), user_id=user.id, **body.model_dump())
+        deal = await handlers.create_deal(_container(request).uow(), user_id=user.id,
+                                          funnel=_container(request).funnel, **body.model_dump())
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     return DealOut(**deal.__dict__)
@@ -385,7 +386,7 @@ async def transfer_organization(org_id: str, body: TransferIn, request: Request,
         return await handlers.transfer_responsibility(
             _container(request).uow(), actor_id=user.id, actor_role=user.role, organization_id=org_id,
             new_owner_id=body.new_owner_id, move_open_deals=body.move_open_deals,
-            correlation_id=correlation_id(request))
+            closed_stages=_container(request).funnel["closed"], correlation_id=correlation_id(request))
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except NotAllowed as exc:

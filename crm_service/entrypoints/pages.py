@@ -116,7 +116,8 @@ async def transfer(org_id: str, request: Request, new_owner: str = Form(..., max
         await handlers.transfer_responsibility(
             container.uow(), actor_id=user.id, actor_role=user.role, organization_id=org_id,
             new_owner_id=new_owner_id, move_open_deals=bool(move_open_deals),
-            move_open_activities=bool(move_open_activities), correlation_id=correlation_id(request))
+            move_open_activities=bool(move_open_activities), closed_stages=container.funnel["closed"],
+            correlation_id=correlation_id(request))
     except (handlers.InvalidRequest, handlers.NotFound, NotAllowed) as exc:
         return RedirectResponse(f"/ui/organizations/{org_id}?error={quote(str(exc))}", status_code=303)
     return RedirectResponse(f"/ui/organizations/{org_id}", status_code=303)

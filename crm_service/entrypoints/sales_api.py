@@ -207,7 +207,7 @@ class ConvertIn(BaseModel):
              summary="Contact, organization and deal from a lead in one action; never asks for missing data")
 async def convert_lead(lead_id: str, body: ConvertIn, request: Request, user: User = Depends(require_roles(*SALES))):
     return await _run(sales.convert_lead(_container(request).uow(), actor=await _actor(request, user),
-                                         lead_id=lead_id, **body.model_dump()))
+                                         lead_id=lead_id, funnel=_container(request).funnel, **body.model_dump()))
 
 
 class DisqualifyIn(BaseModel):

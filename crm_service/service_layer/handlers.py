@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timezone
 
 from crm_service.adapters import tables
-from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization
+from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization, opening_stage
 from crm_service.domain.rights import Actor, check_may_change, check_may_transfer, may_change
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from schemas import crm_commands, crm_events
@@ -42,9 +42,15 @@ async def create_organization(uow: CrmUnitOfWork, *, user_id: str, name: str, **
     return org
 
 
-async def create_deal(uow: CrmUnitOfWork, *, user_id: str, organization_id: str, title: str, **fields) -> Deal:
+async def create_deal(uow: CrmUnitOfWork, *, user_id: str, organization_id: str, title: str, funnel: dict,
+                      **fields) -> Deal:
+    """A deal at the configured funnel's first stage, with that stage's probability
+    unless one is given."""
+    stage, probability = opening_stage(funnel)
+    if fields.get("probability") is None:
+        fields["probability"] = probability
     deal = Deal(id=_new_id(), organization_id=organization_id, title=title, owner_id=user_id, created_at=_now(),
-                **fields)
+                stage=stage, **fields)
     async with uow:
         if await uow.organizations.get(organization_id) is None:
             raise NotFound(f"organization {organization_id} not found")
@@ -147,7 +153,7 @@ async def request_approval(
 
 async def transfer_responsibility(
     uow: CrmUnitOfWork, *, actor_id: str, actor_role: str, organization_id: str, new_owner_id: str,
-    move_open_deals: bool, correlation_id: str, move_open_activities: bool = False,
+    move_open_deals: bool, correlation_id: str, closed_stages, move_open_activities: bool = False,
 ) -> dict:
     """Hands an organization (and, if asked, its open deals and open activities) to
     another manager. The ECM hears of it through the outbox and moves in-flight
@@ -166,7 +172,7 @@ async def transfer_responsibility(
         at = _now()
         org.owner_id = new_owner_id
         await uow.organizations.save(org)
-        moved = await uow.deals.move_open_deals(org.id, new_owner_id) if move_open_deals else []
+        moved = await uow.deals.move_open_deals(org.id, new_owner_id, closed_stages) if move_open_deals else []
         moved_activities = await uow.activities.move_open(org.id, moved, new_owner_id) \
             if move_open_activities else []
         await uow.organizations.add_history(

@@ -18,7 +18,7 @@ from sqlalchemy import func, or_, select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.hints import identifier_hints
-from crm_service.domain.model import ACTIVITY_KINDS, Activity, Contact, Deal, Lead, Organization
+from crm_service.domain.model import ACTIVITY_KINDS, Activity, Contact, Deal, Lead, Organization, opening_stage
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
 from crm_service.domain.rights import Actor
 from crm_service.service_layer.handlers import (  # noqa: F401  (actor_for: the entrypoints call it from here)
@@ -204,7 +204,8 @@ async def _open_lead(uow: CrmUnitOfWork, actor: Actor, lead_id: str) -> Lead:
 
 async def convert_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, create_contact: bool = True,
                        create_organization: bool = True, create_deal: bool = True,
-                       organization_id: str | None = None, deal_title: str | None = None) -> dict:
+                       organization_id: str | None = None, deal_title: str | None = None,
+                       funnel: dict) -> dict:
     """Any combination of contact, organization and deal in one action. An existing
     organization is used when one is named, or when the lead's INN or company name
     clearly matches one; missing data never stops the conversion."""
@@ -241,8 +242,9 @@ async def convert_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, create
             await uow.contacts.add(contact)
         deal = None
         if create_deal and org is not None:
+            stage, probability = opening_stage(funnel)
             deal = Deal(id=_new_id(), organization_id=org.id, title=deal_title or lead.title, owner_id=actor.id,
-                        created_at=at)
+                        created_at=at, stage=stage, probability=probability)
             await uow.deals.add(deal)
             await _record_stage(uow, deal, None, actor.id, at)
         lead.status, lead.converted_at = "converted", at

@@ -130,7 +130,8 @@ async def _consumed_all(loop, topic, expected):
 async def test_crm_status_updates_are_idempotent_and_never_go_backwards(crm, broker):
     topic, loop = await _private_loop(crm, broker)
     org = await crm_handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
-    deal = await crm_handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
+    deal = await crm_handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id,
+                                          title="Deal", funnel=crm.funnel)
     doc = await crm_handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c", doc_type="contract",
                                              content_type="text/plain", sha256="c" * 64, size=1)
     request = await crm_handlers.request_approval(crm.uow(), user_id="u", deal_id=deal.id, document_id=doc.id,

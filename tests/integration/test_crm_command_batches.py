@@ -21,7 +21,8 @@ async def _requests(crm, n):
     made = []
     for i in range(n):
         org = await handlers.create_organization(crm.uow(), user_id="u", name=f"Вектор {i}")
-        deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
+        deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id,
+                                          title="Deal", funnel=crm.funnel)
         doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c",
                                              doc_type="contract", content_type="text/plain", sha256="c" * 64, size=1)
         request = await handlers.request_approval(crm.uow(), user_id="u", deal_id=deal.id, document_id=doc.id,

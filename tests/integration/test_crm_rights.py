@@ -85,7 +85,8 @@ async def app_client(backend, databases, broker, tmp_path):
             async with container.session_factory() as session, session.begin():
                 await session.execute(tables.user_profiles.insert().values(user_id=ids[name], team=team))
     org = await handlers.create_organization(container.uow(), user_id=ids["sales-a"], name="Ромашка")
-    deal = await handlers.create_deal(container.uow(), user_id=ids["sales-a"], organization_id=org.id, title="D")
+    deal = await handlers.create_deal(container.uow(), user_id=ids["sales-a"], organization_id=org.id,
+                                      title="D", funnel=container.funnel)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://crm") as client:
         yield client, tokens, {"org": org.id, "deal": deal.id, "missing": str(uuid.uuid4())}
     await container.engine.dispose()

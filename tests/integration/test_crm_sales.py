@@ -29,9 +29,13 @@ PEOPLE = {"anna": ("sales", "moscow"), "boris": ("sales", "moscow"), "maria": ("
 
 
 @pytest.fixture
-async def crm_app(backend, databases, broker, tmp_path):
+async def crm_app(request, backend, databases, broker, tmp_path):
+    extra = {}
+    if funnel := getattr(request, "param", {}).get("funnel"):  # a company's own funnel
+        (tmp_path / "funnel.json").write_text(json.dumps(funnel))
+        extra["funnel_file"] = tmp_path / "funnel.json"
     settings = CrmSettings(database_url=databases.url("crm", backend), kafka_bootstrap_servers=broker,
-                           files_dir=tmp_path / "files", imports_dir=tmp_path / "imports")
+                           files_dir=tmp_path / "files", imports_dir=tmp_path / "imports", **extra)
     app = create_app(settings)
     container = app.state.container
     users = {}
@@ -198,6 +202,44 @@ async def test_funnel_stage_history_activities_my_day_and_reminders_to_a_webhook
     assert meeting.endswith(f"due {moscow:%Y-%m-%d %H:%M} MSK"), meeting  # it used to give UTC
     notes = (await client.get("/api/notifications", headers=anna)).json()
     assert sum(n["kind"] == "activity_due" for n in notes) == 2
+
+
+OWN_FUNNEL = {"stages": ["lead", "offer", "signed", "dropped"], "closed": ["signed", "dropped"],
+              "probability": {"lead": 5, "offer": 40, "signed": 100, "dropped": 0}}
+
+
+@pytest.mark.parametrize("crm_app", [{"funnel": OWN_FUNNEL}], indirect=True)
+async def test_a_companys_own_funnel_is_where_deals_start_and_what_closes_them(crm_app):
+    """Deals started at "new" and only "won"/"lost" counted as closed whatever the funnel
+    said: with these stages a new deal vanished from the board, and a transfer moved
+    signed deals to the new manager."""
+    client, users, _ = crm_app
+    anna = users["anna"]["headers"]
+    org = (await client.post("/api/organizations", headers=anna, json={"name": "Свой процесс"})).json()
+    opened = (await client.post("/api/deals", headers=anna, json={"organization_id": org["id"], "title": "Открытая"})
+              ).json()
+    assert (opened["stage"], opened["probability"]) == ("lead", 5)
+    signed = (await client.post("/api/deals", headers=anna, json={"organization_id": org["id"], "title": "Подписана",
+                                                                   "probability": 60})).json()
+    assert (signed["stage"], signed["probability"]) == ("lead", 60)  # a given probability stays
+    closed = (await client.patch(f"/api/deals/{signed['id']}", headers=anna, json={"stage": "signed"})).json()
+    assert closed["closed_at"] is not None
+    board = (await client.get("/api/deals/board", headers=anna)).json()
+    assert list(board) == OWN_FUNNEL["stages"]
+    assert [d["id"] for d in board["lead"]] == [opened["id"]] and [d["id"] for d in board["signed"]] == [signed["id"]]
+
+    lead = (await client.post("/api/leads", headers=anna, json={"title": "Заявка", "company_name": "Лид и сделка"})
+            ).json()
+    converted = (await client.post(f"/api/leads/{lead['id']}/convert", headers=anna, json={})).json()
+    from_lead = (await client.get(f"/api/deals/{converted['deal_id']}", headers=anna)).json()
+    assert (from_lead["stage"], from_lead["probability"]) == ("lead", 5)
+
+    moved = (await client.post(f"/api/organizations/{org['id']}/transfer", headers=anna,
+                               json={"new_owner_id": users["boris"]["id"], "move_open_deals": True})).json()
+    assert moved["moved_deal_ids"] == [opened["id"]]
+    owners = {d: (await client.get(f"/api/deals/{d}", headers=anna)).json()["owner_id"]
+              for d in (opened["id"], signed["id"])}
+    assert owners == {opened["id"]: users["boris"]["id"], signed["id"]: users["anna"]["id"]}
 
 
 async def test_documents_from_a_template_are_attached_to_the_deal(crm_app):

@@ -119,7 +119,7 @@ async def test_the_service_runs_the_job_with_its_settings(crm, databases, broker
 
 async def test_a_pruned_request_event_is_explained_in_the_trace(crm):
     org = await handlers.create_organization(crm.uow(), user_id="u", name="Трасса")
-    deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
+    deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal", funnel=crm.funnel)
     doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c.pdf",
                                          content_type="application/pdf", doc_type="contract", sha256="a" * 64, size=3)
     request = await handlers.request_approval(crm.uow(), user_id="u", deal_id=deal.id, document_id=doc.id,

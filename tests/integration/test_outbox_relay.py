@@ -18,7 +18,7 @@ from tests.support.kafka import read_all
 
 async def _approval_requests(crm, count):
     org = await handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
-    deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
+    deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal", funnel=crm.funnel)
     requests = []
     for i in range(count):
         doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename=f"c{i}.pdf",
@@ -84,7 +84,7 @@ async def test_an_approval_request_costs_five_round_trips(crm):
     unless one is open, the outbox row, COMMIT (db_round_trips_total; under load each
     is a wait of tens of milliseconds, bench/RESULTS.md)."""
     org = await handlers.create_organization(crm.uow(), user_id="u", name="Вектор")
-    deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal")
+    deal = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Deal", funnel=crm.funnel)
     doc = await handlers.attach_document(crm.uow(), user_id="u", deal_id=deal.id, filename="c.pdf",
                                          content_type="application/pdf", doc_type="contract", sha256="a" * 64, size=3)
     before = REGISTRY.get_sample_value("db_round_trips_total")
@@ -94,7 +94,7 @@ async def test_an_approval_request_costs_five_round_trips(crm):
 
 async def test_a_request_names_what_is_missing(crm):
     org, (first,) = await _approval_requests(crm, 1)
-    other = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Other")
+    other = await handlers.create_deal(crm.uow(), user_id="u", organization_id=org.id, title="Other", funnel=crm.funnel)
     for deal_id, document_id, message in [
             ("missing", first.document_id, "deal missing not found"),
             (other.id, first.document_id, f"document {first.document_id} not found on deal {other.id}"),
