@@ -7,13 +7,40 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infra.users import User
 
 COOKIE = "session"
+
+
+def on_page(request: Request) -> bool:
+    return request.url.path.startswith("/ui/")
+
+
+def answer_pages_with_pages(app: FastAPI, error_page: Callable[[Request, int, str], HTMLResponse]) -> None:
+    """A refusal on a page (404, 403, a form's field that does not validate) is answered
+    with a page that says what went wrong; the login's redirect and the API keep theirs."""
+    from infra.service_app import jsonable_errors
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if on_page(request) and exc.status_code >= 400:
+            return error_page(request, exc.status_code, str(exc.detail))
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        errors = jsonable_errors(exc)
+        if on_page(request):
+            return error_page(request, 422, "; ".join(f"{e['loc'][-1] if e['loc'] else 'form'}: {e['msg']}"
+                                                       for e in errors))
+        return JSONResponse(status_code=422, content={"detail": errors})
 
 
 def page_user_dependency(roles: tuple[str, ...]) -> Callable:

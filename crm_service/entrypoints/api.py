@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.rights import NotAllowed
 from crm_service.service_layer import handlers
-from crm_service.service_layer.sales import approvals_of, duplicate_hints, link_text
+from crm_service.service_layer.sales import approvals_of, documents_of, duplicate_hints, link_text
 from infra.users import User
 from infra.web import correlation_id, receive_upload, require_roles, safe_filename
 from schemas.crm_events import Address
@@ -219,10 +219,33 @@ async def get_deal(deal_id: str, request: Request, _: User = Depends(require_rol
                    approvals=[_public_approval(a) for a in approvals])
 
 
+class DealDocumentOut(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    doc_type: str
+    size: int
+    sha256: str
+    created_at: datetime
+    approval: dict | None = Field(description="its latest approval request as the ECM reports it; null if never sent")
+    may_request: bool = Field(description="true unless a request of it is still open")
+
+
+@router.get("/deals/{deal_id}/documents", response_model=list[DealDocumentOut],
+            summary="The deal's documents, newest first, each with where its approval stands")
+async def deal_documents(deal_id: str, request: Request, _: User = Depends(require_roles(*READERS))):
+    async with _container(request).uow() as uow:
+        if await uow.deals.get(deal_id) is None:
+            raise HTTPException(404, f"deal {deal_id} not found")
+        documents = await documents_of(uow, deal_id)
+    return [{**d, "approval": _public_approval(d["approval"]) if d["approval"] else None} for d in documents]
+
+
 def _public_approval(row: dict) -> dict:
     """The sales view of one approval: what the ECM reported, never its internal comments."""
-    return {k: row[k] for k in ("id", "document_id", "filename", "doc_type", "status", "stage", "due_at",
-                                "overdue", "delay_reason_code", "reason", "requested_at", "updated_at")}
+    return {k: row[k] for k in ("id", "deal_id", "deal_title", "document_id", "filename", "doc_type", "status",
+                                "stage", "due_at", "overdue", "delay_reason_code", "reason", "requested_at",
+                                "updated_at")}
 
 
 @router.post("/deals/{deal_id}/documents", status_code=201, response_model=DocumentOut)

@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import func, or_, select, update
 
 from crm_service.adapters import tables
+from crm_service.adapters.repositories import CLOSED_REQUEST_STATUSES
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.model import ACTIVITY_KINDS, Activity, Contact, Deal, Lead, Organization, opening_stage
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
@@ -405,6 +406,25 @@ async def approvals_of(uow: CrmUnitOfWork, *, organization_id: str | None = None
         a.c.deal_id == deal_id)
     rows = await uow.session.execute(query.order_by(a.c.requested_at.desc()))
     return [dict(r) for r in rows.mappings()]
+
+
+async def documents_of(uow: CrmUnitOfWork, deal_id: str) -> list[dict]:
+    """The deal's documents, newest first, each with its latest approval request as the
+    ECM reports it (None if never sent) and whether it may be sent now (no request of it
+    is still open)."""
+    d = tables.documents
+    rows = await uow.session.execute(
+        select(d.c.id, d.c.filename, d.c.content_type, d.c.doc_type, d.c.size, d.c.sha256, d.c.created_at)
+        .where(d.c.deal_id == deal_id).order_by(d.c.created_at.desc(), d.c.id))
+    latest: dict[str, dict] = {}
+    for approval in await approvals_of(uow, deal_id=deal_id):  # newest first
+        latest.setdefault(approval["document_id"], approval)
+    out = []
+    for row in rows.mappings():
+        approval = latest.get(row["id"])
+        out.append({**row, "approval": approval,
+                    "may_request": approval is None or approval["status"] in CLOSED_REQUEST_STATUSES})
+    return out
 
 
 def link_text(org: Organization) -> str:

@@ -1,7 +1,5 @@
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecm_service.bootstrap import bootstrap
 from ecm_service.config import EcmSettings
@@ -11,6 +9,7 @@ from ecm_service.entrypoints.api import router
 from ecm_service.entrypoints.approvals_api import router as approvals_router
 from ecm_service.entrypoints.bulk_load_api import router as bulk_load_router
 from ecm_service.entrypoints.bulk_load_pages import router as bulk_load_pages_router
+from ecm_service.entrypoints.pages import error_page
 from ecm_service.entrypoints.pages import router as pages_router
 from ecm_service.entrypoints.reconciliation_api import router as reconciliation_router
 from ecm_service.entrypoints.registry_api import router as registry_router
@@ -19,6 +18,7 @@ from ecm_service.entrypoints.sheet_api import router as sheet_router
 from ecm_service.service_layer import approvals, documents
 from ecm_service.service_layer.access import Forbidden
 from infra.logs import configure_logging
+from infra.pages import answer_pages_with_pages, on_page
 from infra.service_app import build_app
 
 # Domain refusals, answered the same way wherever they are raised.
@@ -38,23 +38,13 @@ def create_app(settings: EcmSettings | None = None) -> FastAPI:
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _answer(status))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        # Pages answer refusals with a page; redirects (login) and the API keep JSON.
-        if request.url.path.startswith("/ui/") and exc.status_code >= 400:
-            from ecm_service.entrypoints.pages import error_page
-
-            return error_page(request, exc.status_code, str(exc.detail))
-        return await http_exception_handler(request, exc)
-
+    answer_pages_with_pages(app, error_page)
     return app
 
 
 def _answer(status: int):
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        if request.url.path.startswith("/ui/"):
-            from ecm_service.entrypoints.pages import error_page
-
+        if on_page(request):
             return error_page(request, status, str(exc))
         return JSONResponse(status_code=status, content={"detail": str(exc)})
 

@@ -94,6 +94,54 @@ def test_the_card_shows_the_approval_as_the_ecm_reports_it_and_the_board_moves_d
     assert [s["to_stage"] for s in stages] == ["new", "proposal"]
 
 
+def test_a_rep_sends_a_contract_for_approval_from_the_pages_and_sees_the_ecm_take_it(page, system, api, tmp_path):
+    """The whole sales side in the browser: an organization, a deal on it, a contract
+    attached and sent with one click; the deal page then shows where the ECM has it. No
+    question is asked of the rep along the way."""
+    login(page, system, api)
+    page.goto(f"{system.crm_url}/ui/organizations")
+    page.fill("#quick-entry input[name=name]", "ООО «Сделка из браузера»")
+    page.click("#quick-entry button")
+    page.fill("#deal-form input[name=title]", "Поставка оборудования")
+    page.fill("#deal-form input[name=amount]", "1 200 000,50")
+    page.fill("#deal-form input[name=currency]", "rub")
+    page.click("#deal-form button")
+    expect(page.locator("#deal-title")).to_have_text("Поставка оборудования")
+    expect(page.get_by_role("status")).to_contain_text("Deal created")
+    expect(page.locator("#deal-stage")).to_contain_text("new (10 %)")
+
+    contract = tmp_path / "Договор поставки.pdf"
+    contract.write_bytes(b"%PDF-1.4 a contract from the browser")
+    page.set_input_files("#upload-form input[type=file]", str(contract))
+    page.click("#upload-form button")
+    expect(page.get_by_role("status")).to_contain_text("Document attached")
+    row = page.locator("#documents tbody tr", has_text="Договор поставки.pdf")
+    expect(row.locator(".status")).to_have_text("—")
+    with page.expect_download() as download:
+        row.locator("a").click()
+    assert open(download.value.path(), "rb").read() == contract.read_bytes()
+
+    row.locator(".request-approval button").click()
+    expect(page.get_by_role("status")).to_contain_text("Sent for approval")
+    expect(row.locator(".request-approval")).to_have_count(0)  # open: nothing to click twice
+    for _ in range(120):
+        if "in_progress" in row.locator(".status").inner_text():
+            break
+        time.sleep(0.5)
+        page.reload()
+    expect(row.locator(".status")).to_have_text("in_progress, legal")
+    expect(page.locator("#approvals .status")).to_have_text("in_progress")
+
+    page.click("#deal-org")
+    expect(page.locator("#approvals")).to_contain_text("Поставка оборудования")
+    deal_id = page.locator("#deals a").get_attribute("href").rsplit("/", 1)[1]
+    documents = api.crm(SALES, "GET", f"/api/deals/{deal_id}/documents").json()
+    assert documents[0]["approval"]["stage"] == "legal"
+    org_id = page.url.split("?")[0].rsplit("/", 1)[1]
+    (party,) = api.ecm("steward-stas", "GET", f"/api/counterparties?external_ref=crm:{org_id}").json()
+    assert party["status"] == "pending_verification"  # the organization went as it was, unchecked
+
+
 def test_import_wizard_from_upload_to_the_row_report(page, system, api, tmp_path):
     rows = [["Компания", "ИНН", "Телефон", "Сегмент"],
             ["Импорт Один", "7707083893", "+7 495 000-00-01", "A"],

@@ -45,6 +45,7 @@ MATRIX = [
     ("GET", "/api/deals/{deal}", None, READERS),
     ("PATCH", "/api/deals/{deal}", {"stage": "bogus"}, OWNERS),
     ("GET", "/api/deals/{deal}/stages", None, READERS),
+    ("GET", "/api/deals/{deal}/documents", None, READERS),
     ("POST", "/api/deals/{deal}/documents", {}, EVERY_SALES),  # no file: 422 first; owners below
     ("POST", "/api/deals/{deal}/approval-requests", {"document_id": "missing"}, OWNERS),
     ("POST", "/api/deals/{deal}/documents/generate", {"template": "missing"}, OWNERS),

@@ -400,6 +400,99 @@ async def test_the_pages_read_and_show_times_on_the_companys_clock(crm_app):
         business_day.use_zone("UTC")
 
 
+async def test_the_deal_page_attaches_fills_and_sends_for_approval_with_the_apis_rights(crm_app):
+    """Sales could not send a document for approval from the pages at all (the API only).
+    The deal page does it with the API's rules: the owner, their manager or an admin; a
+    second click while the approval is open starts nothing; a colleague reads only."""
+    client, users, container = crm_app
+
+    def cookie(name: str) -> dict:
+        return {"session": users[name]["headers"]["Authorization"].removeprefix("Bearer ")}
+
+    org = (await client.post("/api/organizations", headers=users["anna"]["headers"], json={"name": "Сделка страницей"})
+           ).json()
+    refused = await client.post(f"/ui/organizations/{org['id']}/deals", cookies=cookie("anna"),
+                                data={"title": "Поставка", "amount": "12,345.6.7"})
+    assert refused.status_code == 303 and "amount%20not%20understood" in refused.headers["location"]
+    created = await client.post(f"/ui/organizations/{org['id']}/deals", cookies=cookie("anna"),
+                                data={"title": "Поставка", "amount": "1 200 000,50", "currency": "rub"})
+    assert created.status_code == 303 and created.headers["location"].endswith("?done=created")
+    deal_url = created.headers["location"].split("?")[0]
+    deal_id = deal_url.rsplit("/", 1)[1]
+    deal = (await client.get(f"/api/deals/{deal_id}", headers=users["anna"]["headers"])).json()
+    assert (deal["title"], deal["amount"], deal["currency"], deal["stage"]) == ("Поставка", "1200000.50", "RUB", "new")
+
+    bad_type = await client.post(f"{deal_url}/documents", cookies=cookie("anna"), data={"doc_type": "Договор!"},
+                                 files={"file": ("contract.pdf", b"%PDF-1.4 contract", "application/pdf")})
+    assert bad_type.status_code == 303 and "document%20type" in bad_type.headers["location"]
+    empty = await client.post(f"{deal_url}/documents", cookies=cookie("anna"), data={"doc_type": "contract"},
+                              files={"file": ("empty.pdf", b"", "application/pdf")})
+    assert empty.status_code == 303 and "error=" in empty.headers["location"]
+    stranger = await client.post(f"{deal_url}/documents", cookies=cookie("petr"), data={"doc_type": "contract"},
+                                 files={"file": ("contract.pdf", b"%PDF-1.4 contract", "application/pdf")})
+    assert stranger.status_code == 303 and "error=" in stranger.headers["location"]  # another team's deal
+    uploaded = await client.post(f"{deal_url}/documents", cookies=cookie("anna"), data={"doc_type": "contract"},
+                                 files={"file": ("../../contract.pdf", b"%PDF-1.4 contract", "application/pdf")})
+    assert uploaded.headers["location"].endswith("?done=uploaded")
+    documents = (await client.get(f"/api/deals/{deal_id}/documents", headers=users["petr"]["headers"])).json()
+    assert [(d["filename"], d["doc_type"], d["approval"], d["may_request"]) for d in documents] == [
+        ("contract.pdf", "contract", None, True)]
+    document_id = documents[0]["id"]
+
+    download = await client.get(f"/ui/documents/{document_id}", cookies=cookie("petr"))
+    assert download.content == b"%PDF-1.4 contract"
+    assert download.headers["content-disposition"].startswith("attachment")
+    assert download.headers["x-content-type-options"] == "nosniff"
+
+    page = (await client.get(deal_url, cookies=cookie("petr"))).text
+    assert "Поставка" in page and "request-approval" not in page and "upload-form" not in page  # reads only
+    assert (await client.post(f"{deal_url}/approval-requests", cookies=cookie("petr"),
+                              data={"document_id": document_id})).headers["location"].startswith(f"{deal_url}?error=")
+    assert (await client.post(f"{deal_url}/approval-requests", cookies=cookie("auditor"),
+                              data={"document_id": document_id})).status_code == 403
+    page = (await client.get(deal_url, cookies=cookie("anna"))).text
+    assert "request-approval" in page and "upload-form" in page
+    for _ in range(2):  # a double click
+        sent = await client.post(f"{deal_url}/approval-requests", cookies=cookie("maria"),  # anna's manager
+                                 data={"document_id": document_id})
+        assert sent.headers["location"].endswith("?done=requested")
+    async with container.session_factory() as session:
+        requests = (await session.execute(select(tables.approval_requests.c.status).where(
+            tables.approval_requests.c.deal_id == deal_id))).scalars().all()
+        events = await session.scalar(select(func.count()).select_from(tables.outbox).where(
+            tables.outbox.c.message_type == "crm.approval_requested", tables.outbox.c.body.contains(deal_id)))
+    assert requests == ["requested"] and events == 1
+    documents = (await client.get(f"/api/deals/{deal_id}/documents", headers=users["anna"]["headers"])).json()
+    assert documents[0]["approval"]["status"] == "requested" and documents[0]["may_request"] is False
+    page = (await client.get(deal_url, cookies=cookie("anna"))).text
+    assert "request-approval" not in page and "requested" in page
+
+    generated = await client.post(f"{deal_url}/documents/generate", cookies=cookie("anna"),
+                                  data={"template": "contract", "doc_type": "contract", "request_approval": "1"})
+    assert generated.headers["location"].endswith("?done=requested")
+    documents = (await client.get(f"/api/deals/{deal_id}/documents", headers=users["anna"]["headers"])).json()
+    assert len(documents) == 2 and documents[0]["filename"].startswith("contract-")
+    assert documents[0]["approval"]["status"] == "requested"
+    unknown = await client.post(f"{deal_url}/documents/generate", cookies=cookie("anna"),
+                                data={"template": "missing", "doc_type": "contract"})
+    assert "unknown%20template" in unknown.headers["location"]
+
+    moved = await client.post(f"{deal_url}/stage", cookies=cookie("anna"), data={"stage": "proposal", "back": "deal"})
+    assert moved.headers["location"] == deal_url
+    card = (await client.get(f"/ui/organizations/{org['id']}", cookies=cookie("anna"))).text
+    assert f'href="{deal_url}">Поставка</a>' in card  # the deal column of the approvals, and the deals list
+    # A refusal on a page is a page that says what went wrong (it was the API's JSON); the API keeps JSON.
+    missing = await client.get("/ui/deals/missing", cookies=cookie("anna"))
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert "deal missing not found" in missing.text
+    untitled = await client.post(f"/ui/organizations/{org['id']}/deals", cookies=cookie("anna"), data={"amount": "1"})
+    assert untitled.status_code == 422 and untitled.headers["content-type"].startswith("text/html")
+    assert "title: Field required" in untitled.text
+    api_refusal = await client.post("/api/deals", headers=users["anna"]["headers"], json={})
+    assert api_refusal.status_code == 422 and api_refusal.json()["detail"][0]["loc"] == ["body", "organization_id"]
+    assert (await client.get("/api/deals/missing/documents", headers=users["anna"]["headers"])).status_code == 404
+
+
 async def test_text_no_database_can_store_is_a_422_on_either_backend(crm_app):
     """PostgreSQL's text holds no NUL (SQLite does): a NUL in a JSON body, a query or a
     form was a 500 from the driver there ("invalid byte sequence for encoding UTF8")."""
