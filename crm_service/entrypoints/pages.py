@@ -13,12 +13,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from crm_service.adapters import tables
 from crm_service.domain.rights import NotAllowed
 from crm_service.entrypoints.api import _check_deal_owner
-from crm_service.entrypoints.sales_api import _import_row, organization_card
+from crm_service.entrypoints.sales_api import OrganizationPatch, _import_row, organization_card
 from crm_service.service_layer import handlers, import_jobs, imports, sales
 from infra import business_day
 from infra.pages import add_login_routes, page_user_dependency
@@ -90,7 +91,42 @@ async def organization_page(org_id: str, request: Request, user: User = Depends(
         owner_name = (await uow.session.execute(select(tables.users.c.name).where(
             tables.users.c.id == card["organization"].owner_id))).scalar()
     return render(request, "organization.html", user, card=card, org=card["organization"], owner_name=owner_name,
-                  created=request.query_params.get("created"), error=request.query_params.get("error"))
+                  created=request.query_params.get("created"), error=request.query_params.get("error"),
+                  done=request.query_params.get("done"))
+
+
+EDITABLE = ("name", "inn", "kpp", "ogrn", "legal_form", "country", "website", "activity_type", "region", "org_group",
+            "category", "lead_source", "notes")
+LISTS = ("phones", "emails")  # one per line, or separated by commas or semicolons
+
+
+@router.post("/organizations/{org_id}/edit")
+async def edit_organization(org_id: str, request: Request, user: User = Depends(page_user)):
+    """The card's edit form, with the API's limits and rights: an emptied field is cleared
+    (the name excepted), identifiers that look wrong come back as hints, never refusals."""
+    _writer(user)
+    container = request.app.state.container
+    back = f"/ui/organizations/{org_id}"
+    form = await request.form()
+    changes = {k: (str(form[k]).strip() or None) for k in EDITABLE if k in form}
+    if changes.get("country"):
+        changes["country"] = changes["country"].upper()
+    for k in LISTS:
+        if k in form:
+            changes[k] = [v.strip() for v in re.split(r"[\n,;]", str(form[k])) if v.strip()]
+    try:
+        changes = OrganizationPatch.model_validate(changes).model_dump(exclude_unset=True, mode="json")
+    except ValidationError as exc:
+        return _back(back, error="; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    try:
+        await sales.update_organization(container.uow(), actor=actor, organization_id=org_id, changes=changes)
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except (handlers.InvalidRequest, NotAllowed) as exc:
+        return _back(back, error=str(exc))
+    return _back(back, done="edited")
 
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")

@@ -102,6 +102,12 @@ def test_a_rep_sends_a_contract_for_approval_from_the_pages_and_sees_the_ecm_tak
     page.goto(f"{system.crm_url}/ui/organizations")
     page.fill("#quick-entry input[name=name]", "ООО «Сделка из браузера»")
     page.click("#quick-entry button")
+    page.click("#edit summary")  # the record completed later, from the card
+    page.fill("#edit-form input[name=kpp]", "773601001")
+    page.fill("#edit-form textarea[name=phones]", "+7 495 111-22-33")
+    page.click("#edit-form button")
+    expect(page.get_by_role("status")).to_have_text("Сохранено / Saved")
+    expect(page.locator("table").first).to_contain_text("773601001")
     page.fill("#deal-form input[name=title]", "Поставка оборудования")
     page.fill("#deal-form input[name=amount]", "1 200 000,50")
     page.fill("#deal-form input[name=currency]", "rub")

@@ -493,6 +493,37 @@ async def test_the_deal_page_attaches_fills_and_sends_for_approval_with_the_apis
     assert (await client.get("/api/deals/missing/documents", headers=users["anna"]["headers"])).status_code == 404
 
 
+async def test_the_card_edits_the_organization_with_the_apis_limits_and_rights(crm_app):
+    """A rep completes a record quick-entered on the run (only the API could change it)."""
+    client, users, _ = crm_app
+    org = (await client.post("/api/organizations", headers=users["anna"]["headers"],
+                             json={"name": "Наспех", "region": "Тверь", "phones": ["+7 900 000-00-01"]})).json()
+    url = f"/ui/organizations/{org['id']}"
+    session = {"session": users["anna"]["headers"]["Authorization"].removeprefix("Bearer ")}
+    card = (await client.get(url, cookies=session)).text
+    assert 'id="edit-form"' in card and "+7 900 000-00-01</textarea>" in card
+    edited = await client.post(f"{url}/edit", cookies=session, data={
+        "name": " ООО «Наспех» ", "inn": "7707083893", "kpp": "773601001", "region": "", "country": "ru",
+        "phones": "+7 900 000-00-01\n+7 900 000-00-02; ", "emails": "", "notes": "реквизиты из письма"})
+    assert edited.status_code == 303 and edited.headers["location"] == f"{url}?done=edited"
+    after = (await client.get(f"/api/organizations/{org['id']}", headers=users["anna"]["headers"])).json()
+    assert (after["name"], after["inn"], after["kpp"], after["region"], after["country"], after["phones"],
+            after["notes"]) == ("ООО «Наспех»", "7707083893", "773601001", None, "RU",
+                                ["+7 900 000-00-01", "+7 900 000-00-02"], "реквизиты из письма")
+    history = (await client.get(f"/api/organizations/{org['id']}/history", headers=users["anna"]["headers"])).json()
+    assert history[-1]["kind"] == "edited"
+
+    wrong = await client.post(f"{url}/edit", cookies=session, data={"name": "ООО «Наспех»", "country": "Russia"})
+    assert wrong.status_code == 303 and "country" in wrong.headers["location"]
+    emptied = await client.post(f"{url}/edit", cookies=session, data={"name": "  "})
+    assert "error=" in emptied.headers["location"]
+    stranger = await client.post(f"{url}/edit", data={"name": "Чужое"},
+                                 cookies={"session": users["petr"]["headers"]["Authorization"].removeprefix("Bearer ")})
+    assert "error=" in stranger.headers["location"]
+    still = (await client.get(f"/api/organizations/{org['id']}", headers=users["anna"]["headers"])).json()
+    assert (still["name"], still["country"]) == ("ООО «Наспех»", "RU")
+
+
 async def test_text_no_database_can_store_is_a_422_on_either_backend(crm_app):
     """PostgreSQL's text holds no NUL (SQLite does): a NUL in a JSON body, a query or a
     form was a 500 from the driver there ("invalid byte sequence for encoding UTF8")."""
