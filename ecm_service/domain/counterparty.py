@@ -85,6 +85,8 @@ class Counterparty:
         unknown = sorted(set(changes) - set(EDITABLE))
         if unknown:
             raise StewardRuleBroken(f"{', '.join(unknown)} cannot be edited")
+        if "name" in changes and not (changes["name"] or "").strip():
+            raise StewardRuleBroken("a counterparty keeps a name; it cannot be emptied")
         diff = {name: [getattr(self, name), value] for name, value in changes.items() if getattr(self, name) != value}
         # Check on a copy: a refused edit leaves the record exactly as it was.
         candidate = replace(self, **{name: new for name, (_, new) in diff.items()})

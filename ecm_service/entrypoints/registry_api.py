@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 
 from ecm_service.adapters import tables
@@ -52,6 +52,13 @@ class EditIn(Reason):
     ogrn: str | None = Field(None, max_length=20)
     vat: str | None = Field(None, max_length=20)
     addresses: list[Address] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _keeps_a_name(cls, name: str | None) -> str:
+        if name is None:  # left out is kept; null would empty it (it was a 500)
+            raise ValueError("a counterparty keeps a name; leave it out to keep it as it is")
+        return name
 
 
 class StewardResult(BaseModel):

@@ -52,6 +52,15 @@ def test_complete_ids_verify_and_a_verified_record_keeps_them_valid():
         party.edit({"status": "archived"}, NOW)
 
 
+@pytest.mark.parametrize("name", [None, "", "   "])
+def test_a_record_keeps_its_name(name):
+    """An emptied name reached the name normaliser and failed there (a 500 from the API)."""
+    party = record()
+    with pytest.raises(StewardRuleBroken, match="keeps a name"):
+        party.edit({"name": name, "inn": "7707083893"}, NOW)
+    assert (party.name, party.inn) == ("ООО «Ромашка»", None)
+
+
 def test_merge_rules():
     a, b = record(id="a"), record(id="b", inn="7707083893", kpp="773601001", ogrn="1027700132195")
     with pytest.raises(StewardRuleBroken):
