@@ -14,6 +14,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from ecm_service.adapters import tables
@@ -27,6 +28,7 @@ from ecm_service.entrypoints.approvals_api import (
     inbox_for,
     readable_approval,
 )
+from ecm_service.entrypoints.registry_api import EditIn
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.approvals import APPROVAL
@@ -158,6 +160,45 @@ async def steward_queue(request: Request, user: User = Depends(page_user), done:
     return render(request, "steward.html", user, rows=rows, done=done, error=error)
 
 
+STEWARD_FIELDS = ("name", "legal_form", "inn", "kpp", "ogrn", "country", "vat")
+
+
+@router.post("/steward/{counterparty_id}/edit")
+async def steward_edit(counterparty_id: str, request: Request, user: User = Depends(page_user)):
+    """Completes a pending record from the queue (what sales sent is often a bare name),
+    with a reason for the history; "save and verify" verifies it in the same click once
+    its identifiers pass. The API's limits and the registry's rules apply."""
+    if user.role != "steward":
+        raise HTTPException(403, "only the steward changes the registry")
+    form = await request.form()
+    changes = {k: str(form[k]).strip() or None for k in STEWARD_FIELDS if k in form}
+    if changes.get("country"):
+        changes["country"] = changes["country"].upper()
+    try:
+        body = EditIn.model_validate({**changes, "reason": str(form.get("reason", ""))})
+    except ValidationError as exc:
+        return _steward_back(error="; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    container, cid = request.app.state.container, request.state.correlation_id
+    try:
+        await steward.edit(container.uow(), counterparty_id=counterparty_id, user=user, reason=body.reason,
+                           changes=body.model_dump(exclude={"reason"}, exclude_unset=True), correlation_id=cid)
+    except (StewardRuleBroken, steward.NotFound) as exc:
+        return _steward_back(error=str(exc))
+    if form.get("then") != "verify":
+        return _steward_back(done="edit")
+    try:
+        await steward.verify(container.uow(), counterparty_id=counterparty_id, user=user, reason=body.reason,
+                             correlation_id=cid)
+    except (StewardRuleBroken, steward.NotFound) as exc:
+        return _steward_back(error=f"saved, but not verified: {exc}")
+    return _steward_back(done="verify")
+
+
+def _steward_back(*, error: str | None = None, done: str | None = None) -> RedirectResponse:
+    return RedirectResponse(f"/ui/steward?error={quote(error)}" if error else f"/ui/steward?done={quote(done or '')}",
+                            status_code=303)
+
+
 @router.post("/steward/{counterparty_id}/{action}")
 async def steward_action(counterparty_id: str, action: str, request: Request, user: User = Depends(page_user),
                          reason: str = Form("", max_length=2000), other_id: str = Form("", max_length=36)):
@@ -181,8 +222,8 @@ async def steward_action(counterparty_id: str, action: str, request: Request, us
         else:
             raise HTTPException(404, f"no steward action {action!r}")
     except (StewardRuleBroken, steward.NotFound) as exc:
-        return RedirectResponse(f"/ui/steward?error={quote(str(exc))}", status_code=303)
-    return RedirectResponse(f"/ui/steward?done={quote(action)}", status_code=303)
+        return _steward_back(error=str(exc))
+    return _steward_back(done=action)
 
 
 @router.get("/registry", response_class=HTMLResponse)

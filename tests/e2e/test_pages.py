@@ -149,6 +149,43 @@ def test_steward_queue_shows_flags_and_candidates_side_by_side_and_merges(page, 
     assert moved["counterparty_id"] in {c["id"] for c in survivor if c["inn"] == "7707083893"}
 
 
+def test_the_steward_completes_a_bare_name_from_the_queue_and_verifies_it(page, system, api):
+    """Sales sent a bare name; the steward could only verify (refused: ids missing), reject
+    or merge on the page, and had to use the API to complete the record. Now: complete it
+    on the queue, with the source as the reason, and verify in the same click."""
+    flow = request_approval(api, create_deal_with_document(api, name="ООО «Дополненная запись»"))
+    approval = ecm_approval(api, flow)
+    counterparty_id = approval["counterparty_id"]
+    login(page, system, api, "steward-stas")
+    section = page.locator(f"section[data-counterparty='{counterparty_id}']")
+    form = section.locator("form.edit-form")
+    form.locator("input[name=inn]").fill("7704091231")  # a check digit wrong: saved, not verified
+    form.locator("input[name=reason]").fill("карточка компании")
+    form.locator("button[value=verify]").click()
+    expect(page.get_by_role("alert")).to_contain_text("saved, but not verified")
+    expect(page.get_by_role("alert")).to_contain_text("inn_invalid")
+
+    form = page.locator(f"section[data-counterparty='{counterparty_id}'] form.edit-form")
+    expect(form.locator("input[name=inn]")).to_have_value("7704091231")
+    form.locator("input[name=inn]").fill("7704091230")
+    form.locator("input[name=kpp]").fill("770401001")
+    form.locator("input[name=ogrn]").fill("1027700987654")
+    form.locator("input[name=reason]").fill("ЕГРЮЛ")
+    form.locator("button[value=verify]").click()
+    expect(page.get_by_role("status")).to_contain_text("verify")
+    assert page.locator(f"section[data-counterparty='{counterparty_id}']").count() == 0
+
+    (party,) = api.ecm("steward-stas", "GET", f"/api/counterparties?external_ref=crm:{flow['org']['id']}").json()
+    assert (party["status"], party["inn"], party["kpp"], party["ogrn"]) == (
+        "verified", "7704091230", "770401001", "1027700987654")
+    history = api.ecm("steward-stas", "GET", f"/api/counterparties/{counterparty_id}/history").json()
+    assert [(h["action"], h["reason"]) for h in history][-3:] == [
+        ("edited", "карточка компании"), ("edited", "ЕГРЮЛ"), ("verified", "ЕГРЮЛ")]
+    emptied = api.ecm("steward-stas", "PATCH", f"/api/counterparties/{counterparty_id}",
+                      json={"name": None, "reason": "проверка"})
+    assert emptied.status_code == 422 and "keeps a name" in emptied.text  # it was a 500
+
+
 def test_the_steward_loads_an_export_on_its_page_and_reads_the_report(page, system, api, tmp_path):
     export = tmp_path / "export.csv"
     export.write_bytes("Код;Наименование;ИНН;КПП;ОГРН\nPG-1;ООО «Страница»;;;\nPG-2;;;;\n".encode("cp1251"))
