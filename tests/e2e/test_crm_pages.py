@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -146,6 +148,19 @@ def test_a_rep_sends_a_contract_for_approval_from_the_pages_and_sees_the_ecm_tak
     org_id = page.url.split("?")[0].rsplit("/", 1)[1]
     (party,) = api.ecm("steward-stas", "GET", f"/api/counterparties?external_ref=crm:{org_id}").json()
     assert party["status"] == "pending_verification"  # the organization went as it was, unchecked
+
+
+@pytest.mark.parametrize("user", ["sales-anna", "sales-manager-maria", "crm-admin", "crm-auditor"])
+def test_every_link_in_a_roles_menu_opens(system, api, user):
+    """The auditor's menu offered the import, which answered 403."""
+    with httpx.Client(base_url=system.crm_url) as client:
+        client.post("/ui/login", data={"token": api.tokens[user]})
+        home = client.get("/ui/", follow_redirects=True)
+        assert home.status_code == 200
+        menu = re.findall(r'<a href="(/ui/[^"]+)"', home.text.split("</header>")[0])
+        assert "/ui/organizations" in menu
+        assert {path: status for path in menu if (status := client.get(path).status_code) != 200} == {}
+    assert ("/ui/imports/new" in menu) == (user != "crm-auditor")
 
 
 def test_import_wizard_from_upload_to_the_row_report(page, system, api, tmp_path):

@@ -104,6 +104,21 @@ def test_inbox_lists_my_stages_overdue_first_and_the_card_takes_a_decision(page,
     assert any(r["code"] == "waiting_for_internal_expertise" and r["stage_name"] == "legal" for r in report)
 
 
+@pytest.mark.parametrize("user", ["legal-lena", "finance-fedor", "director-dina", "steward-stas", "ecm-auditor",
+                                  "ecm-admin"])
+def test_every_link_in_a_roles_menu_opens(system, api, user):
+    """The menu showed every page to everyone: a lawyer's "Steward queue" answered 403."""
+    with httpx.Client(base_url=system.ecm_url) as client:
+        client.post("/ui/login", data={"token": api.tokens[user]})
+        home = client.get("/ui/", follow_redirects=True)
+        assert home.status_code == 200
+        menu = re.findall(r'<a href="(/ui/[^"]+)"', home.text.split("</header>")[0])
+        assert menu and "/ui/registry" in menu
+        refused = {path: client.get(path).status_code for path in menu}
+        assert {path: status for path, status in refused.items() if status != 200} == {}
+    assert ("/ui/steward" in menu) == (user in ("steward-stas", "ecm-auditor", "ecm-admin"))
+
+
 def test_pages_respect_rights(page, system, api):
     flow = request_approval(api, create_deal_with_document(api, name="Чужой договор"))
     approval = ecm_approval(api, flow)
