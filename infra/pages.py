@@ -19,6 +19,12 @@ from infra.users import User
 COOKIE = "session"
 
 
+def errors_text(errors: list[dict]) -> str:
+    """Pydantic's errors as one line for a page: "country: String should have at most 2
+    characters; name: Field required" (the field, not the whole location)."""
+    return "; ".join(f"{e['loc'][-1] if e.get('loc') else 'form'}: {e['msg']}" for e in errors)
+
+
 def on_page(request: Request) -> bool:
     return request.url.path.startswith("/ui/")
 
@@ -38,8 +44,7 @@ def answer_pages_with_pages(app: FastAPI, error_page: Callable[[Request, int, st
     async def _validation_error(request: Request, exc: RequestValidationError):
         errors = jsonable_errors(exc)
         if on_page(request):
-            return error_page(request, 422, "; ".join(f"{e['loc'][-1] if e['loc'] else 'form'}: {e['msg']}"
-                                                       for e in errors))
+            return error_page(request, 422, errors_text(errors))
         return JSONResponse(status_code=422, content={"detail": errors})
 
 

@@ -19,10 +19,10 @@ from sqlalchemy import select
 from crm_service.adapters import tables
 from crm_service.domain.rights import NotAllowed
 from crm_service.entrypoints.api import _check_deal_owner
-from crm_service.entrypoints.sales_api import OrganizationPatch, _import_row, organization_card
+from crm_service.entrypoints.sales_api import ContactIn, LeadIn, OrganizationPatch, _import_row, organization_card
 from crm_service.service_layer import handlers, import_jobs, imports, sales
 from infra import business_day
-from infra.pages import add_login_routes, page_user_dependency
+from infra.pages import add_login_routes, errors_text, page_user_dependency
 from infra.users import User
 from infra.web import correlation_id, receive_upload, safe_filename
 
@@ -113,11 +113,11 @@ async def edit_organization(org_id: str, request: Request, user: User = Depends(
         changes["country"] = changes["country"].upper()
     for k in LISTS:
         if k in form:
-            changes[k] = [v.strip() for v in re.split(r"[\n,;]", str(form[k])) if v.strip()]
+            changes[k] = _list(str(form[k]))
     try:
         changes = OrganizationPatch.model_validate(changes).model_dump(exclude_unset=True, mode="json")
     except ValidationError as exc:
-        return _back(back, error="; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        return _back(back, error=errors_text(exc.errors()))
     async with container.uow() as uow:
         actor = await sales.actor_for(uow, user)
     try:
@@ -127,6 +127,55 @@ async def edit_organization(org_id: str, request: Request, user: User = Depends(
     except (handlers.InvalidRequest, NotAllowed) as exc:
         return _back(back, error=str(exc))
     return _back(back, done="edited")
+
+
+def _list(text: str) -> list[str]:
+    """Phones or e-mails typed one per line, or separated by commas or semicolons."""
+    return [v.strip() for v in re.split(r"[\n,;]", text) if v.strip()]
+
+
+@router.post("/organizations/{org_id}/contacts")
+async def add_contact(org_id: str, request: Request, full_name: str = Form(..., max_length=300),
+                      position: str = Form("", max_length=200), phones: str = Form("", max_length=2000),
+                      emails: str = Form("", max_length=2000), user: User = Depends(page_user)):
+    """A person at this organization: shown to CRM users, never logged, never sent to the ECM."""
+    _writer(user)
+    container = request.app.state.container
+    back = f"/ui/organizations/{org_id}"
+    try:
+        body = ContactIn.model_validate({"full_name": full_name, "organization_id": org_id,
+                                         "position": position.strip() or None, "phones": _list(phones),
+                                         "emails": _list(emails)})
+    except ValidationError as exc:
+        return _back(back, error=errors_text(exc.errors()))
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    try:
+        await sales.create_contact(container.uow(), actor=actor, **body.model_dump(mode="json"))
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return _back(back, done="contact")
+
+
+@router.post("/organizations/{org_id}/merge")
+async def merge_into(org_id: str, request: Request, into_id: str = Form(..., max_length=36),
+                     confirm: str = Form(""), user: User = Depends(page_user)):
+    """From the card's duplicate hint: this organization's deals, contacts, activities,
+    approvals and history move to the other one, which fills its empty fields from this
+    one; this one stays as a pointer. Needs the confirmation box ticked."""
+    _writer(user)
+    container = request.app.state.container
+    back = f"/ui/organizations/{org_id}"
+    if not confirm:
+        return _back(back, error="tick the box to confirm the merge: it cannot be undone from here")
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    try:
+        await sales.merge_organizations(container.uow(), actor=actor, organization_id=org_id, into_id=into_id,
+                                        correlation_id=correlation_id(request))
+    except (handlers.InvalidRequest, handlers.NotFound, NotAllowed) as exc:
+        return _back(back, error=str(exc))
+    return _back(f"/ui/organizations/{into_id}", done="merged")
 
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -374,6 +423,87 @@ async def activity_done(activity_id: str, request: Request, user: User = Depends
     except (handlers.NotFound, NotAllowed) as exc:
         raise HTTPException(403 if isinstance(exc, NotAllowed) else 404, str(exc)) from exc
     return RedirectResponse("/ui/my-day", status_code=303)
+
+
+# --- leads: quick capture, then convert (contact, organization, deal) or disqualify --------------
+
+LEAD_STATUSES = ("open", "converted", "disqualified")
+
+
+@router.get("/leads", response_class=HTMLResponse)
+async def leads_page(request: Request, status: str = "open", user: User = Depends(page_user)):
+    status = status if status in LEAD_STATUSES else "open"
+    t = tables.leads
+    async with request.app.state.container.uow() as uow:
+        rows = [dict(r) for r in (await uow.session.execute(
+            select(t).where(t.c.status == status).order_by(t.c.created_at.desc()).limit(500))).mappings()]
+    return render(request, "leads.html", user, leads=rows, lead_status=status, statuses=LEAD_STATUSES,
+                  error=request.query_params.get("error"), done=request.query_params.get("done"))
+
+
+@router.post("/leads")
+async def new_lead(request: Request, title: str = Form(..., max_length=500),
+                   company_name: str = Form("", max_length=500), person_name: str = Form("", max_length=300),
+                   phones: str = Form("", max_length=2000), emails: str = Form("", max_length=2000),
+                   inn: str = Form("", max_length=20), source: str = Form("", max_length=200),
+                   user: User = Depends(page_user)):
+    """Nothing but a title is needed; the rest is whatever the rep has at hand."""
+    _writer(user)
+    container = request.app.state.container
+    try:
+        body = LeadIn.model_validate({
+            "title": title, "company_name": company_name.strip() or None, "person_name": person_name.strip() or None,
+            "phones": _list(phones), "emails": _list(emails), "inn": inn.strip() or None,
+            "source": source.strip() or None})
+    except ValidationError as exc:
+        return _back("/ui/leads", error=errors_text(exc.errors()))
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    await sales.create_lead(container.uow(), actor=actor, **body.model_dump())
+    return _back("/ui/leads", done="created")
+
+
+@router.post("/leads/{lead_id}/convert")
+async def convert_lead(lead_id: str, request: Request, deal_title: str = Form("", max_length=500),
+                       create_deal: str = Form(""), create_contact: str = Form(""),
+                       user: User = Depends(page_user)):
+    """One action: the organization (an existing one when the INN or the name clearly
+    matches), the contact and the deal, as the API converts; then the deal's page, or the
+    organization's card without a deal. Missing data never stops it."""
+    _writer(user)
+    container = request.app.state.container
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    try:
+        result = await sales.convert_lead(
+            container.uow(), actor=actor, lead_id=lead_id, create_contact=bool(create_contact),
+            create_deal=bool(create_deal), deal_title=deal_title.strip() or None, funnel=container.funnel)
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except (handlers.InvalidRequest, NotAllowed) as exc:
+        return _back("/ui/leads", error=str(exc))
+    done = "converted_existing" if result["linked_existing_organization"] else "converted"
+    if result["deal_id"]:
+        return _back(f"/ui/deals/{result['deal_id']}", done=done)
+    return _back(f"/ui/organizations/{result['organization_id']}", done=done)
+
+
+@router.post("/leads/{lead_id}/disqualify")
+async def disqualify_lead(lead_id: str, request: Request, reason: str = Form(..., max_length=500),
+                          user: User = Depends(page_user)):
+    _writer(user)
+    container = request.app.state.container
+    async with container.uow() as uow:
+        actor = await sales.actor_for(uow, user)
+    try:
+        if not reason.strip():
+            raise handlers.InvalidRequest("say why the lead is disqualified")
+        await sales.disqualify_lead(container.uow(), actor=actor, lead_id=lead_id, reason=reason.strip())
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except (handlers.InvalidRequest, NotAllowed) as exc:
+        return _back("/ui/leads", error=str(exc))
+    return _back("/ui/leads", done="disqualified")
 
 
 # --- the import wizard: upload -> mapping -> dry run -> apply -> report ------------------------

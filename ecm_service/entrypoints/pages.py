@@ -33,7 +33,7 @@ from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
-from infra.pages import add_login_routes, page_user_dependency
+from infra.pages import add_login_routes, errors_text, page_user_dependency
 from infra.spreadsheets import inert_record
 from infra.users import User
 
@@ -177,7 +177,7 @@ async def steward_edit(counterparty_id: str, request: Request, user: User = Depe
     try:
         body = EditIn.model_validate({**changes, "reason": str(form.get("reason", ""))})
     except ValidationError as exc:
-        return _steward_back(error="; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        return _steward_back(error=errors_text(exc.errors()))
     container, cid = request.app.state.container, request.state.correlation_id
     try:
         await steward.edit(container.uow(), counterparty_id=counterparty_id, user=user, reason=body.reason,

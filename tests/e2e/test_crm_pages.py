@@ -150,6 +150,28 @@ def test_a_rep_sends_a_contract_for_approval_from_the_pages_and_sees_the_ecm_tak
     assert party["status"] == "pending_verification"  # the organization went as it was, unchecked
 
 
+def test_a_lead_becomes_a_deal_with_one_click_and_a_contact_joins_the_card(page, system, api):
+    login(page, system, api)
+    page.click("header >> text=Лиды / Leads")
+    page.fill("#lead-form input[name=title]", "Запрос с выставки")
+    page.fill("#lead-form input[name=company_name]", "ООО «Выставка»")
+    page.fill("#lead-form input[name=person_name]", "Ольга Стендова")
+    page.click("#lead-form button")
+    expect(page.get_by_role("status")).to_have_text("Лид добавлен / Lead added")
+    row = page.locator("#leads tbody tr", has_text="Запрос с выставки")
+    row.locator(".convert-form input[name=deal_title]").fill("Стенд на 2027 год")
+    row.locator(".convert-form button").click()
+    expect(page.locator("#deal-title")).to_have_text("Стенд на 2027 год")
+    expect(page.get_by_role("status")).to_contain_text("Lead converted")
+    page.click("#deal-org")
+    expect(page.locator("#org-name")).to_have_text("ООО «Выставка»")
+    expect(page.locator("#contacts")).to_contain_text("Ольга Стендова")
+    page.fill("#contact-form input[name=full_name]", "Игорь Закупкин")
+    page.fill("#contact-form input[name=position]", "закупки")
+    page.click("#contact-form button")
+    expect(page.locator("#contacts")).to_contain_text("Игорь Закупкин, закупки")
+
+
 @pytest.mark.parametrize("user", ["sales-anna", "sales-manager-maria", "crm-admin", "crm-auditor"])
 def test_every_link_in_a_roles_menu_opens(system, api, user):
     """The auditor's menu offered the import, which answered 403."""

@@ -524,6 +524,75 @@ async def test_the_card_edits_the_organization_with_the_apis_limits_and_rights(c
     assert (still["name"], still["country"]) == ("ООО «Наспех»", "RU")
 
 
+async def test_the_pages_capture_and_convert_leads_add_contacts_and_merge_duplicates(crm_app):
+    """Leads, contacts and merges were the API's only; the pages now do them with the API's
+    rules: a lead converts in one action (an existing organization is used when its INN
+    matches), a merge needs its box ticked and moves the deals to the survivor."""
+    client, users, container = crm_app
+
+    def cookie(name: str) -> dict:
+        return {"session": users[name]["headers"]["Authorization"].removeprefix("Bearer ")}
+
+    anna = users["anna"]["headers"]
+    known = (await client.post("/api/organizations", headers=anna, json={"name": "Известная", "inn": "7736050003"})
+             ).json()
+    created = await client.post("/ui/leads", cookies=cookie("anna"), data={
+        "title": "Хотят 20 лицензий", "company_name": "ООО Известная", "person_name": "Ирина Лидова",
+        "phones": "+7 900 111-11-11", "inn": "7736050003", "source": "сайт"})
+    assert created.headers["location"] == "/ui/leads?done=created"
+    assert (await client.post("/ui/leads", cookies=cookie("anna"), data={"title": " "})).headers[
+        "location"].startswith("/ui/leads?error=")
+    page = (await client.get("/ui/leads", cookies=cookie("anna"))).text
+    assert "Хотят 20 лицензий" in page and "convert-form" in page
+    (lead,) = [row for row in (await client.get("/api/leads", headers=anna)).json()
+               if row["title"] == "Хотят 20 лицензий"]
+    assert "convert-form" not in (await client.get("/ui/leads", cookies=cookie("auditor"))).text
+    assert "error=" in (await client.post(f"/ui/leads/{lead['id']}/convert", cookies=cookie("petr"),
+                                          data={"create_deal": "1"})).headers["location"]  # another team's
+    converted = await client.post(f"/ui/leads/{lead['id']}/convert", cookies=cookie("anna"),
+                                  data={"deal_title": "Лицензии", "create_deal": "1", "create_contact": "1"})
+    assert converted.status_code == 303 and converted.headers["location"].endswith("?done=converted_existing")
+    deal_id = converted.headers["location"].split("?")[0].rsplit("/", 1)[1]
+    deal = (await client.get(f"/api/deals/{deal_id}", headers=anna)).json()
+    assert (deal["title"], deal["organization_id"]) == ("Лицензии", known["id"])
+    contacts = (await client.get(f"/api/organizations/{known['id']}/contacts", headers=anna)).json()
+    assert [c["full_name"] for c in contacts] == ["Ирина Лидова"]
+    again = await client.post(f"/ui/leads/{lead['id']}/convert", cookies=cookie("anna"), data={})
+    assert "already%20converted" in again.headers["location"]
+
+    other = (await client.post("/api/leads", headers=anna, json={"title": "Спам"})).json()
+    assert (await client.post(f"/ui/leads/{other['id']}/disqualify", cookies=cookie("anna"),
+                              data={"reason": "не клиент"})).headers["location"] == "/ui/leads?done=disqualified"
+    assert "не клиент" in (await client.get("/ui/leads?status=disqualified", cookies=cookie("anna"))).text
+
+    added = await client.post(f"/ui/organizations/{known['id']}/contacts", cookies=cookie("anna"), data={
+        "full_name": "Пётр Бухгалтеров", "position": "главный бухгалтер", "phones": "+7 900 222-22-22",
+        "emails": "buh@example.com; buh2@example.com"})
+    assert added.headers["location"].endswith("?done=contact")
+    contacts = (await client.get(f"/api/organizations/{known['id']}/contacts", headers=anna)).json()
+    assert [(c["full_name"], c["emails"]) for c in contacts if c["position"]] == [
+        ("Пётр Бухгалтеров", ["buh@example.com", "buh2@example.com"])]
+    too_long = await client.post(f"/ui/organizations/{known['id']}/contacts", cookies=cookie("anna"),
+                                 data={"full_name": "x" * 301})
+    assert too_long.status_code == 422 and "full_name: String should have at most 300 characters" in too_long.text
+
+    twin = (await client.post("/api/organizations", headers=anna, json={"name": "Известная ООО", "region": "Тула"})
+            ).json()
+    card = (await client.get(f"/ui/organizations/{twin['id']}", cookies=cookie("anna"))).text
+    assert "merge-form" in card and f'value="{known["id"]}"' in card
+    twin_deal = (await client.post("/api/deals", headers=anna, json={"organization_id": twin["id"], "title": "Ещё"})
+                 ).json()
+    unconfirmed = await client.post(f"/ui/organizations/{twin['id']}/merge", cookies=cookie("anna"),
+                                    data={"into_id": known["id"]})
+    assert "tick%20the%20box" in unconfirmed.headers["location"]
+    merged = await client.post(f"/ui/organizations/{twin['id']}/merge", cookies=cookie("anna"),
+                               data={"into_id": known["id"], "confirm": "1"})
+    assert merged.headers["location"] == f"/ui/organizations/{known['id']}?done=merged"
+    moved = (await client.get(f"/api/deals/{twin_deal['id']}", headers=anna)).json()
+    survivor = (await client.get(f"/api/organizations/{known['id']}", headers=anna)).json()
+    assert moved["organization_id"] == known["id"] and survivor["region"] == "Тула"
+
+
 async def test_text_no_database_can_store_is_a_422_on_either_backend(crm_app):
     """PostgreSQL's text holds no NUL (SQLite does): a NUL in a JSON body, a query or a
     form was a 500 from the driver there ("invalid byte sequence for encoding UTF8")."""
