@@ -16,6 +16,7 @@ from sqlalchemy import and_, or_, select
 from ecm_service.adapters import tables
 from ecm_service.domain.approval import Actor, Approval
 from ecm_service.service_layer import approvals as cases
+from ecm_service.service_layer import deputies
 from ecm_service.service_layer.access import can_read_document, ensure_document_readable
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
@@ -316,33 +317,19 @@ async def list_deputies(request: Request, user: User = Depends(require_roles(*DE
 
 @router.post("/deputies", status_code=201, summary="Name a deputy for a date range")
 async def add_deputy(body: DeputyIn, request: Request, user: User = Depends(require_roles(*DECIDERS))):
-    async with _container(request).uow() as uow:
-        u = tables.users
-        deputy = (await uow.session.execute(select(u.c.id, u.c.role).where(u.c.name == body.deputy))).first()
-        if deputy is None:
-            raise HTTPException(422, f"no user named {body.deputy!r}")
-        if deputy.id == user.id:
-            raise HTTPException(422, "a user cannot be their own deputy")
-        if deputy.role not in DECIDERS:
-            raise HTTPException(422, f"{body.deputy} ({deputy.role}) cannot decide on approvals")
-        now = datetime.now(timezone.utc)
-        row_id = await uow.deputies.add(user_id=user.id, deputy_id=deputy.id, starts_on=body.starts_on,
-                                        ends_on=body.ends_on, at=now)
-        await uow.history.append(entity_type="deputy", entity_id=row_id, action="named", actor=f"user:{user.id}",
-                                 data={"deputy": body.deputy, "starts_on": body.starts_on.isoformat(),
-                                       "ends_on": body.ends_on.isoformat()})
-        await uow.commit()
-    return {"id": row_id, "deputy": body.deputy, "starts_on": body.starts_on, "ends_on": body.ends_on}
+    try:
+        return await deputies.name_deputy(_container(request).uow(), user_id=user.id, deputy_name=body.deputy,
+                                          starts_on=body.starts_on, ends_on=body.ends_on, deciders=DECIDERS)
+    except deputies.DeputyRefused as exc:
+        raise HTTPException(422, str(exc)) from exc
 
 
 @router.delete("/deputies/{deputy_id}", status_code=204)
 async def revoke_deputy(deputy_id: str, request: Request, user: User = Depends(require_roles(*DECIDERS))):
-    async with _container(request).uow() as uow:
-        if not await uow.deputies.revoke(deputy_id, user.id, datetime.now(timezone.utc)):
-            raise HTTPException(404, f"no active deputy {deputy_id} of yours")
-        await uow.history.append(entity_type="deputy", entity_id=deputy_id, action="revoked",
-                                 actor=f"user:{user.id}", data={})
-        await uow.commit()
+    try:
+        await deputies.revoke_deputy(_container(request).uow(), user_id=user.id, deputy_row_id=deputy_id)
+    except deputies.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
 
 
 # --- route administration ----------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,7 +30,7 @@ from ecm_service.entrypoints.approvals_api import (
 )
 from ecm_service.entrypoints.registry_api import EditIn
 from ecm_service.service_layer import approvals as cases
-from ecm_service.service_layer import steward
+from ecm_service.service_layer import deputies, steward
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
 from infra.pages import add_login_routes, errors_text, page_user_dependency
@@ -143,6 +143,57 @@ async def delay_reason_from_card(approval_id: str, request: Request, code: str =
 async def download(document_id: str, request: Request, version: int | None = None, user: User = Depends(page_user)):
     # Refusals (403, 404, 410, 500) come back as HTTP errors, which /ui renders as pages.
     return await stream_version(request.app.state.container, user, document_id, version)
+
+
+# --- deputies: who decides for me while I am away --------------------------------------------
+
+
+def _deciders_only(user: User) -> None:
+    if user.role not in DECIDERS:
+        raise HTTPException(403, "deputies are for those who decide on approvals")
+
+
+@router.get("/deputies", response_class=HTMLResponse)
+async def deputies_page(request: Request, user: User = Depends(page_user)):
+    """The deputies I named (name one, revoke one) and whom I stand in for, each with its
+    range of the company's days and whether it is active now."""
+    _deciders_only(user)
+    today = business_day.today()
+    async with request.app.state.container.uow() as uow:
+        rows = await uow.deputies.of_user(user.id)
+        people = await deputies.candidates(uow, user_id=user.id, deciders=DECIDERS)
+    for row in rows:
+        row["state"] = ("revoked" if row["revoked_at"] else "past" if row["ends_on"] < today
+                        else "upcoming" if row["starts_on"] > today else "active")
+    return render(request, "deputies.html", user, named=[r for r in rows if r["user_id"] == user.id],
+                  standing_in=[r for r in rows if r["deputy_id"] == user.id], people=people, today=today,
+                  error=request.query_params.get("error"), done=request.query_params.get("done"))
+
+
+@router.post("/deputies")
+async def name_deputy(request: Request, deputy: str = Form(..., max_length=200), starts_on: str = Form(...),
+                      ends_on: str = Form(...), user: User = Depends(page_user)):
+    _deciders_only(user)
+    try:
+        first, last = date.fromisoformat(starts_on), date.fromisoformat(ends_on)
+    except ValueError:
+        return RedirectResponse(f"/ui/deputies?error={quote('dates not understood')}", status_code=303)
+    try:
+        await deputies.name_deputy(request.app.state.container.uow(), user_id=user.id, deputy_name=deputy.strip(),
+                                   starts_on=first, ends_on=last, deciders=DECIDERS)
+    except deputies.DeputyRefused as exc:
+        return RedirectResponse(f"/ui/deputies?error={quote(str(exc))}", status_code=303)
+    return RedirectResponse("/ui/deputies?done=named", status_code=303)
+
+
+@router.post("/deputies/{deputy_row_id}/revoke")
+async def revoke_deputy(deputy_row_id: str, request: Request, user: User = Depends(page_user)):
+    _deciders_only(user)
+    try:
+        await deputies.revoke_deputy(request.app.state.container.uow(), user_id=user.id, deputy_row_id=deputy_row_id)
+    except deputies.NotFound as exc:
+        return RedirectResponse(f"/ui/deputies?error={quote(str(exc))}", status_code=303)
+    return RedirectResponse("/ui/deputies?done=revoked", status_code=303)
 
 
 # --- steward queue and registry search --------------------------------------------------------

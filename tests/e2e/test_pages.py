@@ -119,6 +119,34 @@ def test_every_link_in_a_roles_menu_opens(system, api, user):
     assert ("/ui/steward" in menu) == (user in ("steward-stas", "ecm-auditor", "ecm-admin"))
 
 
+def test_an_approver_names_and_revokes_a_deputy_on_the_page(page, system, api):
+    """Deputies were the API's only: an approver going on leave had no page for it."""
+    login(page, system, api, "legal-lena")
+    page.click("header >> text=Заместители / Deputies")
+    page.select_option("#deputy-form select[name=deputy]", "finance-fedor")
+    page.fill("#deputy-form input[name=starts_on]", "2099-07-10")
+    page.fill("#deputy-form input[name=ends_on]", "2099-07-01")
+    page.click("#deputy-form button")
+    expect(page.get_by_role("alert")).to_contain_text("ends before it starts")
+    page.select_option("#deputy-form select[name=deputy]", "finance-fedor")
+    page.fill("#deputy-form input[name=starts_on]", "2099-07-01")
+    page.fill("#deputy-form input[name=ends_on]", "2099-07-14")
+    page.click("#deputy-form button")
+    expect(page.get_by_role("status")).to_contain_text("Deputy named")
+    row = page.locator("#named tbody tr", has_text="finance-fedor")
+    expect(row.locator(".state")).to_have_text("upcoming")
+    named = [d for d in api.ecm("legal-lena", "GET", "/api/deputies").json() if d["revoked_at"] is None]
+    assert [(d["deputy_name"], str(d["starts_on"]), str(d["ends_on"])) for d in named] == [
+        ("finance-fedor", "2099-07-01", "2099-07-14")]
+    stands_in = api.ecm("finance-fedor", "GET", "/api/deputies").json()
+    assert any(d["user_name"] == "legal-lena" for d in stands_in)
+    row.locator("button").click()
+    expect(page.get_by_role("status")).to_contain_text("Deputy revoked")
+    expect(page.locator("#named tbody tr", has_text="finance-fedor").locator(".state")).to_have_text("revoked")
+    login(page, system, api, "ecm-auditor", "/ui/deputies")
+    expect(page.get_by_role("alert")).to_contain_text("deputies are for those who decide")
+
+
 def test_pages_respect_rights(page, system, api):
     flow = request_approval(api, create_deal_with_document(api, name="Чужой договор"))
     approval = ecm_approval(api, flow)
