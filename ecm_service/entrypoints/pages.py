@@ -30,7 +30,7 @@ from ecm_service.entrypoints.approvals_api import (
 )
 from ecm_service.entrypoints.registry_api import EditIn
 from ecm_service.service_layer import approvals as cases
-from ecm_service.service_layer import deputies, steward
+from ecm_service.service_layer import deputies, documents, steward
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
 from infra.pages import add_login_routes, errors_text, page_user_dependency
@@ -41,6 +41,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.filters["local"] = business_day.local_text  # times on the company's clock, its zone named
 PAGE_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin")
+HOLDERS = ("legal", "admin")  # who puts and releases a legal hold, as in the API
 HOME = {"steward": "/ui/steward", "auditor": "/ui/registry", "admin": "/ui/registry"}
 
 
@@ -90,7 +91,8 @@ async def _card_context(request: Request, user: User, approval_id: str) -> dict:
     except Exception:
         behalf, via_escalation, can_decide = None, False, False
     return {"approval": approval, "document": document, "versions": versions, "history": history,
-            "delays": delays, "can_decide": can_decide, "on_behalf_of": behalf.name if behalf else None,
+            "delays": delays, "can_decide": can_decide, "can_hold": user.role in HOLDERS,
+            "on_behalf_of": behalf.name if behalf else None,
             "via_escalation": via_escalation, "codes": container.delay_reasons,
             "now": datetime.now(timezone.utc), "steps": {s.stage_no: s for s in approval.steps}}
 
@@ -124,6 +126,29 @@ async def decide_from_card(approval_id: str, request: Request, decision: str = F
         context = await _card_context(request, user, approval_id)
         return render(request, "approval.html", user, status=422, error=str(exc), comment=comment, **context)
     return RedirectResponse(f"/ui/approvals/{approval_id}?done={decision}", status_code=303)
+
+
+@router.post("/approvals/{approval_id}/legal-hold", response_class=HTMLResponse)
+async def legal_hold_from_card(approval_id: str, request: Request, action: str = Form(...),
+                               reason: str = Form("", max_length=2000), user: User = Depends(page_user)):
+    """Puts the approval's document under legal hold, or releases it, with a reason for
+    the history: a held document is never disposed of, whatever its retention says."""
+    if user.role not in HOLDERS:
+        raise HTTPException(403, "legal staff and admins put and release a legal hold")
+    if action not in ("hold", "release"):
+        raise HTTPException(422, f"unknown action {action!r}")
+    container = request.app.state.container
+    async with container.uow() as uow:
+        approval = await readable_approval(uow, container, user, approval_id)
+    if len(reason.strip()) < 3:
+        context = await _card_context(request, user, approval_id)
+        return render(request, "approval.html", user, status=422, error="a legal hold needs a reason", **context)
+    try:
+        await documents.set_legal_hold(container.uow(), document_id=approval.document_id, hold=action == "hold",
+                                       user_id=user.id, reason=reason.strip())
+    except documents.DocumentGone as exc:
+        raise HTTPException(410, str(exc)) from exc
+    return RedirectResponse(f"/ui/approvals/{approval_id}?done=legal_{action}", status_code=303)
 
 
 @router.post("/approvals/{approval_id}/delay-reason", response_class=HTMLResponse)

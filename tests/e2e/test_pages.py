@@ -147,6 +147,27 @@ def test_an_approver_names_and_revokes_a_deputy_on_the_page(page, system, api):
     expect(page.get_by_role("alert")).to_contain_text("deputies are for those who decide")
 
 
+def test_legal_puts_the_document_under_legal_hold_from_the_card_and_releases_it(page, system, api):
+    """Legal hold was the API's only; a lawyer reading the card could not hold it."""
+    flow = request_approval(api, create_deal_with_document(api, name="Спорный договор"))
+    approval = ecm_approval(api, flow)
+    login(page, system, api, "legal-lena", f"/ui/approvals/{approval['id']}")
+    expect(page.locator("#retention")).not_to_contain_text("legal hold")
+    page.fill("#legal-hold-form input[name=reason]", "претензия контрагента")
+    page.click("#legal-hold-form button")
+    expect(page.get_by_role("status")).to_contain_text("legal_hold")
+    expect(page.locator("#retention")).to_contain_text("legal hold претензия контрагента")
+    document = api.ecm("legal-lena", "GET", f"/api/documents/{approval['document']['id']}").json()
+    assert (document["legal_hold"], document["legal_hold_reason"]) == (True, "претензия контрагента")
+    page.fill("#legal-hold-form input[name=reason]", "спор урегулирован")
+    page.click("#legal-hold-form button")
+    expect(page.locator("#retention")).not_to_contain_text("legal hold")
+    assert api.ecm("legal-lena", "GET", f"/api/documents/{approval['document']['id']}").json()["legal_hold"] is False
+    login(page, system, api, "ecm-auditor", f"/ui/approvals/{approval['id']}")
+    expect(page.locator("#retention")).to_be_visible()
+    assert page.locator("#legal-hold-form").count() == 0
+
+
 def test_pages_respect_rights(page, system, api):
     flow = request_approval(api, create_deal_with_document(api, name="Чужой договор"))
     approval = ecm_approval(api, flow)
