@@ -19,7 +19,14 @@ from sqlalchemy import select
 from crm_service.adapters import tables
 from crm_service.domain.rights import NotAllowed
 from crm_service.entrypoints.api import _check_deal_owner
-from crm_service.entrypoints.sales_api import ContactIn, LeadIn, OrganizationPatch, _import_row, organization_card
+from crm_service.entrypoints.sales_api import (
+    ContactIn,
+    HookIn,
+    LeadIn,
+    OrganizationPatch,
+    _import_row,
+    organization_card,
+)
 from crm_service.service_layer import handlers, import_jobs, imports, sales
 from infra import business_day
 from infra.pages import add_login_routes, errors_text, page_user_dependency
@@ -409,7 +416,22 @@ async def my_day(request: Request, user: User = Depends(page_user)):
     async with container.uow() as uow:
         day = await sales.my_day(uow, user_id=user.id)
         notes = await uow.notifications.for_user(user.id, limit=20)
-    return render(request, "my_day.html", user, day=day, notifications=notes)
+        hook = await sales.notify_hook_of(uow, user.id)
+    return render(request, "my_day.html", user, day=day, notifications=notes, hook=hook,
+                  error=request.query_params.get("error"), done=request.query_params.get("done"))
+
+
+@router.post("/me/notify-hook")
+async def set_notify_hook(request: Request, notify_hook: str = Form("", max_length=500),
+                          user: User = Depends(page_user)):
+    """Where reminders also go: a chat webhook or mailto:, as `PUT /api/me/notify-hook`; empty stops it."""
+    _writer(user)
+    try:
+        body = HookIn.model_validate({"notify_hook": notify_hook.strip() or None})
+    except ValidationError:
+        return _back("/ui/my-day", error="a chat webhook (https://…) or mailto:address, or empty to stop")
+    await sales.set_notify_hook(request.app.state.container.uow(), user_id=user.id, hook=body.notify_hook)
+    return _back("/ui/my-day", done="hook")
 
 
 @router.post("/activities/{activity_id}/done")

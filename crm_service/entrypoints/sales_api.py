@@ -11,7 +11,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from crm_service.adapters import tables
 from crm_service.domain.model import ACTIVITY_KINDS
@@ -337,14 +337,7 @@ class HookIn(BaseModel):
 
 @router.put("/me/notify-hook", summary="Where my reminders go besides the CRM")
 async def set_notify_hook(body: HookIn, request: Request, user: User = Depends(require_roles(*SALES))):
-    p = tables.user_profiles
-    async with _container(request).uow() as uow:
-        exists = (await uow.session.execute(select(p.c.user_id).where(p.c.user_id == user.id))).first()
-        if exists:
-            await uow.session.execute(update(p).where(p.c.user_id == user.id).values(notify_hook=body.notify_hook))
-        else:
-            await uow.session.execute(p.insert().values(user_id=user.id, notify_hook=body.notify_hook))
-        await uow.commit()
+    await sales.set_notify_hook(_container(request).uow(), user_id=user.id, hook=body.notify_hook)
     return {"notify_hook": body.notify_hook}
 
 

@@ -427,6 +427,23 @@ async def documents_of(uow: CrmUnitOfWork, deal_id: str) -> list[dict]:
     return out
 
 
+async def set_notify_hook(uow: CrmUnitOfWork, *, user_id: str, hook: str | None) -> None:
+    """Where the user's reminders go besides the CRM: a chat webhook or mailto:; None stops it."""
+    p = tables.user_profiles
+    async with uow:
+        exists = (await uow.session.execute(select(p.c.user_id).where(p.c.user_id == user_id))).first()
+        if exists:
+            await uow.session.execute(update(p).where(p.c.user_id == user_id).values(notify_hook=hook))
+        else:
+            await uow.session.execute(p.insert().values(user_id=user_id, notify_hook=hook))
+        await uow.commit()
+
+
+async def notify_hook_of(uow: CrmUnitOfWork, user_id: str) -> str | None:
+    p = tables.user_profiles
+    return (await uow.session.execute(select(p.c.notify_hook).where(p.c.user_id == user_id))).scalar()
+
+
 def link_text(org: Organization) -> str:
     """The registry's word on the organization, for sales, as a sentence."""
     if not org.registry_status:

@@ -593,6 +593,24 @@ async def test_the_pages_capture_and_convert_leads_add_contacts_and_merge_duplic
     assert moved["organization_id"] == known["id"] and survivor["region"] == "Тула"
 
 
+async def test_my_day_sets_where_reminders_also_go(crm_app):
+    client, users, container = crm_app
+    session = {"session": users["anna"]["headers"]["Authorization"].removeprefix("Bearer ")}
+
+    async def stored():
+        async with container.session_factory() as db:
+            return await db.scalar(select(tables.user_profiles.c.notify_hook)
+                                   .where(tables.user_profiles.c.user_id == users["anna"]["id"]))
+
+    saved = await client.post("/ui/me/notify-hook", cookies=session, data={"notify_hook": " mailto:anna@example.com "})
+    assert saved.headers["location"] == "/ui/my-day?done=hook" and await stored() == "mailto:anna@example.com"
+    assert 'value="mailto:anna@example.com"' in (await client.get("/ui/my-day", cookies=session)).text
+    refused = await client.post("/ui/me/notify-hook", cookies=session, data={"notify_hook": "ftp://chat"})
+    assert "error=" in refused.headers["location"] and await stored() == "mailto:anna@example.com"
+    await client.post("/ui/me/notify-hook", cookies=session, data={"notify_hook": ""})
+    assert await stored() is None
+
+
 async def test_text_no_database_can_store_is_a_422_on_either_backend(crm_app):
     """PostgreSQL's text holds no NUL (SQLite does): a NUL in a JSON body, a query or a
     form was a 500 from the driver there ("invalid byte sequence for encoding UTF8")."""
