@@ -219,14 +219,7 @@ async def get_deal(deal_id: str, request: Request, _: User = Depends(require_rol
                    approvals=[_public_approval(a) for a in approvals])
 
 
-class DealDocumentOut(BaseModel):
-    id: str
-    filename: str
-    content_type: str
-    doc_type: str
-    size: int
-    sha256: str
-    created_at: datetime
+class DealDocumentOut(DocumentOut):
     approval: dict | None = Field(description="its latest approval request as the ECM reports it; null if never sent")
     may_request: bool = Field(description="true unless a request of it is still open")
 

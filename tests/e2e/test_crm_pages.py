@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-import time
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import SALES, create_deal_with_document, request_approval, wait_crm_status
+from tests.support.pages import menu_of, reload_until
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +130,7 @@ def test_a_rep_sends_a_contract_for_approval_from_the_pages_and_sees_the_ecm_tak
     row.locator(".request-approval button").click()
     expect(page.get_by_role("status")).to_contain_text("Sent for approval")
     expect(row.locator(".request-approval")).to_have_count(0)  # open: nothing to click twice
-    for _ in range(120):
-        if "in_progress" in row.locator(".status").inner_text():
-            break
-        time.sleep(0.5)
-        page.reload()
+    reload_until(page, row.locator(".status"), "in_progress")
     expect(row.locator(".status")).to_have_text("in_progress, legal")
     expect(page.locator("#approvals .status")).to_have_text("in_progress")
 
@@ -175,13 +169,9 @@ def test_a_lead_becomes_a_deal_with_one_click_and_a_contact_joins_the_card(page,
 @pytest.mark.parametrize("user", ["sales-anna", "sales-manager-maria", "crm-admin", "crm-auditor"])
 def test_every_link_in_a_roles_menu_opens(system, api, user):
     """The auditor's menu offered the import, which answered 403."""
-    with httpx.Client(base_url=system.crm_url) as client:
-        client.post("/ui/login", data={"token": api.tokens[user]})
-        home = client.get("/ui/", follow_redirects=True)
-        assert home.status_code == 200
-        menu = re.findall(r'<a href="(/ui/[^"]+)"', home.text.split("</header>")[0])
-        assert "/ui/organizations" in menu
-        assert {path: status for path in menu if (status := client.get(path).status_code) != 200} == {}
+    menu, answers = menu_of(system.crm_url, api.tokens[user])
+    assert "/ui/organizations" in menu
+    assert {path: status for path, status in answers.items() if status != 200} == {}
     assert ("/ui/imports/new" in menu) == (user != "crm-auditor")
 
 
@@ -203,18 +193,11 @@ def test_import_wizard_from_upload_to_the_row_report(page, system, api, tmp_path
     assert page.locator("select[name=col1]").input_value() == "inn"
     assert page.locator("select[name=col3]").input_value() == "category"
     page.click("button[value=dry_run]")
-    for _ in range(60):
-        if page.locator("#status").inner_text() == "dry_run":
-            break
-        time.sleep(0.5)
-        page.reload()
+    reload_until(page, page.locator("#status"), "dry_run", exact=True)
     expect(page.locator("td[data-outcome=error]")).to_have_text("1")
     page.click("button[value=apply]")
-    for _ in range(60):
-        if page.locator("#status").inner_text() == "applied":
-            break
-        time.sleep(0.5)
-        page.reload()
+    reload_until(page, page.locator("#status"), "applied", exact=True)
+    expect(page.locator("#status")).to_have_text("applied")
     with page.expect_download() as download:
         page.click("#report")
     report = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8-sig").read())))

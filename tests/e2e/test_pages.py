@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import create_deal_with_document, ecm_approval, request_approval
+from tests.support.pages import menu_of, reload_until
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +109,9 @@ def test_inbox_lists_my_stages_overdue_first_and_the_card_takes_a_decision(page,
                                   "ecm-admin"])
 def test_every_link_in_a_roles_menu_opens(system, api, user):
     """The menu showed every page to everyone: a lawyer's "Steward queue" answered 403."""
-    with httpx.Client(base_url=system.ecm_url) as client:
-        client.post("/ui/login", data={"token": api.tokens[user]})
-        home = client.get("/ui/", follow_redirects=True)
-        assert home.status_code == 200
-        menu = re.findall(r'<a href="(/ui/[^"]+)"', home.text.split("</header>")[0])
-        assert menu and "/ui/registry" in menu
-        refused = {path: client.get(path).status_code for path in menu}
-        assert {path: status for path, status in refused.items() if status != 200} == {}
+    menu, answers = menu_of(system.ecm_url, api.tokens[user])
+    assert "/ui/registry" in menu
+    assert {path: status for path, status in answers.items() if status != 200} == {}
     assert ("/ui/steward" in menu) == (user in ("steward-stas", "ecm-auditor", "ecm-admin"))
 
 
@@ -261,11 +257,7 @@ def test_the_steward_loads_an_export_on_its_page_and_reads_the_report(page, syst
     expect(page.get_by_role("status")).to_contain_text("Load started")
     load_id = page.get_by_role("status").locator("code").inner_text()
     row = page.locator(f"tr[data-load='{load_id}']")
-    for _ in range(60):
-        if "done" in row.locator(".status").inner_text():
-            break
-        time.sleep(0.5)
-        page.reload()
+    reload_until(page, row.locator(".status"), "done")
     expect(row.locator(".status")).to_contain_text("done")
     expect(row.locator(".counts")).to_contain_text("created: 1")
     expect(row.locator(".counts")).to_contain_text("error: 1")
