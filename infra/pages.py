@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from infra.service_app import jsonable_errors
 from infra.users import User
 
 COOKIE = "session"
@@ -32,8 +33,6 @@ def on_page(request: Request) -> bool:
 def answer_pages_with_pages(app: FastAPI, error_page: Callable[[Request, int, str], HTMLResponse]) -> None:
     """A refusal on a page (404, 403, a form's field that does not validate) is answered
     with a page that says what went wrong; the login's redirect and the API keep theirs."""
-    from infra.service_app import jsonable_errors
-
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if on_page(request) and exc.status_code >= 400:

@@ -9,7 +9,7 @@ import csv
 import io
 from datetime import date, datetime, timezone
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -192,22 +192,29 @@ async def deputies_page(request: Request, user: User = Depends(page_user)):
                         else "upcoming" if row["starts_on"] > today else "active")
     return render(request, "deputies.html", user, named=[r for r in rows if r["user_id"] == user.id],
                   standing_in=[r for r in rows if r["deputy_id"] == user.id], people=people, today=today,
-                  error=request.query_params.get("error"), done=request.query_params.get("done"))
+                  error=request.query_params.get("error"), done=request.query_params.get("done"),
+                  filled=request.query_params)
 
 
 @router.post("/deputies")
-async def name_deputy(request: Request, deputy: str = Form(..., max_length=200), starts_on: str = Form(...),
-                      ends_on: str = Form(...), user: User = Depends(page_user)):
+async def name_deputy(request: Request, deputy: str = Form(..., max_length=200),
+                      starts_on: str = Form(..., max_length=10), ends_on: str = Form(..., max_length=10),
+                      user: User = Depends(page_user)):
     _deciders_only(user)
+
+    def refused(message: str) -> RedirectResponse:  # the form comes back as it was filled
+        query = urlencode({"error": message, "deputy": deputy, "starts_on": starts_on, "ends_on": ends_on})
+        return RedirectResponse(f"/ui/deputies?{query}", status_code=303)
+
     try:
         first, last = date.fromisoformat(starts_on), date.fromisoformat(ends_on)
     except ValueError:
-        return RedirectResponse(f"/ui/deputies?error={quote('dates not understood')}", status_code=303)
+        return refused("dates not understood")
     try:
         await deputies.name_deputy(request.app.state.container.uow(), user_id=user.id, deputy_name=deputy.strip(),
                                    starts_on=first, ends_on=last, deciders=DECIDERS)
     except deputies.DeputyRefused as exc:
-        return RedirectResponse(f"/ui/deputies?error={quote(str(exc))}", status_code=303)
+        return refused(str(exc))
     return RedirectResponse("/ui/deputies?done=named", status_code=303)
 
 
