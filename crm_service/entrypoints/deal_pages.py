@@ -38,7 +38,8 @@ def _amount(text: str) -> Decimal | None:
         value = Decimal(cleaned)
     except InvalidOperation:
         raise handlers.InvalidRequest(f"amount not understood: {text.strip()!r}") from None
-    if not value.is_finite() or value < 0 or value != value.quantize(Decimal("0.01")) or value >= 10 ** 16:
+    # The size before quantize: quantizing 1e30 to cents overflows the context (it was a 500).
+    if not value.is_finite() or value < 0 or value >= 10 ** 16 or value != value.quantize(Decimal("0.01")):
         raise handlers.InvalidRequest(f"amount not understood: {text.strip()!r} (0 or more, at most two decimals)")
     return value
 

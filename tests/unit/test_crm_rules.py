@@ -101,3 +101,25 @@ def test_a_verified_link_fills_empty_identifiers_and_leaves_differences_visible(
     assert org.ogrn == "1027700132195" and org.kpp == "770001001"  # filled; never overwritten
     assert org.registry_differences() == [{"field": "kpp", "crm": "770001001", "registry": "773601001"}]
     assert not org.apply_registry_link(registry_id="r", status="linked", name="x", seq=1, ids=ids)  # older: ignored
+
+
+@pytest.mark.parametrize("typed, amount", [
+    ("1 200 000,50", "1200000.50"), ("1\u00a0200,5", "1200.5"), ("  ", None),
+    ("9999999999999999.99", "9999999999999999.99"),
+])
+def test_an_amount_is_read_as_people_type_it(typed, amount):
+    from decimal import Decimal
+
+    from crm_service.entrypoints.deal_pages import _amount
+
+    assert _amount(typed) == (Decimal(amount) if amount else None)
+
+
+@pytest.mark.parametrize("typed", ["1e30", "10000000000000000", "-1", "0.001", "NaN", "Infinity", "12,345.6.7", "abc"])
+def test_an_amount_that_does_not_fit_is_a_message_not_a_crash(typed):
+    """"1e30" overflowed the decimal context while being checked for cents: a 500 from the page."""
+    from crm_service.entrypoints.deal_pages import _amount
+    from crm_service.service_layer.handlers import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="amount not understood"):
+        _amount(typed)
