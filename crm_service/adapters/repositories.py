@@ -6,7 +6,7 @@ from sqlalchemy import bindparam, exists, insert, select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.model import (
-    FINAL_APPROVAL_STATUSES,
+    CLOSED_REQUEST_STATUSES,
     Activity,
     ApprovalRequest,
     Contact,
@@ -94,9 +94,6 @@ class DocumentRepository(TableRepository):
             return None
         return (Document(**_unlabel(row, tables.documents, "doc_")), Deal(**_unlabel(row, tables.deals, "deal_")),
                 Organization(**_unlabel(row, tables.organizations, "org_")))
-
-
-CLOSED_REQUEST_STATUSES = (*FINAL_APPROVAL_STATUSES, "returned")
 
 
 _OPEN_FOR_DOCUMENT = (

@@ -10,6 +10,8 @@ from crm_service.domain.names import name_key
 
 APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
 FINAL_APPROVAL_STATUSES = ("approved", "rejected")
+# A request in none of these is still open: asking again for its document answers with it.
+CLOSED_REQUEST_STATUSES = (*FINAL_APPROVAL_STATUSES, "returned")
 
 
 @dataclass

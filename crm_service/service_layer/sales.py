@@ -17,9 +17,17 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import func, or_, select, update
 
 from crm_service.adapters import tables
-from crm_service.adapters.repositories import CLOSED_REQUEST_STATUSES
 from crm_service.domain.hints import identifier_hints
-from crm_service.domain.model import ACTIVITY_KINDS, Activity, Contact, Deal, Lead, Organization, opening_stage
+from crm_service.domain.model import (
+    ACTIVITY_KINDS,
+    CLOSED_REQUEST_STATUSES,
+    Activity,
+    Contact,
+    Deal,
+    Lead,
+    Organization,
+    opening_stage,
+)
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
 from crm_service.domain.rights import Actor
 from crm_service.service_layer.handlers import (  # noqa: F401  (actor_for: the entrypoints call it from here)
