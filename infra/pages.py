@@ -5,7 +5,7 @@ user from it and applies the same rights as the API."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -24,6 +24,13 @@ def errors_text(errors: list[dict]) -> str:
     """Pydantic's errors as one line for a page: "country: String should have at most 2
     characters; name: Field required" (the field, not the whole location)."""
     return "; ".join(f"{e['loc'][-1] if e.get('loc') else 'form'}: {e['msg']}" for e in errors)
+
+
+def back_to(path: str, *, error: str | None = None, done: str | None = None, **keep: str) -> RedirectResponse:
+    """After a page's form: back (303) to the page it was on, with what went wrong or what
+    was done, and any values the page should show again."""
+    query = urlencode({**({"error": error} if error else {"done": done} if done else {}), **keep}, quote_via=quote)
+    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
 
 
 def on_page(request: Request) -> bool:

@@ -16,10 +16,10 @@ from sqlalchemy import select
 from crm_service.adapters import tables
 from crm_service.domain.rights import NotAllowed
 from crm_service.entrypoints.api import _check_deal_owner
-from crm_service.entrypoints.pages import WRITERS, _back, _list, _writer, page_user, render
+from crm_service.entrypoints.pages import WRITERS, _list, _writer, page_user, render
 from crm_service.entrypoints.sales_api import LeadIn, _actor
 from crm_service.service_layer import handlers, sales
-from infra.pages import errors_text
+from infra.pages import back_to, errors_text
 from infra.users import User
 from infra.web import correlation_id, receive_upload, safe_filename
 
@@ -64,8 +64,8 @@ async def new_deal(org_id: str, request: Request, title: str = Form(..., max_len
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except handlers.InvalidRequest as exc:
-        return _back(back, error=str(exc))
-    return _back(f"/ui/deals/{deal.id}", done="created")
+        return back_to(back, error=str(exc))
+    return back_to(f"/ui/deals/{deal.id}", done="created")
 
 
 @router.get("/deals/{deal_id}", response_class=HTMLResponse)
@@ -124,10 +124,10 @@ async def deal_upload(deal_id: str, request: Request, file: UploadFile = File(..
     except HTTPException as exc:
         if exc.status_code == 404:
             raise
-        return _back(back, error=str(exc.detail))
+        return back_to(back, error=str(exc.detail))
     except handlers.InvalidRequest as exc:
-        return _back(back, error=str(exc))
-    return _back(back, done="uploaded")
+        return back_to(back, error=str(exc))
+    return back_to(back, done="uploaded")
 
 
 @router.post("/deals/{deal_id}/documents/generate")
@@ -148,8 +148,8 @@ async def deal_generate(deal_id: str, request: Request, template: str = Form(...
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except (handlers.InvalidRequest, NotAllowed) as exc:
-        return _back(back, error=str(exc))
-    return _back(back, done="requested" if request_approval else "generated")
+        return back_to(back, error=str(exc))
+    return back_to(back, done="requested" if request_approval else "generated")
 
 
 @router.post("/deals/{deal_id}/approval-requests")
@@ -164,8 +164,8 @@ async def deal_request_approval(deal_id: str, request: Request, document_id: str
                                         deal_id=deal_id, document_id=document_id,
                                         correlation_id=correlation_id(request))
     except (handlers.NotFound, NotAllowed) as exc:
-        return _back(back, error=str(exc))
-    return _back(back, done="requested")
+        return back_to(back, error=str(exc))
+    return back_to(back, done="requested")
 
 
 @router.get("/documents/{document_id}")
@@ -212,10 +212,10 @@ async def new_lead(request: Request, title: str = Form(..., max_length=500),
             "phones": _list(phones), "emails": _list(emails), "inn": inn.strip() or None,
             "source": source.strip() or None})
     except ValidationError as exc:
-        return _back("/ui/leads", error=errors_text(exc.errors()))
+        return back_to("/ui/leads", error=errors_text(exc.errors()))
     actor = await _actor(request, user)
     await sales.create_lead(container.uow(), actor=actor, **body.model_dump())
-    return _back("/ui/leads", done="created")
+    return back_to("/ui/leads", done="created")
 
 
 @router.post("/leads/{lead_id}/convert")
@@ -235,11 +235,11 @@ async def convert_lead(lead_id: str, request: Request, deal_title: str = Form(""
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except (handlers.InvalidRequest, NotAllowed) as exc:
-        return _back("/ui/leads", error=str(exc))
+        return back_to("/ui/leads", error=str(exc))
     done = "converted_existing" if result["linked_existing_organization"] else "converted"
     if result["deal_id"]:
-        return _back(f"/ui/deals/{result['deal_id']}", done=done)
-    return _back(f"/ui/organizations/{result['organization_id']}", done=done)
+        return back_to(f"/ui/deals/{result['deal_id']}", done=done)
+    return back_to(f"/ui/organizations/{result['organization_id']}", done=done)
 
 
 @router.post("/leads/{lead_id}/disqualify")
@@ -255,5 +255,5 @@ async def disqualify_lead(lead_id: str, request: Request, reason: str = Form(...
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except (handlers.InvalidRequest, NotAllowed) as exc:
-        return _back("/ui/leads", error=str(exc))
-    return _back("/ui/leads", done="disqualified")
+        return back_to("/ui/leads", error=str(exc))
+    return back_to("/ui/leads", done="disqualified")

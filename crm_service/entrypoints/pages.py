@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
@@ -27,7 +26,7 @@ from crm_service.entrypoints.sales_api import (
 )
 from crm_service.service_layer import handlers, import_jobs, imports, sales
 from infra import business_day
-from infra.pages import add_login_routes, errors_text, page_user_dependency
+from infra.pages import add_login_routes, back_to, errors_text, page_user_dependency
 from infra.users import User
 from infra.web import correlation_id
 
@@ -52,12 +51,6 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
 def _writer(user: User) -> None:
     if user.role not in WRITERS:
         raise HTTPException(403, f"role {user.role!r} reads only")
-
-
-def _back(path: str, *, error: str | None = None, done: str | None = None) -> RedirectResponse:
-    """Back to the page the form was on, with what went wrong or what was done."""
-    query = f"?error={quote(error)}" if error else f"?done={done}" if done else ""
-    return RedirectResponse(f"{path}{query}", status_code=303)
 
 
 @router.get("/")
@@ -85,7 +78,7 @@ async def quick_entry(request: Request, name: str = Form(..., min_length=1, max_
     org = await handlers.create_organization(
         request.app.state.container.uow(), user_id=user.id, name=name.strip(), inn=inn.strip() or None,
         phones=[phone.strip()] if phone.strip() else [])
-    return RedirectResponse(f"/ui/organizations/{org.id}?created=1", status_code=303)
+    return back_to(f"/ui/organizations/{org.id}", created="1")
 
 
 @router.get("/organizations/{org_id}", response_class=HTMLResponse)
@@ -122,15 +115,15 @@ async def edit_organization(org_id: str, request: Request, user: User = Depends(
     try:
         changes = OrganizationPatch.model_validate(changes).model_dump(exclude_unset=True, mode="json")
     except ValidationError as exc:
-        return _back(back, error=errors_text(exc.errors()))
+        return back_to(back, error=errors_text(exc.errors()))
     actor = await _actor(request, user)
     try:
         await sales.update_organization(container.uow(), actor=actor, organization_id=org_id, changes=changes)
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except (handlers.InvalidRequest, NotAllowed) as exc:
-        return _back(back, error=str(exc))
-    return _back(back, done="edited")
+        return back_to(back, error=str(exc))
+    return back_to(back, done="edited")
 
 
 def _list(text: str) -> list[str]:
@@ -151,13 +144,13 @@ async def add_contact(org_id: str, request: Request, full_name: str = Form(..., 
                                          "position": position.strip() or None, "phones": _list(phones),
                                          "emails": _list(emails)})
     except ValidationError as exc:
-        return _back(back, error=errors_text(exc.errors()))
+        return back_to(back, error=errors_text(exc.errors()))
     actor = await _actor(request, user)
     try:
         await sales.create_contact(container.uow(), actor=actor, **body.model_dump(mode="json"))
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
-    return _back(back, done="contact")
+    return back_to(back, done="contact")
 
 
 @router.post("/organizations/{org_id}/merge")
@@ -170,14 +163,14 @@ async def merge_into(org_id: str, request: Request, into_id: str = Form(..., max
     container = request.app.state.container
     back = f"/ui/organizations/{org_id}"
     if not confirm:
-        return _back(back, error="tick the box to confirm the merge: it cannot be undone from here")
+        return back_to(back, error="tick the box to confirm the merge: it cannot be undone from here")
     actor = await _actor(request, user)
     try:
         await sales.merge_organizations(container.uow(), actor=actor, organization_id=org_id, into_id=into_id,
                                         correlation_id=correlation_id(request))
     except (handlers.InvalidRequest, handlers.NotFound, NotAllowed) as exc:
-        return _back(back, error=str(exc))
-    return _back(f"/ui/organizations/{into_id}", done="merged")
+        return back_to(back, error=str(exc))
+    return back_to(f"/ui/organizations/{into_id}", done="merged")
 
 
 @router.post("/organizations/{org_id}/activities")
@@ -191,13 +184,13 @@ async def add_activity(org_id: str, request: Request, kind: str = Form(...), sub
         try:
             due = business_day.from_wall_clock(due_at)
         except ValueError:
-            return RedirectResponse(f"/ui/organizations/{org_id}?error={quote('due date not understood')}", 303)
+            return back_to(f"/ui/organizations/{org_id}", error="due date not understood")
     try:
         await sales.create_activity(container.uow(), actor=actor, kind=kind, subject=subject.strip() or kind,
                                     organization_id=org_id, due_at=due)
     except (handlers.InvalidRequest, handlers.NotFound) as exc:
-        return RedirectResponse(f"/ui/organizations/{org_id}?error={quote(str(exc))}", status_code=303)
-    return RedirectResponse(f"/ui/organizations/{org_id}", status_code=303)
+        return back_to(f"/ui/organizations/{org_id}", error=str(exc))
+    return back_to(f"/ui/organizations/{org_id}")
 
 
 @router.post("/organizations/{org_id}/transfer")
@@ -219,8 +212,8 @@ async def transfer(org_id: str, request: Request, new_owner: str = Form(..., max
             move_open_activities=bool(move_open_activities), closed_stages=container.funnel["closed"],
             correlation_id=correlation_id(request))
     except (handlers.InvalidRequest, handlers.NotFound, NotAllowed) as exc:
-        return RedirectResponse(f"/ui/organizations/{org_id}?error={quote(str(exc))}", status_code=303)
-    return RedirectResponse(f"/ui/organizations/{org_id}", status_code=303)
+        return back_to(f"/ui/organizations/{org_id}", error=str(exc))
+    return back_to(f"/ui/organizations/{org_id}")
 
 
 @router.get("/deals", response_class=HTMLResponse)
@@ -244,8 +237,8 @@ async def move_deal(deal_id: str, request: Request, stage: str = Form(...), back
         await sales.update_deal(container.uow(), actor=actor, deal_id=deal_id, changes={"stage": stage},
                                 funnel=container.funnel)
     except (handlers.InvalidRequest, handlers.NotFound, NotAllowed) as exc:
-        return _back(target, error=str(exc))
-    return _back(target)
+        return back_to(target, error=str(exc))
+    return back_to(target)
 
 
 @router.get("/my-day", response_class=HTMLResponse)
@@ -267,9 +260,9 @@ async def set_notify_hook(request: Request, notify_hook: str = Form("", max_leng
     try:
         body = HookIn.model_validate({"notify_hook": notify_hook.strip() or None})
     except ValidationError:
-        return _back("/ui/my-day", error="a chat webhook (https://…) or mailto:address, or empty to stop")
+        return back_to("/ui/my-day", error="a chat webhook (https://…) or mailto:address, or empty to stop")
     await sales.set_notify_hook(request.app.state.container.uow(), user_id=user.id, hook=body.notify_hook)
-    return _back("/ui/my-day", done="hook")
+    return back_to("/ui/my-day", done="hook")
 
 
 @router.post("/activities/{activity_id}/done")
@@ -281,7 +274,7 @@ async def activity_done(activity_id: str, request: Request, user: User = Depends
         await sales.complete_activity(container.uow(), actor=actor, activity_id=activity_id)
     except (handlers.NotFound, NotAllowed) as exc:
         raise HTTPException(403 if isinstance(exc, NotAllowed) else 404, str(exc)) from exc
-    return RedirectResponse("/ui/my-day", status_code=303)
+    return back_to("/ui/my-day")
 
 
 # --- the import wizard: upload -> mapping -> dry run -> apply -> report ------------------------
@@ -301,7 +294,7 @@ async def import_upload(request: Request, file: UploadFile = File(...), user: Us
                                                     user_id=user.id)
     except import_jobs.ImportRefused as exc:
         return render(request, "import.html", user, status=422, job=None, fields=list(imports.FIELDS), error=str(exc))
-    return RedirectResponse(f"/ui/imports/{import_id}", status_code=303)
+    return back_to(f"/ui/imports/{import_id}")
 
 
 @router.get("/imports/{import_id}", response_class=HTMLResponse)
@@ -327,8 +320,8 @@ async def import_run(import_id: str, request: Request, action: str = Form(...), 
             await import_jobs.set_mapping(container.session_factory, import_id, mapping)
         await import_jobs.start(container, import_id, user_id=user.id, apply=apply)
     except import_jobs.ImportRefused as exc:
-        return RedirectResponse(f"/ui/imports/{import_id}?error={quote(str(exc))}", status_code=303)
-    return RedirectResponse(f"/ui/imports/{import_id}", status_code=303)
+        return back_to(f"/ui/imports/{import_id}", error=str(exc))
+    return back_to(f"/ui/imports/{import_id}")
 
 
 @router.get("/imports/{import_id}/report")

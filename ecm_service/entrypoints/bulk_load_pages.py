@@ -4,13 +4,12 @@ rights as the API: the steward and admins load, auditors read."""
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 
 from ecm_service.entrypoints.bulk_load_api import LOADERS, READERS, begin_load, find_load, latest_loads, report_file
 from ecm_service.entrypoints.pages import page_user, render
+from infra.pages import back_to
 from infra.users import User
 
 router = APIRouter(prefix="/ui/bulk-loads", include_in_schema=False)
@@ -40,8 +39,8 @@ async def upload(request: Request, file: UploadFile = File(...),
         load_id = await begin_load(request.app.state.container, file, system=system,
                                    verify_clean_rows=bool(verify_clean_rows), user=user)
     except HTTPException as exc:
-        return RedirectResponse(f"/ui/bulk-loads?error={quote(str(exc.detail))}", status_code=303)
-    return RedirectResponse(f"/ui/bulk-loads?started={load_id}", status_code=303)
+        return back_to("/ui/bulk-loads", error=str(exc.detail))
+    return back_to("/ui/bulk-loads", started=load_id)
 
 
 @router.get("/{load_id}/report")

@@ -9,7 +9,6 @@ import csv
 import io
 from datetime import date, datetime, timezone
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -33,7 +32,7 @@ from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import deputies, documents, steward
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
-from infra.pages import add_login_routes, errors_text, page_user_dependency
+from infra.pages import add_login_routes, back_to, errors_text, page_user_dependency
 from infra.spreadsheets import inert_record
 from infra.users import User
 
@@ -125,7 +124,7 @@ async def decide_from_card(approval_id: str, request: Request, decision: str = F
     except ValueError as exc:  # InvalidDecision: the form is shown again with the message
         context = await _card_context(request, user, approval_id)
         return render(request, "approval.html", user, status=422, error=str(exc), comment=comment, **context)
-    return RedirectResponse(f"/ui/approvals/{approval_id}?done={decision}", status_code=303)
+    return back_to(f"/ui/approvals/{approval_id}", done=decision)
 
 
 @router.post("/approvals/{approval_id}/legal-hold", response_class=HTMLResponse)
@@ -148,7 +147,7 @@ async def legal_hold_from_card(approval_id: str, request: Request, action: str =
                                        user_id=user.id, reason=reason.strip())
     except documents.DocumentGone as exc:
         raise HTTPException(410, str(exc)) from exc
-    return RedirectResponse(f"/ui/approvals/{approval_id}?done=legal_{action}", status_code=303)
+    return back_to(f"/ui/approvals/{approval_id}", done=f"legal_{action}")
 
 
 @router.post("/approvals/{approval_id}/delay-reason", response_class=HTMLResponse)
@@ -161,7 +160,7 @@ async def delay_reason_from_card(approval_id: str, request: Request, code: str =
     except ValueError as exc:
         context = await _card_context(request, user, approval_id)
         return render(request, "approval.html", user, status=422, error=str(exc), **context)
-    return RedirectResponse(f"/ui/approvals/{approval_id}?done=delay_reason", status_code=303)
+    return back_to(f"/ui/approvals/{approval_id}", done="delay_reason")
 
 
 @router.get("/documents/{document_id}/content")
@@ -203,8 +202,7 @@ async def name_deputy(request: Request, deputy: str = Form(..., max_length=200),
     _deciders_only(user)
 
     def refused(message: str) -> RedirectResponse:  # the form comes back as it was filled
-        query = urlencode({"error": message, "deputy": deputy, "starts_on": starts_on, "ends_on": ends_on})
-        return RedirectResponse(f"/ui/deputies?{query}", status_code=303)
+        return back_to("/ui/deputies", error=message, deputy=deputy, starts_on=starts_on, ends_on=ends_on)
 
     try:
         first, last = date.fromisoformat(starts_on), date.fromisoformat(ends_on)
@@ -215,7 +213,7 @@ async def name_deputy(request: Request, deputy: str = Form(..., max_length=200),
                                    starts_on=first, ends_on=last, deciders=DECIDERS)
     except deputies.DeputyRefused as exc:
         return refused(str(exc))
-    return RedirectResponse("/ui/deputies?done=named", status_code=303)
+    return back_to("/ui/deputies", done="named")
 
 
 @router.post("/deputies/{deputy_row_id}/revoke")
@@ -224,8 +222,8 @@ async def revoke_deputy(deputy_row_id: str, request: Request, user: User = Depen
     try:
         await deputies.revoke_deputy(request.app.state.container.uow(), user_id=user.id, deputy_row_id=deputy_row_id)
     except deputies.NotFound as exc:
-        return RedirectResponse(f"/ui/deputies?error={quote(str(exc))}", status_code=303)
-    return RedirectResponse("/ui/deputies?done=revoked", status_code=303)
+        return back_to("/ui/deputies", error=str(exc))
+    return back_to("/ui/deputies", done="revoked")
 
 
 # --- steward queue and registry search --------------------------------------------------------
@@ -260,26 +258,21 @@ async def steward_edit(counterparty_id: str, request: Request, user: User = Depe
     try:
         body = EditIn.model_validate({**changes, "reason": str(form.get("reason", ""))})
     except ValidationError as exc:
-        return _steward_back(error=errors_text(exc.errors()))
+        return back_to("/ui/steward", error=errors_text(exc.errors()))
     container, cid = request.app.state.container, request.state.correlation_id
     try:
         await steward.edit(container.uow(), counterparty_id=counterparty_id, user=user, reason=body.reason,
                            changes=body.model_dump(exclude={"reason"}, exclude_unset=True), correlation_id=cid)
     except (StewardRuleBroken, steward.NotFound) as exc:
-        return _steward_back(error=str(exc))
+        return back_to("/ui/steward", error=str(exc))
     if form.get("then") != "verify":
-        return _steward_back(done="edit")
+        return back_to("/ui/steward", done="edit")
     try:
         await steward.verify(container.uow(), counterparty_id=counterparty_id, user=user, reason=body.reason,
                              correlation_id=cid)
     except (StewardRuleBroken, steward.NotFound) as exc:
-        return _steward_back(error=f"saved, but not verified: {exc}")
-    return _steward_back(done="verify")
-
-
-def _steward_back(*, error: str | None = None, done: str | None = None) -> RedirectResponse:
-    return RedirectResponse(f"/ui/steward?error={quote(error)}" if error else f"/ui/steward?done={quote(done or '')}",
-                            status_code=303)
+        return back_to("/ui/steward", error=f"saved, but not verified: {exc}")
+    return back_to("/ui/steward", done="verify")
 
 
 @router.post("/steward/{counterparty_id}/{action}")
@@ -305,8 +298,8 @@ async def steward_action(counterparty_id: str, action: str, request: Request, us
         else:
             raise HTTPException(404, f"no steward action {action!r}")
     except (StewardRuleBroken, steward.NotFound) as exc:
-        return _steward_back(error=str(exc))
-    return _steward_back(done=action)
+        return back_to("/ui/steward", error=str(exc))
+    return back_to("/ui/steward", done=action)
 
 
 @router.get("/registry", response_class=HTMLResponse)
