@@ -5,6 +5,7 @@ user from it and applies the same rights as the API."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
@@ -18,6 +19,9 @@ from infra.service_app import jsonable_errors
 from infra.users import User
 
 COOKIE = "session"
+# Pages both services share (error.html); each service's own folder comes first, and its
+# base.html is what they extend.
+SHARED_TEMPLATES = Path(__file__).parent / "templates"
 
 
 def errors_text(errors: list[dict]) -> str:

@@ -26,12 +26,12 @@ from crm_service.entrypoints.sales_api import (
 )
 from crm_service.service_layer import handlers, import_jobs, imports, sales
 from infra import business_day
-from infra.pages import add_login_routes, back_to, errors_text, page_user_dependency
+from infra.pages import SHARED_TEMPLATES, add_login_routes, back_to, errors_text, page_user_dependency
 from infra.users import User
 from infra.web import correlation_id
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates = Jinja2Templates(directory=[Path(__file__).parent / "templates", SHARED_TEMPLATES])
 templates.env.filters["local"] = business_day.local_text  # times as the company's clock reads them
 PAGE_ROLES = ("sales", "manager", "admin", "auditor")
 WRITERS = ("sales", "manager", "admin")

@@ -32,12 +32,12 @@ from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import deputies, documents, steward
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
-from infra.pages import add_login_routes, back_to, errors_text, page_user_dependency
+from infra.pages import SHARED_TEMPLATES, add_login_routes, back_to, errors_text, page_user_dependency
 from infra.spreadsheets import inert_record
 from infra.users import User
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates = Jinja2Templates(directory=[Path(__file__).parent / "templates", SHARED_TEMPLATES])
 templates.env.filters["local"] = business_day.local_text  # times on the company's clock, its zone named
 PAGE_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin")
 HOLDERS = ("legal", "admin")  # who puts and releases a legal hold, as in the API
