@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -50,12 +50,13 @@ def answer_pages_with_pages(app: FastAPI, error_page: Callable[[Request, int, st
             return error_page(request, exc.status_code, str(exc.detail))
         return await http_exception_handler(request, exc)
 
+    api_answer = app.exception_handlers[RequestValidationError]  # the API's JSON (infra.service_app)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        errors = jsonable_errors(exc)
         if on_page(request):
-            return error_page(request, 422, errors_text(errors))
-        return JSONResponse(status_code=422, content={"detail": errors})
+            return error_page(request, 422, errors_text(jsonable_errors(exc)))
+        return await api_answer(request, exc)
 
 
 def page_user_dependency(roles: tuple[str, ...]) -> Callable:
