@@ -328,7 +328,7 @@ class CounterpartyRepository(TableRepository):
 class DocumentRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
-        self._versions: dict[str, dict] = {}
+        self._versions: dict[str, list[dict]] = {}  # document id -> its versions, oldest first
 
     async def add_document(self, **values) -> None:
         await self.session.execute(insert_into(tables.documents), values)
@@ -380,21 +380,26 @@ class DocumentRepository:
             latest.update((row["document_id"], dict(row)) for row in rows.mappings())
         return latest
 
-    async def version(self, version_id: str) -> dict | None:
-        if version_id in self._versions:
-            return self._versions[version_id]
-        v = tables.document_versions
-        row = (await self.session.execute(by_id(v), {"item_id": version_id})).mappings().first()
-        return dict(row) if row else None
+    async def version_and_latest(self, document_id: str, version_id: str) -> tuple[dict | None, dict | None]:
+        """(that version if it belongs to the document, the document's latest version):
+        one statement, or none after `prefetch_versions` of the document."""
+        if document_id not in self._versions:
+            await self.prefetch_versions([document_id])
+        versions = self._versions[document_id]
+        return next((v for v in versions if v["id"] == version_id), None), (versions[-1] if versions else None)
 
-    async def prefetch_versions(self, version_ids: Iterable[str]) -> None:
-        """Loads these versions together (a version never changes once stored); `version`
-        then answers them from memory within this unit of work."""
+    async def prefetch_versions(self, document_ids: Iterable[str]) -> None:
+        """Loads the versions of these documents together (a version never changes once
+        stored; within this unit of work no other is added to them), for
+        `version_and_latest`."""
         v = tables.document_versions
-        wanted = sorted(set(version_ids) - self._versions.keys())
+        wanted = sorted(set(document_ids) - self._versions.keys())
         for start in range(0, len(wanted), 1000):
-            rows = await self.session.execute(select(v).where(v.c.id.in_(wanted[start:start + 1000])))
-            self._versions.update((row["id"], dict(row)) for row in rows.mappings())
+            part = wanted[start:start + 1000]
+            self._versions.update((document_id, []) for document_id in part)
+            rows = await self.session.execute(select(v).where(v.c.document_id.in_(part)).order_by(v.c.version_no))
+            for row in rows.mappings():
+                self._versions[row["document_id"]].append(dict(row))
 
 
 _APPROVAL_COLUMNS = [f.name for f in fields(Approval) if f.name not in ("steps", "assignments")]

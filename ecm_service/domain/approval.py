@@ -251,9 +251,9 @@ class Approval:
         decided = [a for a in self.assignments if a.stage_no == step.stage_no and a.round == self.round]
         approvals = sum(a.status == APPROVED for a in decided)
         still_open = sum(a.status == "pending" for a in decided)
-        if decision == "return":
+        if decision == "return":  # the reason tells the requester what to change
             self._close_stage(step, RETURNED, place, at)
-            self.status = RETURNED
+            self.status, self.reason = RETURNED, reason
         elif decision == "reject" and approvals + still_open < step.quorum:
             self._close_stage(step, REJECTED, place, at)
             self.status, self.current_stage_no, self.reason = REJECTED, None, reason

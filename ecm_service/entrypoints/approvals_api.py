@@ -160,7 +160,8 @@ class DecisionIn(BaseModel):
     decision: Literal["approve", "reject", "return"]
     comment: str | None = Field(None, max_length=5000,
                                 description="internal: stays in the ECM; required to reject or return")
-    reason: str | None = Field(None, max_length=500, description="shown to the requester on rejection")
+    reason: str | None = Field(None, max_length=500, description="shown to the requester on rejection, or on return "
+                                                                "(what to change)")
 
     @model_validator(mode="after")
     def _comment_when_refusing(self):

@@ -96,19 +96,24 @@ async def start_approval(
     existing = await uow.external_refs.find(APPROVAL, cmd.external_ref)
     if existing:  # the same request arriving under another command id
         return {"approval_id": existing, "duplicate": True}
-    version = await uow.documents.version(cmd.document_version_id)
-    if version is None or version["document_id"] != cmd.document_id:
+    version, latest = await uow.documents.version_and_latest(cmd.document_id, cmd.document_version_id)
+    if version is None:
         raise PermanentError(f"document version {cmd.document_version_id} not found")
     if version["sha256"] != cmd.sha256:
         raise PermanentError("document version content hash differs from the requested one")
+    requested_version_id = None
+    if latest["id"] != version["id"]:
+        # The rep sent a new version before this approval started (it travelled behind
+        # the request): the approval is of the document as it now is.
+        requested_version_id, version = version["id"], latest
     now = _now()
     route = await current_route(uow, cmd.doc_type, routes)
     counterparty_id = await uow.external_refs.find(COUNTERPARTY, cmd.counterparty_ref)
     approval = Approval.start(
         route=route, at=now, counterparty_verified=await counterparty_is_verified(uow, counterparty_id),
         needs_verified_counterparty=policy_for(doc_types, cmd.doc_type).requires_verified_counterparty,
-        id=str(uuid.uuid4()), document_id=cmd.document_id, document_version_id=cmd.document_version_id,
-        document_sha256=cmd.sha256, doc_type=cmd.doc_type, title=cmd.title,
+        id=str(uuid.uuid4()), document_id=cmd.document_id, document_version_id=version["id"],
+        document_sha256=version["sha256"], doc_type=cmd.doc_type, title=cmd.title,
         initiator_ref=cmd.initiator_ref.as_text(), correlation_id=envelope.correlation_id,
         counterparty_id=counterparty_id, counterparty_ref=cmd.counterparty_ref.as_text(),
     )
@@ -116,8 +121,9 @@ async def start_approval(
     await uow.external_refs.attach(APPROVAL, approval.id, cmd.external_ref)
     await uow.history.append(
         entity_type=APPROVAL, entity_id=approval.id, action="started", actor=cmd.initiator_ref.as_text(),
-        data={"route": [route.doc_type, route.version], "document_version_id": cmd.document_version_id,
-              "sha256": cmd.sha256, "external_ref": cmd.external_ref.as_text(), "status": approval.status})
+        data={"route": [route.doc_type, route.version], "document_version_id": version["id"],
+              "sha256": version["sha256"], "external_ref": cmd.external_ref.as_text(), "status": approval.status,
+              **({"requested_version_id": requested_version_id} if requested_version_id else {})})
     await publish_status(uow, approval, "started", causation_id=envelope.event_id, refs=[cmd.external_ref])
     return {"approval_id": approval.id}
 
@@ -129,7 +135,7 @@ async def prefetch_for_starts(uow: EcmUnitOfWork, commands: list[ecm_commands.St
         return
     await uow.external_refs.prefetch(APPROVAL, [c.external_ref for c in commands])
     await uow.external_refs.prefetch(COUNTERPARTY, [c.counterparty_ref for c in commands])
-    await uow.documents.prefetch_versions([c.document_version_id for c in commands])
+    await uow.documents.prefetch_versions([c.document_id for c in commands])
     known = [await uow.external_refs.find(COUNTERPARTY, c.counterparty_ref) for c in commands]
     await uow.counterparties.prefetch_statuses([i for i in known if i])
 

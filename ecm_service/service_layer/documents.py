@@ -28,10 +28,11 @@ async def store_version(
     sha256: str, size: int, external_ref: ExternalRef | None, retention: dict[str, int] | None = None,
     document_id: str | None = None,
 ) -> tuple[dict, dict, bool]:
-    """Returns (document, version, created). Storing the same bytes under the same
-    external ref again returns the existing version: transfers may be retried. A new
+    """Returns (document, version, created). Storing bytes under an external ref that the
+    document already had returns that version: transfers may be retried or replayed. A new
     version of a document under approval re-opens its approvals (see approvals.reopen)."""
     now = datetime.now(timezone.utc)
+    by_ref = False
     async with uow:
         if document_id is not None:
             document = await uow.documents.get(document_id, for_update=True)
@@ -41,10 +42,15 @@ async def store_version(
                 raise DocumentGone(f"document {document_id} was disposed of")
         elif external_ref:
             document_id = await uow.external_refs.find(DOCUMENT, external_ref)
+            by_ref = document_id is not None
         if document_id:
             versions = await uow.documents.versions(document_id)
-            if versions and versions[-1]["sha256"] == sha256:
-                return await uow.documents.get(document_id), versions[-1], False
+            # Under an external ref, bytes the document already had are that version: a
+            # transfer replayed after a newer version arrived stores nothing (and moves no
+            # approval back to old bytes).
+            same = [v for v in (versions if by_ref else versions[-1:]) if v["sha256"] == sha256]
+            if same:
+                return await uow.documents.get(document_id), same[-1], False
             version_no = len(versions) + 1
         else:
             document_id, version_no = str(uuid.uuid4()), 1

@@ -171,6 +171,40 @@ async def test_return_for_changes_then_a_new_version_reopens_and_decisions_carry
     assert (await events(ecm, approval_id))[2]["status"] == "returned"
 
 
+async def test_a_crm_documents_versions_arrive_under_its_ref_and_an_approval_starts_on_the_newest(ecm, people):
+    """The bridge stores a CRM document's files under its external ref. A transfer replayed
+    after a newer version arrived stores nothing; an approval whose start travelled behind
+    a newer version starts on that one."""
+    ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
+
+    async def transfer(content: bytes):
+        sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
+        return await store_version(ecm.uow(), user_id="integration", doc_type="contract", title="Договор",
+                                   filename="c.txt", content_type="text/plain", sha256=sha, size=size,
+                                   external_ref=ref, retention=ecm.retention)
+
+    doc, first, _ = await transfer(b"contract v1")
+    _, second, created = await transfer(b"contract v2, corrected")
+    assert (created, second["version_no"]) == (True, 2)
+    _, replayed, created = await transfer(b"contract v1")
+    assert (created, replayed["id"]) == (False, first["id"])
+    async with ecm.uow() as uow:
+        assert [v["version_no"] for v in await uow.documents.versions(doc["id"])] == [1, 2]
+
+    org = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    await command(ecm, ecm_commands.SYNC_COUNTERPARTY, ecm_commands.SyncCounterpartyV1(external_ref=org, name="Вектор"))
+    request = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    await command(ecm, ecm_commands.START_APPROVAL, ecm_commands.StartApprovalV1(
+        external_ref=request, counterparty_ref=org, initiator_ref=ExternalRef(system="crm", id="u"),
+        document_id=doc["id"], document_version_id=first["id"], sha256=first["sha256"], doc_type="contract",
+        title="Договор"))
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(await uow.external_refs.find(cases.APPROVAL, request))
+        (started,) = [e for e in await uow.history.of(cases.APPROVAL, approval.id) if e["action"] == "started"]
+    assert (approval.document_version_id, approval.document_sha256) == (second["id"], second["sha256"])
+    assert started["data"]["requested_version_id"] == first["id"]
+
+
 async def test_contract_waits_for_a_verified_counterparty_before_its_last_stage(ecm, people):
     approval_id, _ = await start(ecm, ids=VALID)
     await decide(ecm, approval_id, people["legal"])

@@ -110,14 +110,15 @@ def test_a_deputy_decides_on_behalf_of_the_absent_user_and_both_names_are_kept()
 def test_return_for_changes_waits_for_a_new_version_which_reopens_by_policy():
     approval = start()
     approve(approval, LENA)
-    approval.decide(actor=FEDOR, decision="return", comment="fix the price", reason=None, at=NOW)
+    approval.decide(actor=FEDOR, decision="return", comment="fix the price", reason="the price in 4.2", at=NOW)
     assert approval.status == "returned" and approval.current_step.name == "finance"
+    assert approval.reason == "the price in 4.2"  # what the requester is to change
     with pytest.raises(ApprovalClosed):
         approve(approval, FEDOR)
     reopened = approval.reopen(version_id="v2", sha256="1" * 64, at=NOW, counterparty_verified=False)
     assert reopened == ["legal", "finance"]  # policy "all": legal approved the old hash, so it decides again
     assert approval.status == "in_progress" and approval.current_step.name == "legal" and approval.round == 2
-    assert approval.document_sha256 == "1" * 64
+    assert approval.document_sha256 == "1" * 64 and approval.reason is None
     place = approve(approval, LENA)
     assert place.sha256 == "1" * 64 and place.round == 2
 
