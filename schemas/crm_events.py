@@ -90,6 +90,24 @@ class ResponsibilityTransferredV1(Contract):
 RESPONSIBILITY_TRANSFERRED = "crm.responsibility_transferred"
 
 
+class DocumentVersionAddedV1(Contract):
+    """A sales rep replaced a deal document's file with a new version while its approval
+    is with the ECM (under way, or returned for changes). The ECM stores it as the next
+    version of the same document (external ref `crm:<document id>`), and the approvals
+    in flight on that document move to it."""
+
+    approval_request_id: str = Field(description="the CRM request whose approval the new version goes to")
+    organization_id: str
+    deal: DealRef
+    document: DocumentRef = Field(description="the document as it now is: the new version's file and hash")
+    version_no: int = Field(ge=2, description="the CRM's number of this version of the document")
+    added_by: str
+    added_at: datetime
+
+
+DOCUMENT_VERSION_ADDED = "crm.document_version_added"
+
+
 class OrganizationsMergedV1(Contract):
     """A sales user merged two CRM organizations: the merged one now points at the survivor."""
 

@@ -25,6 +25,7 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
     ecm_commands.START_APPROVAL: (1, ecm_commands.StartApprovalV1),
     crm_events.RESPONSIBILITY_TRANSFERRED: (1, crm_events.ResponsibilityTransferredV1),
     crm_events.ORGANIZATIONS_MERGED: (1, crm_events.OrganizationsMergedV1),
+    crm_events.DOCUMENT_VERSION_ADDED: (1, crm_events.DocumentVersionAddedV1),
     ecm_commands.REASSIGN_INITIATOR: (1, ecm_commands.ReassignInitiatorV1),
     ecm_commands.MERGE_EXTERNAL_REFS: (1, ecm_commands.MergeExternalRefsV1),
     ecm_events.COUNTERPARTY_SYNCED: (1, ecm_events.CounterpartySyncedV1),
@@ -38,7 +39,7 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
 # AsyncAPI document's channels, and the published counts every producer starts at 0.
 TYPES_ON_TOPIC: dict[str, tuple[str, ...]] = {
     CRM_EVENTS: (crm_events.APPROVAL_REQUESTED, crm_events.RESPONSIBILITY_TRANSFERRED,
-                 crm_events.ORGANIZATIONS_MERGED),
+                 crm_events.ORGANIZATIONS_MERGED, crm_events.DOCUMENT_VERSION_ADDED),
     ECM_COMMANDS: (ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR,
                    ecm_commands.MERGE_EXTERNAL_REFS),
     ECM_EVENTS: (ecm_events.COUNTERPARTY_SYNCED, ecm_events.COUNTERPARTY_CHANGED,

@@ -45,7 +45,8 @@ log = structlog.get_logger()
 CRM_TO_ECM = DeliveryPolicy(consumer=f"{settings.app_id}:crm-to-ecm",
                             accepted_types=frozenset({crm_events.APPROVAL_REQUESTED,
                                                       crm_events.RESPONSIBILITY_TRANSFERRED,
-                                                      crm_events.ORGANIZATIONS_MERGED}),
+                                                      crm_events.ORGANIZATIONS_MERGED,
+                                                      crm_events.DOCUMENT_VERSION_ADDED}),
                             max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
 ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
                             accepted_types=frozenset(ECM_EVENT_TRANSLATIONS),
@@ -126,9 +127,21 @@ async def when_approval_requested_start_in_ecm(message: Message, _topic: str) ->
     await publish(approval_requested_to_ecm(message.envelope, event, stored))
 
 
+async def when_document_version_added_store_it_in_ecm(message: Message, _topic: str) -> None:
+    """The new file goes to the ECM as the next version of the same document (its external
+    ref); storing it there moves the document's approvals in flight to it, and their
+    status comes back as any other. No command is needed."""
+    event: crm_events.DocumentVersionAddedV1 = message.payload
+    stored = await copy_document(event.document, message.envelope.correlation_id)
+    log.info("document_version_sent", approval_request_id=event.approval_request_id, version_no=event.version_no,
+             ecm_version_id=stored.version_id)
+
+
 async def when_crm_event_update_ecm(message: Message, topic: str) -> None:
     if message.envelope.type == crm_events.APPROVAL_REQUESTED:
         await when_approval_requested_start_in_ecm(message, topic)
+    elif message.envelope.type == crm_events.DOCUMENT_VERSION_ADDED:
+        await when_document_version_added_store_it_in_ecm(message, topic)
     elif message.envelope.type == crm_events.ORGANIZATIONS_MERGED:
         await publish(organizations_merged_to_ecm(message.envelope, message.payload))
     else:
@@ -164,6 +177,10 @@ async def when_crm_events_update_ecm(messages: list[Message], _topic: str) -> No
         if message.envelope.type == crm_events.APPROVAL_REQUESTED:
             commands += approval_requested_to_ecm(message.envelope, message.payload,
                                                   stored[message.payload.document.id])
+        elif message.envelope.type == crm_events.DOCUMENT_VERSION_ADDED:
+            # after the batch's first versions; an approval this batch starts binds to it
+            # when the ECM starts it (ecm_service.service_layer.approvals.start_approval)
+            await when_document_version_added_store_it_in_ecm(message, _topic)
         elif message.envelope.type == crm_events.ORGANIZATIONS_MERGED:
             commands += organizations_merged_to_ecm(message.envelope, message.payload)
         else:

@@ -1,6 +1,7 @@
 """Document claim-check: the bytes go from the CRM file API to the ECM storage API over
 HTTP, never through Kafka. Uploads are idempotent on the ECM side (same external ref,
-same bytes -> same version), so a retried or replayed transfer stores nothing twice."""
+same bytes -> same version), so a retried or replayed transfer stores nothing twice; new
+bytes under the same ref are the document's next version there."""
 
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ class DocumentTransfer:
         headers = {CORRELATION_HEADER: correlation_id}
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
             digest = hashlib.sha256()
-            async with self._crm.stream("GET", f"/api/documents/{document.id}/content", headers=headers) as resp:
+            # the version the event names, even when a newer one has arrived since
+            async with self._crm.stream("GET", f"/api/documents/{document.id}/content",
+                                        params={"sha256": document.sha256}, headers=headers) as resp:
                 _check(resp, f"CRM document {document.id}")
                 async for chunk in resp.aiter_bytes(CHUNK):
                     digest.update(chunk)

@@ -85,6 +85,16 @@ _DOCUMENT_IN_CONTEXT = (
 class DocumentRepository(TableRepository):
     table, entity = tables.documents, Document
 
+    async def keep_version(self, version: dict) -> None:
+        """An earlier version of a document (`Document.replace_file`'s answer)."""
+        await self.session.execute(insert_into(tables.document_versions), version)
+
+    async def versions(self, document_id: str) -> list[dict]:
+        """The document's earlier versions, oldest first (the current one is its row)."""
+        v = tables.document_versions
+        rows = await self.session.execute(select(v).where(v.c.document_id == document_id).order_by(v.c.version_no))
+        return [dict(r) for r in rows.mappings()]
+
     async def lock_in_context(self, document_id: str, deal_id: str) -> tuple[Document, Deal, Organization] | None:
         """The document (its row locked for the rest of the transaction), its deal and the
         deal's organization; None unless the document exists on that deal."""

@@ -201,6 +201,22 @@ documents = Table(
     Column("sha256", String(64), nullable=False),
     Column("uploaded_by", String(36), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    Column("version_no", Integer, nullable=False, server_default="1"),
+)
+
+# The earlier versions of a document (its row in `documents` is the current one); their
+# bytes stay in the content store.
+document_versions = Table(
+    "document_versions",
+    metadata,
+    Column("document_id", String(36), ForeignKey("documents.id"), primary_key=True),
+    Column("version_no", Integer, primary_key=True),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("uploaded_by", String(36), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 approval_requests = Table(

@@ -11,7 +11,10 @@ from crm_service.domain.names import name_key
 APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
 FINAL_APPROVAL_STATUSES = ("approved", "rejected")
 # A request in none of these is still open: asking again for its document answers with it.
-CLOSED_REQUEST_STATUSES = (*FINAL_APPROVAL_STATUSES, "returned")
+# One returned for changes stays open: the ECM's approval waits for a new version of the
+# same document, which the rep sends with "new version" (the approval then goes on).
+CLOSED_REQUEST_STATUSES = FINAL_APPROVAL_STATUSES
+RETURNED = "returned"
 
 
 @dataclass
@@ -161,6 +164,20 @@ class Document:
     sha256: str
     uploaded_by: str
     created_at: datetime
+    version_no: int = 1
+
+    def replace_file(self, *, filename: str, content_type: str, size: int, sha256: str, by: str,
+                     at: datetime) -> dict | None:
+        """The next version of this document, from a new file. Returns the version it
+        replaces (to keep), or None when the file is the current one (nothing changes)."""
+        if sha256 == self.sha256:
+            return None
+        previous = {"document_id": self.id, "version_no": self.version_no, "filename": self.filename,
+                    "content_type": self.content_type, "size": self.size, "sha256": self.sha256,
+                    "uploaded_by": self.uploaded_by, "created_at": self.created_at}
+        self.filename, self.content_type, self.size, self.sha256 = filename, content_type, size, sha256
+        self.uploaded_by, self.created_at, self.version_no = by, at, self.version_no + 1
+        return previous
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -126,6 +126,14 @@ class DocumentOut(BaseModel):
     size: int
     sha256: str
     created_at: datetime
+    version_no: int = Field(1, description="1 for the first file; each new version of the document adds one")
+
+
+class DocumentVersionOut(DocumentOut):
+    created: bool = Field(description="false when the file was the document's current one (nothing changed)")
+    sent_to_approval: str | None = Field(
+        description="the approval request the new version went to (its approval was with the ECM, under way or "
+                    "returned for changes); null when none was open")
 
 
 class ApprovalRequestIn(BaseModel):
@@ -264,19 +272,59 @@ async def upload_document(
     return DocumentOut(**doc.__dict__)
 
 
+@router.post("/deals/{deal_id}/documents/{document_id}/versions", response_model=DocumentVersionOut,
+             responses={201: {"description": "stored as the document's next version"},
+                        200: {"description": "the document's current file already (nothing changed)"}},
+             summary="A new version of a deal document (one returned for changes, say)")
+async def upload_document_version(
+    deal_id: str,
+    document_id: str,
+    request: Request,
+    file: UploadFile = File(...),
+    user: User = Depends(require_roles(*SALES)),
+):
+    """The earlier version is kept. If the document's approval is with the ECM (under way,
+    or returned for changes) the new version goes to it at once: the ECM stores it as the
+    next version of the same document and the approval goes on from the stages its
+    route's policy names; its status follows here as before."""
+    container = _container(request)
+    await _check_deal_owner(request, user, deal_id)
+    sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
+    try:
+        doc, sent_to, created = await handlers.add_document_version(
+            container.uow(), user_id=user.id, caller=user, deal_id=deal_id, document_id=document_id,
+            filename=safe_filename(file.filename), content_type=file.content_type or "application/octet-stream",
+            sha256=sha256, size=size, correlation_id=correlation_id(request))
+    except handlers.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except NotAllowed as exc:
+        raise HTTPException(403, str(exc)) from exc
+    body = DocumentVersionOut(**doc.__dict__, created=created, sent_to_approval=sent_to.id if sent_to else None)
+    return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
+
+
 @router.get("/documents/{document_id}/content")
 async def document_content(
-    document_id: str, request: Request,
+    document_id: str, request: Request, sha256: str | None = Query(None, pattern=r"^[0-9a-f]{64}$",
+                                                                   description="an earlier version, by its hash"),
     _: User = Depends(require_roles("sales", "manager", "admin", "auditor", "integration"))
 ):
+    """The document's current file, or with `sha256` the version of it with that hash
+    (the bridge asks so: an approval request names the file it was sent with)."""
     container = _container(request)
     async with container.uow() as uow:
         doc = await uow.documents.get(document_id)
+        versions = await uow.documents.versions(document_id) if doc and sha256 and sha256 != doc.sha256 else []
     if doc is None:
         raise HTTPException(404, f"document {document_id} not found")
+    file = {"filename": doc.filename, "content_type": doc.content_type, "sha256": doc.sha256}
+    if sha256 and sha256 != doc.sha256:
+        file = next((v for v in versions if v["sha256"] == sha256), None)
+        if file is None:
+            raise HTTPException(404, f"document {document_id} has no version with sha256 {sha256}")
     return FileResponse(
-        container.file_store.path_for(doc.sha256), media_type=doc.content_type, filename=doc.filename,
-        headers={"X-Content-SHA256": doc.sha256},
+        container.file_store.path_for(file["sha256"]), media_type=file["content_type"], filename=file["filename"],
+        headers={"X-Content-SHA256": file["sha256"]},
     )
 
 
@@ -339,6 +387,8 @@ async def request_approval(
         raise HTTPException(404, str(exc)) from exc
     except NotAllowed as exc:
         raise HTTPException(403, str(exc)) from exc
+    except handlers.ReturnedForChanges as exc:
+        raise HTTPException(409, str(exc)) from exc
     return Accepted(id=approval.id, status=approval.status)
 
 

@@ -1,6 +1,7 @@
 """Pages for sales' deals and leads: a deal made on the organization's card, the deal's
 page (its documents, attaching a file or filling a template, the one action that sends a
-document for approval, where each approval stands, stage moves), documents downloaded as
+document for approval, a new version of a document returned for changes, where each
+approval stands, stage moves), documents downloaded as
 attachments, and leads captured, converted or disqualified. Same rules as the API."""
 
 from __future__ import annotations
@@ -130,6 +131,30 @@ async def deal_upload(deal_id: str, request: Request, file: UploadFile = File(..
     return back_to(back, done="uploaded")
 
 
+@router.post("/deals/{deal_id}/documents/{document_id}/versions")
+async def deal_document_version(deal_id: str, document_id: str, request: Request, file: UploadFile = File(...),
+                                user: User = Depends(page_user)):
+    """A new file for a document: the one the ECM returned for changes goes back to its
+    approval with it (handlers.add_document_version)."""
+    _writer(user)
+    container = request.app.state.container
+    back = f"/ui/deals/{deal_id}"
+    try:
+        await _check_deal_owner(request, user, deal_id)
+        sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
+        _, sent_to, created = await handlers.add_document_version(
+            container.uow(), user_id=user.id, caller=user, deal_id=deal_id, document_id=document_id,
+            filename=safe_filename(file.filename), content_type=file.content_type or "application/octet-stream",
+            sha256=sha256, size=size, correlation_id=correlation_id(request))
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            raise
+        return back_to(back, error=str(exc.detail))
+    except (handlers.NotFound, NotAllowed) as exc:
+        return back_to(back, error=str(exc))
+    return back_to(back, done="version_sent" if sent_to else "version_added" if created else "version_same")
+
+
 @router.post("/deals/{deal_id}/documents/generate")
 async def deal_generate(deal_id: str, request: Request, template: str = Form(..., max_length=100),
                         doc_type: str = Form("contract", max_length=64), request_approval: str = Form(""),
@@ -163,7 +188,7 @@ async def deal_request_approval(deal_id: str, request: Request, document_id: str
         await handlers.request_approval(request.app.state.container.uow(), user_id=user.id, caller=user,
                                         deal_id=deal_id, document_id=document_id,
                                         correlation_id=correlation_id(request))
-    except (handlers.NotFound, NotAllowed) as exc:
+    except (handlers.NotFound, NotAllowed, handlers.ReturnedForChanges) as exc:
         return back_to(back, error=str(exc))
     return back_to(back, done="requested")
 

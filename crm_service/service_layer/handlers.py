@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timezone
 
 from crm_service.adapters import tables
-from crm_service.domain.model import ApprovalRequest, Deal, Document, Organization, opening_stage
+from crm_service.domain.model import RETURNED, ApprovalRequest, Deal, Document, Organization, opening_stage
 from crm_service.domain.rights import Actor, check_may_change, check_may_transfer, may_change
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from schemas import crm_commands, crm_events
@@ -23,6 +23,11 @@ class NotFound(Exception):
 
 class InvalidRequest(Exception):
     pass
+
+
+class ReturnedForChanges(Exception):
+    """Approval asked again of a document the ECM returned for changes: its approval
+    waits for a new version, not for a second request."""
 
 
 def _now() -> datetime:
@@ -96,6 +101,23 @@ async def check_caller_may_change(uow: CrmUnitOfWork, caller, owner_id: str | No
     await check_owned(uow, await actor_for(uow, caller), owner_id, what)
 
 
+async def _lock_document(uow: CrmUnitOfWork, caller, deal_id: str, document_id: str):
+    """(document, deal, organization), the document's row locked; NotFound saying what
+    is missing in the order a caller would fix it, NotAllowed (with `caller`) unless the
+    caller may change the deal."""
+    found = await uow.documents.lock_in_context(document_id, deal_id)
+    if found is None:
+        deal = await uow.deals.get(deal_id)
+        if deal is None:
+            raise NotFound(f"deal {deal_id} not found")
+        if caller is not None:
+            await check_caller_may_change(uow, caller, deal.owner_id, "deal")
+        raise NotFound(f"document {document_id} not found on deal {deal_id}")
+    if caller is not None:
+        await check_caller_may_change(uow, caller, found[1].owner_id, "deal")
+    return found
+
+
 async def request_approval(
     uow: CrmUnitOfWork, *, user_id: str, deal_id: str, document_id: str, correlation_id: str,
     caller=None,
@@ -111,17 +133,7 @@ async def request_approval(
     async with uow:
         # Five statements in all (with BEGIN and COMMIT): each is a wait, and under load an
         # await takes tens of milliseconds to come back (bench/RESULTS.md, ADR 0012).
-        found = await uow.documents.lock_in_context(document_id, deal_id)
-        if found is None:  # say what is missing, in the order a caller would fix it
-            deal = await uow.deals.get(deal_id)
-            if deal is None:
-                raise NotFound(f"deal {deal_id} not found")
-            if caller is not None:
-                await check_caller_may_change(uow, caller, deal.owner_id, "deal")
-            raise NotFound(f"document {document_id} not found on deal {deal_id}")
-        doc, deal, org = found
-        if caller is not None:
-            await check_caller_may_change(uow, caller, deal.owner_id, "deal")
+        doc, deal, org = await _lock_document(uow, caller, deal_id, document_id)
         request = ApprovalRequest(
             id=_new_id(), deal_id=deal_id, document_id=document_id, organization_id=org.id,
             requested_by=user_id, requested_at=_now(),
@@ -145,10 +157,49 @@ async def request_approval(
         request.request_event_id = str(envelope.event_id)
         if not await uow.approval_requests.add_unless_open(request):
             # still open (a double click, a resend): that request is the answer
-            return await uow.approval_requests.open_for_document(document_id)
+            still_open = await uow.approval_requests.open_for_document(document_id)
+            if still_open.status == RETURNED:
+                raise ReturnedForChanges(
+                    f"the ECM returned document {document_id} for changes"
+                    + (f" ({still_open.reason})" if still_open.reason else "")
+                    + ": send a new version of it and its approval goes on")
+            return still_open
         await uow.publish(CRM_EVENTS, org.id, envelope)
         await uow.commit()
     return request
+
+
+async def add_document_version(
+    uow: CrmUnitOfWork, *, user_id: str, deal_id: str, document_id: str, filename: str, content_type: str,
+    sha256: str, size: int, correlation_id: str, caller=None,
+) -> tuple[Document, ApprovalRequest | None, bool]:
+    """A new file for a deal document (the one the ECM returned for changes, say).
+    Returns (document, the request the version went to, created). The earlier version is
+    kept. When the document's approval is with the ECM (under way or returned) the new
+    version is announced, in the same transaction, and the ECM moves that approval to
+    it: nobody sends anything twice. The same file again changes nothing."""
+    async with uow:
+        doc, deal, org = await _lock_document(uow, caller, deal_id, document_id)
+        at = _now()
+        previous = doc.replace_file(filename=filename, content_type=content_type, size=size, sha256=sha256,
+                                    by=user_id, at=at)
+        if previous is None:
+            return doc, None, False
+        await uow.documents.keep_version(previous)
+        await uow.documents.save(doc)
+        request = await uow.approval_requests.open_for_document(document_id)
+        if request is not None:
+            event = crm_events.DocumentVersionAddedV1(
+                approval_request_id=request.id, organization_id=org.id,
+                deal=crm_events.DealRef(id=deal.id, title=deal.title),
+                document=crm_events.DocumentRef(id=doc.id, filename=doc.filename, content_type=doc.content_type,
+                                                doc_type=doc.doc_type, sha256=doc.sha256, size=doc.size),
+                version_no=doc.version_no, added_by=user_id, added_at=at)
+            await uow.publish(CRM_EVENTS, org.id, new_envelope(
+                type=crm_events.DOCUMENT_VERSION_ADDED, schema_version=1, source=SOURCE, payload=event,
+                correlation_id=correlation_id))
+        await uow.commit()
+    return doc, request, True
 
 
 async def transfer_responsibility(

@@ -423,7 +423,7 @@ async def documents_of(uow: CrmUnitOfWork, deal_id: str) -> list[dict]:
     d = tables.documents
     rows = await uow.session.execute(
         select(d.c.id, d.c.deal_id, d.c.filename, d.c.content_type, d.c.doc_type, d.c.size, d.c.sha256,
-               d.c.created_at).where(d.c.deal_id == deal_id).order_by(d.c.created_at.desc(), d.c.id))
+               d.c.created_at, d.c.version_no).where(d.c.deal_id == deal_id).order_by(d.c.created_at.desc(), d.c.id))
     latest: dict[str, dict] = {}
     for approval in await approvals_of(uow, deal_id=deal_id):  # newest first
         latest.setdefault(approval["document_id"], approval)

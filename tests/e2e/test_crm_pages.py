@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import running_system
-from tests.e2e.journey import SALES, create_deal_with_document, request_approval, wait_crm_status
+from tests.e2e.journey import SALES, create_deal_with_document, decide, request_approval, wait_crm_status
 from tests.support.pages import menu_of, reload_until
 
 
@@ -134,9 +134,28 @@ def test_a_rep_sends_a_contract_for_approval_from_the_pages_and_sees_the_ecm_tak
     expect(row.locator(".status")).to_have_text("in_progress, legal")
     expect(page.locator("#approvals .status")).to_have_text("in_progress")
 
+    # Legal returns it with what to change; the rep sends the corrected file from this
+    # page and the same approval goes on.
+    deal_id = page.url.split("?")[0].rsplit("/", 1)[1]
+    (request,) = api.crm(SALES, "GET", f"/api/deals/{deal_id}").json()["approvals"]
+    (approval,) = api.ecm("legal-lena", "GET", f"/api/approvals?external_ref=crm:{request['id']}").json()
+    decide(api, approval["id"], "legal", "return", comment="see 4.2", reason="Укажите цену в п. 4.2")
+    reload_until(page, row.locator(".status"), "returned")
+    expect(row.locator(".status")).to_have_text("returned, legal: Укажите цену в п. 4.2")
+    expect(row.locator(".request-approval")).to_have_count(0)  # a second request would start a second approval
+    corrected = tmp_path / "Договор поставки, исправлен.pdf"
+    corrected.write_bytes(b"%PDF-1.4 a contract from the browser, price in 4.2")
+    row.locator(".new-version input[type=file]").set_input_files(str(corrected))
+    row.locator(".new-version button").click()
+    expect(page.get_by_role("status")).to_contain_text("New version sent")
+    row = page.locator("#documents tbody tr", has_text="Договор поставки, исправлен.pdf")
+    expect(row.locator(".version")).to_have_text("v2")
+    reload_until(page, row.locator(".status"), "in_progress")
+    expect(row.locator(".status")).to_have_text("in_progress, legal")
+
     page.click("#deal-org")
     expect(page.locator("#approvals")).to_contain_text("Поставка оборудования")
-    deal_id = page.locator("#deals a").get_attribute("href").rsplit("/", 1)[1]
+    assert page.locator("#deals a").get_attribute("href").endswith(f"/{deal_id}")
     documents = api.crm(SALES, "GET", f"/api/deals/{deal_id}/documents").json()
     assert documents[0]["approval"]["stage"] == "legal"
     org_id = page.url.split("?")[0].rsplit("/", 1)[1]

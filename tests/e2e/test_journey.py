@@ -127,6 +127,43 @@ def test_rejection_reaches_sales_with_its_reason_but_not_the_internal_comment(ap
     assert closed.status_code == 409 and "rejected" in closed.json()["detail"]
 
 
+def test_a_contract_returned_for_changes_goes_on_with_the_new_version_the_rep_sends_from_the_crm(api):
+    """Finance returns the contract with what to change; the rep, in the CRM only, sends the
+    corrected file as the document's new version; the same ECM approval goes on with it
+    (no second approval), its decisions bound to the new hash."""
+    flow = request_approval(api, create_deal_with_document(api, name="Доработка"))
+    approval = ecm_approval(api, flow)
+    decide(api, approval["id"], "legal")
+    decide(api, approval["id"], "finance", "return", comment="INTERNAL: margin too thin",
+           reason="Fix the price in clause 4.2")
+    returned = wait_crm_status(api, flow, "returned", "finance")
+    assert returned["reason"] == "Fix the price in clause 4.2"
+    deal, document = flow["deal"]["id"], flow["document"]["id"]
+    again = api.crm(SALES, "POST", f"/api/deals/{deal}/approval-requests", json={"document_id": document})
+    assert again.status_code == 409 and "Fix the price in clause 4.2" in again.json()["detail"]
+
+    corrected = b"contract, price in 4.2 corrected " + uuid.uuid4().bytes
+    sent = api.crm(SALES, "POST", f"/api/deals/{deal}/documents/{document}/versions",
+                   files={"file": ("contract-v2.txt", corrected, "text/plain")})
+    assert sent.status_code == 201, sent.text
+    assert (sent.json()["version_no"], sent.json()["sent_to_approval"]) == (2, flow["request"]["id"])
+    wait_crm_status(api, flow, "in_progress", "legal")  # the contract route decides again from its first stage
+
+    (same,) = api.ecm("legal-lena", "GET", f"/api/approvals?external_ref=crm:{flow['request']['id']}").json()
+    assert (same["id"], same["round"], same["document"]["sha256"]) == (
+        approval["id"], 2, hashlib.sha256(corrected).hexdigest())
+    (stored,) = api.ecm("legal-lena", "GET", f"/api/documents?external_ref=crm:{document}").json()
+    assert [v["sha256"] for v in stored["versions"]] == [flow["document"]["sha256"],
+                                                         hashlib.sha256(corrected).hexdigest()]
+    content = api.ecm("legal-lena", "GET", f"/api/documents/{stored['id']}/content")
+    assert content.content == corrected
+    for stage in ("legal", "finance"):
+        decide(api, approval["id"], stage)
+    wait_crm_status(api, flow, "awaiting_counterparty_verification", "director")
+    deal_view = api.crm(SALES, "GET", f"/api/deals/{deal}").text
+    assert "INTERNAL" not in deal_view
+
+
 def test_known_tax_id_links_to_the_verified_counterparty_instead_of_duplicating(api):
     verified = api.ecm("steward-stas", "GET", "/api/counterparties?status=verified").json()
     sber = next(c for c in verified if c["inn"] == "7707083893")

@@ -49,6 +49,7 @@ MATRIX = [
     ("POST", "/api/deals/{deal}/documents", {}, EVERY_SALES),  # no file: 422 first; owners below
     ("POST", "/api/deals/{deal}/approval-requests", {"document_id": "missing"}, OWNERS),
     ("POST", "/api/deals/{deal}/documents/generate", {"template": "missing"}, OWNERS),
+    ("POST", "/api/deals/{deal}/documents/{missing}/versions", {}, EVERY_SALES),  # no file: 422 first
     ("GET", "/api/document-templates", None, READERS),
     ("GET", "/api/documents/{missing}/content", None, READERS | {"integration"}),
     ("POST", "/api/documents/contents", {"ids": ["missing"]}, READERS | {"integration"}),
@@ -117,4 +118,9 @@ async def test_a_colleague_may_not_merge_or_hand_over_what_is_not_theirs(app_cli
     url = f"/api/deals/{ids['deal']}/documents"
     assert (await client.post(url, headers=as_b, files=upload)).status_code == 403
     as_manager = {"Authorization": f"Bearer {tokens['manager']}"}
-    assert (await client.post(url, headers=as_manager, files=upload)).status_code == 201
+    document = await client.post(url, headers=as_manager, files=upload)
+    assert document.status_code == 201
+    version = {"file": ("c2.txt", b"contract, corrected", "text/plain")}
+    versions_url = f"{url}/{document.json()['id']}/versions"
+    assert (await client.post(versions_url, headers=as_b, files=version)).status_code == 403
+    assert (await client.post(versions_url, headers=as_manager, files=version)).status_code == 201

@@ -631,3 +631,64 @@ async def test_text_no_database_can_store_is_a_422_on_either_backend(crm_app):
     assert kept.status_code == 201 and kept.json()["name"] == "ООО «Путь C:\\u0000»"
     async with container.session_factory() as session:
         assert await session.scalar(select(func.count()).select_from(tables.organizations)) == 1
+
+
+async def test_a_document_returned_for_changes_goes_back_as_a_new_version_from_the_api_and_the_page(crm_app):
+    """The ECM returned a contract for changes. Before, the rep could only attach the
+    corrected file as another document, which started a second approval in the ECM while
+    the first waited for a version that never came. Now the corrected file is the
+    document's next version and goes to the approval that waits for it."""
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    cookie = {"session": anna["Authorization"].removeprefix("Bearer ")}
+    org = (await client.post("/api/organizations", headers=anna, json={"name": "Возврат"})).json()
+    deal = (await client.post("/api/deals", headers=anna, json={"organization_id": org["id"], "title": "D"})).json()
+    base = f"/api/deals/{deal['id']}/documents"
+    doc = (await client.post(base, headers=anna, files={"file": ("c.pdf", b"%PDF v1", "application/pdf")})).json()
+    sent = await client.post(f"/api/deals/{deal['id']}/approval-requests", headers=anna,
+                             json={"document_id": doc["id"]})
+    assert sent.status_code == 202
+    async with container.session_factory() as session, session.begin():
+        await session.execute(tables.approval_requests.update().values(status="returned", stage="finance",
+                                                                       reason="the price in 4.2", revision=3))
+    again = await client.post(f"/api/deals/{deal['id']}/approval-requests", headers=anna,
+                              json={"document_id": doc["id"]})
+    assert again.status_code == 409 and "send a new version" in again.json()["detail"]
+    assert "the price in 4.2" in again.json()["detail"]
+    listed = (await client.get(base, headers=anna)).json()
+    assert (listed[0]["approval"]["status"], listed[0]["approval"]["reason"], listed[0]["may_request"]) == (
+        "returned", "the price in 4.2", False)
+    page = (await client.get(f"/ui/deals/{deal['id']}", cookies=cookie)).text
+    assert "the price in 4.2" in page and "Send the corrected version" in page and "request-approval" not in page
+
+    versions = f"{base}/{doc['id']}/versions"
+    v2 = await client.post(versions, headers=anna, files={"file": ("c-fixed.pdf", b"%PDF v2", "application/pdf")})
+    assert v2.status_code == 201, v2.text
+    assert (v2.json()["version_no"], v2.json()["filename"], v2.json()["created"], v2.json()["sent_to_approval"]) == (
+        2, "c-fixed.pdf", True, sent.json()["id"])
+    same = await client.post(versions, headers=anna, files={"file": ("again.pdf", b"%PDF v2", "application/pdf")})
+    assert same.status_code == 200 and same.json()["created"] is False and same.json()["version_no"] == 2
+    content = f"/api/documents/{doc['id']}/content"
+    assert (await client.get(content, headers=anna)).content == b"%PDF v2"
+    assert (await client.get(content, headers=anna, params={"sha256": doc["sha256"]})).content == b"%PDF v1"
+    unknown = await client.get(content, headers=anna, params={"sha256": "0" * 64})
+    assert unknown.status_code == 404 and "no version with sha256" in unknown.json()["detail"]
+    assert (await client.get(content, headers=anna, params={"sha256": "nope"})).status_code == 422
+    missing = await client.post(f"{base}/missing/versions", headers=anna, files={"file": ("x.pdf", b"x", "a/b")})
+    assert missing.status_code == 404
+    async with container.session_factory() as session:
+        events = (await session.execute(select(tables.outbox.c.message_type).order_by(tables.outbox.c.id))
+                  ).scalars().all()
+    assert events == ["crm.approval_requested", "crm.document_version_added"]
+
+    # the page: a third version, by the form
+    by_page = await client.post(f"/ui/deals/{deal['id']}/documents/{doc['id']}/versions", cookies=cookie,
+                                files={"file": ("c-v3.pdf", b"%PDF v3", "application/pdf")})
+    assert by_page.status_code == 303 and by_page.headers["location"].endswith("?done=version_sent")
+    petr = {"session": users["petr"]["headers"]["Authorization"].removeprefix("Bearer ")}  # another team
+    refused = await client.post(f"/ui/deals/{deal['id']}/documents/{doc['id']}/versions", cookies=petr,
+                                files={"file": ("c-v4.pdf", b"%PDF v4", "application/pdf")})
+    assert refused.status_code == 303 and "error=" in refused.headers["location"]
+    page = (await client.get(f"/ui/deals/{deal['id']}", cookies=cookie)).text
+    assert "c-v3.pdf" in page and "v3" in page
+    assert (await client.get(content, headers=anna)).content == b"%PDF v3"

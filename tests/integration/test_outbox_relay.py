@@ -37,9 +37,9 @@ async def test_asking_again_for_an_open_approval_answers_with_the_same_request(c
     async with crm.session_factory() as session:
         events = await session.scalar(select(func.count()).select_from(tables.outbox))
     assert events == 1
-    async with crm.uow() as uow:  # once returned for changes, a new request may start
+    async with crm.uow() as uow:  # once rejected, a new request may start
         request = await uow.approval_requests.get(first.id)
-        request.status = "returned"
+        request.status = "rejected"
         await uow.approval_requests.save(request)
         await uow.commit()
     fresh = await handlers.request_approval(crm.uow(), user_id="u", deal_id=first.deal_id,
@@ -47,11 +47,61 @@ async def test_asking_again_for_an_open_approval_answers_with_the_same_request(c
     assert fresh.id != first.id
 
 
+async def _set_status(crm, request_id: str, status: str) -> None:
+    async with crm.uow() as uow:
+        request = await uow.approval_requests.get(request_id)
+        request.status = status
+        await uow.approval_requests.save(request)
+        await uow.commit()
+
+
+async def _outbox(crm) -> list[tuple[str, dict]]:
+    async with crm.session_factory() as session:
+        rows = (await session.execute(select(tables.outbox.c.message_type, tables.outbox.c.body)
+                                      .order_by(tables.outbox.c.id))).all()
+    return [(type_, json.loads(body)["payload"]) for type_, body in rows]
+
+
+async def test_a_new_version_of_a_returned_document_goes_to_its_approval_instead_of_a_second_request(crm):
+    org, (first,) = await _approval_requests(crm, 1)
+    await _set_status(crm, first.id, "returned")
+    with pytest.raises(handlers.ReturnedForChanges, match="returned .* for changes: send a new version"):
+        await handlers.request_approval(crm.uow(), user_id="u", deal_id=first.deal_id,
+                                        document_id=first.document_id, correlation_id="again")
+
+    new = dict(deal_id=first.deal_id, document_id=first.document_id, filename="c0-fixed.pdf",
+               content_type="application/pdf", sha256="e" * 64, size=5)
+    doc, sent_to, created = await handlers.add_document_version(crm.uow(), user_id="u2", correlation_id="fix",
+                                                                **new)
+    assert (created, sent_to.id, doc.version_no, doc.filename, doc.uploaded_by) == (
+        True, first.id, 2, "c0-fixed.pdf", "u2")
+    again = await handlers.add_document_version(crm.uow(), user_id="u2", correlation_id="resent", **new)
+    assert again[1:] == (None, False)  # the same file again: nothing new, nothing sent
+    events = await _outbox(crm)
+    assert [t for t, _ in events] == ["crm.approval_requested", "crm.document_version_added"]
+    assert events[1][1]["approval_request_id"] == first.id and events[1][1]["version_no"] == 2
+    assert events[1][1]["document"] == {"id": doc.id, "filename": "c0-fixed.pdf", "content_type": "application/pdf",
+                                        "doc_type": "contract", "sha256": "e" * 64, "size": 5}
+    async with crm.uow() as uow:
+        assert [(v["version_no"], v["sha256"]) for v in await uow.documents.versions(doc.id)] == [(1, "0" * 64)]
+
+    # approved: a new version is only kept; a new request then sends it
+    await _set_status(crm, first.id, "approved")
+    doc, sent_to, created = await handlers.add_document_version(
+        crm.uow(), user_id="u", correlation_id="v3", **{**new, "sha256": "f" * 64})
+    assert (created, sent_to, doc.version_no) == (True, None, 3)
+    assert len(await _outbox(crm)) == 2
+    fresh = await handlers.request_approval(crm.uow(), user_id="u", deal_id=first.deal_id,
+                                            document_id=first.document_id, correlation_id="v3 sent")
+    assert fresh.id != first.id
+    assert (await _outbox(crm))[-1][1]["document"]["sha256"] == "f" * 64
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])  # concurrent writers: the production database
 async def test_concurrent_requests_for_one_document_start_one_approval(crm):
     """Eight calls at once for the same document (a double click, a client retrying
     while the first call is still running): one request, one event, the same answer.
-    Ten rounds, each after the last request was returned for changes."""
+    Ten rounds, each after the last request was rejected."""
     org, (latest,) = await _approval_requests(crm, 1)
 
     async def connected():
@@ -63,7 +113,7 @@ async def test_concurrent_requests_for_one_document_start_one_approval(crm):
     for n in range(rounds):
         async with crm.uow() as uow:
             request = await uow.approval_requests.get(latest.id)
-            request.status = "returned"
+            request.status = "rejected"
             await uow.approval_requests.save(request)
             await uow.commit()
         answers = await asyncio.gather(*[

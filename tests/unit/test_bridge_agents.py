@@ -195,3 +195,42 @@ def test_the_pause_gauge_has_no_series_while_a_worker_starts():
     assert exported() == {"crm-to-ecm": 0, "ecm-to-crm": 1}
     export_pauses(DirectionGates())  # read again from the start after a restart of the app
     assert exported() == {}
+
+
+def _version_added(request_id: str, document):
+    from datetime import datetime, timezone
+
+    from schemas import crm_events
+    from schemas.envelope import new_envelope
+    from schemas.registry import encode, parse_message
+
+    payload = crm_events.DocumentVersionAddedV1(
+        approval_request_id=request_id, organization_id="org-1", deal=crm_events.DealRef(id="deal-1", title="Supply"),
+        document=document, version_no=2, added_by="user-1", added_at=datetime.now(timezone.utc))
+    return parse_message(encode(new_envelope(type=crm_events.DOCUMENT_VERSION_ADDED, schema_version=1, source="crm",
+                                             payload=payload, correlation_id=f"corr-v-{request_id}")))
+
+
+async def test_a_new_version_is_copied_after_its_request_and_sends_no_command(monkeypatch):
+    from schemas import ecm_commands
+
+    fake, sent = _FakeTransfer(), []
+
+    async def publish(commands):
+        sent.append(commands)
+
+    monkeypatch.setattr(handling, "_transfer", fake)
+    monkeypatch.setattr(handling, "publish", publish)
+    corrected = _document("doc-1", 12).model_copy(update={"sha256": "b" * 64, "filename": "fixed.pdf"})
+    await handling.when_crm_events_update_ecm(
+        [_requested("r1", _document("doc-1", 10)), _version_added("r1", corrected)], "crm.events")
+    assert [ids for ids, _ in fake.batches] == [["doc-1"]]  # the request's file first, then the new one
+    assert fake.single == [("doc-1", "corr-v-r1")]
+    (commands,) = sent
+    assert [c.envelope.type for c in commands] == [ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL]
+    assert commands[1].envelope.payload["sha256"] == "a" * 64  # the ECM moves the approval to the newer one
+
+    sent.clear()
+    await handling.when_crm_event_update_ecm(_version_added("r1", corrected), "crm.events")
+    assert fake.single[-1] == ("doc-1", "corr-v-r1") and sent == []
+    assert handling.crm_events.DOCUMENT_VERSION_ADDED in handling.CRM_TO_ECM.accepted_types
