@@ -189,18 +189,26 @@ import_keys = Table(
     Column("organization_id", String(36), nullable=False),
 )
 
+
+def _file_columns() -> list[Column]:
+    """A stored file: a document's current version and each of its earlier ones."""
+    return [
+        Column("filename", String(255), nullable=False),
+        Column("content_type", String(255), nullable=False),
+        Column("size", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("uploaded_by", String(36), nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+    ]
+
+
 documents = Table(
     "documents",
     metadata,
     Column("id", String(36), primary_key=True),
     Column("deal_id", String(36), ForeignKey("deals.id"), nullable=False, index=True),
-    Column("filename", String(255), nullable=False),
-    Column("content_type", String(255), nullable=False),
     Column("doc_type", String(64), nullable=False),
-    Column("size", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("uploaded_by", String(36), nullable=False),
-    Column("created_at", UtcDateTime(), nullable=False),
+    *_file_columns(),
     Column("version_no", Integer, nullable=False, server_default="1"),
 )
 
@@ -211,12 +219,7 @@ document_versions = Table(
     metadata,
     Column("document_id", String(36), ForeignKey("documents.id"), primary_key=True),
     Column("version_no", Integer, primary_key=True),
-    Column("filename", String(255), nullable=False),
-    Column("content_type", String(255), nullable=False),
-    Column("size", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("uploaded_by", String(36), nullable=False),
-    Column("created_at", UtcDateTime(), nullable=False),
+    *_file_columns(),
 )
 
 approval_requests = Table(
