@@ -655,6 +655,9 @@ async def test_a_document_returned_for_changes_goes_back_as_a_new_version_from_t
                               json={"document_id": doc["id"]})
     assert again.status_code == 409 and "send a new version" in again.json()["detail"]
     assert "the price in 4.2" in again.json()["detail"]
+    by_button = await client.post(f"/ui/deals/{deal['id']}/approval-requests", cookies=cookie,
+                                  data={"document_id": doc["id"]})  # a page left open before the return
+    assert by_button.status_code == 303 and "send%20a%20new%20version" in by_button.headers["location"]
     listed = (await client.get(base, headers=anna)).json()
     assert (listed[0]["approval"]["status"], listed[0]["approval"]["reason"], listed[0]["may_request"]) == (
         "returned", "the price in 4.2", False)
