@@ -1,8 +1,8 @@
 """Pages for sales' deals and leads: a deal made on the organization's card, the deal's
 page (its documents, attaching a file or filling a template, the one action that sends a
 document for approval, a new version of a document returned for changes, where each
-approval stands, stage moves), documents downloaded as
-attachments, and leads captured, converted or disqualified. Same rules as the API."""
+approval stands, stage moves), documents downloaded as attachments, and leads captured,
+converted or disqualified. Same rules as the API."""
 
 from __future__ import annotations
 
