@@ -171,6 +171,16 @@ def _container(request: Request):
     return request.app.state.container
 
 
+async def _receive_deal_file(request: Request, user: User, deal_id: str, file: UploadFile) -> dict:
+    """A file for one of the deal's documents, from someone who may change the deal
+    (checked before a byte is stored): its safe name, content type, sha256 and size."""
+    container = _container(request)
+    await _check_deal_owner(request, user, deal_id)
+    sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
+    return {"filename": safe_filename(file.filename), "content_type": file.content_type or "application/octet-stream",
+            "sha256": sha256, "size": size}
+
+
 async def _check_deal_owner(request: Request, user: User, deal_id: str) -> None:
     """Documents and approval requests are added by the deal's owner, their team's manager or an admin."""
     async with _container(request).uow() as uow:
@@ -257,16 +267,10 @@ async def upload_document(
     doc_type: str = Form("contract", min_length=1, max_length=64, pattern=r"^[a-z0-9_\-]+$"),
     user: User = Depends(require_roles(*SALES)),
 ):
-    container = _container(request)
-    await _check_deal_owner(request, user, deal_id)
-    sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
+    received = await _receive_deal_file(request, user, deal_id, file)
     try:
-        doc = await handlers.attach_document(
-            container.uow(), user_id=user.id, deal_id=deal_id,
-            filename=safe_filename(file.filename),
-            content_type=file.content_type or "application/octet-stream",
-            doc_type=doc_type, sha256=sha256, size=size,
-        )
+        doc = await handlers.attach_document(_container(request).uow(), user_id=user.id, deal_id=deal_id,
+                                             doc_type=doc_type, **received)
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     return DocumentOut(**doc.__dict__)
@@ -287,14 +291,11 @@ async def upload_document_version(
     or returned for changes) the new version goes to it at once: the ECM stores it as the
     next version of the same document and the approval goes on from the stages its
     route's policy names; its status follows here as before."""
-    container = _container(request)
-    await _check_deal_owner(request, user, deal_id)
-    sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
+    received = await _receive_deal_file(request, user, deal_id, file)
     try:
         doc, sent_to, created = await handlers.add_document_version(
-            container.uow(), user_id=user.id, caller=user, deal_id=deal_id, document_id=document_id,
-            filename=safe_filename(file.filename), content_type=file.content_type or "application/octet-stream",
-            sha256=sha256, size=size, correlation_id=correlation_id(request))
+            _container(request).uow(), user_id=user.id, caller=user, deal_id=deal_id, document_id=document_id,
+            correlation_id=correlation_id(request), **received)
     except handlers.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except NotAllowed as exc:
@@ -314,14 +315,13 @@ async def document_content(
     container = _container(request)
     async with container.uow() as uow:
         doc = await uow.documents.get(document_id)
-        versions = await uow.documents.versions(document_id) if doc and sha256 and sha256 != doc.sha256 else []
-    if doc is None:
-        raise HTTPException(404, f"document {document_id} not found")
-    file = {"filename": doc.filename, "content_type": doc.content_type, "sha256": doc.sha256}
-    if sha256 and sha256 != doc.sha256:
-        file = next((v for v in versions if v["sha256"] == sha256), None)
-        if file is None:
-            raise HTTPException(404, f"document {document_id} has no version with sha256 {sha256}")
+        if doc is None:
+            raise HTTPException(404, f"document {document_id} not found")
+        file = {"filename": doc.filename, "content_type": doc.content_type, "sha256": doc.sha256}
+        if sha256 and sha256 != doc.sha256:
+            file = next((v for v in await uow.documents.versions(document_id) if v["sha256"] == sha256), None)
+            if file is None:
+                raise HTTPException(404, f"document {document_id} has no version with sha256 {sha256}")
     return FileResponse(
         container.file_store.path_for(file["sha256"]), media_type=file["content_type"], filename=file["filename"],
         headers={"X-Content-SHA256": file["sha256"]},

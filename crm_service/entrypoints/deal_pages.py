@@ -16,13 +16,13 @@ from sqlalchemy import select
 
 from crm_service.adapters import tables
 from crm_service.domain.rights import NotAllowed
-from crm_service.entrypoints.api import _check_deal_owner
+from crm_service.entrypoints.api import _receive_deal_file
 from crm_service.entrypoints.pages import WRITERS, _list, _writer, page_user, render
 from crm_service.entrypoints.sales_api import LeadIn, _actor
 from crm_service.service_layer import handlers, sales
 from infra.pages import back_to, errors_text
 from infra.users import User
-from infra.web import correlation_id, receive_upload, safe_filename
+from infra.web import correlation_id
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -116,12 +116,9 @@ async def deal_upload(deal_id: str, request: Request, file: UploadFile = File(..
     back = f"/ui/deals/{deal_id}"
     try:
         doc_type = _doc_type(doc_type)
-        await _check_deal_owner(request, user, deal_id)
-        sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
-        await handlers.attach_document(
-            container.uow(), user_id=user.id, deal_id=deal_id, filename=safe_filename(file.filename),
-            content_type=file.content_type or "application/octet-stream", doc_type=doc_type, sha256=sha256,
-            size=size)
+        received = await _receive_deal_file(request, user, deal_id, file)
+        await handlers.attach_document(container.uow(), user_id=user.id, deal_id=deal_id, doc_type=doc_type,
+                                       **received)
     except HTTPException as exc:
         if exc.status_code == 404:
             raise
@@ -140,12 +137,10 @@ async def deal_document_version(deal_id: str, document_id: str, request: Request
     container = request.app.state.container
     back = f"/ui/deals/{deal_id}"
     try:
-        await _check_deal_owner(request, user, deal_id)
-        sha256, size = await receive_upload(container.file_store, file, container.settings.max_upload_bytes)
+        received = await _receive_deal_file(request, user, deal_id, file)
         _, sent_to, created = await handlers.add_document_version(
             container.uow(), user_id=user.id, caller=user, deal_id=deal_id, document_id=document_id,
-            filename=safe_filename(file.filename), content_type=file.content_type or "application/octet-stream",
-            sha256=sha256, size=size, correlation_id=correlation_id(request))
+            correlation_id=correlation_id(request), **received)
     except HTTPException as exc:
         if exc.status_code == 404:
             raise
