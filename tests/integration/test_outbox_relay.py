@@ -37,11 +37,7 @@ async def test_asking_again_for_an_open_approval_answers_with_the_same_request(c
     async with crm.session_factory() as session:
         events = await session.scalar(select(func.count()).select_from(tables.outbox))
     assert events == 1
-    async with crm.uow() as uow:  # once rejected, a new request may start
-        request = await uow.approval_requests.get(first.id)
-        request.status = "rejected"
-        await uow.approval_requests.save(request)
-        await uow.commit()
+    await _set_status(crm, first.id, "rejected")  # once rejected, a new request may start
     fresh = await handlers.request_approval(crm.uow(), user_id="u", deal_id=first.deal_id,
                                             document_id=first.document_id, correlation_id="new round")
     assert fresh.id != first.id
@@ -111,11 +107,7 @@ async def test_concurrent_requests_for_one_document_start_one_approval(crm):
     await asyncio.gather(*[connected() for _ in range(8)])  # eight connections ready: the calls overlap
     rounds = 10
     for n in range(rounds):
-        async with crm.uow() as uow:
-            request = await uow.approval_requests.get(latest.id)
-            request.status = "rejected"
-            await uow.approval_requests.save(request)
-            await uow.commit()
+        await _set_status(crm, latest.id, "rejected")
         answers = await asyncio.gather(*[
             handlers.request_approval(crm.uow(), user_id="u", deal_id=latest.deal_id,
                                       document_id=latest.document_id, correlation_id=f"round-{n}-click-{i}")
