@@ -54,8 +54,14 @@ def read_rows(path: Path, kind: str | None = None) -> Iterator[dict]:
     if kind in ("csv", "xlsx"):
         yield from _rows_from_table(read_table(path, kind))
     elif kind in ("jsonl", "ndjson"):
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+        # Bytes, decoded line by line: one line in another encoding is that row's error, not the file's.
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    yield {"_error": f"line {number} is not UTF-8 text (JSON lines are UTF-8)"}
+                    continue
                 if not line.strip():
                     continue
                 try:

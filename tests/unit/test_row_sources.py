@@ -68,6 +68,18 @@ def test_jsonl_keeps_going_past_bad_lines(tmp_path):
     assert rows[1] == {"_error": "line 2 is not JSON"} and rows[2] == {"_error": "line 3 is not a JSON object"}
 
 
+def test_jsonl_line_in_another_encoding_is_that_rows_error(tmp_path):
+    # An export with a byte order mark whose second line came out in Windows-1251: the rows around it still load.
+    lines = [json.dumps({"code": str(n), "name": name}, ensure_ascii=False)
+             for n, name in enumerate(("Ромашка", "Лютик", "Василёк"), start=1)]
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(b"\n".join([lines[0].encode("utf-8-sig"), lines[1].encode("cp1251"), lines[2].encode()]))
+    assert list(read_rows(path)) == [
+        {"code": "1", "name": "Ромашка"},
+        {"_error": "line 2 is not UTF-8 text (JSON lines are UTF-8)"},
+        {"code": "3", "name": "Василёк"}]
+
+
 @pytest.mark.parametrize("content, kind, message", [
     ("", "csv", "empty"),
     ("code,inn\n1,7707083893\n", "csv", "no name column"),
