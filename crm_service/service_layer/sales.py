@@ -464,7 +464,8 @@ def link_text(org: Organization) -> str:
 
 
 async def timeline(uow: CrmUnitOfWork, organization_id: str) -> list[dict]:
-    """Relationship history, activities, deal stages and approval statuses, newest first."""
+    """Relationship history, activities, deal stages, documents and their versions, and
+    approval statuses, newest first."""
     entries = [{"at": h["at"], "kind": h["kind"], "text": _history_text(h), "actor_id": h["actor_id"]}
                for h in await uow.organizations.history(organization_id)]
     t = tables.activities
@@ -478,7 +479,17 @@ async def timeline(uow: CrmUnitOfWork, organization_id: str) -> list[dict]:
         text = f"deal «{row['title']}»: " + (f"{row['from_stage']} → {row['to_stage']}" if row["from_stage"]
                                               else f"created at {row['to_stage']}")
         entries.append({"at": row["at"], "kind": "deal_stage", "text": text, "actor_id": row["actor_id"]})
-    s, a, d = tables.approval_status_history, tables.approval_requests, tables.documents
+    d, v = tables.documents, tables.document_versions
+    deal_documents = d.join(dl, dl.c.id == d.c.deal_id)
+    for f, source in ((d, deal_documents), (v, v.join(deal_documents, d.c.id == v.c.document_id))):
+        rows = await uow.session.execute(
+            select(f.c.filename, f.c.version_no, f.c.uploaded_by, f.c.created_at, dl.c.title)
+            .select_from(source).where(dl.c.organization_id == organization_id))
+        for row in rows.mappings():
+            text = (f"deal «{row['title']}»: {row['filename']} attached" if row["version_no"] == 1
+                    else f"deal «{row['title']}»: {row['filename']}, version {row['version_no']}")
+            entries.append({"at": row["created_at"], "kind": "document", "text": text, "actor_id": row["uploaded_by"]})
+    s, a = tables.approval_status_history, tables.approval_requests
     statuses = await uow.session.execute(
         select(s, d.c.filename).join(a, a.c.id == s.c.approval_request_id).join(d, d.c.id == a.c.document_id)
         .where(a.c.organization_id == organization_id))

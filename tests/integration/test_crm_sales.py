@@ -695,3 +695,9 @@ async def test_a_document_returned_for_changes_goes_back_as_a_new_version_from_t
     page = (await client.get(f"/ui/deals/{deal['id']}", cookies=cookie)).text
     assert "c-v3.pdf" in page and "v3" in page
     assert (await client.get(content, headers=anna)).content == b"%PDF v3"
+    # the organization card's timeline tells the document's story: attached, then each version
+    card = (await client.get(f"/api/organizations/{org['id']}/card", headers=anna)).json()
+    documents = [e["text"] for e in card["timeline"] if e["kind"] == "document"]
+    assert documents == ["deal «D»: c-v3.pdf, version 3", "deal «D»: c-fixed.pdf, version 2",
+                         "deal «D»: c.pdf attached"], card["timeline"]
+    assert {e["actor_id"] for e in card["timeline"] if e["kind"] == "document"} == {users["anna"]["id"]}
