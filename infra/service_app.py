@@ -40,6 +40,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         try:
             yield
         finally:
+            await container.on_stopping()
             await tasks.stop()
             await container.on_shutdown()
             await container.producer.stop()

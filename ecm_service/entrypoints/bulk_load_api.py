@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ecm_service.service_layer.bulk_load import get_job, recent_jobs, refuse_job, run_job, start_job
+from ecm_service.service_layer.bulk_load import get_job, recent_jobs, refuse_job, spawn_job, start_job
 from infra.users import User
 from infra.web import require_roles, safe_filename, save_upload
 
@@ -19,7 +18,6 @@ router = APIRouter(prefix="/api/counterparties/bulk-loads", tags=["bulk load"])
 LOADERS = ("steward", "admin")
 READERS = (*LOADERS, "auditor")
 KINDS = ("csv", "xlsx", "jsonl")
-_running: set[asyncio.Task] = set()
 
 
 class LoadOut(BaseModel):
@@ -62,11 +60,8 @@ async def begin_load(container, file: UploadFile, *, system: str, verify_clean_r
         path.unlink(missing_ok=True)
         await refuse_job(container.session_factory, load_id, refused.detail)
         raise refused
-    task = asyncio.create_task(run_job(
-        container.session_factory, load_id=load_id, path=path, kind=kind, system=system, actor=f"user:{user.id}",
-        verify_clean=verify_clean_rows, report_path=folder / f"{load_id}.report.csv"))
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+    spawn_job(container.session_factory, load_id=load_id, path=path, kind=kind, system=system,
+              actor=f"user:{user.id}", verify_clean=verify_clean_rows, report_path=folder / f"{load_id}.report.csv")
     return load_id
 
 

@@ -50,6 +50,7 @@ REPORT_HEADER = ["row", "code", "outcome", "counterparty_id", "quality_flags", "
 class LoadResult:
     counts: Counter = field(default_factory=Counter)
     rows: int = 0
+    stopped: bool = False  # ended early: its service was stopping
 
 
 def _prepare(row: dict) -> dict:
@@ -80,7 +81,9 @@ class BulkLoader:
         self._seen_keys: dict[int, int] = {}
 
     async def run(self, rows: Iterator[dict], report_path: Path,
-                  progress: Callable[[int, Counter], Awaitable[None]] | None = None) -> LoadResult:
+                  progress: Callable[[int, Counter], Awaitable[None]] | None = None,
+                  stop: asyncio.Event | None = None) -> LoadResult:
+        """Loads chunk by chunk; with `stop` set, ends after the chunk in hand (`stopped`)."""
         result = LoadResult()
         report_path.parent.mkdir(parents=True, exist_ok=True)
         with open(report_path, "w", newline="", encoding="utf-8") as out:
@@ -99,6 +102,9 @@ class BulkLoader:
                 result.counts.update(line[2] for line in lines)
                 if progress:
                     await progress(result.rows, result.counts)
+                if stop is not None and stop.is_set():
+                    result.stopped = True
+                    break
         return result
 
     async def _refresh_statistics(self) -> None:
@@ -266,9 +272,8 @@ async def _checked(session_factory, row: dict, stale_after: float | None) -> dic
         return row
     t = tables.bulk_loads
     same_progress = t.c.progress_at == since if row["progress_at"] else t.c.progress_at.is_(None)
-    error = (f"interrupted: no progress for over {stale_after:.0f} s after {row['rows_done']} rows (the process "
-             "running it stopped); load the file again: rows already loaded are found by their code, not "
-             "created twice")
+    error = _interrupted(f"no progress for over {stale_after:.0f} s after {row['rows_done']} rows (the process "
+                         "running it stopped)")
     async with session_factory() as session, session.begin():
         taken = (await session.execute(
             update(t).where(t.c.id == row["id"], t.c.status == "running", same_progress)
@@ -278,9 +283,17 @@ async def _checked(session_factory, row: dict, stale_after: float | None) -> dic
     return (await _select(session_factory, select(t).where(t.c.id == row["id"])))[0]
 
 
+def _interrupted(why: str) -> str:
+    return (f"interrupted: {why}; load the file again: rows already loaded are found by their code, not "
+            "created twice")
+
+
 async def run_job(session_factory, *, load_id: str, path: Path, kind: str, system: str, actor: str,
-                  verify_clean: bool, report_path: Path) -> LoadResult | None:
-    """Runs a load and keeps its row current; a failure is recorded, not raised."""
+                  verify_clean: bool, report_path: Path, chunk_size: int = 5000,
+                  stop: asyncio.Event | None = None) -> LoadResult | None:
+    """Runs a load and keeps its row current; a failure is recorded, not raised. With
+    `stop` set (its service stopping) it ends after the chunk in hand and records itself
+    interrupted there: the committed chunks and their lines of the report stay."""
     t = tables.bulk_loads
 
     async def progress(rows: int, counts: Counter) -> None:
@@ -289,13 +302,44 @@ async def run_job(session_factory, *, load_id: str, path: Path, kind: str, syste
                 rows_done=rows, counts=dict(counts), progress_at=datetime.now(timezone.utc)))
 
     try:
-        loader = BulkLoader(session_factory, system=system, actor=actor, verify_clean=verify_clean)
-        result = await loader.run(read_rows(path, kind), report_path, progress)
+        loader = BulkLoader(session_factory, system=system, actor=actor, verify_clean=verify_clean,
+                            chunk_size=chunk_size)
+        result = await loader.run(read_rows(path, kind), report_path, progress, stop)
         # error cleared: a load that was only slow may have been reported interrupted meanwhile
         final = {"status": "done", "rows_done": result.rows, "counts": dict(result.counts), "error": None}
+        if result.stopped:
+            final.update(status="failed", error=_interrupted(f"the ECM service stopped after {result.rows} rows"))
+            log.warning("bulk_load_interrupted", load_id=load_id, rows_done=result.rows, reason="service stopping")
     except Exception as exc:  # an unreadable file, a database error: say so on the job
         result, final = None, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]}
     async with session_factory() as session, session.begin():
         await session.execute(update(t).where(t.c.id == load_id).values(
             finished_at=datetime.now(timezone.utc), report_path=str(report_path), **final))
     return result
+
+
+_running: dict[asyncio.Task, asyncio.Event] = {}
+
+
+def spawn_job(session_factory, **job) -> asyncio.Task:
+    """Runs `run_job` in the background of this process; `stop_jobs` ends what is left."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_job(session_factory, stop=stop, **job))
+    _running[task] = stop
+    task.add_done_callback(lambda done: _running.pop(done, None))
+    return task
+
+
+async def stop_jobs(timeout: float = 30.0) -> int:
+    """At the service's stop: each load still running ends after the chunk in hand and
+    records itself interrupted, with the rows it committed, instead of reading `running`
+    until the stale rule catches it. One still running after `timeout` is cancelled (the
+    stale rule then tells). Returns how many loads were running."""
+    jobs = dict(_running)
+    for stop in jobs.values():
+        stop.set()
+    if jobs:
+        _, late = await asyncio.wait(jobs, timeout=timeout)
+        for task in late:
+            task.cancel()
+    return len(jobs)

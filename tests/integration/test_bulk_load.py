@@ -125,6 +125,43 @@ async def test_a_load_whose_process_stopped_reads_as_interrupted_and_loading_aga
     assert await _count(ecm, tables.counterparties) == 3
 
 
+async def test_a_load_running_when_its_service_stops_says_so_at_once(ecm, tmp_path):
+    """A deploy's restart stops the ECM gracefully while a load runs: the load used to
+    read `running` until the stale rule caught it minutes later. Now the service's stop
+    ends it after the chunk in hand and it records itself failed, interrupted, with the
+    rows it committed, each of them in its report; the file loaded again creates only the
+    rest."""
+    import asyncio
+
+    from ecm_service.service_layer.bulk_load import get_job, run_job, spawn_job, start_job, stop_jobs
+
+    sessions = ecm.session_factory
+    path = tmp_path / "export.csv"
+    path.write_text(HEADER + "".join(f"{n};Организация {n};;;\n" for n in range(1, 401)), encoding="utf-8")
+    load_id = await start_job(sessions, file_name="export.csv", system="1c", user_id="steward")
+    task = spawn_job(sessions, load_id=load_id, path=path, kind="csv", system="1c", actor="test",
+                     verify_clean=False, report_path=tmp_path / "report.csv", chunk_size=2)
+    while (await get_job(sessions, load_id))["rows_done"] < 4:
+        await asyncio.sleep(0.005)
+    assert await stop_jobs() == 1 and task.done() and not task.cancelled()
+    assert await stop_jobs() == 0  # nothing left running in this process
+
+    job = await get_job(sessions, load_id)
+    assert job["status"] == "failed" and job["finished_at"] is not None, job
+    assert 4 <= job["rows_done"] < 400
+    assert job["error"].startswith(f"interrupted: the ECM service stopped after {job['rows_done']} rows; load the "
+                                   "file again"), job["error"]
+    with open(job["report_path"], encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == job["rows_done"]
+    assert await _count(ecm, tables.counterparties) == job["rows_done"]
+
+    again = await start_job(sessions, file_name="export.csv", system="1c", user_id="steward")
+    result = await run_job(sessions, load_id=again, path=path, kind="csv", system="1c", actor="test",
+                           verify_clean=False, report_path=tmp_path / "again.csv")
+    assert (result.counts["unchanged"], result.counts["created"]) == (job["rows_done"], 400 - job["rows_done"])
+    assert await _count(ecm, tables.counterparties) == 400
+
+
 async def test_a_value_longer_than_the_registry_holds_is_a_row_error_not_a_failed_load(ecm, tmp_path):
     # On PostgreSQL one such value failed the chunk's insert, and with it the whole load
     # (SQLite stores any length, so only one backend showed it).
