@@ -16,7 +16,7 @@ from ecm_service.domain.approval import Route
 from ecm_service.domain.document_types import DocumentType, load_document_types
 from ecm_service.domain.retention import load_retention
 from ecm_service.domain.routes import load_routes
-from ecm_service.service_layer import bulk_load, bulk_matching
+from ecm_service.service_layer import bulk_matching
 from ecm_service.service_layer.approvals import sync_routes_from_file
 from ecm_service.service_layer.commands import ACCEPTED_COMMANDS, apply_command, apply_commands
 from ecm_service.service_layer.metrics import refresh_approval_metrics, run_deadline_clock
@@ -71,10 +71,6 @@ class EcmContainer(ServiceContainer):
         else:
             if added:
                 log.info("route_versions_added", versions=added)
-
-    async def on_stopping(self) -> None:
-        if stopped := await bulk_load.stop_jobs():
-            log.warning("bulk_loads_stopped", loads=stopped)
 
     async def on_shutdown(self) -> None:
         if (workers := bulk_matching.configured()) is not None:

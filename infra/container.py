@@ -53,10 +53,6 @@ class ServiceContainer:
     async def on_startup(self) -> None:
         """Runs once before the relay, the consumer and the background jobs start."""
 
-    async def on_stopping(self) -> None:
-        """Runs first when the service stops, while the relay, the consumer and the
-        background jobs still run (e.g. to end work the API started)."""
-
     async def on_shutdown(self) -> None:
         """Runs once after the relay, the consumer and the background jobs have stopped."""
 

@@ -1,11 +1,13 @@
 """Background work a service runs next to its HTTP API: the outbox relay and the
-command consumer. Started and stopped by the app's lifespan."""
+command consumer, and the jobs its requests start. Started and stopped by the app's
+lifespan."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -64,3 +66,35 @@ class BackgroundTasks:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+class StoppableJobs:
+    """Work a request starts in the background (a CRM import, an ECM bulk load). Each job
+    gets an event asking it to end at its next safe point (after the chunk in hand) and
+    say where it stopped; the service's stop sets them all and waits for them."""
+
+    def __init__(self):
+        self._jobs: dict[asyncio.Task, asyncio.Event] = {}
+
+    def spawn(self, job: Callable[[asyncio.Event], Awaitable]) -> asyncio.Task:
+        stop = asyncio.Event()
+        task = asyncio.create_task(job(stop))
+        self._jobs[task] = stop
+        task.add_done_callback(lambda done: self._jobs.pop(done, None))
+        return task
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """Asks every running job to stop and waits up to `timeout`; one still running then
+        is cancelled (its stale rule tells the rest). Returns how many were running."""
+        jobs = dict(self._jobs)
+        for stop in jobs.values():
+            stop.set()
+        if jobs:
+            _, late = await asyncio.wait(jobs, timeout=timeout)
+            for task in late:
+                task.cancel()
+        return len(jobs)
+
+
+# The jobs this process's requests started; the app's lifespan stops them first.
+REQUEST_JOBS = StoppableJobs()

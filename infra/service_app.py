@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from infra import business_day
 from infra.db import database_reachable, migrations_at_head
 from infra.kafka import broker_reachable
-from infra.runtime import BackgroundTasks, settle_garbage_collector, start_producer
+from infra.runtime import REQUEST_JOBS, BackgroundTasks, settle_garbage_collector, start_producer
 from infra.web import CorrelationIdMiddleware, RejectUnstorableText
 
 log = structlog.get_logger()
@@ -40,7 +40,10 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         try:
             yield
         finally:
-            await container.on_stopping()
+            # Imports and bulk loads first, while the relay and consumer still run: each
+            # ends after its chunk in hand and says where it stopped.
+            if stopped := await REQUEST_JOBS.stop():
+                log.warning("jobs_stopped", jobs=stopped)
             await tasks.stop()
             await container.on_shutdown()
             await container.producer.stop()

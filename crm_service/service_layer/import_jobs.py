@@ -3,7 +3,6 @@ mapping suggested), then a dry run, then the apply, each in the background."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,13 +13,13 @@ from starlette.concurrency import run_in_threadpool
 
 from crm_service.adapters import tables
 from crm_service.service_layer import imports
+from infra.runtime import REQUEST_JOBS
 from infra.spreadsheets import UnreadableFile
 from infra.web import safe_filename, save_upload
 
 log = structlog.get_logger()
 
 KINDS = ("csv", "xlsx")
-_running: set[asyncio.Task] = set()
 
 
 class ImportRefused(Exception):
@@ -126,8 +125,6 @@ async def start(container, import_id: str, *, user_id: str, apply: bool) -> None
             run_id=run_id, progress_at=datetime.now(timezone.utc), error=None))).rowcount
     if not started:  # another request (on this replica or another) started it a moment ago
         raise ImportRefused(409, "the import was started meanwhile")
-    task = asyncio.create_task(imports.run_import(
+    REQUEST_JOBS.spawn(lambda stop: imports.run_import(
         container.session_factory, import_id=import_id, path=Path(job["file_path"]), mapping=job["mapping"],
-        user_id=user_id, apply=apply, report_path=report, run_id=run_id))
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+        user_id=user_id, apply=apply, report_path=report, run_id=run_id, stop=stop))

@@ -142,7 +142,8 @@ class RunTakenOver(Exception):
 
 
 async def run_import(session_factory, *, import_id: str, path: Path, mapping: dict[str, str], user_id: str,
-                     apply: bool, report_path: Path, run_id: str | None = None) -> dict:
+                     apply: bool, report_path: Path, run_id: str | None = None,
+                     stop: asyncio.Event | None = None) -> dict:
     """The dry run (apply=False) writes nothing but the job's progress, its report and
     the prepared rows the apply then reads instead of parsing the file a second time (the
     mapping cannot change in between: a new mapping needs a new dry run).
@@ -156,7 +157,10 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
 
     `run_id`: the run that owns the job (import_jobs.start). Its progress writes only
     touch the job while it still owns it; once another run has taken over, this one
-    stops (RunTakenOver) and leaves the job alone."""
+    stops (RunTakenOver) and leaves the job alone.
+
+    `stop` set (its service stopping): no further chunk is read, the chunks in flight
+    finish, and the job reads failed, interrupted after the rows it got through."""
     counts = dict.fromkeys(OUTCOMES, 0)
     indices = sorted(int(k) for k in mapping)
     columns = {position: mapping[str(index)] for position, index in enumerate(indices)}
@@ -170,7 +174,7 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
     seen: set[str] = set()
     pending: deque[_Chunk] = deque()
     progress = _Progress(session_factory, import_id, run_id)
-    done = 0
+    done, stopped = 0, False
     try:
         with open(report_path, "w", newline="", encoding="utf-8-sig") as out, \
                 (open(partial, "wb") if not apply else nullcontext()) as keep:
@@ -183,6 +187,9 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
                           else ProcessReader(mapped_rows, (path, indices), chunk=CHUNK))
                 async with reader:
                     async for items in reader:
+                        if stop is not None and stop.is_set():
+                            stopped = True
+                            break
                         rows = items if from_cache else [prepare(n, cells, filled, columns)
                                                          for n, cells, filled in items]
                         if keep:
@@ -201,6 +208,12 @@ async def run_import(session_factory, *, import_id: str, path: Path, mapping: di
                 for chunk in pending:
                     chunk.task.cancel()
                 await asyncio.gather(*(chunk.task for chunk in pending), return_exceptions=True)
+        if stopped:
+            partial.unlink(missing_ok=True)
+            log.warning("import_interrupted", import_id=import_id, rows_done=done, reason="service stopping")
+            await _progress(session_factory, import_id, done, counts, status="failed", run_id=run_id,
+                            error=f"interrupted: the CRM service stopped after {done} rows; run the dry run again")
+            return counts
         if not apply:
             if run_id is not None and not await _progress(session_factory, import_id, done, counts, run_id=run_id):
                 raise RunTakenOver(import_id)  # the cache is the job's owner's to write

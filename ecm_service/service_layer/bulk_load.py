@@ -33,6 +33,7 @@ from ecm_service.domain.matching import match_name
 from ecm_service.domain.names import normalize_name
 from ecm_service.service_layer.registry import COUNTERPARTY
 from infra.db import analyze
+from infra.runtime import REQUEST_JOBS
 from infra.spreadsheets import inert_row
 
 FIELDS = ("name", "short_name", "legal_form", "country", "inn", "kpp", "ogrn", "vat", "addresses")
@@ -318,28 +319,6 @@ async def run_job(session_factory, *, load_id: str, path: Path, kind: str, syste
     return result
 
 
-_running: dict[asyncio.Task, asyncio.Event] = {}
-
-
 def spawn_job(session_factory, **job) -> asyncio.Task:
-    """Runs `run_job` in the background of this process; `stop_jobs` ends what is left."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_job(session_factory, stop=stop, **job))
-    _running[task] = stop
-    task.add_done_callback(lambda done: _running.pop(done, None))
-    return task
-
-
-async def stop_jobs(timeout: float = 30.0) -> int:
-    """At the service's stop: each load still running ends after the chunk in hand and
-    records itself interrupted, with the rows it committed, instead of reading `running`
-    until the stale rule catches it. One still running after `timeout` is cancelled (the
-    stale rule then tells). Returns how many loads were running."""
-    jobs = dict(_running)
-    for stop in jobs.values():
-        stop.set()
-    if jobs:
-        _, late = await asyncio.wait(jobs, timeout=timeout)
-        for task in late:
-            task.cancel()
-    return len(jobs)
+    """Runs `run_job` in the background of this process; the service's stop ends it."""
+    return REQUEST_JOBS.spawn(lambda stop: run_job(session_factory, stop=stop, **job))

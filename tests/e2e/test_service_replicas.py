@@ -4,7 +4,7 @@ both. Every approval request is published once, handled once and reaches the CRM
 ECM replicas apply commands; an import's steps may each reach a different replica, and
 an import whose replica is killed mid-run (a deploy's restart) is started again on the
 other, and a bulk load of the registry whose replica is killed reads as interrupted and is
-loaded again without duplicates (one whose replica is stopped for a restart says so at once)."""
+loaded again without duplicates (an import or a load whose replica is stopped for a restart says so at once)."""
 
 import asyncio
 import csv
@@ -181,32 +181,55 @@ def test_a_bulk_load_whose_replica_is_killed_reads_as_interrupted_and_loading_ag
     assert asyncio.run(registered(system, "rst")) == 20_000
 
 
-def test_a_bulk_load_whose_replica_is_stopped_for_a_restart_says_so_at_once(system, replicas):
-    """A deploy's restart stops a replica with SIGTERM while it loads: the load ends after
-    the chunk in hand and reads as interrupted as soon as the process has exited, not a
-    stale period later, with its report of the rows it got through."""
+def test_an_import_and_a_bulk_load_whose_replicas_are_stopped_for_a_restart_say_so_at_once(system, replicas):
+    """A deploy's restart stops a CRM and an ECM replica with SIGTERM while one runs an
+    import's dry run and the other a bulk load of the registry: each ends after the chunks
+    in hand and reads as interrupted as soon as its process has exited, not a stale period
+    later; the load with its report of the rows it got through."""
     first, _ = replicas
+    crm3 = system.start_replica("crm", "crm-3", free_port())
     ecm3 = system.start_replica("ecm", "ecm-3", free_port())
-    wait_until(lambda: _ready(ecm3), timeout=90, message="ecm-3 ready")
-    third = Via(first._api, system.crm_url, ecm3)
+    for url in (crm3, ecm3):
+        wait_until(lambda u=url: _ready(u), timeout=90, message=f"{url} ready")
+    third = Via(first._api, crm3, ecm3)
+
+    def stopped_for_a_restart(name: str) -> None:
+        system.kill(name, signal.SIGTERM)  # uvicorn stops gracefully, then exits by the signal it caught
+        log = system._log(name).read_text()
+        assert '"jobs_stopped"' in log and '"service_stopped"' in log, log[-2000:]
+
+    rows = [[f"ООО «Перезапуск {i}»", ""] for i in range(40_000)]
+    up = third.crm(SALES, "POST", "/api/imports", files={"file": ("big.csv", _csv(rows), "text/csv")})
+    assert up.status_code == 201, up.text
+    import_url = f"/api/imports/{up.json()['id']}"
+    assert third.crm(SALES, "POST", f"{import_url}/dry-run").status_code == 202
+    wait_until(lambda: first.crm(SALES, "GET", import_url).json()["rows_done"] > 0, timeout=60, interval=0.1,
+               message="the dry run under way")
+    stopped_for_a_restart("crm-3")
+    job = first.crm(SALES, "GET", import_url).json()  # no stale rule needed: it said so itself
+    assert job["status"] == "failed" and 0 < job["rows_done"] < len(rows), job
+    assert job["error"] == f"interrupted: the CRM service stopped after {job['rows_done']} rows; run the dry run again"
+
     steward = "steward-stas"
-    rows = "".join(f"TRM-{i};ООО «Рестарт {i:05d}»;;;\n" for i in range(20_000))
-    files = {"file": ("export.csv", ("Код;Наименование;ИНН;КПП;ОГРН\n" + rows).encode(), "text/csv")}
+    lines = "".join(f"TRM-{i};ООО «Рестарт {i:05d}»;;;\n" for i in range(20_000))
+    files = {"file": ("export.csv", ("Код;Наименование;ИНН;КПП;ОГРН\n" + lines).encode(), "text/csv")}
     started = third.ecm(steward, "POST", "/api/counterparties/bulk-loads", files=files, data={"system": "trm"})
     assert started.status_code == 202, started.text
-    url = f"/api/counterparties/bulk-loads/{started.json()['id']}"
-    wait_until(lambda: first.ecm(steward, "GET", url).json()["rows_done"] > 0, timeout=60, interval=0.1,
+    load_url = f"/api/counterparties/bulk-loads/{started.json()['id']}"
+    wait_until(lambda: first.ecm(steward, "GET", load_url).json()["rows_done"] > 0, timeout=60, interval=0.1,
                message="the load under way")
-    system.kill("ecm-3", signal.SIGTERM)  # uvicorn stops gracefully, then exits by the signal it caught
-    log = system._log("ecm-3").read_text()
-    assert '"bulk_loads_stopped"' in log and '"service_stopped"' in log, log[-2000:]
-    stopped = first.ecm(steward, "GET", url).json()  # no stale rule needed: it said so itself
-    assert stopped["status"] == "failed", stopped
-    assert stopped["error"].startswith(f"interrupted: the ECM service stopped after {stopped['rows_done']} rows")
-    assert 0 < stopped["rows_done"] < 20_000 and asyncio.run(registered(system, "trm")) == stopped["rows_done"]
-    report = first.ecm(steward, "GET", stopped["report_url"])
+    stopped_for_a_restart("ecm-3")
+    load = first.ecm(steward, "GET", load_url).json()
+    assert load["status"] == "failed", load
+    assert load["error"].startswith(f"interrupted: the ECM service stopped after {load['rows_done']} rows")
+    assert 0 < load["rows_done"] < 20_000 and asyncio.run(registered(system, "trm")) == load["rows_done"]
+    report = first.ecm(steward, "GET", load["report_url"])
     assert report.status_code == 200
-    assert len(list(csv.DictReader(io.StringIO(report.content.decode("utf-8-sig"))))) == stopped["rows_done"]
+    assert len(list(csv.DictReader(io.StringIO(report.content.decode("utf-8-sig"))))) == load["rows_done"]
+    # ...and the import is run again on another replica, to its end.
+    assert first.crm(SALES, "POST", f"{import_url}/dry-run").status_code == 202
+    dry = _wait_import(first, up.json()["id"], "dry_run")
+    assert (dry["status"], dry["rows_done"]) == ("dry_run", len(rows)), dry
 
 
 async def registered(system, source: str) -> int:

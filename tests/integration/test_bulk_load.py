@@ -133,7 +133,8 @@ async def test_a_load_running_when_its_service_stops_says_so_at_once(ecm, tmp_pa
     rest."""
     import asyncio
 
-    from ecm_service.service_layer.bulk_load import get_job, run_job, spawn_job, start_job, stop_jobs
+    from ecm_service.service_layer.bulk_load import get_job, run_job, spawn_job, start_job
+    from infra.runtime import REQUEST_JOBS
 
     sessions = ecm.session_factory
     path = tmp_path / "export.csv"
@@ -143,8 +144,8 @@ async def test_a_load_running_when_its_service_stops_says_so_at_once(ecm, tmp_pa
                      verify_clean=False, report_path=tmp_path / "report.csv", chunk_size=2)
     while (await get_job(sessions, load_id))["rows_done"] < 4:
         await asyncio.sleep(0.005)
-    assert await stop_jobs() == 1 and task.done() and not task.cancelled()
-    assert await stop_jobs() == 0  # nothing left running in this process
+    assert await REQUEST_JOBS.stop() == 1 and task.done() and not task.cancelled()
+    assert await REQUEST_JOBS.stop() == 0  # nothing left running in this process
 
     job = await get_job(sessions, load_id)
     assert job["status"] == "failed" and job["finished_at"] is not None, job

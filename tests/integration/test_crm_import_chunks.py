@@ -2,6 +2,7 @@
 own, small chunks (several in the database at once on PostgreSQL), the dry run's kept
 rows read by the apply, COPY on PostgreSQL, and what a failing chunk leaves behind."""
 
+import asyncio
 import csv
 import uuid
 from datetime import datetime, timezone
@@ -245,6 +246,43 @@ async def test_a_stopped_run_is_taken_for_stopped_and_a_new_run_owns_the_job(ses
     assert counts["create"] == 30
     job = await import_jobs.get_import(sessions, import_id, stale_after=120)
     assert (job["status"], job["rows_done"]) == ("dry_run", 30) and job["progress_at"] is not None
+
+
+class _StopAfter(asyncio.Event):
+    """A stop that comes after `reads` chunks have been read (the service's stop, in time)."""
+
+    def __init__(self, reads: int):
+        super().__init__()
+        self.reads = reads
+
+    def is_set(self) -> bool:
+        self.reads -= 1
+        return self.reads < 0
+
+
+async def test_an_apply_running_when_its_service_stops_says_so_at_once(sessions, tmp_path, monkeypatch):
+    """A deploy's restart stops the CRM while an import is applied: it used to read
+    `applying` until the stale rule caught it. Now the chunks in flight finish, none is
+    read after, and the job reads failed, interrupted after the rows it got through, each
+    of them in its report and in the CRM."""
+    monkeypatch.setattr(imports, "CHUNK", 4)
+    path = tmp_path / "orgs.xlsx"
+    _xlsx(path, [[f"ООО «Рестарт {i}»", "", "", "", ""] for i in range(30)])
+    mapping = imports.suggest_mapping(HEADER)
+    import_id = await _new_import(sessions, path, mapping)
+    dry_report = tmp_path / "dry.csv"
+    await imports.run_import(sessions, import_id=import_id, path=path, mapping=mapping, user_id="u1",
+                             apply=False, report_path=dry_report)
+    report = tmp_path / "apply.csv"
+    counts = await imports.run_import(sessions, import_id=import_id, path=path, mapping=mapping, user_id="u1",
+                                      apply=True, report_path=report, stop=_StopAfter(2))
+    assert counts["create"] == 8
+    async with sessions() as session:
+        job = (await session.execute(select(tables.imports).where(tables.imports.c.id == import_id))).mappings().one()
+    assert (job["status"], job["rows_done"]) == ("failed", 8), dict(job)
+    assert job["error"] == "interrupted: the CRM service stopped after 8 rows; run the dry run again"
+    assert len(_report(report)) == 8 and await _count(sessions, tables.organizations) == 8
+    assert not imports.parsed_rows_path(dry_report, import_id).exists()  # a new dry run comes first
 
 
 async def test_cells_longer_than_their_columns_are_cut_and_the_import_goes_through(sessions, tmp_path):
