@@ -93,6 +93,8 @@ class StoppableJobs:
             _, late = await asyncio.wait(jobs, timeout=timeout)
             for task in late:
                 task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5.0)
         return len(jobs)
 
 

@@ -207,3 +207,25 @@ def test_a_consumer_stops_reporting_lag_of_partitions_it_no_longer_holds():
     assert lag_series("unit-lag") == {}
     report.set("crm.events", 0, 2)  # given back later: reported again
     assert lag_series("unit-lag") == {("crm.events", "0"): 2}
+
+
+async def test_stopping_jobs_asks_each_to_end_and_cancels_one_that_does_not_in_time():
+    import asyncio
+
+    from infra.runtime import StoppableJobs
+
+    jobs, ended = StoppableJobs(), []
+
+    async def polite(stop: asyncio.Event):
+        while not stop.is_set():
+            await asyncio.sleep(0.001)
+        ended.append("polite")
+
+    async def deaf(stop: asyncio.Event):
+        await asyncio.sleep(60)
+
+    polite_task, deaf_task = jobs.spawn(polite), jobs.spawn(deaf)
+    assert await jobs.stop(timeout=0.2) == 2
+    assert ended == ["polite"] and polite_task.done() and not polite_task.cancelled()
+    assert deaf_task.cancelled()
+    assert await jobs.stop() == 0  # finished jobs leave the registry
