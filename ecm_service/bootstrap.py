@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,10 +31,16 @@ from schemas.topics import ECM_COMMANDS, ECM_EVENTS
 log = structlog.get_logger()
 
 
+DELAY_REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # fits the approvals' and the CRM's column
+
+
 def load_delay_reasons(path: Path) -> dict[str, str]:
     codes = json.loads(path.read_text())
-    if not isinstance(codes, dict) or not codes or not all(isinstance(v, str) for v in codes.values()):
-        raise ValueError(f"{path}: expected {{code: label, ...}} with at least one code")
+    if not isinstance(codes, dict) or not codes or not all(isinstance(v, str) and v.strip() for v in codes.values()):
+        raise ValueError(f"{path}: expected {{code: label, ...}} with at least one code and no empty label")
+    if bad := [code for code in codes if not DELAY_REASON_CODE.fullmatch(code)]:
+        raise ValueError(f"{path}: codes are stored and sent to the CRM, so each is 1 to 64 characters of a-z, 0-9 "
+                         f"and _, starting with a letter; not {', '.join(map(repr, bad))}")
     return codes
 
 

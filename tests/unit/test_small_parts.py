@@ -229,3 +229,26 @@ async def test_stopping_jobs_asks_each_to_end_and_cancels_one_that_does_not_in_t
     assert ended == ["polite"] and polite_task.done() and not polite_task.cancelled()
     assert deaf_task.cancelled()
     assert await jobs.stop() == 0  # finished jobs leave the registry
+
+
+@pytest.mark.parametrize("codes, message", [
+    ({}, "at least one code"),
+    ({"workload": ""}, "no empty label"),
+    ({"workload": "Workload", "x" * 65: "Too long for the column"}, "1 to 64 characters"),
+    ({"Ожидание документов": "Not a code"}, "'Ожидание документов'"),
+])
+def test_delay_reason_codes_that_could_not_be_stored_stop_the_ecm_at_start(tmp_path, codes, message):
+    from ecm_service.bootstrap import load_delay_reasons
+
+    path = tmp_path / "delay_reasons.json"
+    path.write_text(json.dumps(codes, ensure_ascii=False))
+    with pytest.raises(ValueError, match=message):
+        load_delay_reasons(path)
+
+
+def test_the_shipped_delay_reasons_load():
+    from pathlib import Path
+
+    from ecm_service.bootstrap import load_delay_reasons
+
+    assert "other" in load_delay_reasons(Path("ecm_service/delay_reasons.json"))
