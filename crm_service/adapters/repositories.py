@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, exists, insert, select, update
+from sqlalchemy import bindparam, exists, func, insert, select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.model import (
@@ -89,6 +89,12 @@ class DocumentRepository(TableRepository):
         """An earlier version of a document (`Document.replace_file`'s answer)."""
         await self.session.execute(insert_into(tables.document_versions), version)
 
+    async def earlier_version_with(self, document_id: str, sha256: str) -> int | None:
+        """The number of the document's earlier version with these bytes, if one has them."""
+        v = tables.document_versions
+        return await self.session.scalar(select(func.min(v.c.version_no)).where(
+            v.c.document_id == document_id, v.c.sha256 == sha256))
+
     async def versions(self, document_id: str) -> list[dict]:
         """The document's earlier versions, oldest first (the current one is its row)."""
         v = tables.document_versions
@@ -146,8 +152,8 @@ class ApprovalRequestRepository(TableRepository):
         return ApprovalRequest(**row) if row else None
 
     async def open_for_document(self, document_id: str) -> ApprovalRequest | None:
-        """The request for this document still on its way (not approved, rejected or
-        returned for changes)."""
+        """The request for this document still on its way: not approved or rejected (one
+        returned for changes waits for the document's next version)."""
         row = (await self.session.execute(_OPEN_FOR_DOCUMENT, {"document_id": document_id})).mappings().first()
         return ApprovalRequest(**row) if row else None
 

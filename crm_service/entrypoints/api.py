@@ -278,7 +278,8 @@ async def upload_document(
 
 @router.post("/deals/{deal_id}/documents/{document_id}/versions", response_model=DocumentVersionOut,
              responses={201: {"description": "stored as the document's next version"},
-                        200: {"description": "the document's current file already (nothing changed)"}},
+                        200: {"description": "the document's current file already (nothing changed)"},
+                        409: {"description": "an earlier version's file while the approval is with the ECM"}},
              summary="A new version of a deal document (one returned for changes, say)")
 async def upload_document_version(
     deal_id: str,
@@ -300,6 +301,8 @@ async def upload_document_version(
         raise HTTPException(404, str(exc)) from exc
     except NotAllowed as exc:
         raise HTTPException(403, str(exc)) from exc
+    except handlers.EarlierVersion as exc:
+        raise HTTPException(409, str(exc)) from exc
     body = DocumentVersionOut(**doc.__dict__, created=created, sent_to_approval=sent_to.id if sent_to else None)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
 

@@ -145,7 +145,7 @@ async def deal_document_version(deal_id: str, document_id: str, request: Request
         if exc.status_code == 404:
             raise
         return back_to(back, error=str(exc.detail))
-    except (handlers.NotFound, NotAllowed) as exc:
+    except (handlers.NotFound, NotAllowed, handlers.EarlierVersion) as exc:
         return back_to(back, error=str(exc))
     return back_to(back, done="version_sent" if sent_to else "version_added" if created else "version_same")
 

@@ -30,6 +30,12 @@ class ReturnedForChanges(Exception):
     waits for a new version, not for a second request."""
 
 
+class EarlierVersion(Exception):
+    """A new version whose file is one of the document's earlier versions while its
+    approval is with the ECM: the approval has had those bytes already and would not move
+    back to them, so the CRM would show a file the ECM is not deciding on."""
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -177,9 +183,16 @@ async def add_document_version(
     Returns (document, the request the version went to, created). The earlier version is
     kept. When the document's approval is with the ECM (under way or returned) the new
     version is announced, in the same transaction, and the ECM moves that approval to
-    it: nobody sends anything twice. The same file again changes nothing."""
+    it: nobody sends anything twice. The same file again changes nothing; an earlier
+    version's file while the approval is with the ECM is refused (EarlierVersion)."""
     async with uow:
         doc, deal, org = await _lock_document(uow, caller, deal_id, document_id)
+        request = None
+        if sha256 != doc.sha256 and (earlier := await uow.documents.earlier_version_with(document_id, sha256)):
+            if (request := await uow.approval_requests.open_for_document(document_id)) is not None:
+                raise EarlierVersion(
+                    f"this file is version {earlier} of the document, which its approval has had already "
+                    f"({request.status.replace('_', ' ')}); attach the corrected file")
         at = _now()
         previous = doc.replace_file(filename=filename, content_type=content_type, size=size, sha256=sha256,
                                     by=user_id, at=at)
@@ -187,7 +200,7 @@ async def add_document_version(
             return doc, None, False
         await uow.documents.keep_version(previous)
         await uow.documents.save(doc)
-        request = await uow.approval_requests.open_for_document(document_id)
+        request = request or await uow.approval_requests.open_for_document(document_id)
         if request is not None:
             event = crm_events.DocumentVersionAddedV1(
                 approval_request_id=request.id, organization_id=org.id,

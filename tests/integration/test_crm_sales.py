@@ -695,9 +695,25 @@ async def test_a_document_returned_for_changes_goes_back_as_a_new_version_from_t
     page = (await client.get(f"/ui/deals/{deal['id']}", cookies=cookie)).text
     assert "c-v3.pdf" in page and "v3" in page
     assert (await client.get(content, headers=anna)).content == b"%PDF v3"
+    # the first file again while the approval is with the ECM: the approval has had it and
+    # would not go back to it, so the CRM would show a file nobody decides on
+    back = await client.post(versions, headers=anna, files={"file": ("c-again.pdf", b"%PDF v1", "application/pdf")})
+    assert back.status_code == 409, back.text
+    assert back.json()["detail"] == ("this file is version 1 of the document, which its approval has had already "
+                                     "(returned); attach the corrected file")
+    by_form = await client.post(f"/ui/deals/{deal['id']}/documents/{doc['id']}/versions", cookies=cookie,
+                                files={"file": ("c-again.pdf", b"%PDF v1", "application/pdf")})
+    assert by_form.status_code == 303 and "attach%20the%20corrected%20file" in by_form.headers["location"]
+    assert (await client.get(content, headers=anna)).content == b"%PDF v3"  # nothing changed
     # the organization card's timeline tells the document's story: attached, then each version
     card = (await client.get(f"/api/organizations/{org['id']}/card", headers=anna)).json()
     documents = [e["text"] for e in card["timeline"] if e["kind"] == "document"]
     assert documents == ["deal «D»: c-v3.pdf, version 3", "deal «D»: c-fixed.pdf, version 2",
                          "deal «D»: c.pdf attached"], card["timeline"]
     assert {e["actor_id"] for e in card["timeline"] if e["kind"] == "document"} == {users["anna"]["id"]}
+    # once the approval is over, an earlier file may become the current one again
+    async with container.session_factory() as session, session.begin():
+        await session.execute(tables.approval_requests.update().values(status="rejected"))
+    reverted = await client.post(versions, headers=anna, files={"file": ("c.pdf", b"%PDF v1", "application/pdf")})
+    assert reverted.status_code == 201 and reverted.json()["version_no"] == 4, reverted.text
+    assert reverted.json()["sent_to_approval"] is None
