@@ -1,3 +1,5 @@
+import asyncio
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -35,20 +37,30 @@ def bulk_load_arguments(parser) -> None:
 
 
 async def bulk_load(settings: EcmSettings, args) -> int:
+    """Ctrl-C or SIGTERM ends the load after the chunk in hand, recorded as interrupted
+    (exit 130), instead of leaving it `running` until the stale rule notices."""
     kind = args.file.suffix.lower().lstrip(".")
     report = args.report or settings.imports_dir / f"{args.file.stem}-{uuid.uuid4().hex[:8]}.report.csv"
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
+    stop, loop = asyncio.Event(), asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         load_id = await start_job(sessions, file_name=args.file.name, system=args.system, user_id="cli")
         result = await run_job(sessions, load_id=load_id, path=args.file, kind=kind, system=args.system,
-                               actor="cli:bulk-load", verify_clean=args.verify_clean_rows, report_path=report)
+                               actor="cli:bulk-load", verify_clean=args.verify_clean_rows, report_path=report,
+                               stop=stop, stopped_by="the bulk-load command")
     finally:
         await engine.dispose()
     if result is None:
         print(f"bulk load {load_id} failed; see GET /api/counterparties/bulk-loads/{load_id}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    if result.stopped:
+        print(f"bulk load {load_id} interrupted after {result.rows} rows ({counts}); report: {report}; load the "
+              "file again to go on (rows already loaded are found by their code)", file=sys.stderr)
+        return 130
     print(f"bulk load {load_id}: {result.rows} rows ({counts}); report: {report}")
     return 0
 

@@ -291,7 +291,7 @@ def _interrupted(why: str) -> str:
 
 async def run_job(session_factory, *, load_id: str, path: Path, kind: str, system: str, actor: str,
                   verify_clean: bool, report_path: Path, chunk_size: int = 5000,
-                  stop: asyncio.Event | None = None) -> LoadResult | None:
+                  stop: asyncio.Event | None = None, stopped_by: str = "the ECM service") -> LoadResult | None:
     """Runs a load and keeps its row current; a failure is recorded, not raised. With
     `stop` set (its service stopping) it ends after the chunk in hand and records itself
     interrupted there: the committed chunks and their lines of the report stay."""
@@ -309,7 +309,7 @@ async def run_job(session_factory, *, load_id: str, path: Path, kind: str, syste
         # error cleared: a load that was only slow may have been reported interrupted meanwhile
         final = {"status": "done", "rows_done": result.rows, "counts": dict(result.counts), "error": None}
         if result.stopped:
-            final.update(status="failed", error=_interrupted(f"the ECM service stopped after {result.rows} rows"))
+            final.update(status="failed", error=_interrupted(f"{stopped_by} stopped after {result.rows} rows"))
             log.warning("bulk_load_interrupted", load_id=load_id, rows_done=result.rows, reason="service stopping")
     except Exception as exc:  # an unreadable file, a database error: say so on the job
         result, final = None, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]}
