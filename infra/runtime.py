@@ -68,6 +68,11 @@ class BackgroundTasks:
                 await task
 
 
+# How long a service's stop waits for its imports and bulk loads to end after their chunk
+# in hand; the orchestrators' grace periods (deploy/) are longer than this.
+JOBS_STOP_SECONDS = 30.0
+
+
 class StoppableJobs:
     """Work a request starts in the background (a CRM import, an ECM bulk load). Each job
     gets an event asking it to end at its next safe point (after the chunk in hand) and
@@ -83,7 +88,7 @@ class StoppableJobs:
         task.add_done_callback(lambda done: self._jobs.pop(done, None))
         return task
 
-    async def stop(self, timeout: float = 30.0) -> int:
+    async def stop(self, timeout: float = JOBS_STOP_SECONDS) -> int:
         """Asks every running job to stop and waits up to `timeout`; one still running then
         is cancelled (its stale rule tells the rest). Returns how many were running."""
         jobs = dict(self._jobs)

@@ -245,3 +245,30 @@ def test_the_image_user_can_write_every_data_directory():
         if doc["kind"] == "Deployment":
             context = doc["spec"]["template"]["spec"]["securityContext"]
             assert context["runAsUser"] == context["fsGroup"] == int(uid.group(1)), doc["metadata"]["name"]
+
+
+def _seconds(value) -> float:
+    """A compose duration ("45s", "1m30s") or a number of seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", value)
+    assert parts and value, f"unreadable duration {value!r}"
+    return int(parts[1] or 0) * 60 + int(parts[2] or 0)
+
+
+@pytest.mark.parametrize("name", ["crm", "ecm"])
+def test_a_stopped_service_gets_the_signal_and_the_time_to_end_its_jobs(name):
+    """SIGTERM must reach the server process, not a shell that ignores it (compose's
+    `sh -c "migrate && serve"` kept `sh` as the parent, so compose killed the service 10 s
+    later without a graceful stop); and the orchestrator must wait longer than the
+    service waits for its imports and bulk loads before it kills it."""
+    from infra.runtime import JOBS_STOP_SECONDS
+
+    command = SERVICES[name]["command"]
+    if command[:2] == ["sh", "-c"]:
+        *_, last = command[2].split("&&")
+        assert last.strip().startswith(f"exec python -m {name}_service serve"), command
+    uvicorn_graceful = 5  # infra.service_cli: timeout_graceful_shutdown
+    assert _seconds(SERVICES[name]["stop_grace_period"]) > JOBS_STOP_SECONDS + uvicorn_graceful
+    pod = next(d for d in k8s_documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+    assert pod["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > JOBS_STOP_SECONDS + uvicorn_graceful
