@@ -146,35 +146,42 @@ def test_an_import_whose_replica_is_killed_mid_run_is_started_again_on_the_other
     assert (dry["status"], dry["rows_done"], dry["counts"]["create"]) == ("dry_run", len(rows), len(rows)), dry
 
 
+STEWARD = "steward-stas"
+
+
+def _start_load(via, system: str, name: str) -> tuple[str, dict]:
+    """A 20,000-row bulk load of `system` started on the replica `via`: (its URL, the upload)."""
+    rows = "".join(f"{system.upper()}-{i};ООО «{name} {i:05d}»;;;\n" for i in range(20_000))
+    files = {"file": ("export.csv", ("Код;Наименование;ИНН;КПП;ОГРН\n" + rows).encode(), "text/csv")}
+    started = via.ecm(STEWARD, "POST", "/api/counterparties/bulk-loads", files=files, data={"system": system})
+    assert started.status_code == 202, started.text
+    return f"/api/counterparties/bulk-loads/{started.json()['id']}", files
+
+
 def test_a_bulk_load_whose_replica_is_killed_reads_as_interrupted_and_loading_again_duplicates_nothing(
         system, replicas):
     # Runs last in this module: it stops ecm-2.
     first, second = replicas
-    steward = "steward-stas"
-    rows = "".join(f"RST-{i};ООО «Загрузка {i:05d}»;;;\n" for i in range(20_000))
-    files = {"file": ("export.csv", ("Код;Наименование;ИНН;КПП;ОГРН\n" + rows).encode(), "text/csv")}
-    started = second.ecm(steward, "POST", "/api/counterparties/bulk-loads", files=files, data={"system": "rst"})
-    assert started.status_code == 202, started.text
-    url = f"/api/counterparties/bulk-loads/{started.json()['id']}"
+    url, files = _start_load(second, "rst", "Загрузка")
     def moving() -> dict | None:
-        load = first.ecm(steward, "GET", url).json()
+        load = first.ecm(STEWARD, "GET", url).json()
         return load if load["rows_done"] > 0 or load["status"] != "running" else None
 
     under_way = wait_until(moving, timeout=60, interval=0.1, message="the load under way")
     assert under_way["status"] == "running", under_way["error"]
     system.kill("ecm-2", signal.SIGKILL)  # the replica running it goes away mid-load
-    stopped = first.ecm(steward, "GET", url).json()
+    stopped = first.ecm(STEWARD, "GET", url).json()
     assert stopped["status"] == "running" and 0 < stopped["rows_done"] < 20_000, stopped
     time.sleep(LOAD_STALE_SECONDS + 1)
-    failed = first.ecm(steward, "GET", url).json()
+    failed = first.ecm(STEWARD, "GET", url).json()
     assert failed["status"] == "failed" and failed["error"].startswith("interrupted"), failed
     assert failed["report_url"] is None  # the report of a load cut short is not offered
     loaded = asyncio.run(registered(system, "rst"))
     assert loaded >= stopped["rows_done"] and loaded < 20_000
 
-    again = first.ecm(steward, "POST", "/api/counterparties/bulk-loads", files=files, data={"system": "rst"})
+    again = first.ecm(STEWARD, "POST", "/api/counterparties/bulk-loads", files=files, data={"system": "rst"})
     assert again.status_code == 202, again.text
-    done = wait_until(lambda: (s := first.ecm(steward, "GET", f"/api/counterparties/bulk-loads/{again.json()['id']}")
+    done = wait_until(lambda: (s := first.ecm(STEWARD, "GET", f"/api/counterparties/bulk-loads/{again.json()['id']}")
                                .json())["status"] != "running" and s, timeout=120, message="loaded again")
     assert done["status"] == "done", done
     assert done["counts"] == {"unchanged": loaded, "created": 20_000 - loaded}, done["counts"]
@@ -210,20 +217,15 @@ def test_an_import_and_a_bulk_load_whose_replicas_are_stopped_for_a_restart_say_
     assert job["status"] == "failed" and 0 < job["rows_done"] < len(rows), job
     assert job["error"] == f"interrupted: the CRM service stopped after {job['rows_done']} rows; run the dry run again"
 
-    steward = "steward-stas"
-    lines = "".join(f"TRM-{i};ООО «Рестарт {i:05d}»;;;\n" for i in range(20_000))
-    files = {"file": ("export.csv", ("Код;Наименование;ИНН;КПП;ОГРН\n" + lines).encode(), "text/csv")}
-    started = third.ecm(steward, "POST", "/api/counterparties/bulk-loads", files=files, data={"system": "trm"})
-    assert started.status_code == 202, started.text
-    load_url = f"/api/counterparties/bulk-loads/{started.json()['id']}"
-    wait_until(lambda: first.ecm(steward, "GET", load_url).json()["rows_done"] > 0, timeout=60, interval=0.1,
+    load_url, _ = _start_load(third, "trm", "Рестарт")
+    wait_until(lambda: first.ecm(STEWARD, "GET", load_url).json()["rows_done"] > 0, timeout=60, interval=0.1,
                message="the load under way")
     stopped_for_a_restart("ecm-3")
-    load = first.ecm(steward, "GET", load_url).json()
+    load = first.ecm(STEWARD, "GET", load_url).json()
     assert load["status"] == "failed", load
     assert load["error"].startswith(f"interrupted: the ECM service stopped after {load['rows_done']} rows")
     assert 0 < load["rows_done"] < 20_000 and asyncio.run(registered(system, "trm")) == load["rows_done"]
-    report = first.ecm(steward, "GET", load["report_url"])
+    report = first.ecm(STEWARD, "GET", load["report_url"])
     assert report.status_code == 200
     assert len(list(csv.DictReader(io.StringIO(report.content.decode("utf-8-sig"))))) == load["rows_done"]
     # ...and the import is run again on another replica, to its end.
