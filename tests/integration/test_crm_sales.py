@@ -717,3 +717,19 @@ async def test_a_document_returned_for_changes_goes_back_as_a_new_version_from_t
     reverted = await client.post(versions, headers=anna, files={"file": ("c.pdf", b"%PDF v1", "application/pdf")})
     assert reverted.status_code == 201 and reverted.json()["version_no"] == 4, reverted.text
     assert reverted.json()["sent_to_approval"] is None
+
+
+async def test_the_import_page_says_why_an_import_failed(crm_app):
+    """A failed import showed only `failed`: the rep never learnt that the file could not be
+    read past some row, or that a restart interrupted it and a new dry run would go on."""
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    cookie = {"session": anna["Authorization"].removeprefix("Bearer ")}
+    up = await client.post("/api/imports", headers=anna,
+                           files={"file": ("orgs.csv", "Наименование\nООО «Один»\n".encode(), "text/csv")})
+    assert up.status_code == 201, up.text
+    reason = "interrupted: the CRM service stopped after 0 rows; run the dry run again"
+    async with container.session_factory() as session, session.begin():
+        await session.execute(tables.imports.update().values(status="failed", error=reason))
+    page = (await client.get(f"/ui/imports/{up.json()['id']}", cookies=cookie)).text
+    assert f'id="job-error">{reason}</div>' in page and 'value="dry_run"' in page
