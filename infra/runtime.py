@@ -91,7 +91,10 @@ class StoppableJobs:
     async def stop(self, timeout: float = JOBS_STOP_SECONDS) -> int:
         """Asks every running job to stop and waits up to `timeout`; one still running then
         is cancelled (its stale rule tells the rest). Returns how many were running."""
-        jobs = dict(self._jobs)
+        loop = asyncio.get_running_loop()  # a test's loop closed under a job leaves it here, pending
+        jobs = {task: stop for task, stop in self._jobs.items() if task.get_loop() is loop}
+        for task in [task for task in self._jobs if task.get_loop().is_closed()]:
+            del self._jobs[task]
         for stop in jobs.values():
             stop.set()
         if jobs:

@@ -231,6 +231,27 @@ async def test_stopping_jobs_asks_each_to_end_and_cancels_one_that_does_not_in_t
     assert await jobs.stop() == 0  # finished jobs leave the registry
 
 
+def test_jobs_left_pending_by_a_closed_loop_are_forgotten_not_awaited():
+    """Tests run each in a loop of their own: a job a closed loop left behind must not be
+    counted, or awaited from another loop, by a later stop."""
+    import asyncio
+
+    from infra.runtime import StoppableJobs
+
+    jobs = StoppableJobs()
+
+    async def forever(stop: asyncio.Event):
+        await asyncio.sleep(3600)
+
+    async def start():
+        jobs.spawn(forever)
+
+    old = asyncio.new_event_loop()
+    old.run_until_complete(start())
+    old.close()
+    assert asyncio.run(jobs.stop(timeout=0.1)) == 0 and not jobs._jobs
+
+
 @pytest.mark.parametrize("codes, message", [
     ({}, "at least one code"),
     ({"workload": ""}, "no empty label"),
