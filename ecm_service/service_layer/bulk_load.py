@@ -310,7 +310,7 @@ async def run_job(session_factory, *, load_id: str, path: Path, kind: str, syste
         final = {"status": "done", "rows_done": result.rows, "counts": dict(result.counts), "error": None}
         if result.stopped:
             final.update(status="failed", error=_interrupted(f"{stopped_by} stopped after {result.rows} rows"))
-            log.warning("bulk_load_interrupted", load_id=load_id, rows_done=result.rows, reason="service stopping")
+            log.warning("bulk_load_interrupted", load_id=load_id, rows_done=result.rows, reason=f"{stopped_by} stopped")
     except Exception as exc:  # an unreadable file, a database error: say so on the job
         result, final = None, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]}
     async with session_factory() as session, session.begin():
