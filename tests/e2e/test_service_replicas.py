@@ -160,7 +160,7 @@ def _start_load(via, system: str, name: str) -> tuple[str, dict]:
 
 def test_a_bulk_load_whose_replica_is_killed_reads_as_interrupted_and_loading_again_duplicates_nothing(
         system, replicas):
-    # Runs last in this module: it stops ecm-2.
+    # Runs after the tests that use ecm-2: it stops ecm-2 (the one after it starts replicas of its own).
     first, second = replicas
     url, files = _start_load(second, "rst", "Загрузка")
     def moving() -> dict | None:
