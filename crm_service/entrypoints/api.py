@@ -167,6 +167,28 @@ def _approval_view(request) -> ApprovalView:
     )
 
 
+def refusal(exc: Exception) -> HTTPException:
+    """A handler's refusal as the API answers it."""
+    if isinstance(exc, handlers.NotFound):
+        return HTTPException(404, str(exc))
+    if isinstance(exc, NotAllowed):
+        return HTTPException(403, str(exc))
+    if isinstance(exc, handlers.Conflict):
+        return HTTPException(409, str(exc))
+    return HTTPException(422, str(exc))
+
+
+REFUSALS = (handlers.NotFound, NotAllowed, handlers.InvalidRequest, handlers.Conflict)
+
+
+async def answering(coro):
+    """Awaits a handler; its refusals become the API's 4xx (`refusal`)."""
+    try:
+        return await coro
+    except REFUSALS as exc:
+        raise refusal(exc) from exc
+
+
 def _container(request: Request):
     return request.app.state.container
 
@@ -293,16 +315,9 @@ async def upload_document_version(
     next version of the same document and the approval goes on from the stages its
     route's policy names; its status follows here as before."""
     received = await _receive_deal_file(request, user, deal_id, file)
-    try:
-        doc, sent_to, created = await handlers.add_document_version(
-            _container(request).uow(), user_id=user.id, caller=user, deal_id=deal_id, document_id=document_id,
-            correlation_id=correlation_id(request), **received)
-    except handlers.NotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except NotAllowed as exc:
-        raise HTTPException(403, str(exc)) from exc
-    except handlers.EarlierVersion as exc:
-        raise HTTPException(409, str(exc)) from exc
+    doc, sent_to, created = await answering(handlers.add_document_version(
+        _container(request).uow(), user_id=user.id, caller=user, deal_id=deal_id, document_id=document_id,
+        correlation_id=correlation_id(request), **received))
     body = DocumentVersionOut(**doc.__dict__, created=created, sent_to_approval=sent_to.id if sent_to else None)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
 
@@ -381,17 +396,9 @@ async def documents_contents(
 async def request_approval(
     deal_id: str, body: ApprovalRequestIn, request: Request, user: User = Depends(require_roles(*SALES))
 ):
-    try:
-        approval = await handlers.request_approval(
-            _container(request).uow(), user_id=user.id, caller=user, deal_id=deal_id,
-            document_id=body.document_id, correlation_id=correlation_id(request),
-        )
-    except handlers.NotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except NotAllowed as exc:
-        raise HTTPException(403, str(exc)) from exc
-    except handlers.ReturnedForChanges as exc:
-        raise HTTPException(409, str(exc)) from exc
+    approval = await answering(handlers.request_approval(
+        _container(request).uow(), user_id=user.id, caller=user, deal_id=deal_id,
+        document_id=body.document_id, correlation_id=correlation_id(request)))
     return Accepted(id=approval.id, status=approval.status)
 
 
@@ -451,17 +458,10 @@ class TransferOut(BaseModel):
              summary="Transfer responsibility for an organization (and its open deals)")
 async def transfer_organization(org_id: str, body: TransferIn, request: Request,
                                 user: User = Depends(require_roles(*SALES))):
-    try:
-        return await handlers.transfer_responsibility(
-            _container(request).uow(), actor_id=user.id, actor_role=user.role, organization_id=org_id,
-            new_owner_id=body.new_owner_id, move_open_deals=body.move_open_deals,
-            closed_stages=_container(request).funnel["closed"], correlation_id=correlation_id(request))
-    except handlers.NotFound as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except NotAllowed as exc:
-        raise HTTPException(403, str(exc)) from exc
-    except handlers.InvalidRequest as exc:
-        raise HTTPException(422, str(exc)) from exc
+    return await answering(handlers.transfer_responsibility(
+        _container(request).uow(), actor_id=user.id, actor_role=user.role, organization_id=org_id,
+        new_owner_id=body.new_owner_id, move_open_deals=body.move_open_deals,
+        closed_stages=_container(request).funnel["closed"], correlation_id=correlation_id(request)))
 
 
 @router.get("/organizations/{org_id}/history")

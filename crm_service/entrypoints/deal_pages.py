@@ -145,7 +145,7 @@ async def deal_document_version(deal_id: str, document_id: str, request: Request
         if exc.status_code == 404:
             raise
         return back_to(back, error=str(exc.detail))
-    except (handlers.NotFound, NotAllowed, handlers.EarlierVersion) as exc:
+    except (handlers.NotFound, NotAllowed, handlers.Conflict) as exc:
         return back_to(back, error=str(exc))
     return back_to(back, done="version_sent" if sent_to else "version_added" if created else "version_same")
 
@@ -183,7 +183,7 @@ async def deal_request_approval(deal_id: str, request: Request, document_id: str
         await handlers.request_approval(request.app.state.container.uow(), user_id=user.id, caller=user,
                                         deal_id=deal_id, document_id=document_id,
                                         correlation_id=correlation_id(request))
-    except (handlers.NotFound, NotAllowed, handlers.ReturnedForChanges) as exc:
+    except (handlers.NotFound, NotAllowed, handlers.Conflict) as exc:
         return back_to(back, error=str(exc))
     return back_to(back, done="requested")
 

@@ -15,8 +15,7 @@ from sqlalchemy import select
 
 from crm_service.adapters import tables
 from crm_service.domain.model import ACTIVITY_KINDS
-from crm_service.domain.rights import NotAllowed
-from crm_service.entrypoints.api import OrganizationIn, _org_out, _public_approval
+from crm_service.entrypoints.api import OrganizationIn, _org_out, _public_approval, answering
 from crm_service.service_layer import handlers, import_jobs, imports, sales
 from infra.users import User
 from infra.web import correlation_id, require_roles
@@ -33,21 +32,6 @@ def _container(request: Request):
 async def _actor(request: Request, user: User):
     async with _container(request).uow() as uow:
         return await sales.actor_for(uow, user)
-
-
-def _refusals(exc: Exception) -> HTTPException:
-    if isinstance(exc, handlers.NotFound):
-        return HTTPException(404, str(exc))
-    if isinstance(exc, NotAllowed):
-        return HTTPException(403, str(exc))
-    return HTTPException(422, str(exc))
-
-
-async def _run(coro):
-    try:
-        return await coro
-    except (handlers.NotFound, NotAllowed, handlers.InvalidRequest) as exc:
-        raise _refusals(exc) from exc
 
 
 # --- organizations ---------------------------------------------------------------------------
@@ -76,7 +60,7 @@ class OrganizationPatch(OrganizationIn):
 async def edit_organization(org_id: str, body: OrganizationPatch, request: Request,
                             user: User = Depends(require_roles(*SALES))):
     changes = body.model_dump(exclude_unset=True, mode="json")
-    org = await _run(sales.update_organization(_container(request).uow(), actor=await _actor(request, user),
+    org = await answering(sales.update_organization(_container(request).uow(), actor=await _actor(request, user),
                                                organization_id=org_id, changes=changes))
     return _org_out(org)
 
@@ -99,7 +83,7 @@ class MergeIn(BaseModel):
 @router.post("/organizations/{org_id}/merge", summary="Merge this organization into another one")
 async def merge_organization(org_id: str, body: MergeIn, request: Request,
                              user: User = Depends(require_roles(*SALES))):
-    survivor = await _run(sales.merge_organizations(
+    survivor = await answering(sales.merge_organizations(
         _container(request).uow(), actor=await _actor(request, user), organization_id=org_id, into_id=body.into_id,
         correlation_id=correlation_id(request)))
     return _org_out(survivor)
@@ -150,7 +134,7 @@ class ContactIn(BaseModel):
 @router.post("/contacts", status_code=201, summary="A person, optionally linked to an organization")
 async def create_contact(body: ContactIn, request: Request, user: User = Depends(require_roles(*SALES))):
     fields = body.model_dump(mode="json")
-    contact = await _run(sales.create_contact(_container(request).uow(), actor=await _actor(request, user),
+    contact = await answering(sales.create_contact(_container(request).uow(), actor=await _actor(request, user),
                                               **fields))
     return contact.__dict__
 
@@ -206,7 +190,7 @@ class ConvertIn(BaseModel):
 @router.post("/leads/{lead_id}/convert",
              summary="Contact, organization and deal from a lead in one action; never asks for missing data")
 async def convert_lead(lead_id: str, body: ConvertIn, request: Request, user: User = Depends(require_roles(*SALES))):
-    return await _run(sales.convert_lead(_container(request).uow(), actor=await _actor(request, user),
+    return await answering(sales.convert_lead(_container(request).uow(), actor=await _actor(request, user),
                                          lead_id=lead_id, funnel=_container(request).funnel, **body.model_dump()))
 
 
@@ -219,7 +203,7 @@ class DisqualifyIn(BaseModel):
 @router.post("/leads/{lead_id}/disqualify", summary="Close a lead without converting it")
 async def disqualify_lead(lead_id: str, body: DisqualifyIn, request: Request,
                           user: User = Depends(require_roles(*SALES))):
-    return (await _run(sales.disqualify_lead(_container(request).uow(), actor=await _actor(request, user),
+    return (await answering(sales.disqualify_lead(_container(request).uow(), actor=await _actor(request, user),
                                              lead_id=lead_id, reason=body.reason))).__dict__
 
 
@@ -244,7 +228,7 @@ class DealPatch(BaseModel):
 
 @router.patch("/deals/{deal_id}", summary="Edit a deal or move it along the funnel")
 async def edit_deal(deal_id: str, body: DealPatch, request: Request, user: User = Depends(require_roles(*SALES))):
-    deal = await _run(sales.update_deal(_container(request).uow(), actor=await _actor(request, user),
+    deal = await answering(sales.update_deal(_container(request).uow(), actor=await _actor(request, user),
                                         deal_id=deal_id, changes=body.model_dump(exclude_unset=True),
                                         funnel=_container(request).funnel))
     return deal.__dict__
@@ -281,7 +265,7 @@ async def document_templates(_: User = Depends(require_roles(*READERS))):
 async def generate_document(deal_id: str, body: GenerateIn, request: Request,
                             user: User = Depends(require_roles(*SALES))):
     container = _container(request)
-    doc = await _run(sales.generate_document(
+    doc = await answering(sales.generate_document(
         container.uow(), container.file_store, actor=await _actor(request, user), user_name=user.name, deal_id=deal_id,
         template=body.template, doc_type=body.doc_type, max_bytes=container.settings.max_upload_bytes))
     out = {"document": doc.__dict__, "approval_request": None}
@@ -310,14 +294,14 @@ class ActivityIn(BaseModel):
 
 @router.post("/activities", status_code=201, summary="A call, meeting, e-mail, note or task")
 async def create_activity(body: ActivityIn, request: Request, user: User = Depends(require_roles(*SALES))):
-    activity = await _run(sales.create_activity(_container(request).uow(), actor=await _actor(request, user),
+    activity = await answering(sales.create_activity(_container(request).uow(), actor=await _actor(request, user),
                                                 **body.model_dump()))
     return activity.__dict__
 
 
 @router.post("/activities/{activity_id}/done")
 async def complete_activity(activity_id: str, request: Request, user: User = Depends(require_roles(*SALES))):
-    activity = await _run(sales.complete_activity(_container(request).uow(), actor=await _actor(request, user),
+    activity = await answering(sales.complete_activity(_container(request).uow(), actor=await _actor(request, user),
                                                   activity_id=activity_id))
     return activity.__dict__
 

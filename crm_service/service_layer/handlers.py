@@ -25,12 +25,16 @@ class InvalidRequest(Exception):
     pass
 
 
-class ReturnedForChanges(Exception):
+class Conflict(Exception):
+    """The document's approval is where the request cannot go (the API's 409)."""
+
+
+class ReturnedForChanges(Conflict):
     """Approval asked again of a document the ECM returned for changes: its approval
     waits for a new version, not for a second request."""
 
 
-class EarlierVersion(Exception):
+class EarlierVersion(Conflict):
     """A new version whose file is one of the document's earlier versions while its
     approval is with the ECM: the approval has had those bytes already and would not move
     back to them, so the CRM would show a file the ECM is not deciding on."""
