@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,21 @@ MAX_CELL = 1000
 
 class UnreadableFile(Exception):
     pass
+
+
+class UndecodableRow(list):
+    """A CSV row with bytes the file's encoding (guessed from its start) cannot read: a file
+    put together from exports of two programs, one in UTF-8 and one in Windows-1251. Its
+    cells hold those bytes escaped; `reason` is the row's error for the import's report.
+    The rows around it are read as usual."""
+
+    def __init__(self, cells, reason: str):
+        super().__init__(cells)
+        self.reason = reason
+
+
+ENCODING_NAMES = {"utf-8-sig": "UTF-8", "cp1251": "Windows-1251", "utf-16": "UTF-16"}
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte
 
 
 def header_key(title) -> str:
@@ -74,22 +90,38 @@ def text_cells(sheet, row) -> list:
     return cells
 
 
-def _csv_text(path: Path) -> io.TextIOBase:
+def _csv_text(path: Path) -> io.TextIOWrapper:
     """The file as text in the encoding its first 64 KiB decode in. Incrementally: the
     probe may end inside a multi-byte character, which is no sign of another encoding (a
-    UTF-8 file would then have been read as Windows-1251, every Cyrillic name garbled)."""
+    UTF-8 file would then have been read as Windows-1251, every Cyrillic name garbled).
+    Bytes further on that the encoding cannot read come through escaped (surrogateescape),
+    so that only their rows fail (`UndecodableRow`), not the rest of the file."""
     with open(path, "rb") as probe:
         head = probe.read(PROBE_BYTES)
         whole = not probe.read(1)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+        # No escapes here: a broken UTF-16 pair can hold bytes below 0x80, which
+        # surrogateescape refuses; such a file still fails from that point (below).
         return open(path, encoding="utf-16", newline="", errors="strict")
     for encoding in ("utf-8-sig", "cp1251"):
         try:
             codecs.getincrementaldecoder(encoding)().decode(head, final=whole)
-            return open(path, encoding=encoding, newline="", errors="strict")
+            return open(path, encoding=encoding, newline="", errors="surrogateescape")
         except UnicodeDecodeError:
             continue
     raise UnreadableFile("the CSV is neither UTF-8 nor Windows-1251 (nor UTF-16 with a byte order mark)")
+
+
+def _csv_rows(handle: io.TextIOWrapper, delimiter: str) -> Iterator[list]:
+    encoding = ENCODING_NAMES.get(handle.encoding, handle.encoding)
+    for number, row in enumerate(csv.reader(handle, delimiter=delimiter), start=1):
+        if _ESCAPED_BYTE.search("".join(row)) is None:
+            yield row
+        elif number == 1:
+            raise UnreadableFile(f"the CSV's header cannot be read as {encoding}")
+        else:
+            yield UndecodableRow(row, f"this row cannot be read as {encoding}, the encoding of the file's start: "
+                                      "the file mixes encodings; save it in one and load it again")
 
 
 def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
@@ -102,7 +134,7 @@ def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
             handle.seek(0)
             delimiter = max(DELIMITERS, key=sample.count)  # the first of equals: a one-column file
             try:
-                yield from csv.reader(handle, delimiter=delimiter)
+                yield from _csv_rows(handle, delimiter)
             except (csv.Error, UnicodeDecodeError) as exc:
                 raise UnreadableFile(f"the CSV cannot be read past some row: {exc}") from exc
     elif kind == "xlsx":
@@ -125,14 +157,18 @@ def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
         raise UnreadableFile(f"unsupported file type {kind!r}: use csv or xlsx")
 
 
-def mapped_rows(path: Path, indices: list[int]) -> Iterator[tuple[int, list, bool]]:
+def mapped_rows(path: Path, indices: list[int]) -> Iterator[tuple[int, list | str, bool]]:
     """(row number, cleaned cells of the columns at `indices`, filled) for every row after
-    the header. A row is filled when any of its cells has content, mapped or not (a row
+    the header; for a row that cannot be read (`UndecodableRow`), its reason in place of
+    the cells. A row is filled when any of its cells has content, mapped or not (a row
     with content only in formulas or unmapped columns is still a row). Light on imports:
     it runs in a reading process of its own (`infra.process_reader`)."""
     rows = read_table(path)
     next(rows, None)  # the header
     for number, raw in enumerate(rows, start=2):
+        if isinstance(raw, UndecodableRow):
+            yield number, raw.reason, True
+            continue
         cells = [clean_cell(raw[i]) if i < len(raw) else None for i in indices]
         filled = any(c is not None and str(c).strip() != "" for c in raw)
         yield number, cells, filled

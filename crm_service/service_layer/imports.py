@@ -125,10 +125,15 @@ def parsed_rows_path(report_path: Path, import_id: str) -> Path:
     return report_path.parent / f"{import_id}.prepared.jsonl"
 
 
-def prepare(number: int, cells: list, filled: bool, columns: dict[int, str]) -> list:
+UNREADABLE = "_unreadable"  # in a prepared row's values: why the file's row could not be read
+
+
+def prepare(number: int, cells: list | str, filled: bool, columns: dict[int, str]) -> list:
     """What a row needs no database for, worked out once (the dry run keeps it for the
     apply): [row number, filled, values, key, identifier hints, organization columns,
-    name key]."""
+    name key]. `cells` is a reason instead for a row the file's encoding cannot read."""
+    if isinstance(cells, str):
+        return [number, filled, {UNREADABLE: cells}, None, None, None, None]
     values = {field: cells[i] for i, field in columns.items()}
     if not filled or not values.get("name"):
         return [number, filled, values, None, None, None, None]
@@ -286,7 +291,9 @@ class _Chunk:
         for number, filled, values, key, hints, fields, key_of_name in rows:
             if not filled:
                 continue  # an empty line is not a row
-            if not values.get("name"):
+            if values.get(UNREADABLE):
+                self.outcome("error", [number, "error", None, None, None, None, values[UNREADABLE]])
+            elif not values.get("name"):
                 self.outcome("error", [number, "error", None, None, None, None,
                                        "no organization name in this row (formulas are not read as data)"])
             elif key in seen:

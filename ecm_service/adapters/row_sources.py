@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from infra.spreadsheets import UnreadableFile, clean_cell, header_key, read_table
+from infra.spreadsheets import UndecodableRow, UnreadableFile, clean_cell, header_key, read_table
 
 __all__ = ["FIELD_SYNONYMS", "UnreadableFile", "map_header", "read_rows"]
 
@@ -45,6 +45,9 @@ def _rows_from_table(rows: Iterator[list]) -> Iterator[dict]:
         raise UnreadableFile("the file is empty") from None
     mapping = map_header(list(header))
     for raw in rows:
+        if isinstance(raw, UndecodableRow):
+            yield {"_error": raw.reason}
+            continue
         yield {field: clean_cell(raw[i]) if i < len(raw) else None for i, field in mapping.items()}
 
 

@@ -733,3 +733,30 @@ async def test_the_import_page_says_why_an_import_failed(crm_app):
         await session.execute(tables.imports.update().values(status="failed", error=reason))
     page = (await client.get(f"/ui/imports/{up.json()['id']}", cookies=cookie)).text
     assert f'id="job-error">{reason}</div>' in page and 'value="dry_run"' in page
+
+
+async def test_an_import_whose_csv_mixes_encodings_reports_the_unreadable_row(crm_app):
+    """A UTF-8 export with one row pasted in from a Windows-1251 file, past the first 64 KiB
+    the encoding is guessed from, used to fail the whole import there ("cannot be read past
+    some row"). Now that row is an error in the report and the rest are imported."""
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    rows = [f"ООО «Ромашка {n}»;Ёлочная улица, дом {n}" for n in range(1, 2001)]
+    data = b"\n".join([("Наименование;Адрес\n" + rows[0]).encode("utf-8-sig")]
+                      + [row.encode("cp1251" if n == 1900 else "utf-8") for n, row in enumerate(rows[1:], start=2)])
+    up = await client.post("/api/imports", headers=anna, files={"file": ("orgs.csv", data, "text/csv")})
+    assert up.status_code == 201, up.text
+    job = up.json()
+    await client.post(f"/api/imports/{job['id']}/dry-run", headers=anna)
+    dry = await _wait_import(client, anna, job["id"], "dry_run")
+    assert dry["counts"]["create"] == 1999 and dry["counts"]["error"] == 1
+    await client.post(f"/api/imports/{job['id']}/apply", headers=anna)
+    applied = await _wait_import(client, anna, job["id"], "applied")
+    assert applied["counts"] == dry["counts"]
+    report = (await client.get(applied["report_url"], headers=anna)).content.decode("utf-8-sig")
+    (error,) = [line for line in csv.DictReader(io.StringIO(report)) if line["outcome"] == "error"]
+    assert error["row"] == "1901"
+    assert "cannot be read as UTF-8" in str(error) and "mixes encodings" in str(error)
+    async with container.session_factory() as session:
+        names = set(await session.scalars(select(tables.organizations.c.name)))
+    assert len(names) == 1999 and "ООО «Ромашка 1900»" not in names and "ООО «Ромашка 2000»" in names

@@ -80,6 +80,48 @@ def test_jsonl_line_in_another_encoding_is_that_rows_error(tmp_path):
         {"code": "3", "name": "Василёк"}]
 
 
+def _mixed_csv(tmp_path, rows: int = 3000):
+    """A UTF-8 export longer than the 64 KiB its encoding is guessed from, with one row
+    pasted in from a Windows-1251 file past that point."""
+    lines = [f"{n};ООО «Ромашка {n}»;Ёлочная улица, дом {n}" for n in range(1, rows + 1)]
+    data = [("Код;Наименование;Адрес\n" + lines[0]).encode("utf-8-sig")]
+    data += [line.encode("cp1251" if n == rows - 10 else "utf-8") for n, line in enumerate(lines[1:], start=2)]
+    assert len(b"\n".join(data[:rows - 10])) > 65_536
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"\n".join(data) + b"\n")
+    return path
+
+
+def test_csv_row_in_another_encoding_past_the_probe_is_that_rows_error(tmp_path):
+    # It used to fail the whole load ("cannot be read past some row") after the chunks before it.
+    rows = list(read_rows(_mixed_csv(tmp_path)))
+    assert len(rows) == 3000
+    bad = rows[3000 - 11]
+    assert bad == {"_error": "this row cannot be read as UTF-8, the encoding of the file's start: "
+                             "the file mixes encodings; save it in one and load it again"}
+    assert [r["code"] for r in rows if "_error" not in r] == [str(n) for n in range(1, 3001) if n != 2990]
+    assert rows[-1] == {"code": "3000", "name": "ООО «Ромашка 3000»", "address": "Ёлочная улица, дом 3000"}
+
+
+def test_csv_mapped_rows_give_an_unreadable_rows_reason_for_its_cells(tmp_path):
+    from infra.spreadsheets import mapped_rows
+
+    read = list(mapped_rows(_mixed_csv(tmp_path), [1, 0]))
+    assert [number for number, _, _ in read] == list(range(2, 3002))
+    number, reason, filled = read[2990 - 1]
+    assert (number, filled) == (2991, True) and reason.startswith("this row cannot be read as UTF-8")
+    assert read[2990] == (2992, ["ООО «Ромашка 2991»", "2991"], True)
+    assert all(isinstance(cells, list) for n, cells, _ in read if n != 2991)
+
+
+def test_csv_whose_header_cannot_be_read_is_refused(tmp_path):
+    # The header is inside the probe, so it decodes unless the probe ends within it: a 64 KiB header.
+    path = tmp_path / "export.csv"
+    path.write_bytes(("Наименование;" + "x" * 65_540).encode() + "Код\n".encode("cp1251") + b"1;2\n")
+    with pytest.raises(UnreadableFile, match="the CSV's header cannot be read as UTF-8"):
+        list(read_rows(path))
+
+
 @pytest.mark.parametrize("content, kind, message", [
     ("", "csv", "empty"),
     ("code,inn\n1,7707083893\n", "csv", "no name column"),
