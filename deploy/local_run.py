@@ -22,6 +22,7 @@ from deploy.demo_users import ensure_demo_users, token_of
 from deploy.processes import start_child, stop_child
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL_SESSION_TIMEOUT_MS = 6_000  # consumers' session timeout on the local broker (env())
 
 
 class LauncherSettings(BaseSettings):
@@ -86,6 +87,10 @@ class LocalSystem:
         if self.users:
             env["CRM_INTEGRATION_TOKEN"] = env["BRIDGE_CRM_TOKEN"] = token_of(self.users, "crm-integration")
             env["ECM_INTEGRATION_TOKEN"] = env["BRIDGE_ECM_TOKEN"] = token_of(self.users, "ecm-integration")
+        if "broker" in self.processes:
+            # Tansu holds a joining consumer for half its session timeout: 3 s instead of 5
+            # for every start and rebalance. 6 s is also the least Kafka accepts by default.
+            env.setdefault("KAFKA_SESSION_TIMEOUT_MS", str(LOCAL_SESSION_TIMEOUT_MS))
         env.update(self.extra_env)
         return env
 

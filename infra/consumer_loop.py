@@ -37,6 +37,7 @@ class ConsumerLoop:
         batch_handler: BatchHandler | None = None,
         batch_size: int = 1,
         fetch_max_wait_ms: int = 500,
+        session_timeout_ms: int = 10_000,
     ):
         self._bootstrap = bootstrap_servers
         self._topic = topic
@@ -48,6 +49,7 @@ class ConsumerLoop:
         self._batch_handler = batch_handler
         self._batch_size = batch_size if batch_handler is not None else 1
         self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._session_timeout_ms = session_timeout_ms
         self._producer = producer
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -58,7 +60,7 @@ class ConsumerLoop:
             group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=10000,
+            session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=1000,
             rebalance_timeout_ms=10000,
             max_poll_interval_ms=300000,

@@ -76,4 +76,5 @@ class ServiceContainer:
             handler=self.handle_command, producer=self.producer,
             batch_handler=self.handle_commands, batch_size=self.settings.consumer_batch,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            session_timeout_ms=self.settings.session_timeout_ms,
         )

@@ -24,6 +24,12 @@ class ServiceSettings(BaseSettings):
     # soon as records arrive; the local Tansu broker waits the whole time, which added
     # ~0.25 s per hop here, ~1.2 s per approval (faust's own 1,500 ms on the bridge).
     fetch_max_wait_ms: int = Field(50, ge=1, le=10_000, validation_alias=AliasChoices("KAFKA_FETCH_MAX_WAIT_MS"))
+    # How long the group coordinator waits for a consumer's heartbeat before it gives the
+    # consumer's partitions to the others (a worker killed). Kafka refuses values below its
+    # group.min.session.timeout.ms (6 s by default). The local Tansu broker holds every
+    # joining consumer for half of it, so `make run` and the tests use 6 s there.
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000,
+                                    validation_alias=AliasChoices("KAFKA_SESSION_TIMEOUT_MS"))
     # The garbage collector's youngest-generation threshold (Python's default: 700), set
     # once the process has started, after freezing what startup built (infra.runtime).
     gc_gen0_threshold: int = Field(10_000, ge=100, validation_alias=AliasChoices("GC_GEN0_THRESHOLD"))

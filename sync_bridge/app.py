@@ -39,9 +39,9 @@ app = faust.App(
     broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
     value_serializer="raw",
     key_serializer="raw",
-    # Measured against the local broker: group joins take ~30 s with faust's defaults
-    # and ~5 s with these.
-    broker_session_timeout=10,
+    # faust's default session timeout is 60 s, and the local broker holds a joining
+    # consumer for half of it (KAFKA_SESSION_TIMEOUT_MS in infra.settings).
+    broker_session_timeout=settings.session_timeout_ms / 1000,
     broker_rebalance_timeout=10,
     broker_heartbeat_interval=1,
     broker_commit_interval=1.0,

@@ -32,6 +32,23 @@ async def test_the_bridge_consumer_waits_at_the_broker_no_longer_than_configured
     assert consumer._fetch_max_wait_ms == 50  # what aiokafka hands its fetcher when it starts
 
 
+def test_the_bridge_consumer_keeps_its_session_as_configured():
+    # faust's own default is 60 s, and the local broker holds a joining consumer for half
+    # of it. The app reads its settings when imported: a process of its own.
+    import os
+    import subprocess
+    import sys
+
+    code = ("import asyncio\n"
+            "from sync_bridge.app import app\n"
+            "async def made():\n"
+            "    return app.consumer._new_consumer_thread()._create_worker_consumer(app.transport)\n"
+            "print(asyncio.run(made())._session_timeout_ms)\n")
+    env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "6000"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "6000"
+
+
 def _document(doc_id: str, size: int):
     from schemas.crm_events import DocumentRef
 

@@ -173,6 +173,24 @@ async def test_the_services_consumer_waits_at_the_broker_as_configured(monkeypat
     assert loop._make_consumer()._fetch_max_wait_ms == 120
 
 
+async def test_the_services_consumer_keeps_its_session_as_configured(monkeypatch, tmp_path):
+    # The local broker holds a joining consumer for half the session timeout, and Kafka
+    # takes a killed consumer's partitions away after it: both come from the setting.
+    from crm_service.bootstrap import bootstrap
+    from crm_service.config import CrmSettings
+
+    monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", "6000")
+    container = bootstrap(CrmSettings(database_url="sqlite+aiosqlite:///:memory:", files_dir=tmp_path))
+    try:
+        assert container.command_consumer()._make_consumer()._session_timeout_ms == 6000
+    finally:
+        await container.producer.stop()
+        await container.engine.dispose()
+    monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", "500")
+    with pytest.raises(ValueError, match="greater than or equal to 1000"):
+        CrmSettings()
+
+
 async def test_a_fetch_of_several_partitions_is_one_group_each_partition_in_order():
     """Under a steady load a fetch holds a few records per partition: they are applied as
     one group (one transaction), not one per partition, and offsets are committed once."""
@@ -286,3 +304,15 @@ async def test_a_message_of_a_type_the_consumer_does_not_accept_is_counted_as_in
     foreign = json.dumps({**json.loads(envelope()), "type": "crm.something_new"}).encode()
     assert await deliver(record(foreign), POLICY, never, letters) is False
     assert sample("bridge_messages_consumed_total", **labels) - before == 1
+
+
+def test_the_launcher_shortens_the_session_only_on_its_own_local_broker(tmp_path, monkeypatch):
+    from deploy.local_run import LauncherSettings, LocalSystem
+
+    monkeypatch.delenv("KAFKA_SESSION_TIMEOUT_MS", raising=False)
+    system = LocalSystem(LauncherSettings(var_dir=tmp_path))
+    assert "KAFKA_SESSION_TIMEOUT_MS" not in system.env()  # a cluster of the operator's: Kafka's own terms
+    system.processes["broker"] = None
+    assert system.env()["KAFKA_SESSION_TIMEOUT_MS"] == "6000"
+    monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", "8000")  # set by whoever runs it: kept
+    assert system.env()["KAFKA_SESSION_TIMEOUT_MS"] == "8000"
