@@ -1,5 +1,5 @@
-"""Reading tabular files row by row, for imports on both sides: CSV (UTF-8, Windows-1251
-or UTF-16 with its BOM; comma, semicolon or tab) and XLSX (openpyxl in read-only mode).
+"""Reading tabular files row by row, for imports on both sides: CSV (UTF-8 or Windows-1251,
+told row by row, or UTF-16 with its BOM; comma, semicolon or tab) and XLSX (openpyxl in read-only mode).
 Files are never loaded whole; cells come back cleaned (numbers that are ids as text,
 formulas and NUL characters dropped). And the other way: text written into the CSV and
 XLSX exports stays text when a spreadsheet opens them."""
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,18 +19,13 @@ class UnreadableFile(Exception):
 
 
 class UndecodableRow(list):
-    """A CSV row with bytes the file's encoding (guessed from its start) cannot read: a file
-    put together from exports of two programs, one in UTF-8 and one in Windows-1251. Its
-    cells hold those bytes escaped; `reason` is the row's error for the import's report.
-    The rows around it are read as usual."""
+    """A CSV row whose bytes are neither UTF-8 nor Windows-1251 text. Its cells hold
+    them as Latin-1; `reason` is the row's error for the import's report. The rows around
+    it are read as usual."""
 
     def __init__(self, cells, reason: str):
         super().__init__(cells)
         self.reason = reason
-
-
-ENCODING_NAMES = {"utf-8-sig": "UTF-8", "cp1251": "Windows-1251", "utf-16": "UTF-16"}
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte
 
 
 def header_key(title) -> str:
@@ -90,53 +83,83 @@ def text_cells(sheet, row) -> list:
     return cells
 
 
-def _csv_text(path: Path) -> io.TextIOWrapper:
-    """The file as text in the encoding its first 64 KiB decode in. Incrementally: the
-    probe may end inside a multi-byte character, which is no sign of another encoding (a
-    UTF-8 file would then have been read as Windows-1251, every Cyrillic name garbled).
-    Bytes further on that the encoding cannot read come through escaped (surrogateescape),
-    so that only their rows fail (`UndecodableRow`), not the rest of the file."""
+LINE_ENCODINGS = ("utf-8", "cp1251")
+UTF8_BOM = codecs.BOM_UTF8
+
+
+def _is_utf16(head: bytes) -> bool:
+    return head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))  # Excel's "Unicode text"
+
+
+def _decoded_lines(lines: Iterator[str], unreadable: list[int]) -> Iterator[str]:
+    """The file's lines (read as Latin-1: one character per byte), each in the first of
+    UTF-8 and Windows-1251 it reads in; the numbers of lines in neither go onto
+    `unreadable` (and the line, as Latin-1, on)."""
+    for number, line in enumerate(lines, start=1):
+        raw = line.encode("latin-1")
+        if number == 1 and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM):]
+        for encoding in LINE_ENCODINGS:
+            try:
+                yield raw.decode(encoding)
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            unreadable.append(number)
+            yield line
+
+
+def _csv_rows(path: Path) -> Iterator[list]:
+    """Each line in the encoding it is written in: UTF-8 if it reads as UTF-8, else
+    Windows-1251. Files put together from two programs' exports (1C writes Windows-1251, a
+    web form UTF-8) mix them, and a file's first lines (the old guess from its first 64 KiB)
+    say nothing of the rest. Real Windows-1251 text with Cyrillic in it is never valid
+    UTF-8 (its letters are bytes UTF-8 can only follow with 0x80-0xBF), so the order
+    decides nothing for such lines. Lines end where the universal newlines say (CR, LF or
+    both: bytes neither encoding uses inside a character); a quoted cell may go on over
+    several lines, each read on its own. UTF-16 (its byte order mark) is read as one text."""
     with open(path, "rb") as probe:
         head = probe.read(PROBE_BYTES)
-        whole = not probe.read(1)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
-        # No escapes here: a broken UTF-16 pair can hold bytes below 0x80, which
-        # surrogateescape refuses; such a file still fails from that point (below).
-        return open(path, encoding="utf-16", newline="", errors="strict")
-    for encoding in ("utf-8-sig", "cp1251"):
-        try:
-            codecs.getincrementaldecoder(encoding)().decode(head, final=whole)
-            return open(path, encoding=encoding, newline="", errors="surrogateescape")
-        except UnicodeDecodeError:
-            continue
-    raise UnreadableFile("the CSV is neither UTF-8 nor Windows-1251 (nor UTF-16 with a byte order mark)")
+    if _is_utf16(head):
+        with open(path, encoding="utf-16", newline="", errors="strict") as text:
+            sample = text.read(4096)
+            text.seek(0)
+            yield from csv.reader(text, delimiter=_delimiter(sample))
+        return
+    if b"\x00" in head:
+        raise UnreadableFile("the CSV is not text (it holds NUL bytes): neither UTF-8 nor Windows-1251 "
+                             "(nor UTF-16 with a byte order mark)")
+    unreadable: list[int] = []
+    with open(path, encoding="latin-1", newline="") as lines:
+        sample = lines.read(4096)
+        lines.seek(0)
+        reader = csv.reader(_decoded_lines(lines, unreadable), delimiter=_delimiter(sample))
+        last_line = 0
+        for number, row in enumerate(reader, start=1):
+            first_line, last_line = last_line + 1, reader.line_num
+            # The reader reads no line past its row's, so the row holds an unreadable line
+            # exactly when the latest one is among its own.
+            if not unreadable or unreadable[-1] < first_line:
+                yield row
+            elif number == 1:
+                raise UnreadableFile("the CSV's header is neither UTF-8 nor Windows-1251 text")
+            else:
+                yield UndecodableRow(row, "this row is neither UTF-8 nor Windows-1251 text")
 
 
-def _csv_rows(handle: io.TextIOWrapper, delimiter: str) -> Iterator[list]:
-    encoding = ENCODING_NAMES.get(handle.encoding, handle.encoding)
-    for number, row in enumerate(csv.reader(handle, delimiter=delimiter), start=1):
-        if _ESCAPED_BYTE.search("".join(row)) is None:
-            yield row
-        elif number == 1:
-            raise UnreadableFile(f"the CSV's header cannot be read as {encoding}")
-        else:
-            yield UndecodableRow(row, f"this row cannot be read as {encoding}, the encoding of the file's start: "
-                                      "the file mixes encodings; save it in one and load it again")
+def _delimiter(sample: str) -> str:
+    return max(DELIMITERS, key=sample.count)  # the first of equals: a one-column file
 
 
 def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
     """Yields every row as a list of raw cells, the header first."""
     kind = kind or path.suffix.lower().lstrip(".")
     if kind == "csv":
-        handle = _csv_text(path)
-        with handle:
-            sample = handle.read(4096)
-            handle.seek(0)
-            delimiter = max(DELIMITERS, key=sample.count)  # the first of equals: a one-column file
-            try:
-                yield from _csv_rows(handle, delimiter)
-            except (csv.Error, UnicodeDecodeError) as exc:
-                raise UnreadableFile(f"the CSV cannot be read past some row: {exc}") from exc
+        try:
+            yield from _csv_rows(path)
+        except (csv.Error, UnicodeDecodeError) as exc:  # a UTF-16 file broken off inside a character
+            raise UnreadableFile(f"the CSV cannot be read past some row: {exc}") from exc
     elif kind == "xlsx":
         from openpyxl import load_workbook
 

@@ -131,7 +131,7 @@ UNREADABLE = "_unreadable"  # in a prepared row's values: why the file's row cou
 def prepare(number: int, cells: list | str, filled: bool, columns: dict[int, str]) -> list:
     """What a row needs no database for, worked out once (the dry run keeps it for the
     apply): [row number, filled, values, key, identifier hints, organization columns,
-    name key]. `cells` is a reason instead for a row the file's encoding cannot read."""
+    name key]. `cells` is a reason instead for a CSV row that is no text (`UndecodableRow`)."""
     if isinstance(cells, str):
         return [number, filled, {UNREADABLE: cells}, None, None, None, None]
     values = {field: cells[i] for i, field in columns.items()}

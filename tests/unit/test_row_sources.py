@@ -80,46 +80,76 @@ def test_jsonl_line_in_another_encoding_is_that_rows_error(tmp_path):
         {"code": "3", "name": "Василёк"}]
 
 
-def _mixed_csv(tmp_path, rows: int = 3000):
-    """A UTF-8 export longer than the 64 KiB its encoding is guessed from, with one row
-    pasted in from a Windows-1251 file past that point."""
+def _mixed_csv(tmp_path, rows: int = 3000, other: int = 2990, encodings=("utf-8", "cp1251"), tail: bytes = b""):
+    """An export in one encoding, longer than the 64 KiB the encoding used to be guessed
+    from, with one row pasted in from a file in the other past that point."""
+    first, second = encodings
     lines = [f"{n};ООО «Ромашка {n}»;Ёлочная улица, дом {n}" for n in range(1, rows + 1)]
-    data = [("Код;Наименование;Адрес\n" + lines[0]).encode("utf-8-sig")]
-    data += [line.encode("cp1251" if n == rows - 10 else "utf-8") for n, line in enumerate(lines[1:], start=2)]
-    assert len(b"\n".join(data[:rows - 10])) > 65_536
+    data = [("\ufeff" if first == "utf-8" else "").encode(first) + "Код;Наименование;Адрес".encode(first)]
+    data += [line.encode(second if n == other else first) for n, line in enumerate(lines, start=1)]
+    assert len(b"\n".join(data[:other])) > 65_536
     path = tmp_path / "export.csv"
-    path.write_bytes(b"\n".join(data) + b"\n")
+    path.write_bytes(b"\n".join(data) + b"\n" + tail)
     return path
 
 
-def test_csv_row_in_another_encoding_past_the_probe_is_that_rows_error(tmp_path):
-    # It used to fail the whole load ("cannot be read past some row") after the chunks before it.
-    rows = list(read_rows(_mixed_csv(tmp_path)))
-    assert len(rows) == 3000
-    bad = rows[3000 - 11]
-    assert bad == {"_error": "this row cannot be read as UTF-8, the encoding of the file's start: "
-                             "the file mixes encodings; save it in one and load it again"}
-    assert [r["code"] for r in rows if "_error" not in r] == [str(n) for n in range(1, 3001) if n != 2990]
-    assert rows[-1] == {"code": "3000", "name": "ООО «Ромашка 3000»", "address": "Ёлочная улица, дом 3000"}
+@pytest.mark.parametrize("encodings", [("utf-8", "cp1251"), ("cp1251", "utf-8")])
+def test_csv_rows_are_read_each_in_its_own_encoding(tmp_path, encodings):
+    # A file put together from two programs' exports. The encoding used to be guessed from
+    # the first 64 KiB: a Windows-1251 row further on failed the whole load there, and a
+    # UTF-8 row in a Windows-1251 file came in garbled ("ООО Â«Ð Ð¾Ð¼Ð°ÑˆÐºÐ°Â»").
+    rows = list(read_rows(_mixed_csv(tmp_path, encodings=encodings)))
+    assert rows == [{"code": str(n), "name": f"ООО «Ромашка {n}»", "address": f"Ёлочная улица, дом {n}"}
+                    for n in range(1, 3001)]
+
+
+def test_csv_row_in_neither_encoding_is_that_rows_error(tmp_path):
+    # 0x98 is no Windows-1251 character, and alone no UTF-8 one either.
+    rows = list(read_rows(_mixed_csv(tmp_path, rows=2000, other=1990, tail=b"2001;\x98\x98;\n2002;last;\n")))
+    assert rows[1989]["name"] == "ООО «Ромашка 1990»"
+    assert rows[2000] == {"_error": "this row is neither UTF-8 nor Windows-1251 text"}
+    assert rows[2001] == {"code": "2002", "name": "last", "address": None}
+    assert len(rows) == 2002
 
 
 def test_csv_mapped_rows_give_an_unreadable_rows_reason_for_its_cells(tmp_path):
     from infra.spreadsheets import mapped_rows
 
-    read = list(mapped_rows(_mixed_csv(tmp_path), [1, 0]))
-    assert [number for number, _, _ in read] == list(range(2, 3002))
-    number, reason, filled = read[2990 - 1]
-    assert (number, filled) == (2991, True) and reason.startswith("this row cannot be read as UTF-8")
-    assert read[2990] == (2992, ["ООО «Ромашка 2991»", "2991"], True)
-    assert all(isinstance(cells, list) for n, cells, _ in read if n != 2991)
+    read = list(mapped_rows(_mixed_csv(tmp_path, rows=2000, other=1990, tail=b"2001;\x98;\n"), [1, 0]))
+    assert [number for number, _, _ in read] == list(range(2, 2003))
+    assert read[-1] == (2002, "this row is neither UTF-8 nor Windows-1251 text", True)
+    assert read[1988] == (1990, ["ООО «Ромашка 1989»", "1989"], True)
+    assert read[1989] == (1991, ["ООО «Ромашка 1990»", "1990"], True)
 
 
-def test_csv_whose_header_cannot_be_read_is_refused(tmp_path):
-    # The header is inside the probe, so it decodes unless the probe ends within it: a 64 KiB header.
+def test_csv_whose_header_cannot_be_read_or_which_is_not_text_is_refused(tmp_path):
     path = tmp_path / "export.csv"
-    path.write_bytes(("Наименование;" + "x" * 65_540).encode() + "Код\n".encode("cp1251") + b"1;2\n")
-    with pytest.raises(UnreadableFile, match="the CSV's header cannot be read as UTF-8"):
+    path.write_bytes("Наименование;".encode() + b"\x98\n1;2\n")
+    with pytest.raises(UnreadableFile, match="the CSV's header is neither UTF-8 nor Windows-1251 text"):
         list(read_rows(path))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")  # a picture saved as .csv
+    with pytest.raises(UnreadableFile, match="not text"):
+        list(read_rows(path))
+
+
+def test_csv_lines_end_as_any_program_ends_them_and_cells_may_span_lines(tmp_path):
+    # Excel for Mac's "CSV (Macintosh)" ends lines with CR alone; a quoted address may
+    # hold line breaks, and a row's lines are each read in their own encoding.
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"\r".join(["Код;Наименование;Адрес".encode("cp1251"), "1;Ёлка;Тверь".encode("cp1251"),
+                                 '2;Лютик;"Москва,'.encode() + b"\r\n" + 'ул. Ленина"'.encode("cp1251"),
+                                 b'3;x;"\x98', b'y"', "4;Роза;".encode(), b""]))
+    assert list(read_rows(path)) == [
+        {"code": "1", "name": "Ёлка", "address": "Тверь"},
+        {"code": "2", "name": "Лютик", "address": "Москва,\r\nул. Ленина"},
+        {"_error": "this row is neither UTF-8 nor Windows-1251 text"},
+        {"code": "4", "name": "Роза", "address": None}]
+
+
+def test_csv_with_a_byte_order_mark_and_a_quoted_header(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_bytes('\ufeff"Код","Наименование"\n"1","ООО ""Ёлка"", филиал"\n'.encode())
+    assert list(read_rows(path)) == [{"code": "1", "name": 'ООО "Ёлка", филиал'}]
 
 
 @pytest.mark.parametrize("content, kind, message", [
