@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,9 +109,14 @@ class LocalSystem:
             self.bootstrap_servers = f"127.0.0.1:{port}"
         users_file = self.var / "demo-users.json"
         self.users = ensure_demo_users(users_file)
-        for service in ("crm_service", "ecm_service"):
-            self._run(self._python("-m", service, "migrate"))
-            self._run(self._python("-m", service, "seed-demo", "--users-file", str(users_file)))
+        # Each service's own database: the two go side by side (each ~2 s, mostly Python
+        # starting up twice), which is 2 s off every start of the system.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda service: self._prepare_database(service, users_file), ("crm_service", "ecm_service")))
+
+    def _prepare_database(self, service: str, users_file: Path) -> None:
+        self._run(self._python("-m", service, "migrate"))
+        self._run(self._python("-m", service, "seed-demo", "--users-file", str(users_file)))
 
     def _run(self, args: list[str]) -> None:
         subprocess.run(args, env=self.env(), cwd=ROOT, check=True,
