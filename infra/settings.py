@@ -27,7 +27,7 @@ class ServiceSettings(BaseSettings):
     # How long the group coordinator waits for a consumer's heartbeat before it gives the
     # consumer's partitions to the others (a worker killed). Kafka refuses values below its
     # group.min.session.timeout.ms (6 s by default). The local Tansu broker holds every
-    # joining consumer for half of it, so `make run` and the tests use 6 s there.
+    # joining consumer for half of it, so `make run` sets 6 s on its own broker.
     session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000,
                                     validation_alias=AliasChoices("KAFKA_SESSION_TIMEOUT_MS"))
     # The garbage collector's youngest-generation threshold (Python's default: 700), set

@@ -1,5 +1,6 @@
 """Reading tabular files row by row, for imports on both sides: CSV (UTF-8 or Windows-1251,
-told row by row, or UTF-16 with its BOM; comma, semicolon or tab) and XLSX (openpyxl in read-only mode).
+told line by line, or UTF-16 with its BOM; comma, semicolon or tab) and XLSX (openpyxl in
+read-only mode).
 Files are never loaded whole; cells come back cleaned (numbers that are ids as text,
 formulas and NUL characters dropped). And the other way: text written into the CSV and
 XLSX exports stays text when a spreadsheet opens them."""
@@ -19,9 +20,9 @@ class UnreadableFile(Exception):
 
 
 class UndecodableRow(list):
-    """A CSV row whose bytes are neither UTF-8 nor Windows-1251 text. Its cells hold
-    them as Latin-1; `reason` is the row's error for the import's report. The rows around
-    it are read as usual."""
+    """A CSV row with a line that is neither UTF-8 nor Windows-1251 text (that line's
+    cells hold its bytes as Latin-1); `reason` is the row's error for the import's report.
+    The rows around it are read as usual."""
 
     def __init__(self, cells, reason: str):
         super().__init__(cells)
@@ -44,7 +45,7 @@ def clean_cell(value) -> str | None:
     return text[:MAX_CELL] or None
 
 
-PROBE_BYTES = 65536
+PROBE_BYTES = 65536  # what a CSV is told from: a UTF-16 byte order mark, NUL bytes (not text)
 DELIMITERS = (",", ";", "\t")  # tab: what Excel's "Unicode text" export separates with
 
 
