@@ -191,12 +191,12 @@ async def add_document_version(
     version's file while the approval is with the ECM is refused (EarlierVersion)."""
     async with uow:
         doc, deal, org = await _lock_document(uow, caller, deal_id, document_id)
-        request = None
-        if sha256 != doc.sha256 and (earlier := await uow.documents.earlier_version_with(document_id, sha256)):
-            if (request := await uow.approval_requests.open_for_document(document_id)) is not None:
-                raise EarlierVersion(
-                    f"this file is version {earlier} of the document, which its approval has had already "
-                    f"({request.status.replace('_', ' ')}); attach the corrected file")
+        # The approval the version goes to, looked up once (none for the same file again).
+        request = await uow.approval_requests.open_for_document(document_id) if sha256 != doc.sha256 else None
+        if request is not None and (earlier := await uow.documents.earlier_version_with(document_id, sha256)):
+            raise EarlierVersion(
+                f"this file is version {earlier} of the document, which its approval has had already "
+                f"({request.status.replace('_', ' ')}); attach the corrected file")
         at = _now()
         previous = doc.replace_file(filename=filename, content_type=content_type, size=size, sha256=sha256,
                                     by=user_id, at=at)
@@ -204,7 +204,6 @@ async def add_document_version(
             return doc, None, False
         await uow.documents.keep_version(previous)
         await uow.documents.save(doc)
-        request = request or await uow.approval_requests.open_for_document(document_id)
         if request is not None:
             event = crm_events.DocumentVersionAddedV1(
                 approval_request_id=request.id, organization_id=org.id,
