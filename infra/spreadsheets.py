@@ -85,11 +85,6 @@ def text_cells(sheet, row) -> list:
 
 
 LINE_ENCODINGS = ("utf-8", "cp1251")
-UTF8_BOM = codecs.BOM_UTF8
-
-
-def _is_utf16(head: bytes) -> bool:
-    return head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))  # Excel's "Unicode text"
 
 
 def _decoded_lines(lines: Iterator[str], unreadable: list[int]) -> Iterator[str]:
@@ -98,8 +93,8 @@ def _decoded_lines(lines: Iterator[str], unreadable: list[int]) -> Iterator[str]
     `unreadable` (and the line, as Latin-1, on)."""
     for number, line in enumerate(lines, start=1):
         raw = line.encode("latin-1")
-        if number == 1 and raw.startswith(UTF8_BOM):
-            raw = raw[len(UTF8_BOM):]
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
         for encoding in LINE_ENCODINGS:
             try:
                 yield raw.decode(encoding)
@@ -122,20 +117,19 @@ def _csv_rows(path: Path) -> Iterator[list]:
     several lines, each read on its own. UTF-16 (its byte order mark) is read as one text."""
     with open(path, "rb") as probe:
         head = probe.read(PROBE_BYTES)
-    if _is_utf16(head):
-        with open(path, encoding="utf-16", newline="", errors="strict") as text:
-            sample = text.read(4096)
-            text.seek(0)
-            yield from csv.reader(text, delimiter=_delimiter(sample))
-        return
-    if b"\x00" in head:
+    utf16 = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))  # Excel's "Unicode text"
+    if not utf16 and b"\x00" in head:
         raise UnreadableFile("the CSV is not text (it holds NUL bytes): neither UTF-8 nor Windows-1251 "
                              "(nor UTF-16 with a byte order mark)")
-    unreadable: list[int] = []
-    with open(path, encoding="latin-1", newline="") as lines:
-        sample = lines.read(4096)
-        lines.seek(0)
-        reader = csv.reader(_decoded_lines(lines, unreadable), delimiter=_delimiter(sample))
+    with open(path, encoding="utf-16" if utf16 else "latin-1", newline="") as text:
+        sample = text.read(4096)
+        text.seek(0)
+        delimiter = max(DELIMITERS, key=sample.count)  # the first of equals: a one-column file
+        if utf16:
+            yield from csv.reader(text, delimiter=delimiter)
+            return
+        unreadable: list[int] = []
+        reader = csv.reader(_decoded_lines(text, unreadable), delimiter=delimiter)
         last_line = 0
         for number, row in enumerate(reader, start=1):
             first_line, last_line = last_line + 1, reader.line_num
@@ -147,10 +141,6 @@ def _csv_rows(path: Path) -> Iterator[list]:
                 raise UnreadableFile("the CSV's header is neither UTF-8 nor Windows-1251 text")
             else:
                 yield UndecodableRow(row, "this row is neither UTF-8 nor Windows-1251 text")
-
-
-def _delimiter(sample: str) -> str:
-    return max(DELIMITERS, key=sample.count)  # the first of equals: a one-column file
 
 
 def read_table(path: Path, kind: str | None = None) -> Iterator[list]:
