@@ -26,6 +26,9 @@ def run_cli(
     sub.add_parser("migrate", help="apply Alembic migrations up to head")
     seed = sub.add_parser("seed-demo", help="create demo users and demo data (development only, idempotent)")
     seed.add_argument("--users-file", type=Path, required=True, help="demo-users.json written by the launcher")
+    seed.add_argument("--migrate", action="store_true",
+                      help="apply the migrations first, in the same process (what `make run` does: one Python "
+                           "start per service instead of two)")
     sub.add_parser("serve", help="run the HTTP API, the outbox relay and the command consumer")
     for name, (help_, add_arguments, _) in (extra_commands or {}).items():
         extra = sub.add_parser(name, help=help_)
@@ -42,6 +45,8 @@ def run_cli(
     elif args.command == "seed-demo":
         if not settings.is_development:
             parser.error("seed-demo runs only with APP_ENV=development")
+        if args.migrate:
+            upgrade_to_head(migrations_dir, settings.database_url)
         asyncio.run(_seed(service, settings, users_table, args.users_file, seed_data))
     else:
         if settings.integration_token:

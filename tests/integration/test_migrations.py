@@ -1,6 +1,7 @@
 """Each service's Alembic history builds exactly the schema its tables declare."""
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -11,6 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from crm_service.adapters.tables import metadata as crm_metadata
@@ -71,3 +73,34 @@ def test_replicas_migrating_a_fresh_database_at_once_all_succeed(databases, serv
         finally:
             await engine.dispose()
     assert asyncio.run(at_head())
+
+
+@pytest.mark.parametrize("service", ["crm", "ecm"])
+def test_seed_demo_with_migrate_builds_and_seeds_a_fresh_database_in_one_process(databases, backend, service, tmp_path):
+    """What `make run` runs for each service: `seed-demo --migrate` on an empty database
+    leaves it at the newest revision with the demo users in it; without `--migrate` the
+    same empty database is refused (no tables), so the flag is what migrated it."""
+    users_file = tmp_path / "demo-users.json"
+    users_file.write_text(json.dumps([{"service": service, "name": f"{service}-demo", "role": "admin",
+                                       "token": "t" * 40}]))
+
+    def seed(url: str, *flags: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, f"{service.upper()}_DATABASE_URL": url, "APP_ENV": "development", "PYTHONPATH": str(ROOT)}
+        return subprocess.run([sys.executable, "-m", f"{service}_service", "seed-demo", *flags,
+                               "--users-file", str(users_file)], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+
+    assert seed(databases.url(service, backend, migrate=False)).returncode != 0
+    url = databases.url(service, backend, migrate=False)
+    done = seed(url, "--migrate")
+    assert done.returncode == 0, done.stderr[-1500:]
+
+    async def state() -> tuple[bool, list]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                users = (await conn.execute(text("SELECT name FROM users"))).scalars().all()
+            return await migrations_at_head(engine, MIGRATIONS[service]), users
+        finally:
+            await engine.dispose()
+    assert asyncio.run(state()) == (True, [f"{service}-demo"])
