@@ -14,6 +14,7 @@ from sqlalchemy import insert, select, text, update
 from crm_service.adapters import tables
 from crm_service.entrypoints.app import create_app
 from crm_service.service_layer import handlers
+from deploy.local_run import LOCAL_SESSION_TIMEOUT_MS
 from infra.messaging_retention import Retention, prune, run_pruning
 from tests.support.polling import async_wait_until
 
@@ -108,8 +109,12 @@ async def test_the_job_keeps_pruning_and_outlives_a_failed_round(crm, backend):
 async def test_the_service_runs_the_job_with_its_settings(crm, databases, broker, backend, tmp_path):
     """The CRM's app starts the job with the relay and the consumer (its lifespan)."""
     await _fill(crm)
+    # Its own consumer group, with make run's session: stopped during its join, a consumer
+    # cannot leave its group, and the next test's would wait out its session first.
     settings = crm.settings.model_copy(update={"outbox_keep_days": 7, "inbox_keep_days": 45,
-                                                "messaging_prune_seconds": 0.2})
+                                                "messaging_prune_seconds": 0.2,
+                                                "consumer_group": f"crm-pruning-{uuid.uuid4().hex[:8]}",
+                                                "session_timeout_ms": LOCAL_SESSION_TIMEOUT_MS})
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async def pruned():

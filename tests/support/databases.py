@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import asyncpg
@@ -46,10 +49,10 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
-def create_pg_database(prefix: str) -> tuple[str, str]:
+def create_pg_database(prefix: str, template: str | None = None) -> tuple[str, str]:
     require_postgres()
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     pg = pg_server()
     credentials = pg["user"] + (f":{pg['password']}" if pg["password"] else "")
     return name, f"postgresql+asyncpg://{credentials}@{pg['host']}:{pg['port']}/{name}"
@@ -60,11 +63,20 @@ def drop_pg_database(name: str) -> None:
 
 
 class DatabaseFactory:
-    """Creates migrated databases for one service on one backend; cleans up after."""
+    """Creates migrated databases for one service on one backend; cleans up after.
+
+    Each service's migrations run once per backend and session, into a template; every
+    migrated database after that is a copy of it (`CREATE DATABASE … TEMPLATE` on
+    PostgreSQL, SQLite's backup API for a file): 0.1 s instead of 0.3–0.5 s for running
+    the whole Alembic history again, for every one of the suite's few hundred."""
 
     def __init__(self, tmp_dir: Path):
         self._tmp = tmp_dir
         self._pg: list[str] = []
+        self._templates: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._dropper = ThreadPoolExecutor(1, thread_name_prefix="drop-database")
+        self._drops: list = []
 
     def url(self, service: str, backend: str, *, migrate: bool = True) -> str:
         # Alembic and asyncpg run their own event loops: keep them off the caller's.
@@ -72,15 +84,49 @@ class DatabaseFactory:
             return pool.submit(self._create, service, backend, migrate).result()
 
     def _create(self, service: str, backend: str, migrate: bool) -> str:
+        if not migrate:
+            return self._empty(service, backend)
+        with self._lock:
+            template = self._templates.get((service, backend))
+            if template is None:
+                template = self._templates[(service, backend)] = self._empty(service, backend)
+                upgrade_to_head(MIGRATIONS[service], template)
+        if backend == "postgresql":
+            name, url = create_pg_database(f"test_{service}", template=template.rsplit("/", 1)[1])
+            self._pg.append(name)
+            return url
+        url = self._sqlite_url(service)
+        with closing(sqlite3.connect(_sqlite_path(template))) as source, \
+                closing(sqlite3.connect(_sqlite_path(url))) as copy:
+            source.backup(copy)
+        return url
+
+    def _empty(self, service: str, backend: str) -> str:
         if backend == "postgresql":
             name, url = create_pg_database(f"test_{service}")
             self._pg.append(name)
-        else:
-            url = f"sqlite+aiosqlite:///{self._tmp / f'{service}-{uuid.uuid4().hex[:8]}.db'}"
-        if migrate:
-            upgrade_to_head(MIGRATIONS[service], url)
-        return url
+            return url
+        return self._sqlite_url(service)
+
+    def _sqlite_url(self, service: str) -> str:
+        return f"sqlite+aiosqlite:///{self._tmp / f'{service}-{uuid.uuid4().hex[:8]}.db'}"
+
+    def release(self, url: str) -> None:
+        """A test is done with this database: a PostgreSQL one is dropped in the background
+        while the next tests run (0.1–0.3 s each, the server's file removals and syncs;
+        at the session's end they took 10–15 s one after the other)."""
+        name = url.rsplit("/", 1)[1]
+        if url.startswith("postgresql") and name in self._pg:
+            self._pg.remove(name)
+            self._drops.append(self._dropper.submit(drop_pg_database, name))
 
     def cleanup(self) -> None:
-        for name in self._pg:
-            drop_pg_database(name)
+        for drop in self._drops:
+            drop.result()
+        self._dropper.shutdown()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(drop_pg_database, self._pg))
+
+
+def _sqlite_path(url: str) -> str:
+    return url.split(":///", 1)[1]
