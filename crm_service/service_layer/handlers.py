@@ -10,6 +10,7 @@ from crm_service.adapters import tables
 from crm_service.domain.model import RETURNED, ApprovalRequest, Deal, Document, Organization, opening_stage
 from crm_service.domain.rights import Actor, check_may_change, check_may_transfer, may_change
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
+from infra.retrying import rerun_on_conflict
 from schemas import crm_commands, crm_events
 from schemas.envelope import new_envelope
 from schemas.topics import CRM_EVENTS
@@ -179,6 +180,7 @@ async def request_approval(
     return request
 
 
+@rerun_on_conflict
 async def add_document_version(
     uow: CrmUnitOfWork, *, user_id: str, deal_id: str, document_id: str, filename: str, content_type: str,
     sha256: str, size: int, correlation_id: str, caller=None,

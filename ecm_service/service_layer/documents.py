@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from ecm_service.domain.retention import FALLBACK, disposal_blocker, retain_until
 from ecm_service.service_layer.approvals import reopen_for_new_version
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+from infra.retrying import rerun_on_conflict
 from schemas.common import ExternalRef
 
 DOCUMENT = "document"
@@ -23,6 +24,7 @@ class DocumentGone(Exception):
     pass
 
 
+@rerun_on_conflict
 async def store_version(
     uow: EcmUnitOfWork, *, user_id: str, doc_type: str, title: str, filename: str, content_type: str,
     sha256: str, size: int, external_ref: ExternalRef | None, retention: dict[str, int] | None = None,
@@ -30,7 +32,9 @@ async def store_version(
 ) -> tuple[dict, dict, bool]:
     """Returns (document, version, created). Storing bytes under an external ref that the
     document already had returns that version: transfers may be retried or replayed. A new
-    version of a document under approval re-opens its approvals (see approvals.reopen)."""
+    version of a document under approval re-opens its approvals (see approvals.reopen).
+    Two at once for one document, or for one ref's first document, do not clash: the later
+    one runs again on what the other committed (rerun_on_conflict)."""
     now = datetime.now(timezone.utc)
     by_ref = False
     async with uow:

@@ -93,6 +93,24 @@ async def test_a_new_version_of_a_returned_document_goes_to_its_approval_instead
     assert (await _outbox(crm))[-1][1]["document"]["sha256"] == "f" * 64
 
 
+async def test_versions_added_at_the_same_moment_each_get_their_own_number(crm):
+    """Five new files for one document at once (two reps, or a double click with another
+    file): each becomes a version of its own, the last one the document's current file,
+    none a 500. On SQLite the document's FOR UPDATE locks nothing and four of the five
+    broke the versions' key."""
+    _, (first,) = await _approval_requests(crm, 1)
+    new = dict(deal_id=first.deal_id, document_id=first.document_id, filename="c0-fixed.pdf",
+               content_type="application/pdf", size=5)
+    added = await asyncio.gather(*(handlers.add_document_version(
+        crm.uow(), user_id="u2", correlation_id=f"fix {c}", sha256=c * 64, **new) for c in "abcde"))
+    assert sorted(doc.version_no for doc, _, _ in added) == [2, 3, 4, 5, 6]
+    async with crm.uow() as uow:
+        kept = [(v["version_no"], v["sha256"]) for v in await uow.documents.versions(first.document_id)]
+        current = await uow.documents.get(first.document_id)
+    assert [n for n, _ in kept] == [1, 2, 3, 4, 5]
+    assert {sha for _, sha in kept[1:]} | {current.sha256} == {c * 64 for c in "abcde"}
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])  # concurrent writers: the production database
 async def test_concurrent_requests_for_one_document_start_one_approval(crm):
     """Eight calls at once for the same document (a double click, a client retrying

@@ -5,11 +5,13 @@ from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import generate_latest
+from sqlalchemy.exc import IntegrityError
 
 from crm_service.domain.model import ApprovalRequest
 from deploy.demo_users import DEMO_USERS, ensure_demo_users
 from infra.content_store import ContentStore, FileTooLarge
 from infra.metrics import LagReport
+from infra.retrying import CONFLICT_ATTEMPTS, rerun_on_conflict
 from infra.tokens import hash_token, is_weak_secret, new_token
 from tests.support.metrics import samples
 
@@ -274,3 +276,29 @@ def test_the_shipped_delay_reasons_load():
     from ecm_service.bootstrap import load_delay_reasons
 
     assert "other" in load_delay_reasons(Path("ecm_service/delay_reasons.json"))
+
+
+async def test_a_use_case_that_lost_a_race_runs_again_and_nothing_else_is_rerun():
+    """rerun_on_conflict: an IntegrityError (another call committed the same key first)
+    runs the use case again, up to CONFLICT_ATTEMPTS calls in all, then lets it through;
+    any other error goes out at once."""
+    calls = []
+
+    @rerun_on_conflict
+    async def lost_twice(outcome):
+        calls.append(outcome)
+        if outcome == "refused":
+            raise ValueError("not a conflict")
+        if outcome == "always" or len(calls) <= 2:
+            raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+        return len(calls)
+
+    assert await lost_twice("wins") == 3
+    calls.clear()
+    with pytest.raises(IntegrityError):
+        await lost_twice("always")
+    assert len(calls) == CONFLICT_ATTEMPTS
+    calls.clear()
+    with pytest.raises(ValueError):
+        await lost_twice("refused")
+    assert calls == ["refused"]
