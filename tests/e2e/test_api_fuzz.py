@@ -1,7 +1,9 @@
 """Schemathesis against both services' `/openapi.json`, authenticated as several roles,
 on the real processes, on SQLite and on PostgreSQL: no 5xx, and no response that breaks its own documented schema.
-A fixed seed keeps the run reproducible; a failure prints schemathesis' report with the
-request that broke it."""
+A fixed seed keeps each run's generated cases the same; a failure prints schemathesis'
+report with the request that broke it. Two runs go side by side, so the services also
+meet two clients at once, as they do in use: that is how the version uploads' race was
+found (README, Reliability)."""
 
 from __future__ import annotations
 
