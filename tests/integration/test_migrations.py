@@ -78,8 +78,8 @@ def test_replicas_migrating_a_fresh_database_at_once_all_succeed(databases, serv
 @pytest.mark.parametrize("service", ["crm", "ecm"])
 def test_seed_demo_with_migrate_builds_and_seeds_a_fresh_database_in_one_process(databases, backend, service, tmp_path):
     """What `make run` runs for each service: `seed-demo --migrate` on an empty database
-    leaves it at the newest revision with the demo users in it; without `--migrate` the
-    same empty database is refused (no tables), so the flag is what migrated it."""
+    leaves it at the newest revision with the demo users in it; without `--migrate` an
+    empty database like it is refused (no tables), so the flag is what migrated it."""
     users_file = tmp_path / "demo-users.json"
     users_file.write_text(json.dumps([{"service": service, "name": f"{service}-demo", "role": "admin",
                                        "token": "t" * 40}]))
