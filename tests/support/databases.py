@@ -85,30 +85,27 @@ class DatabaseFactory:
 
     def _create(self, service: str, backend: str, migrate: bool) -> str:
         if not migrate:
-            return self._empty(service, backend)
+            return self._new(service, backend)
         with self._lock:
             template = self._templates.get((service, backend))
             if template is None:
-                template = self._templates[(service, backend)] = self._empty(service, backend)
+                template = self._templates[(service, backend)] = self._new(service, backend)
                 upgrade_to_head(MIGRATIONS[service], template)
         if backend == "postgresql":
-            name, url = create_pg_database(f"test_{service}", template=template.rsplit("/", 1)[1])
-            self._pg.append(name)
-            return url
-        url = self._sqlite_url(service)
+            return self._new(service, backend, template=template)
+        url = self._new(service, backend)
         with closing(sqlite3.connect(_sqlite_path(template))) as source, \
                 closing(sqlite3.connect(_sqlite_path(url))) as copy:
             source.backup(copy)
         return url
 
-    def _empty(self, service: str, backend: str) -> str:
+    def _new(self, service: str, backend: str, template: str | None = None) -> str:
+        """A new database's URL: on PostgreSQL created (as a copy of `template`'s database
+        if given) and remembered for the drop; on SQLite a file name not yet used."""
         if backend == "postgresql":
-            name, url = create_pg_database(f"test_{service}")
+            name, url = create_pg_database(f"test_{service}", template=template and template.rsplit("/", 1)[1])
             self._pg.append(name)
             return url
-        return self._sqlite_url(service)
-
-    def _sqlite_url(self, service: str) -> str:
         return f"sqlite+aiosqlite:///{self._tmp / f'{service}-{uuid.uuid4().hex[:8]}.db'}"
 
     def release(self, url: str) -> None:
