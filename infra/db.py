@@ -13,6 +13,7 @@ from sqlalchemy import JSON, Table, any_, bindparam, event, insert, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -60,7 +61,32 @@ def count_round_trips(engine: AsyncEngine) -> None:
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker:
+    if is_sqlite(engine):
+        return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=SqliteSession)
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class SqliteSession(Session):
+    """A session on SQLite, where `SELECT … FOR UPDATE` locks what it reads as it does on
+    PostgreSQL. SQLite has no row locks and drops the clause; Python's sqlite3 module
+    (which aiosqlite drives) also reads outside any transaction until the first write. So
+    two transactions could both read an approval's stage as pending and both write it back:
+    a double click recorded two decisions, and two approvers of one stage deciding at once
+    wrote over each other's decision, leaving the stage waiting for ever. Here such a read
+    first takes the database's write lock (`BEGIN IMMEDIATE`; another writer waits for it,
+    up to the busy timeout) unless the transaction already holds it (in the sqlite3
+    module, a transaction is open only once a write has begun it, and a write takes the
+    lock). The transactions that lock rows then run one after the other, as on PostgreSQL
+    those that lock the same rows do."""
+
+
+@event.listens_for(SqliteSession, "do_orm_execute")
+def _lock_before_reading_for_update(state: ORMExecuteState) -> None:
+    if getattr(state.statement, "_for_update_arg", None) is None:  # (no public accessor)
+        return
+    connection = state.session.connection()
+    if not connection.connection.driver_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 async def analyze(session: AsyncSession, *table_names: str) -> None:

@@ -230,6 +230,42 @@ async def test_versions_uploaded_at_the_same_moment_each_get_their_own_number(ec
         assert [v["version_no"] for v in await uow.documents.versions(document_id)] == [1, 2, 3, 4, 5, 6]
 
 
+async def test_a_double_click_on_approve_is_one_decision(ecm, people):
+    """The same approver's decision sent twice at the same moment (a double click, a client
+    resending): one is taken, the other is refused as already decided; the approval sheet
+    and the CRM hear of one decision. On SQLite, where `FOR UPDATE` is no clause at all,
+    both used to read the stage as pending and both were recorded."""
+    approval_id, _ = await start(ecm)
+    results = await asyncio.gather(*(decide(ecm, approval_id, people["legal"]) for _ in range(2)),
+                                   return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["Approval", "DecisionNotAllowed"]
+    async with ecm.uow() as uow:
+        history = await uow.history.of(cases.APPROVAL, approval_id)
+        approval = await uow.approvals.get(approval_id)
+    assert [h["action"] for h in history] == ["started", "decided"]
+    assert [e["event"] for e in await events(ecm, approval_id)] == ["started", "stage_decided"]
+    assert approval.current_step.name == "finance"
+
+
+async def test_two_approvers_of_one_stage_deciding_at_the_same_moment_both_count(ecm, people):
+    """A stage that needs both of its two approvers, and both decide at once: each decision
+    is kept and the stage passes (neither transaction writes the stage back over the
+    other's decision)."""
+    admin = User(id="admin-id", name="ecm-admin", role="admin")
+    await cases.change_route(ecm.uow(), doc_type="contract", user=admin, spec={"stages": [
+        {"name": "legal pair", "assignees": [{"role": "legal"}, {"role": "legal"}]},
+        {"name": "director", "role": "director"}]})
+    approval_id, _ = await start(ecm)
+    second_legal = await person(ecm, f"legal-{uuid.uuid4().hex[:6]}", "legal")
+    await asyncio.gather(decide(ecm, approval_id, people["legal"]), decide(ecm, approval_id, second_legal))
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(approval_id)
+        history = await uow.history.of(cases.APPROVAL, approval_id)
+    assert approval.current_step.name == "director"
+    assert sorted(h["data"]["by"] for h in history if h["action"] == "decided") == sorted(
+        [people["legal"].name, second_legal.name])
+
+
 async def test_contract_waits_for_a_verified_counterparty_before_its_last_stage(ecm, people):
     approval_id, _ = await start(ecm, ids=VALID)
     await decide(ecm, approval_id, people["legal"])

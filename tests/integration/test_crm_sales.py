@@ -86,6 +86,24 @@ async def test_quick_entry_hints_duplicates_and_rights(crm_app):
         == 200
 
 
+async def test_two_edits_of_one_organization_at_the_same_moment_both_stay(crm_app):
+    """The owner and the team's manager change different fields of one card at once: every
+    change is kept. On SQLite, where `FOR UPDATE` is
+    no clause at all, both used to read the card as it was and the later save wrote the
+    earlier one's field back."""
+    client, users, _ = crm_app
+    created = await client.post("/api/organizations", headers=users["anna"]["headers"], json={"name": "ООО «Клевер»"})
+    url = f"/api/organizations/{created.json()['id']}"
+    edits = {"website": "https://klever.example", "region": "Тверь", "category": "A", "org_group": "Холдинг",
+             "activity_type": "опт", "notes": "ключевой клиент"}
+    answers = await asyncio.gather(*(
+        client.patch(url, json={field: value}, headers=users["anna" if i % 2 else "maria"]["headers"])
+        for i, (field, value) in enumerate(edits.items())))
+    assert [a.status_code for a in answers] == [200] * len(edits)
+    card = (await client.get(url, headers=users["anna"]["headers"])).json()
+    assert {field: card[field] for field in edits} == edits
+
+
 async def test_merge_moves_everything_to_the_survivor_and_is_an_event(crm_app):
     client, users, container = crm_app
     anna = users["anna"]["headers"]
