@@ -1,5 +1,6 @@
 """The append-only, hash-chained history. Appends are serialised (an advisory lock on
-PostgreSQL; SQLite has a single writer) so the chain never forks."""
+PostgreSQL; SQLite's write lock, taken before the chain's tail is read) so the chain
+never forks."""
 
 from __future__ import annotations
 
@@ -50,10 +51,12 @@ class HistoryLog:
         read once per transaction: later appends in it continue from what it wrote."""
         transaction = self.session.sync_session.get_transaction()
         if transaction is None or transaction is not self._transaction:
+            tail = select(history.c.hash).order_by(history.c.seq.desc()).limit(1)
             if self.session.bind.dialect.name == "postgresql":
                 await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
-            self._tail = (await self.session.execute(
-                select(history.c.hash).order_by(history.c.seq.desc()).limit(1))).scalar() or GENESIS
+            else:  # the database's write lock, taken before the read (infra.db.SqliteSession)
+                tail = tail.with_for_update()
+            self._tail = (await self.session.execute(tail)).scalar() or GENESIS
             self._transaction = self.session.sync_session.get_transaction()
         return self._tail
 

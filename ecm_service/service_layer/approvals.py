@@ -19,7 +19,7 @@ from ecm_service.domain.routes import FALLBACK, parse_route
 from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra import business_day
-from infra.retrying import PermanentError
+from infra.retrying import PermanentError, rerun_on_conflict
 from schemas import ecm_commands, ecm_events
 from schemas.common import ExternalRef
 from schemas.envelope import Envelope, new_envelope
@@ -40,10 +40,12 @@ def _now() -> datetime:
 # --- route versions ---------------------------------------------------------------------
 
 
+@rerun_on_conflict
 async def sync_routes_from_file(uow: EcmUnitOfWork, file_routes: dict[str, Route], *, at: datetime) -> list[str]:
     """At startup: a route whose file definition changed since the file last seeded it
     becomes a new version. Versions made through the admin API are not overwritten by an
-    unchanged file."""
+    unchanged file. Replicas starting at once: the later insert breaks the version's key,
+    and that replica's sync runs again and finds the file's routes already there."""
     added = []
     async with uow:
         for doc_type, route in file_routes.items():
@@ -69,8 +71,11 @@ async def current_route(uow: EcmUnitOfWork, doc_type: str, file_routes: dict[str
     return parse_route(route.doc_type, route.spec(), version)
 
 
+@rerun_on_conflict
 async def change_route(uow: EcmUnitOfWork, *, doc_type: str, spec: dict, user) -> Route:
-    """Admin API: a new version. Approvals in flight keep the version they started on."""
+    """Admin API: a new version. Approvals in flight keep the version they started on. Two
+    changes at once both read the same latest version; the later insert breaks the
+    version's key and runs again on the one the other committed."""
     route = parse_route(doc_type, spec)
     async with uow:
         version = await uow.routes.add(doc_type, route.spec(), source="api", created_by=f"user:{user.id}", at=_now())

@@ -106,6 +106,29 @@ async def test_route_versions_in_flight_approvals_keep_theirs_and_new_ones_take_
     assert await cases.sync_routes_from_file(ecm.uow(), ecm.routes, at=datetime.now(timezone.utc)) == []
 
 
+async def test_two_route_changes_at_the_same_moment_each_get_their_own_version(ecm, people):
+    """Two admins change one document type's route at once: both changes are kept, as the
+    next two versions (the later insert broke the version's key, and its change ran again
+    on the version the other had committed); neither admin gets a 500."""
+    admin = User(id="admin-id", name="ecm-admin", role="admin")
+    specs = [{"stages": [{"name": f"legal {i}", "role": "legal"}]} for i in range(3)]
+    routes = await asyncio.gather(*(cases.change_route(ecm.uow(), doc_type="contract", user=admin, spec=spec)
+                                    for spec in specs))
+    assert sorted(route.version for route in routes) == [1, 2, 3]
+    async with ecm.uow() as uow:
+        stored = await uow.routes.versions("contract")
+    assert sorted(v["spec"]["stages"][0]["name"] for v in stored) == ["legal 0", "legal 1", "legal 2"]
+
+
+async def test_replicas_starting_at_once_seed_the_routes_from_the_file_once(ecm):
+    syncs = await asyncio.gather(*(cases.sync_routes_from_file(ecm.uow(), ecm.routes, at=datetime.now(timezone.utc))
+                                   for _ in range(3)))
+    assert sorted(syncs) == [[], [], ["contract v1", "default v1"]]
+    async with ecm.uow() as uow:
+        assert [(v["doc_type"], v["version"]) for v in await uow.routes.versions()] == [
+            ("contract", 1), ("default", 1)]
+
+
 async def test_a_deputy_decides_and_the_history_and_event_name_both(ecm, people):
     approval_id, _ = await start(ecm)
     deputy = await person(ecm, "deputy-dmitry", "finance")

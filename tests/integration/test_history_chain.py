@@ -57,6 +57,22 @@ async def test_appends_continue_the_chain_after_a_commit_and_another_writer(ecm)
     assert report.intact and report.entries == 6
 
 
+async def test_transactions_appending_at_the_same_moment_keep_one_chain(ecm):
+    """Rounds of eight units of work that only append, committing at once: each reads the
+    chain's tail under the chain's lock, so no two entries name the same predecessor. On
+    SQLite the tail used to be read outside any transaction when nothing had been written
+    before it, and transactions chained onto the same entry: a fork, reported as
+    tampering. (The first round alone seldom showed it: its connections, opened one by
+    one, stagger the transactions.)"""
+    import asyncio
+
+    for _ in range(3):
+        await asyncio.gather(*(_append(ecm, 3) for _ in range(8)))
+    async with ecm.session_factory() as session:
+        report = await verify_chain(session)
+    assert (report.problem, report.entries) == (None, 72)
+
+
 async def test_a_waiting_entry_holds_no_lock_and_keeps_the_chain_whole(ecm, backend):
     """An append waits for the commit: until then the chain is not locked, so another
     unit of work appends and commits meanwhile (with the lock taken at the first append
