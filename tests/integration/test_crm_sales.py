@@ -86,11 +86,11 @@ async def test_quick_entry_hints_duplicates_and_rights(crm_app):
         == 200
 
 
-async def test_two_edits_of_one_organization_at_the_same_moment_both_stay(crm_app):
-    """The owner and the team's manager change different fields of one card at once: every
-    change is kept. On SQLite, where `FOR UPDATE` is
-    no clause at all, both used to read the card as it was and the later save wrote the
-    earlier one's field back."""
+async def test_edits_of_one_organization_at_the_same_moment_all_stay(crm_app):
+    """The owner and the team's manager change six fields of one card at once, one field a
+    call: every change is kept. On SQLite, where `FOR UPDATE` is no clause at all, the
+    calls all read the card as it was and each later save wrote the earlier ones' fields
+    back (five of the six were lost)."""
     client, users, _ = crm_app
     created = await client.post("/api/organizations", headers=users["anna"]["headers"], json={"name": "ООО «Клевер»"})
     url = f"/api/organizations/{created.json()['id']}"
