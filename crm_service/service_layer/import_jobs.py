@@ -91,18 +91,26 @@ async def create_import(container, upload, *, filename: str | None, user_id: str
     return import_id
 
 
+FIXED = ("dry_running", "applying", "applied")  # the mapping can no longer change
+
+
 async def set_mapping(session_factory, import_id: str, mapping: dict[str, str]) -> None:
-    """A new mapping makes the earlier dry run void: the import is back to `uploaded`."""
+    """A new mapping makes the earlier dry run void: the import is back to `uploaded`.
+    Written only if the job is still where it was read (like `start`): a run started by
+    another request in between keeps the mapping it started with, and this one is a 409."""
     job = await get_import(session_factory, import_id)
-    if job["status"] in ("dry_running", "applying", "applied"):
+    if job["status"] in FIXED:
         raise ImportRefused(409, f"the import is {job['status']}; the mapping can no longer change")
     try:
         mapping = imports.validate_mapping(mapping, job["header"])
     except ValueError as exc:
         raise ImportRefused(422, str(exc)) from exc
+    t = tables.imports
     async with session_factory() as session, session.begin():
-        await session.execute(update(tables.imports).where(tables.imports.c.id == import_id)
-                              .values(mapping=mapping, status="uploaded", counts={}, rows_done=0))
+        changed = (await session.execute(update(t).where(t.c.id == import_id, t.c.status == job["status"])
+                                         .values(mapping=mapping, status="uploaded", counts={}, rows_done=0))).rowcount
+    if not changed:
+        raise ImportRefused(409, "the import was started meanwhile; the mapping can no longer change")
 
 
 async def start(container, import_id: str, *, user_id: str, apply: bool) -> None:

@@ -248,6 +248,35 @@ async def test_a_stopped_run_is_taken_for_stopped_and_a_new_run_owns_the_job(ses
     assert (job["status"], job["rows_done"]) == ("dry_run", 30) and job["progress_at"] is not None
 
 
+async def test_a_mapping_sent_as_the_dry_run_starts_is_refused_and_the_run_keeps_its_own(sessions, tmp_path,
+                                                                                          monkeypatch):
+    """A new mapping whose request read the job just before another request started the
+    dry run: the mapping is refused with a 409, and the running dry run keeps its status
+    and the mapping it started with. It used to be written over the running job, which
+    went back to `uploaded` under a mapping its run had not used."""
+    from crm_service.service_layer import import_jobs
+
+    path = tmp_path / "orgs.xlsx"
+    _xlsx(path, [["ООО «Карта»", "", "", "", ""]])
+    started_with = imports.suggest_mapping(HEADER)
+    import_id = await _new_import(sessions, path, started_with)
+    read = import_jobs.get_import
+
+    async def read_then_another_request_starts_the_run(*args, **kwargs):
+        job = await read(*args, **kwargs)
+        async with sessions() as session, session.begin():
+            await session.execute(tables.imports.update().where(tables.imports.c.id == import_id)
+                                  .values(status="dry_running", run_id="run-1"))
+        return job
+
+    monkeypatch.setattr(import_jobs, "get_import", read_then_another_request_starts_the_run)
+    with pytest.raises(import_jobs.ImportRefused) as refused:
+        await import_jobs.set_mapping(sessions, import_id, {"0": "name", "1": "inn"})
+    assert refused.value.status == 409 and "started meanwhile" in str(refused.value)
+    job = await read(sessions, import_id)
+    assert (job["status"], job["mapping"]) == ("dry_running", started_with)
+
+
 class _StopAfter(asyncio.Event):
     """A stop that comes after `reads` chunks have been read (the service's stop, in time)."""
 
