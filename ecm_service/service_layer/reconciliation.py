@@ -34,6 +34,7 @@ from ecm_service.service_layer.registry import (
 )
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra.db import analyze
+from infra.retrying import rerun_on_conflict
 from infra.spreadsheets import inert_row, text_cells
 from schemas.common import ExternalRef
 
@@ -61,9 +62,10 @@ async def start_run(uow: EcmUnitOfWork, *, system: str, mode: str, user_id: str)
     return run
 
 
-async def get_run(uow: EcmUnitOfWork, run_id: str) -> dict | None:
+async def get_run(uow: EcmUnitOfWork, run_id: str, *, for_update: bool = False) -> dict | None:
     t = tables.reconciliation_runs
-    row = (await uow.session.execute(select(t).where(t.c.id == run_id))).mappings().first()
+    query = select(t).where(t.c.id == run_id)
+    row = (await uow.session.execute(query.with_for_update() if for_update else query)).mappings().first()
     return dict(row) if row else None
 
 
@@ -126,10 +128,14 @@ async def _decided_state(uow: EcmUnitOfWork, run: dict, ref: ExternalRef, org: d
             "evidence": {"decision": decision.outcome, "rule": decision.rule, "candidates": decision.candidates}}
 
 
+@rerun_on_conflict
 async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[dict]) -> dict:
     """One batch, one transaction, matched together (`registry.match_many`).
     Organizations already handled by this run are skipped, so a driver that resends a
-    batch after a crash changes nothing."""
+    batch after a crash changes nothing. Batches of one run at once (two drivers, or a
+    resend while the first is still being handled) are matched side by side; the run's
+    counts are added to under its row lock, at the end, and a batch whose organization
+    the other handled first breaks a key and runs again, skipping it."""
     async with uow:
         run = await get_run(uow, run_id)
         if run is None:
@@ -147,7 +153,7 @@ async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[d
         fresh = [o for o in todo if o["id"] not in known and run["mode"] != "apply"]
         decisions = dict(zip([o["id"] for o in fresh], await match_in_parallel(
             uow, [incoming(name=o["name"], **ids[o["id"]]) for o in fresh]), strict=True))
-        counts = dict(run["counts"])
+        added: dict[str, int] = {}
         rows, results = [], []
         for org in todo:
             ref = ExternalRef(system=run["system"], id=org["id"])
@@ -159,10 +165,16 @@ async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[d
                     uow, [incoming(name=org["name"], **ids[org["id"]])]))[0]
                 result = await _decided_state(uow, run, ref, org, ids[org["id"]], snapshot, decision)
             rows.append({"run_id": run_id, "external_id": org["id"], **result})
-            counts[result["state"]] = counts.get(result["state"], 0) + 1
+            added[result["state"]] = added.get(result["state"], 0) + 1
             results.append({"id": org["id"], "state": result["state"], "counterparty_id": result["counterparty_id"]})
         if rows:
             await uow.session.execute(r.insert(), rows)
+        run = await get_run(uow, run_id, for_update=True)  # as other batches of the run have left it
+        if run["status"] != "running":
+            raise RunClosed(f"reconciliation run {run_id} is {run['status']}")
+        counts = dict(run["counts"])
+        for state, n in added.items():
+            counts[state] = counts.get(state, 0) + n
         cursor = max([o["id"] for o in organizations] + ([run["cursor"]] if run["cursor"] else []))
         await uow.session.execute(update(tables.reconciliation_runs).where(tables.reconciliation_runs.c.id == run_id)
                                   .values(done=run["done"] + len(results), counts=counts, cursor=cursor))

@@ -281,6 +281,30 @@ async def test_a_growing_run_refreshes_the_statistics_of_its_results(ecm):
     assert handled == 1200
 
 
+async def test_batches_of_one_run_at_the_same_moment_all_count_and_a_resent_one_changes_nothing(ecm):
+    """Two drivers feeding one run at once (or a driver resending a batch whose answer it
+    never got while the first is still being handled): every organization is handled
+    once, each call answers, and the run's counts add up. Both used to read the run's
+    counts before either wrote them (the later write lost the earlier's), and a batch
+    resent at once broke the results' key: a 500."""
+    import asyncio
+
+    from ecm_service.service_layer import reconciliation as rec
+
+    run = await rec.start_run(ecm.uow(), system="crm", mode="apply", user_id="it")
+    orgs = [{"id": f"{i:06d}", "name": f"ООО «Параллель {i}»", "inn": None, "kpp": None, "ogrn": None}
+            for i in range(40)]
+    answers = await asyncio.gather(*(rec.reconcile_batch(ecm.uow(), run["id"], batch)
+                                     for batch in (orgs[:20], orgs[20:], orgs[:20])))
+    assert sorted(a["handled"] for a in answers) == [0, 20, 20] and sum(a["skipped"] for a in answers) == 20
+    async with ecm.uow() as uow:
+        stored = await rec.get_run(uow, run["id"])
+        handled = await uow.session.scalar(select(func.count()).select_from(tables.reconciliation_results)
+                                           .where(tables.reconciliation_results.c.run_id == run["id"]))
+    assert (stored["done"], sum(stored["counts"].values()), handled) == (40, 40, 40)
+    assert stored["cursor"] == "000039"
+
+
 async def test_each_synced_event_of_a_batch_carries_its_own_history_entry_number(ecm):
     """The history is written at commit and the events' `registry_seq` filled in then:
     each counterparty_synced of a command group names its own entry, in order."""
