@@ -91,7 +91,7 @@ async def create_import(container, upload, *, filename: str | None, user_id: str
     return import_id
 
 
-FIXED = ("dry_running", "applying", "applied")  # the mapping can no longer change
+MAPPING_FIXED = ("dry_running", "applying", "applied")  # statuses in which the mapping can no longer change
 
 
 async def set_mapping(session_factory, import_id: str, mapping: dict[str, str]) -> None:
@@ -99,7 +99,7 @@ async def set_mapping(session_factory, import_id: str, mapping: dict[str, str]) 
     Written only if the job is still where it was read (like `start`): a run started by
     another request in between keeps the mapping it started with, and this one is a 409."""
     job = await get_import(session_factory, import_id)
-    if job["status"] in FIXED:
+    if job["status"] in MAPPING_FIXED:
         raise ImportRefused(409, f"the import is {job['status']}; the mapping can no longer change")
     try:
         mapping = imports.validate_mapping(mapping, job["header"])
