@@ -70,11 +70,11 @@ CONFLICT_ATTEMPTS = 5
 
 def rerun_on_conflict(use_case: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """For a use case that reads, then inserts under a unique key, in one unit of work (a
-    document's next version number; the first document for an external ref). Two at once
-    read the same state (on SQLite a FOR UPDATE locks nothing; a key not there yet has no
-    row to lock); the later insert breaks the key, and that call runs again from the start,
-    its unit of work afresh, on what the other committed. Without it the later caller got a
-    500 (the API fuzz runs found it when two ran side by side)."""
+    document's next version number, a route's next version, the first document for an
+    external ref, a reconciliation run's results). Two at once read the same state (a key
+    not there yet has no row to lock); the later insert breaks the key, and that call runs
+    again from the start, its unit of work afresh, on what the other committed. Without it
+    the later caller got a 500 (the API fuzz runs found it when two ran side by side)."""
     @functools.wraps(use_case)
     async def rerun(*args, **kwargs) -> T:
         try:  # the usual case without tenacity's ~40 us per call

@@ -232,9 +232,10 @@ async def test_a_crm_documents_versions_arrive_under_its_ref_and_an_approval_sta
 async def test_versions_uploaded_at_the_same_moment_each_get_their_own_number(ecm, people):
     """Several new versions of one document at once (two approvers' uploads, or the API and
     a transfer): each is stored under the next number, none is a 500. Found by the API fuzz
-    runs going side by side: on SQLite the document's FOR UPDATE locks nothing, and two
-    transactions read the same last number; a first transfer of one ref twice at once
-    likewise made two documents for one ref (the ref's unique key refused the second)."""
+    runs going side by side: on SQLite the document's FOR UPDATE locked nothing then (ADR
+    0018), and two transactions read the same last number; a first transfer of one ref
+    twice at once, on either backend, made two documents for one ref (the ref's unique key
+    refused the second: no row exists yet to lock)."""
     ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
 
     async def store(content: bytes, **target):

@@ -96,8 +96,8 @@ async def test_a_new_version_of_a_returned_document_goes_to_its_approval_instead
 async def test_versions_added_at_the_same_moment_each_get_their_own_number(crm):
     """Five new files for one document at once (two reps, or a double click with another
     file): each becomes a version of its own, the last one the document's current file,
-    none a 500. On SQLite the document's FOR UPDATE locks nothing and four of the five
-    broke the versions' key."""
+    none a 500. On SQLite the document's FOR UPDATE locked nothing then (ADR 0018) and
+    four of the five broke the versions' key."""
     _, (first,) = await _approval_requests(crm, 1)
     new = dict(deal_id=first.deal_id, document_id=first.document_id, filename="c0-fixed.pdf",
                content_type="application/pdf", size=5)
