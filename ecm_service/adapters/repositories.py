@@ -449,12 +449,18 @@ class ApprovalRepository:
             .order_by(t.c.created_at))
         return list(rows.scalars())
 
-    async def awaiting_counterparty(self, counterparty_ids: list[str]) -> list[str]:
+    async def lock_awaiting_counterparty(self, counterparty_ids: list[str]) -> list[str]:
+        """The approvals of these counterparties that wait for them, with every open one
+        of theirs locked on the way (in id order), not only the waiting ones: one that a
+        transaction is putting into the wait right now is `in_progress` in this
+        statement's snapshot; PostgreSQL waits for that transaction and reads the row
+        again as it committed it."""
         t = tables.approvals
         rows = await self.session.execute(
-            select(t.c.id).where(t.c.counterparty_id.in_(counterparty_ids), t.c.status == AWAITING_COUNTERPARTY)
-            .order_by(t.c.created_at))
-        return list(rows.scalars())
+            select(t.c.id, t.c.status).where(t.c.counterparty_id.in_(counterparty_ids),
+                                             t.c.status.in_(OPEN_STATUSES))
+            .order_by(t.c.id).with_for_update())
+        return [id_ for id_, status in rows if status == AWAITING_COUNTERPARTY]
 
     async def with_deadline_work(self, now) -> list[str]:
         """Approvals whose current stage owes a reminder or an escalation now. Reads only

@@ -94,6 +94,19 @@ async def counterparty_is_verified(uow: EcmUnitOfWork, counterparty_id: str | No
     return await uow.counterparties.status_of(counterparty_id) == VERIFIED
 
 
+async def verified_meanwhile(uow: EcmUnitOfWork, counterparty_id: str | None) -> bool:
+    """A new approval is about to wait for its counterparty: its status is read again
+    under the record's lock. A steward's verification committing in between is seen here;
+    one that comes after waits for this transaction, and its `resume_waiting` then finds
+    the waiting approval. Without it, a start and a verification at the same moment both
+    missed each other (the start read `pending`, the verification found nothing waiting),
+    and the approval waited for good. Only waiting starts pay for the lock."""
+    if not counterparty_id:
+        return False
+    record = await uow.counterparties.get(counterparty_id, for_update=True)
+    return record is not None and record.status == VERIFIED
+
+
 async def start_approval(
     uow: EcmUnitOfWork, cmd: ecm_commands.StartApprovalV1, envelope: Envelope, routes: dict[str, Route],
     doc_types: dict[str, DocumentType],
@@ -114,14 +127,21 @@ async def start_approval(
     now = _now()
     route = await current_route(uow, cmd.doc_type, routes)
     counterparty_id = await uow.external_refs.find(COUNTERPARTY, cmd.counterparty_ref)
-    approval = Approval.start(
-        route=route, at=now, counterparty_verified=await counterparty_is_verified(uow, counterparty_id),
-        needs_verified_counterparty=policy_for(doc_types, cmd.doc_type).requires_verified_counterparty,
-        id=str(uuid.uuid4()), document_id=cmd.document_id, document_version_id=version["id"],
-        document_sha256=version["sha256"], doc_type=cmd.doc_type, title=cmd.title,
-        initiator_ref=cmd.initiator_ref.as_text(), correlation_id=envelope.correlation_id,
-        counterparty_id=counterparty_id, counterparty_ref=cmd.counterparty_ref.as_text(),
-    )
+    approval_id = str(uuid.uuid4())
+
+    def begin(counterparty_verified: bool) -> Approval:
+        return Approval.start(
+            route=route, at=now, counterparty_verified=counterparty_verified,
+            needs_verified_counterparty=policy_for(doc_types, cmd.doc_type).requires_verified_counterparty,
+            id=approval_id, document_id=cmd.document_id, document_version_id=version["id"],
+            document_sha256=version["sha256"], doc_type=cmd.doc_type, title=cmd.title,
+            initiator_ref=cmd.initiator_ref.as_text(), correlation_id=envelope.correlation_id,
+            counterparty_id=counterparty_id, counterparty_ref=cmd.counterparty_ref.as_text(),
+        )
+
+    approval = begin(await counterparty_is_verified(uow, counterparty_id))
+    if approval.status == AWAITING_COUNTERPARTY and await verified_meanwhile(uow, counterparty_id):
+        approval = begin(True)
     await uow.approvals.add(approval)
     await uow.external_refs.attach(APPROVAL, approval.id, cmd.external_ref)
     await uow.history.append(
@@ -226,12 +246,20 @@ async def reopen_for_new_version(uow: EcmUnitOfWork, *, document_id: str, versio
     return reopened
 
 
-async def resume_waiting(uow: EcmUnitOfWork, counterparty_ids: list[str], *, actor: str) -> list[str]:
-    """Inside the caller's transaction: the registry verified a counterparty; approvals
-    that waited for it before their last stage go on."""
+async def resume_waiting(uow: EcmUnitOfWork, waiting: list[str], *, actor: str) -> list[str]:
+    """Inside the caller's transaction: the registry verified a counterparty; the
+    approvals that waited for it before their last stage go on. `waiting` comes from
+    `uow.approvals.lock_awaiting_counterparty`, which the caller runs right after locking
+    the counterparty's record and before its first history entry, so that the approvals'
+    locks come before the history chain's lock, as in every other transaction. Every
+    open approval of the counterparty is locked there, so a decision or a new document
+    version putting one of them into the wait right now commits first and is seen as
+    waiting: it read the counterparty as pending before the verification committed, and
+    without the lock both transactions missed each other and the approval waited for
+    good (`verified_meanwhile` covers an approval that is only starting)."""
     resumed = []
     now = _now()
-    for approval_id in await uow.approvals.awaiting_counterparty(counterparty_ids):
+    for approval_id in waiting:
         approval = await uow.approvals.get(approval_id, for_update=True)
         if approval.counterparty_verified(now):
             await uow.approvals.save(approval)

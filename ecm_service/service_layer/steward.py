@@ -82,12 +82,13 @@ async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reas
         record = await _load(uow, counterparty_id)
         action = {"verified": "verify", "rejected": "reject", "archived": "archive"}[change]
         getattr(record, action)(datetime.now(timezone.utc))
+        waiting = await uow.approvals.lock_awaiting_counterparty([record.id]) if record.status == VERIFIED else []
         await uow.counterparties.save(record)
         seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id, action=change,
                                            actor=_actor(user), reason=reason, data={"status": record.status})
         await _announce(uow, record, change, reason=reason, correlation_id=correlation_id, seq=seq)
         if record.status == VERIFIED:
-            await resume_waiting(uow, [record.id], actor=_actor(user))
+            await resume_waiting(uow, waiting, actor=_actor(user))
             await _review(uow, record.id, "verify")
         await uow.commit()
     return record
@@ -117,6 +118,9 @@ async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user,
         record, survivor = locked[counterparty_id], locked[into_id]
         now = datetime.now(timezone.utc)
         record.merge_into(survivor, now)
+        # The duplicate's waiting approvals become the survivor's (see resume_waiting).
+        waiting = (await uow.approvals.lock_awaiting_counterparty([record.id, survivor.id])
+                   if survivor.status == VERIFIED else [])
         moved = [ref.as_text() for ref in await uow.external_refs.refs_of(COUNTERPARTY, record.id)]
         await uow.external_refs.move_all(COUNTERPARTY, record.id, survivor.id)
         await uow.approvals.move_counterparty(record.id, survivor.id)
@@ -128,7 +132,7 @@ async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user,
                                            data={"merged": record.id, "moved_refs": moved})
         await _announce(uow, record, "merged", reason=reason, correlation_id=correlation_id, seq=seq, shown=survivor)
         if survivor.status == VERIFIED:
-            await resume_waiting(uow, [survivor.id], actor=_actor(user))
+            await resume_waiting(uow, waiting, actor=_actor(user))
         await _review(uow, record.id, "merge", survivor.id)
         await uow.commit()
     return record, survivor

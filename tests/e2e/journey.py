@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from tests.support.identifiers import valid_ids
 from tests.support.polling import wait_until
 
 SALES = "sales-anna"
@@ -62,17 +63,6 @@ def decide(api, approval_id: str, stage_role: str, decision: str = "approve", **
                        json={"decision": decision, **extra})
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def valid_ids(seed: int | None = None) -> dict:
-    """Identifiers a steward can verify: a company INN and OGRN with correct check digits."""
-    from stdnum.ru import inn, ogrn
-
-    n = seed if seed is not None else uuid.uuid4().int
-    inn_base = f"77{n % 10**7:07d}"
-    ogrn_base = f"10277{n % 10**7:07d}"
-    return {"inn": inn_base + inn.calc_company_check_digit(inn_base), "kpp": "773601001",
-            "ogrn": ogrn_base + ogrn.calc_check_digit(ogrn_base + "0")}
 
 
 def verify_counterparty(api, counterparty_id: str) -> dict:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from ecm_service.adapters import tables
+from ecm_service.adapters.history import HistoryLog
 from ecm_service.domain.approval import Actor, DecisionNotAllowed
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import steward
@@ -23,6 +24,7 @@ from schemas import ecm_commands
 from schemas.common import ExternalRef
 from schemas.envelope import new_envelope
 from schemas.registry import encode, parse_message
+from tests.support.identifiers import valid_ids
 
 VALID = {"inn": "7707083893", "kpp": "773601001", "ogrn": "1027700132195"}
 
@@ -305,6 +307,121 @@ async def test_contract_waits_for_a_verified_counterparty_before_its_last_stage(
     assert [(e["event"], e["status"]) for e in await events(ecm, approval_id)][-3:] == [
         ("stage_decided", "awaiting_counterparty_verification"), ("counterparty_verified", "in_progress"),
         ("completed", "approved")]
+
+
+async def verify(ecm, people, counterparty_id):
+    return await steward.verify(ecm.uow(), counterparty_id=counterparty_id, user=people["steward"],
+                                reason="checked in EGRUL", correlation_id="c")
+
+
+async def status_and_stage(ecm, approval_id) -> tuple[str, str]:
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(approval_id)
+    return approval.status, approval.current_step.name
+
+
+async def test_a_decision_and_the_counterpartys_verification_at_the_same_moment_never_leave_it_waiting(ecm, people):
+    """Finance approves the stage before the last while the steward verifies the company.
+    The decision read the counterparty as pending, and the verification looked for
+    waiting approvals before the decision had committed one: on PostgreSQL the approval
+    waited for a verified counterparty for good (1 to 3 rounds of 8 here). Each round
+    ends at the director's stage, open, or else waiting with the record unverified."""
+    rounds = []
+    for _ in range(8):
+        approval_id, _ = await start(ecm, ids=valid_ids())
+        await decide(ecm, approval_id, people["legal"])
+        async with ecm.uow() as uow:
+            counterparty_id = (await uow.approvals.get(approval_id)).counterparty_id
+        await asyncio.gather(decide(ecm, approval_id, people["finance"]), verify(ecm, people, counterparty_id))
+        rounds.append(await status_and_stage(ecm, approval_id))
+    assert rounds == [("in_progress", "director")] * 8
+
+
+async def test_a_verification_locks_the_approvals_before_the_history_chain(ecm, people, monkeypatch):
+    """The order of locks that keeps the fix above free of deadlocks: a decision holds
+    its approval and takes the history chain at its commit, so the verification must
+    take the approvals before the chain, not after. Here the decision holds its
+    approval until the verification has written its history entry, or for a second if
+    the verification is waiting for the approval first (the right order). Taking the
+    approvals after the entry deadlocks on PostgreSQL (and failed this test)."""
+    approval_id, _ = await start(ecm, ids=valid_ids())
+    await decide(ecm, approval_id, people["legal"])
+    async with ecm.uow() as uow:
+        counterparty_id = (await uow.approvals.get(approval_id)).counterparty_id
+    entry_written = asyncio.Event()
+    append_now, is_verified = HistoryLog.append_now, cases.counterparty_is_verified
+
+    async def append_and_tell(self, **kwargs):
+        seq = await append_now(self, **kwargs)
+        entry_written.set()
+        return seq
+
+    async def held_until_the_entry(uow, counterparty_id):
+        try:
+            await asyncio.wait_for(entry_written.wait(), 1.0)
+        except TimeoutError:
+            pass
+        return await is_verified(uow, counterparty_id)
+
+    monkeypatch.setattr(HistoryLog, "append_now", append_and_tell)
+    monkeypatch.setattr(cases, "counterparty_is_verified", held_until_the_entry)
+    await asyncio.gather(decide(ecm, approval_id, people["finance"]), verify(ecm, people, counterparty_id))
+    assert await status_and_stage(ecm, approval_id) == ("in_progress", "director")
+
+
+async def test_an_approval_starting_as_its_counterparty_is_verified_does_not_wait(ecm, people):
+    """A one-stage route that needs a verified counterparty: the start and the steward's
+    verification at the same moment. The start read the record as pending and waited;
+    the verification found no waiting approval yet. `verified_meanwhile` reads the record
+    again under its lock before the approval waits."""
+    admin = User(id="admin-id", name="ecm-admin", role="admin")
+    await cases.change_route(ecm.uow(), doc_type="contract", user=admin,
+                             spec={"stages": [{"name": "director", "role": "director"}]})
+    rounds = []
+    for _ in range(8):
+        doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+        org, request = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))
+        await command(ecm, ecm_commands.SYNC_COUNTERPARTY, ecm_commands.SyncCounterpartyV1(
+            external_ref=org, name="ООО «Вектор»", **valid_ids()))
+        async with ecm.uow() as uow:
+            counterparty_id = await uow.external_refs.find(steward.COUNTERPARTY, org)
+        await asyncio.gather(
+            command(ecm, ecm_commands.START_APPROVAL, ecm_commands.StartApprovalV1(
+                external_ref=request, counterparty_ref=org, initiator_ref=ExternalRef(system="crm", id="u"),
+                document_id=doc["id"], document_version_id=version["id"], sha256=version["sha256"],
+                doc_type="contract", title="Договор поставки")),
+            verify(ecm, people, counterparty_id))
+        async with ecm.uow() as uow:
+            approval_id = await uow.external_refs.find(cases.APPROVAL, request)
+        rounds.append(await status_and_stage(ecm, approval_id))
+    assert rounds == [("in_progress", "director")] * 8
+
+
+async def test_a_merge_into_a_verified_record_as_a_decision_lands_resumes_the_moved_approval(ecm, people):
+    """The steward merges a duplicate into a verified record while finance's decision puts
+    the duplicate's approval into the wait: the approval moves to the survivor and goes
+    on, and neither transaction fails (the merge locks the approvals before the history
+    chain, as the decision does)."""
+    survivor_ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    await command(ecm, ecm_commands.SYNC_COUNTERPARTY, ecm_commands.SyncCounterpartyV1(
+        external_ref=survivor_ref, name="ООО «Вектор-Плюс»", **valid_ids()))
+    async with ecm.uow() as uow:
+        survivor_id = await uow.external_refs.find(steward.COUNTERPARTY, survivor_ref)
+    await verify(ecm, people, survivor_id)
+    rounds = []
+    for _ in range(6):
+        approval_id, _ = await start(ecm, ids=valid_ids())
+        await decide(ecm, approval_id, people["legal"])
+        async with ecm.uow() as uow:
+            duplicate_id = (await uow.approvals.get(approval_id)).counterparty_id
+        await asyncio.gather(
+            decide(ecm, approval_id, people["finance"]),
+            steward.merge(ecm.uow(), counterparty_id=duplicate_id, into_id=survivor_id, user=people["steward"],
+                          reason="the same company", correlation_id="c"))
+        async with ecm.uow() as uow:
+            counterparty_id = (await uow.approvals.get(approval_id)).counterparty_id
+        rounds.append((*await status_and_stage(ecm, approval_id), counterparty_id == survivor_id))
+    assert rounds == [("in_progress", "director", True)] * 6
 
 
 async def test_deadline_clock_reminds_then_escalates_once_and_delay_reasons_are_reported(ecm, people):
