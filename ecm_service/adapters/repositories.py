@@ -342,11 +342,16 @@ class DocumentRepository:
         t = tables.documents
         await self.session.execute(update(t).where(t.c.id == document_id).values(**values))
 
-    async def retention_expired(self, now) -> list[dict]:
+    async def retention_expired(self, now, *, for_update: bool = False) -> list[dict]:
+        """Documents whose retention ran out and that are not disposed of yet. Locked for
+        a disposal: a legal hold or a new version committing meanwhile is waited for and
+        read as committed (in id order, as any two disposals lock them)."""
         t = tables.documents
-        rows = await self.session.execute(
-            select(t).where(t.c.retain_until <= now, t.c.disposed_at.is_(None)).order_by(t.c.retain_until))
-        return [dict(r) for r in rows.mappings()]
+        query = select(t).where(t.c.retain_until <= now, t.c.disposed_at.is_(None))
+        if for_update:
+            query = query.order_by(t.c.id).with_for_update()
+        rows = await self.session.execute(query)
+        return sorted((dict(r) for r in rows.mappings()), key=lambda d: (d["retain_until"], d["id"]))
 
     async def content_used_elsewhere(self, sha256: str, document_id: str) -> bool:
         v, d = tables.document_versions, tables.documents

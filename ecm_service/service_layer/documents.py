@@ -171,10 +171,14 @@ async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, a
                           dry_run: bool) -> list[dict]:
     """Disposes of every document whose retention has run out and that nothing keeps:
     its versions' bytes are deleted (unless another live document shares them) and the
-    disposal is recorded; the card and its history stay."""
+    disposal is recorded; the card and its history stay. The documents are locked as they
+    are read: a legal hold put at that moment either commits first and keeps its document,
+    or waits and is refused on a disposed one (before, the disposal went on from what it
+    had read and destroyed the held document); two disposals at once dispose of each
+    document once."""
     results = []
     async with uow:
-        for document in await uow.documents.retention_expired(now):
+        for document in await uow.documents.retention_expired(now, for_update=not dry_run):
             blocker = disposal_blocker(document, now=now,
                                        approvals_in_flight=await uow.approvals.in_flight_for_document(document["id"]))
             if blocker:

@@ -1,9 +1,12 @@
 """Disposal after retention on both backends: held documents stay, shared content stays,
-the disposal is recorded, a dry run changes nothing."""
+the disposal is recorded, a dry run changes nothing, a hold put at the same moment is
+never both accepted and ignored."""
 
+import asyncio
 import io
 from datetime import datetime, timedelta, timezone
 
+from ecm_service.adapters.repositories import ApprovalRepository
 from ecm_service.service_layer import documents
 from ecm_service.service_layer.documents import store_version
 
@@ -53,3 +56,42 @@ async def test_shared_content_survives_while_another_document_needs_it(ecm):
     await documents.dispose_expired(ecm.uow(), ecm.content_store, now=now + timedelta(days=4 * 366), actor="test",
                                     dry_run=False)
     assert ecm.content_store.path_for(sha).exists()
+
+
+async def test_a_hold_put_as_the_disposal_runs_is_either_kept_or_refused(ecm, monkeypatch):
+    """Legal staff put a hold on a document while an admin's disposal is deciding about it.
+    The disposal used to go on from what it had read: the document ended up disposed of,
+    its bytes deleted, under a hold that had been accepted. Here the hold is sent right
+    after the disposal has read the document, and given a second: now it waits for the
+    disposal and is refused on the disposed document (410 in the API)."""
+    later = datetime.now(timezone.utc) + timedelta(days=4 * 366)
+    doc, sha = await _store(ecm, b"a proposal in dispute", "proposal")
+    holds: list[asyncio.Task] = []
+    in_flight = ApprovalRepository.in_flight_for_document
+
+    async def hold_meanwhile(self, document_id):
+        holds.append(asyncio.ensure_future(documents.set_legal_hold(
+            ecm.uow(), document_id=document_id, hold=True, user_id="legal", reason="litigation 12/2026")))
+        await asyncio.wait(holds, timeout=1.0)
+        return await in_flight(self, document_id)
+
+    monkeypatch.setattr(ApprovalRepository, "in_flight_for_document", hold_meanwhile)
+    done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
+    [hold] = await asyncio.gather(*holds, return_exceptions=True)
+    async with ecm.uow() as uow:
+        stored = await uow.documents.get(doc["id"])
+    assert [(r["id"], r["disposed"]) for r in done] == [(doc["id"], True)]
+    assert isinstance(hold, documents.DocumentGone) and not stored["legal_hold"]
+    assert not ecm.content_store.path_for(sha).exists()
+
+
+async def test_two_disposals_at_the_same_moment_dispose_of_a_document_once(ecm):
+    later = datetime.now(timezone.utc) + timedelta(days=4 * 366)
+    stored = [await _store(ecm, f"proposal {i}".encode(), "proposal") for i in range(4)]
+    runs = await asyncio.gather(*(documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test",
+                                                            dry_run=False) for _ in range(2)))
+    assert sorted(r["id"] for run in runs for r in run if r["disposed"]) == sorted(d["id"] for d, _ in stored)
+    async with ecm.uow() as uow:
+        for doc, _ in stored:
+            assert [h["action"] for h in await uow.history.of("document", doc["id"])] == [
+                "version_stored", "disposed"]
