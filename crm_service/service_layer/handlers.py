@@ -61,15 +61,16 @@ async def create_organization(uow: CrmUnitOfWork, *, user_id: str, name: str, **
 async def create_deal(uow: CrmUnitOfWork, *, user_id: str, organization_id: str, title: str, funnel: dict,
                       **fields) -> Deal:
     """A deal at the configured funnel's first stage, with that stage's probability
-    unless one is given."""
+    unless one is given; for a merged organization, on the one it was merged into."""
     stage, probability = opening_stage(funnel)
     if fields.get("probability") is None:
         fields["probability"] = probability
     deal = Deal(id=_new_id(), organization_id=organization_id, title=title, owner_id=user_id, created_at=_now(),
                 stage=stage, **fields)
     async with uow:
-        if await uow.organizations.get(organization_id) is None:
+        if (org := await uow.organizations.live(organization_id)) is None:
             raise NotFound(f"organization {organization_id} not found")
+        deal.organization_id = org.id
         await uow.deals.add(deal)
         await uow.session.execute(tables.deal_stage_history.insert().values(
             deal_id=deal.id, from_stage=None, to_stage=deal.stage, actor_id=user_id, at=deal.created_at))

@@ -185,8 +185,10 @@ async def merge_organizations(uow: CrmUnitOfWork, *, actor: Actor, organization_
 async def create_contact(uow: CrmUnitOfWork, *, actor: Actor, full_name: str, **fields) -> Contact:
     contact = Contact(id=_new_id(), full_name=full_name, owner_id=actor.id, created_at=_now(), **fields)
     async with uow:
-        if contact.organization_id and await uow.organizations.get(contact.organization_id) is None:
-            raise NotFound(f"organization {contact.organization_id} not found")
+        if contact.organization_id:
+            if (org := await uow.organizations.live(contact.organization_id)) is None:
+                raise NotFound(f"organization {contact.organization_id} not found")
+            contact.organization_id = org.id
         await uow.contacts.add(contact)
         await uow.commit()
     return contact
@@ -223,7 +225,7 @@ async def convert_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, create
         at, result = _now(), {"linked_existing_organization": False}
         org = None
         if organization_id:
-            org = await uow.organizations.get(organization_id)
+            org = await uow.organizations.live(organization_id)
             if org is None:
                 raise NotFound(f"organization {organization_id} not found")
             result["linked_existing_organization"] = True
@@ -232,7 +234,7 @@ async def convert_lead(uow: CrmUnitOfWork, *, actor: Actor, lead_id: str, create
             hints = await duplicate_hints(uow, name=company, inn=lead.inn)
             strong = [h for h in hints if h["reason"] == "same INN" or h["score"] >= 95]
             if strong:
-                org = await uow.organizations.get(strong[0]["id"])
+                org = await uow.organizations.live(strong[0]["id"])
                 result["linked_existing_organization"] = True
             else:
                 org = Organization(id=_new_id(), name=company, created_by=actor.id, owner_id=actor.id, created_at=at,
@@ -341,8 +343,10 @@ async def create_activity(uow: CrmUnitOfWork, *, actor: Actor, kind: str, subjec
             if deal is None:
                 raise NotFound(f"deal {activity.deal_id} not found")
             activity.organization_id = activity.organization_id or deal.organization_id
-        if activity.organization_id and await uow.organizations.get(activity.organization_id) is None:
-            raise NotFound(f"organization {activity.organization_id} not found")
+        if activity.organization_id:
+            if (org := await uow.organizations.live(activity.organization_id)) is None:
+                raise NotFound(f"organization {activity.organization_id} not found")
+            activity.organization_id = org.id
         if activity.contact_id and await uow.contacts.get(activity.contact_id) is None:
             raise NotFound(f"contact {activity.contact_id} not found")
         await uow.activities.add(activity)

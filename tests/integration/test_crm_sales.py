@@ -19,6 +19,7 @@ from openpyxl import Workbook
 from sqlalchemy import func, select
 
 from crm_service.adapters import tables
+from crm_service.adapters.repositories import DealRepository
 from crm_service.config import CrmSettings
 from crm_service.entrypoints.app import create_app
 from crm_service.service_layer.reminders import send_due_reminders
@@ -126,6 +127,59 @@ async def test_merge_moves_everything_to_the_survivor_and_is_an_event(crm_app):
     assert events == 1
     found = (await client.get("/api/organizations", params={"q": "вектор"}, headers=anna)).json()
     assert [o["id"] for o in found["items"]] == [keep["id"]]
+
+
+async def test_what_is_added_to_a_merged_organization_goes_to_the_one_it_was_merged_into(crm_app):
+    """A page opened before a merge still names the duplicate: a deal, a contact, an
+    activity or a converted lead added there lands on the survivor, never on the pointer
+    (before, each was kept under the merged organization, out of every list and card)."""
+    client, users, _ = crm_app
+    anna = users["anna"]["headers"]
+    keep, dup = [(await client.post("/api/organizations", headers=anna, json={"name": name})).json()
+                 for name in ("Вектор", "Вектор ООО")]
+    assert (await client.post(f"/api/organizations/{dup['id']}/merge", headers=anna,
+                              json={"into_id": keep["id"]})).status_code == 200
+    deal = await client.post("/api/deals", headers=anna, json={"organization_id": dup["id"], "title": "Поставка"})
+    contact = await client.post("/api/contacts", headers=anna, json={"full_name": "Иван Петров",
+                                                                      "organization_id": dup["id"]})
+    activity = await client.post("/api/activities", headers=anna, json={"kind": "call", "subject": "Позвонить",
+                                                                        "organization_id": dup["id"]})
+    lead = (await client.post("/api/leads", headers=anna, json={"title": "Запрос", "company_name": "Другое"})).json()
+    converted = await client.post(f"/api/leads/{lead['id']}/convert", headers=anna,
+                                  json={"organization_id": dup["id"], "create_contact": False})
+    assert [r.status_code for r in (deal, contact, activity, converted)] == [201, 201, 201, 200]
+    assert [r.json()["organization_id"] for r in (deal, contact, activity, converted)] == [keep["id"]] * 4
+    card = (await client.get(f"/api/organizations/{keep['id']}/card", headers=anna)).json()
+    assert sorted(d["id"] for d in card["deals"]) == sorted([deal.json()["id"], converted.json()["deal_id"]])
+
+
+async def test_a_deal_added_as_its_organization_is_merged_reaches_the_survivor(crm_app, monkeypatch):
+    """A deal created for the duplicate at the moment it is merged: the merge moved the
+    deals it could see, and the one committed meanwhile stayed behind on the pointer.
+    Here the merge is sent after the deal's transaction has read its organization and
+    before it inserts the deal, and given a second: it now waits for the deal (the
+    organization is read under a lock a merge waits for) and then moves it along."""
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    keep, dup = [(await client.post("/api/organizations", headers=anna, json={"name": name})).json()
+                 for name in ("Клевер", "Клевер ООО")]
+    merges: list[asyncio.Task] = []
+    add = DealRepository.add
+
+    async def merge_meanwhile(self, deal):
+        merges.append(asyncio.ensure_future(client.post(f"/api/organizations/{dup['id']}/merge", headers=anna,
+                                                        json={"into_id": keep["id"]})))
+        await asyncio.wait(merges, timeout=1.0)
+        await add(self, deal)
+
+    monkeypatch.setattr(DealRepository, "add", merge_meanwhile)
+    deal = await client.post("/api/deals", headers=anna, json={"organization_id": dup["id"], "title": "Поставка"})
+    [merged] = await asyncio.gather(*merges)
+    assert deal.status_code == 201 and merged.status_code == 200
+    async with container.session_factory() as session:
+        stored = await session.scalar(select(tables.deals.c.organization_id).where(
+            tables.deals.c.id == deal.json()["id"]))
+    assert stored == keep["id"]
 
 
 async def test_lead_conversion_links_an_existing_organization_and_never_asks(crm_app):
