@@ -17,7 +17,6 @@ from crm_service.domain.model import (
 )
 from infra.table_repository import TableRepository, insert_into, row_of
 
-
 _ORGANIZATION_SHARED = (select(tables.organizations).where(tables.organizations.c.id == bindparam("item_id"))
                         .with_for_update(read=True, key_share=True))
 
