@@ -159,6 +159,14 @@ class BulkLoader:
             )).all()) if codes else {}
             known = {r["id"]: dict(r) for r in (await session.execute(
                 select(c).where(c.c.id.in_(list(by_code.values()))))).mappings()} if by_code else {}
+            # The records the file changes are read again, locked until the chunk commits:
+            # a steward's verification or edit at this moment waits, so a record read as
+            # pending is still pending when it is updated (unchanged ones stay unlocked).
+            differing = sorted({by_code[v["code"]] for _, v in candidates if v["code"] in by_code
+                                and any(known[by_code[v["code"]]].get(k) != v[k] for k in FIELDS)})
+            if differing:
+                known.update((r["id"], dict(r)) for r in (await session.execute(
+                    select(c).where(c.c.id.in_(differing)).order_by(c.c.id).with_for_update())).mappings())
             inns = [v["inn"] for _, v in candidates if v["code"] not in by_code and v["inn"]]
             by_key: dict[tuple, list[str]] = {}
             if inns:

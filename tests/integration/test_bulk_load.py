@@ -1,6 +1,7 @@
 """Bulk load on both backends: row-level outcomes, duplicates within the file and
 against the registry, and re-runs that update instead of duplicating."""
 
+import asyncio
 import csv
 from datetime import datetime, timezone
 
@@ -9,7 +10,9 @@ from sqlalchemy import func, select
 from ecm_service.adapters import tables
 from ecm_service.adapters.history import verify_chain
 from ecm_service.adapters.row_sources import read_rows
+from ecm_service.service_layer import bulk_load, steward
 from ecm_service.service_layer.bulk_load import BulkLoader
+from infra.users import User
 
 HEADER = "Код;Наименование;ИНН;КПП;ОГРН\n"
 ROWS = [
@@ -196,3 +199,43 @@ async def test_a_nul_in_a_json_lines_export_is_dropped_not_a_failed_load(ecm, tm
     async with ecm.session_factory() as session:
         names = set(await session.scalars(select(tables.counterparties.c.name)))
     assert names == {"ООО «Ноль»", "Лютик"}
+
+
+async def test_a_record_verified_as_a_reload_changes_it_is_updated_before_the_verification(
+        ecm, tmp_path, monkeypatch):
+    """A reload changes a pending record while the steward verifies it. The load read the
+    record as pending and wrote the file's values over it after the verification had
+    committed: verified data changed by no steward's hand, its name keys marked pending
+    again (PostgreSQL; this test failed there). Here the steward verifies after the load
+    has read the chunk and before it writes, given a second: the records the file
+    changes are now read again under a lock, the verification waits for the chunk, and
+    the history has the update before the verification."""
+    async def load(name: str, lines: list[str]):
+        path = tmp_path / name
+        path.write_text(HEADER + "\n".join(lines) + "\n", encoding="utf-8")
+        loader = BulkLoader(ecm.session_factory, system="1c", actor="test", verify_clean=False)
+        return await loader.run(read_rows(path), tmp_path / f"{name}.report.csv")
+
+    await load("first.csv", ["1;ООО «Ромашка»;7736050003;773601001;1027700070518"])
+    async with ecm.session_factory() as session:
+        record_id = await session.scalar(select(tables.external_refs.c.entity_id).where(
+            tables.external_refs.c.external_id == "1"))
+    verifications: list = []
+    write_name_keys = bulk_load.write_name_keys
+
+    async def verify_meanwhile(session, records, **kwargs):
+        if not verifications:  # the new record's keys: after the chunk's reads, before its update
+            verifications.append(asyncio.ensure_future(steward.verify(
+                ecm.uow(), counterparty_id=record_id, user=User(id="s", name="steward", role="steward"),
+                reason="checked in EGRUL", correlation_id="c")))
+            await asyncio.wait(verifications, timeout=1.0)
+        await write_name_keys(session, records, **kwargs)
+
+    monkeypatch.setattr(bulk_load, "write_name_keys", verify_meanwhile)
+    result = await load("reload.csv", ["1;ООО «Ромашка Плюс»;7736050003;773601001;1027700070518", "2;Лютик;;;"])
+    await asyncio.gather(*verifications)
+    async with ecm.uow() as uow:
+        actions = [h["action"] for h in await uow.history.of("counterparty", record_id)]
+        record = await uow.counterparties.get(record_id)
+    assert result.counts["updated"] == 1 and record.status == "verified"
+    assert actions == ["bulk_created", "bulk_updated", "verified"]
