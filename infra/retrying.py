@@ -6,12 +6,11 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from tenacity import (
     AsyncRetrying,
     RetryError,
     retry_if_exception,
-    retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
     wait_random,
@@ -66,6 +65,17 @@ async def call_with_retries(
 
 # A use case racing another for the same next number or the same new key: tries in all.
 CONFLICT_ATTEMPTS = 5
+# PostgreSQL's deadlock_detected and serialization_failure: the database rolled this
+# transaction back so that another could go on; running it again is the documented cure.
+LOST_TO_ANOTHER = frozenset({"40P01", "40001"})
+
+
+def lost_a_race(exc: BaseException) -> bool:
+    """A unique key another transaction took first, or a deadlock this one was chosen to
+    break (two transactions locking the same rows in opposite orders, such as a consumer's
+    batch and a steward's merge)."""
+    return isinstance(exc, IntegrityError) or (
+        isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in LOST_TO_ANOTHER)
 
 
 def rerun_on_conflict(use_case: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -74,14 +84,16 @@ def rerun_on_conflict(use_case: Callable[..., Awaitable[T]]) -> Callable[..., Aw
     external ref, a reconciliation run's results). Two at once read the same state (a key
     not there yet has no row to lock); the later insert breaks the key, and that call runs
     again from the start, its unit of work afresh, on what the other committed. Without it
-    the later caller got a 500 (the API fuzz runs found it when two ran side by side)."""
+    the later caller got a 500 (the API fuzz runs found it when two ran side by side).
+    A transaction PostgreSQL rolled back to break a deadlock runs again the same way."""
     @functools.wraps(use_case)
     async def rerun(*args, **kwargs) -> T:
         try:  # the usual case without tenacity's ~40 us per call
             return await use_case(*args, **kwargs)
-        except IntegrityError:
-            pass
-        retrying = AsyncRetrying(retry=retry_if_exception_type(IntegrityError),
+        except DBAPIError as exc:
+            if not lost_a_race(exc):
+                raise
+        retrying = AsyncRetrying(retry=retry_if_exception(lost_a_race),
                                  stop=stop_after_attempt(CONFLICT_ATTEMPTS - 1), wait=wait_random(0, 0.05),
                                  reraise=True)
         async for attempt in retrying:

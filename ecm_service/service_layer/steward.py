@@ -13,6 +13,7 @@ from ecm_service.domain.counterparty import VERIFIED, Counterparty, StewardRuleB
 from ecm_service.service_layer.approvals import resume_waiting
 from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+from infra.retrying import rerun_on_conflict
 from schemas import ecm_events
 from schemas.envelope import new_envelope
 from schemas.topics import ECM_EVENTS
@@ -76,6 +77,7 @@ async def _announce(uow: EcmUnitOfWork, record: Counterparty, change: str, *, re
         correlation_id=correlation_id))
 
 
+@rerun_on_conflict
 async def _change_status(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str | None,
                          correlation_id: str, change: str) -> Counterparty:
     async with uow:
@@ -109,6 +111,7 @@ async def archive(uow: EcmUnitOfWork, *, counterparty_id: str, user, reason: str
                                 correlation_id=correlation_id, change="archived")
 
 
+@rerun_on_conflict
 async def merge(uow: EcmUnitOfWork, *, counterparty_id: str, into_id: str, user, reason: str,
                 correlation_id: str):
     """The duplicate's external refs and approvals move to the survivor."""
@@ -158,6 +161,7 @@ async def candidates_for(uow: EcmUnitOfWork, record: Counterparty, limit: int = 
     return shown[:limit]
 
 
+@rerun_on_conflict
 async def mark_not_duplicate(uow: EcmUnitOfWork, *, counterparty_id: str, other_id: str, user, reason: str) -> bool:
     if counterparty_id == other_id:
         raise StewardRuleBroken("a record is trivially not a duplicate of itself")
@@ -175,6 +179,7 @@ async def mark_not_duplicate(uow: EcmUnitOfWork, *, counterparty_id: str, other_
     return created
 
 
+@rerun_on_conflict
 async def edit(uow: EcmUnitOfWork, *, counterparty_id: str, changes: dict, user, reason: str, correlation_id: str):
     async with uow:
         record = await _load(uow, counterparty_id)

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import generate_latest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from crm_service.domain.model import ApprovalRequest
 from deploy.demo_users import DEMO_USERS, ensure_demo_users
@@ -279,21 +279,37 @@ def test_the_shipped_delay_reasons_load():
 
 
 async def test_a_use_case_that_lost_a_race_runs_again_and_nothing_else_is_rerun():
-    """rerun_on_conflict: an IntegrityError (another call committed the same key first)
-    runs the use case again, up to CONFLICT_ATTEMPTS calls in all, then lets it through;
-    any other error goes out at once."""
+    """rerun_on_conflict: an IntegrityError (another call committed the same key first) or
+    a deadlock PostgreSQL broke by rolling this transaction back runs the use case again,
+    up to CONFLICT_ATTEMPTS calls in all, then lets it through; any other error, a
+    database error of another kind included, goes out at once."""
     calls = []
+
+    class PgError(Exception):
+        def __init__(self, sqlstate):
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
 
     @rerun_on_conflict
     async def lost_twice(outcome):
         calls.append(outcome)
         if outcome == "refused":
             raise ValueError("not a conflict")
-        if outcome == "always" or len(calls) <= 2:
+        if outcome == "timeout":
+            raise OperationalError("SELECT", {}, PgError("57014"))  # query_canceled
+        if outcome == "deadlock" and len(calls) <= 2:
+            raise OperationalError("SELECT … FOR UPDATE", {}, PgError("40P01"))
+        if outcome == "always" or (outcome == "wins" and len(calls) <= 2):
             raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
         return len(calls)
 
     assert await lost_twice("wins") == 3
+    calls.clear()
+    assert await lost_twice("deadlock") == 3
+    calls.clear()
+    with pytest.raises(OperationalError):
+        await lost_twice("timeout")
+    assert calls == ["timeout"]
     calls.clear()
     with pytest.raises(IntegrityError):
         await lost_twice("always")
