@@ -163,6 +163,18 @@ class CounterpartyRepository(TableRepository):
             self._statuses[record.id] = record.status
         return record
 
+    async def get_key_shared(self, counterparty_id: str) -> Counterparty | None:
+        """The record read `FOR KEY SHARE`: the steward's actions, which lock it
+        `FOR UPDATE`, wait for this transaction or are waited for; other readers and
+        other key-share lockers are not held up."""
+        t = self.table
+        row = (await self.session.execute(select(t).where(t.c.id == counterparty_id)
+                                          .with_for_update(read=True, key_share=True))).mappings().first()
+        if row is None:
+            return None
+        self._statuses[row["id"]] = row["status"]
+        return Counterparty(**row)
+
     async def status_of(self, counterparty_id: str) -> str | None:
         """The record's status, or None when there is no such record."""
         if counterparty_id not in self._statuses:

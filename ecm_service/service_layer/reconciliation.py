@@ -113,9 +113,12 @@ async def _decided_state(uow: EcmUnitOfWork, run: dict, ref: ExternalRef, org: d
     state = {"link": "linked", "propose": "proposed", "new": "unlinked"}[decision.outcome]
     if state == "linked" and top["differ"]:  # the linked record's evidence comes first
         state = "conflict"
+    counterparty_id = decision.linked_id or (top["counterparty_id"] if top else None)
     if run["mode"] == "apply":
         record, outcome = await place_new_ref(uow, ref, decision=decision, name=org["name"], ids=ids, now=_now(),
                                               country="RU")
+        if decision.outcome == "link" and record.id != decision.linked_id:  # merged or archived meanwhile
+            state, counterparty_id = ("linked" if outcome == "linked" else "unlinked"), record.id
         seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id,
                                            action=f"reconciled_{decision.outcome}",
                                            actor=f"reconciliation:{run['id']}",
@@ -123,7 +126,7 @@ async def _decided_state(uow: EcmUnitOfWork, run: dict, ref: ExternalRef, org: d
         # The other system learns the link (or the pending record) as after a soft sync.
         await announce_synced(uow, record, outcome=outcome, source_ref=ref, seq=seq,
                               correlation_id=f"reconciliation-{run['id']}")
-    return {"state": state, "counterparty_id": decision.linked_id or (top["counterparty_id"] if top else None),
+    return {"state": state, "counterparty_id": counterparty_id,
             "score": top["score"] if top else None, "snapshot": snapshot,
             "evidence": {"decision": decision.outcome, "rule": decision.rule, "candidates": decision.candidates}}
 

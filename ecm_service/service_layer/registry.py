@@ -15,7 +15,7 @@ from prometheus_client import Counter
 from stdnum.ru import inn as ru_inn
 
 from ecm_service.domain import matching
-from ecm_service.domain.counterparty import PENDING, Counterparty
+from ecm_service.domain.counterparty import MERGED, PENDING, VERIFIED, Counterparty
 from ecm_service.domain.identifiers import compact, passes
 from ecm_service.domain.matching import Decision, Incoming, Known, decide, key_weight, pre_score, query_keys
 from ecm_service.service_layer import bulk_matching
@@ -136,12 +136,29 @@ async def prefetch_matches(uow: EcmUnitOfWork, commands: list[ecm_commands.SyncC
     uow.match_hints.generic(uow.counterparties.generic_keys(set().union(*(query_keys(i.name) for i in fresh.values()))))
 
 
+async def link_target(uow: EcmUnitOfWork, linked_id: str) -> Counterparty | None:
+    """The verified record a link goes onto, read `FOR KEY SHARE`, so that a steward's
+    merge or archive of it at this moment either waits for this transaction (and then
+    moves the new reference with the others) or is waited for and seen here: a record
+    merged meanwhile is followed to its survivor, and one no longer verified for another
+    reason (archived) gets no link. Before, the reference went onto a merged record,
+    where nothing could verify it, and the organization's approvals waited for good."""
+    seen: set[str] = set()
+    while linked_id not in seen:
+        seen.add(linked_id)
+        record = await uow.counterparties.get_key_shared(linked_id)
+        if record is None or record.status != MERGED or not record.merged_into:
+            return record if record is not None and record.status == VERIFIED else None
+        linked_id = record.merged_into
+    return None
+
+
 async def place_new_ref(uow: EcmUnitOfWork, ref: ExternalRef, *, decision: Decision, name: str, ids: dict,
                         now: datetime, **fields) -> tuple[Counterparty, str]:
     """A reference the registry has not seen goes where match-or-propose says: onto the
-    linked verified record ("linked"), or onto a new pending record ("created"). The
-    decision and its evidence are kept for the steward."""
-    record = await uow.counterparties.get(decision.linked_id) if decision.outcome == "link" else None
+    linked verified record ("linked"; `link_target`), or onto a new pending record
+    ("created"). The decision and its evidence are kept for the steward."""
+    record = await link_target(uow, decision.linked_id) if decision.outcome == "link" else None
     outcome = "linked"
     if record is None:
         outcome = "created"

@@ -1,6 +1,7 @@
 """Match-or-propose on both backends through the soft-sync command: link, propose with
 evidence, new; the steward's decisions are recorded as confirmed or overturned."""
 
+import asyncio
 import json
 import uuid
 
@@ -326,3 +327,54 @@ async def test_each_synced_event_of_a_batch_carries_its_own_history_entry_number
     assert [e["registry_seq"] for e in events] == [seq for seq, _ in entries]
     assert [data["source_ref"] for _, data in entries] == [f"crm:{r.id}" for r in refs]
     assert all(isinstance(e["registry_seq"], int) for e in events)
+
+
+async def test_a_link_to_a_record_merged_at_that_moment_follows_it_to_the_survivor(ecm, monkeypatch):
+    """An organization whose identifiers link it to a verified record, while the steward
+    merges that record into another: the reference went onto the merged record (the
+    merge had moved the references it could see), where nothing can ever verify it, and
+    approvals for the organization waited for good. The merge lands once just before the
+    link is placed and once just after (given a second); both times the reference ends
+    on the survivor. A record archived just before gets no link."""
+    from ecm_service.service_layer import registry
+    from tests.support.identifiers import valid_ids
+
+    place_new_ref = registry.place_new_ref
+
+    async def one_round(merge_lands: str, action=steward.merge) -> tuple[str, bool, str]:
+        target_ids = valid_ids()
+        target_id, _ = await sync(ecm, "ООО «Цель»", **target_ids)
+        survivor_id, _ = await sync(ecm, "ООО «Цель Плюс»", **valid_ids())
+        for record_id in (target_id, survivor_id):
+            await steward.verify(ecm.uow(), counterparty_id=record_id, user=STEWARD, reason="EGRUL",
+                                 correlation_id="c")
+        merges = []
+
+        def merge():
+            into = {"into_id": survivor_id} if action is steward.merge else {}
+            merges.append(asyncio.ensure_future(action(
+                ecm.uow(), counterparty_id=target_id, **into, user=STEWARD, reason="one company",
+                correlation_id="c")))
+            return asyncio.wait(merges, timeout=1.0)
+
+        async def merge_meanwhile(*args, **kwargs):
+            if merge_lands == "before":
+                await merge()
+            placed = await place_new_ref(*args, **kwargs)
+            if merge_lands == "after":
+                await merge()
+            return placed
+
+        monkeypatch.setattr(registry, "place_new_ref", merge_meanwhile)
+        _, decision = await sync(ecm, "Цель", inn=target_ids["inn"], kpp=target_ids["kpp"])
+        await asyncio.gather(*merges)
+        monkeypatch.setattr(registry, "place_new_ref", place_new_ref)
+        async with ecm.uow() as uow:
+            linked_id = await uow.external_refs.find("counterparty", ExternalRef.parse(decision["source_ref"]))
+            status = (await uow.counterparties.get(linked_id)).status
+        return merge_lands, linked_id == survivor_id, status
+
+    ends = [await one_round("before"), await one_round("after")]
+    assert ends == [("before", True, "verified"), ("after", True, "verified")]
+    # Archived (liquidated) just before the link is placed: a pending record of its own.
+    assert await one_round("before", steward.archive) == ("before", False, "pending_verification")
