@@ -326,6 +326,10 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
             select(k.c.key, k.c.organization_id).where(one_of(k.c.key, [row[2] for row in parsed], dialect)))).all())
         existing = {r["id"]: r for r in (await session.execute(
             select(o).where(one_of(o.c.id, known.values(), dialect)))).mappings()} if known else {}
+        # An organization merged since an earlier import: its rows go to the survivor.
+        while pointers := {r["merged_into"] for r in existing.values() if r["merged_into"]} - existing.keys():
+            existing.update((r["id"], r) for r in (await session.execute(
+                select(o).where(one_of(o.c.id, pointers, dialect)))).mappings())
         inns = {v["inn"] for _, v, key, *_ in parsed if v.get("inn") and key not in known}
         keys = {row[5] for row in parsed if row[2] not in known} - {None}
         # Possible duplicates among the organizations that existed before this import
@@ -343,14 +347,24 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
         new_orgs, new_keys, updates, history, contacts = [], [], [], [], []
         for number, values, key, hints, fields, key_of_name in parsed:
             if key in known and known[key] in existing:
-                org_id, current = known[key], existing[known[key]]
-                changed = {f: v for f, v in fields.items() if v not in (None, []) and current[f] != v}
+                org_id, current = _survivor(existing, known[key])
+                if org_id == known[key]:
+                    changed = {f: v for f, v in fields.items() if v not in (None, []) and current[f] != v}
+                    message = None
+                else:  # as the merge itself: the survivor's empty fields are filled, nothing overwritten
+                    changed = {f: ([*current[f], *(x for x in v if x not in current[f])] if isinstance(v, list)
+                                   else v) for f, v in fields.items()
+                               if v not in (None, []) and (not current[f] or isinstance(v, list)
+                                                           and any(x not in current[f] for x in v))}
+                    message = (f"organization {known[key]} was merged into this one: "
+                               "its empty fields are filled from the row")
                 outcome = "update" if changed else "unchanged"
                 if changed:
-                    updates.append((org_id, {**changed, "name_key": key_of_name, "updated_at": now}))
+                    updates.append((org_id, {**changed, "updated_at": now,
+                                             **({"name_key": key_of_name} if message is None else {})}))
                     history.append(dict(organization_id=org_id, at=now, kind="imported", actor_id=user_id,
                                         detail={"fields": sorted(changed)}))
-                chunk.outcome(outcome, [number, outcome, org_id, key, None, hints, None])
+                chunk.outcome(outcome, [number, outcome, org_id, key, None, hints, message])
                 continue
             duplicate = _possible_duplicate(values, key_of_name, by_inn, by_key)
             org_id = str(uuid.uuid4()) if apply else None
@@ -376,6 +390,16 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
         for org_id, values in updates:
             await session.execute(update(o).where(o.c.id == org_id).values(**values))
         await insert_rows(session, tables.organization_history, history)
+
+
+def _survivor(existing: dict, org_id: str) -> tuple[str, dict]:
+    """The organization a row keyed to `org_id` now belongs to: itself, or the one it was
+    merged into (followed through later merges)."""
+    seen = {org_id}
+    while (pointer := existing[org_id]["merged_into"]) and pointer in existing and pointer not in seen:
+        org_id = pointer
+        seen.add(org_id)
+    return org_id, existing[org_id]
 
 
 def _possible_duplicate(values: dict, key_of_name: str | None, by_inn: dict, by_key: dict) -> str | None:

@@ -411,6 +411,44 @@ async def test_spreadsheet_import_dry_run_apply_report_and_idempotent_reimport(c
     assert wrong.status_code == 422
 
 
+async def test_a_reimport_of_a_merged_organization_fills_the_survivor_and_overwrites_nothing(crm_app):
+    """Organizations imported, one of them merged into a card a rep kept, then the same
+    export imported again with more in it: the merged one's row updated the merged
+    pointer, which no list or card shows. Now it goes to the survivor as the merge
+    itself did: empty fields filled, phones added, the survivor's own values kept."""
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+
+    async def imported(rows) -> list[dict]:
+        out = io.StringIO()
+        csv.writer(out, delimiter=";").writerows([["Наименование", "ИНН", "Регион", "Телефон"], *rows])
+        job = (await client.post("/api/imports", headers=anna,
+                                 files={"file": ("orgs.csv", out.getvalue().encode(), "text/csv")})).json()
+        await client.post(f"/api/imports/{job['id']}/dry-run", headers=anna)
+        await _wait_import(client, anna, job["id"], "dry_run")
+        await client.post(f"/api/imports/{job['id']}/apply", headers=anna)
+        applied = await _wait_import(client, anna, job["id"], "applied")
+        report = (await client.get(applied["report_url"], headers=anna)).content.decode("utf-8-sig")
+        return list(csv.DictReader(io.StringIO(report)))
+
+    first = await imported([["Альфа", "7707083893", "", "+7 900 1"]])
+    imported_id = first[0]["organization_id"]
+    kept = (await client.post("/api/organizations", headers=anna, json={"name": "Альфа-Групп",
+                                                                          "phones": ["+7 900 2"]})).json()
+    merged = await client.post(f"/api/organizations/{imported_id}/merge", headers=anna, json={"into_id": kept["id"]})
+    assert merged.status_code == 200
+    again = await imported([["Альфа Холдинг", "7707083893", "Казань", "+7 900 3"]])
+    assert [(r["outcome"], r["organization_id"]) for r in again] == [("update", kept["id"])]
+    assert "was merged into this one" in again[0]["message"]
+    card = (await client.get(f"/api/organizations/{kept['id']}", headers=anna)).json()
+    assert (card["name"], card["inn"], card["region"]) == ("Альфа-Групп", "7707083893", "Казань")
+    assert card["phones"] == ["+7 900 2", "+7 900 1", "+7 900 3"]
+    async with container.session_factory() as session:
+        pointer = (await session.execute(select(tables.organizations).where(
+            tables.organizations.c.id == imported_id))).mappings().one()
+    assert (pointer["name"], pointer["region"]) == ("Альфа", None)
+
+
 async def test_my_day_is_the_companys_calendar_day(crm):
     """At 01:30 in Moscow on the 7th (22:30 UTC on the 6th) a rep's day is the 7th: a
     meeting at 23:00 Moscow time is today's, one at 00:30 on the 8th is not. In UTC, the
