@@ -117,10 +117,12 @@ async def _decided_state(uow: EcmUnitOfWork, run: dict, ref: ExternalRef, org: d
     if run["mode"] == "apply":
         record, outcome = await place_new_ref(uow, ref, decision=decision, name=org["name"], ids=ids, now=_now(),
                                               country="RU")
+        placed = decision.outcome
         if decision.outcome == "link" and record.id != decision.linked_id:  # merged or archived meanwhile
             state, counterparty_id = ("linked" if outcome == "linked" else "unlinked"), record.id
+            placed = "link" if outcome == "linked" else "new"
         seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=record.id,
-                                           action=f"reconciled_{decision.outcome}",
+                                           action=f"reconciled_{placed}",
                                            actor=f"reconciliation:{run['id']}",
                                            data={"source_ref": ref.as_text()})
         # The other system learns the link (or the pending record) as after a soft sync.
