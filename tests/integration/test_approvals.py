@@ -320,6 +320,15 @@ async def status_and_stage(ecm, approval_id) -> tuple[str, str]:
     return approval.status, approval.current_step.name
 
 
+async def at_finance(ecm, people) -> tuple[str, str]:
+    """An approval with legal's decision made, at finance, the stage before the last; its
+    counterparty pending with identifiers a steward can verify: (approval, counterparty)."""
+    approval_id, _ = await start(ecm, ids=valid_ids())
+    await decide(ecm, approval_id, people["legal"])
+    async with ecm.uow() as uow:
+        return approval_id, (await uow.approvals.get(approval_id)).counterparty_id
+
+
 async def test_a_decision_and_the_counterpartys_verification_at_the_same_moment_never_leave_it_waiting(ecm, people):
     """Finance approves the stage before the last while the steward verifies the company.
     The decision read the counterparty as pending, and the verification looked for
@@ -328,10 +337,7 @@ async def test_a_decision_and_the_counterpartys_verification_at_the_same_moment_
     ends at the director's stage, open, or else waiting with the record unverified."""
     rounds = []
     for _ in range(8):
-        approval_id, _ = await start(ecm, ids=valid_ids())
-        await decide(ecm, approval_id, people["legal"])
-        async with ecm.uow() as uow:
-            counterparty_id = (await uow.approvals.get(approval_id)).counterparty_id
+        approval_id, counterparty_id = await at_finance(ecm, people)
         await asyncio.gather(decide(ecm, approval_id, people["finance"]), verify(ecm, people, counterparty_id))
         rounds.append(await status_and_stage(ecm, approval_id))
     assert rounds == [("in_progress", "director")] * 8
@@ -344,10 +350,7 @@ async def test_a_verification_locks_the_approvals_before_the_history_chain(ecm, 
     approval until the verification has written its history entry, or for a second if
     the verification is waiting for the approval first (the right order). Taking the
     approvals after the entry deadlocks on PostgreSQL (and failed this test)."""
-    approval_id, _ = await start(ecm, ids=valid_ids())
-    await decide(ecm, approval_id, people["legal"])
-    async with ecm.uow() as uow:
-        counterparty_id = (await uow.approvals.get(approval_id)).counterparty_id
+    approval_id, counterparty_id = await at_finance(ecm, people)
     entry_written = asyncio.Event()
     append_now, is_verified = HistoryLog.append_now, cases.counterparty_is_verified
 
@@ -410,10 +413,7 @@ async def test_a_merge_into_a_verified_record_as_a_decision_lands_resumes_the_mo
     await verify(ecm, people, survivor_id)
     rounds = []
     for _ in range(6):
-        approval_id, _ = await start(ecm, ids=valid_ids())
-        await decide(ecm, approval_id, people["legal"])
-        async with ecm.uow() as uow:
-            duplicate_id = (await uow.approvals.get(approval_id)).counterparty_id
+        approval_id, duplicate_id = await at_finance(ecm, people)
         await asyncio.gather(
             decide(ecm, approval_id, people["finance"]),
             steward.merge(ecm.uow(), counterparty_id=duplicate_id, into_id=survivor_id, user=people["steward"],
