@@ -333,8 +333,8 @@ async def test_a_decision_and_the_counterpartys_verification_at_the_same_moment_
     """Finance approves the stage before the last while the steward verifies the company.
     The decision read the counterparty as pending, and the verification looked for
     waiting approvals before the decision had committed one: on PostgreSQL the approval
-    waited for a verified counterparty for good (1 to 3 rounds of 8 here). Each round
-    ends at the director's stage, open, or else waiting with the record unverified."""
+    waited for a verified counterparty for good (7 rounds of 8 here, in each of five
+    runs). Each round ends at the director's stage, open."""
     rounds = []
     for _ in range(8):
         approval_id, counterparty_id = await at_finance(ecm, people)
