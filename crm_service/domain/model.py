@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -15,6 +16,25 @@ FINAL_APPROVAL_STATUSES = ("approved", "rejected")
 # same document, which the rep sends with "new version" (the approval then goes on).
 CLOSED_REQUEST_STATUSES = FINAL_APPROVAL_STATUSES
 RETURNED = "returned"
+
+
+def filled_from(current: Mapping, other: Mapping, fields: Iterable[str]) -> dict:
+    """What `other` adds to `current` without overwriting anything: its value for each
+    field `current` leaves empty and, for a list field, the items `current` lacks, after
+    its own (a merge into the survivor; a re-import of a merged organization's row)."""
+    changes = {}
+    for field_name in fields:
+        mine, theirs = current.get(field_name), other.get(field_name)
+        if isinstance(mine, list):
+            union: list = []
+            for item in [*mine, *(theirs or [])]:  # items may be dicts (addresses): no set
+                if item not in union:
+                    union.append(item)
+            if union != mine:
+                changes[field_name] = union
+        elif not mine and theirs:
+            changes[field_name] = theirs
+    return changes
 
 
 @dataclass

@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.hints import identifier_hints
+from crm_service.domain.model import filled_from
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
 from infra.db import insert_rows, one_of
 from infra.process_reader import JsonLinesReader, ProcessReader, json_line
@@ -352,10 +353,7 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
                     changed = {f: v for f, v in fields.items() if v not in (None, []) and current[f] != v}
                     message = None
                 else:  # as the merge itself: the survivor's empty fields are filled, nothing overwritten
-                    changed = {f: ([*current[f], *(x for x in v if x not in current[f])] if isinstance(v, list)
-                                   else v) for f, v in fields.items()
-                               if v not in (None, []) and (not current[f] or isinstance(v, list)
-                                                           and any(x not in current[f] for x in v))}
+                    changed = filled_from(current, fields, fields)
                     message = (f"organization {known[key]} was merged into this one: "
                                "its empty fields are filled from the row")
                 outcome = "update" if changed else "unchanged"

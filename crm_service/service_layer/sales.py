@@ -26,6 +26,7 @@ from crm_service.domain.model import (
     Deal,
     Lead,
     Organization,
+    filled_from,
     opening_stage,
 )
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
@@ -47,6 +48,9 @@ from schemas.topics import CRM_EVENTS
 
 log = structlog.get_logger()
 
+# What a merge fills in the survivor from the duplicate (`filled_from`).
+MERGE_FILLS = ("inn", "kpp", "ogrn", "legal_form", "website", "region", "category", "activity_type", "phones",
+               "emails")
 ORG_FIELDS = ("name", "inn", "kpp", "ogrn", "legal_form", "country", "addresses", "phones", "emails", "website",
               "activity_type", "region", "org_group", "category", "lead_source", "notes")
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "document_templates"
@@ -159,11 +163,8 @@ async def merge_organizations(uow: CrmUnitOfWork, *, actor: Actor, organization_
             moved[table.name] = result.rowcount
         at = _now()
         # Empty fields of the survivor are filled from the duplicate; nothing is overwritten.
-        for key in ("inn", "kpp", "ogrn", "legal_form", "website", "region", "category", "activity_type"):
-            if not getattr(survivor, key) and getattr(loser, key):
-                setattr(survivor, key, getattr(loser, key))
-        survivor.phones = list(dict.fromkeys([*survivor.phones, *loser.phones]))
-        survivor.emails = list(dict.fromkeys([*survivor.emails, *loser.emails]))
+        for key, value in filled_from(vars(survivor), vars(loser), MERGE_FILLS).items():
+            setattr(survivor, key, value)
         survivor.updated_at = loser.updated_at = at
         loser.merged_into = survivor.id
         await uow.organizations.save(survivor)
