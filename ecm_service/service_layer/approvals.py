@@ -104,10 +104,11 @@ async def verified_meanwhile(uow: EcmUnitOfWork, counterparty_id: str | None) ->
     one that comes after waits for this transaction, and its `resume_waiting` then finds
     the waiting approval. Without it, a start and a verification at the same moment both
     missed each other (the start read `pending`, the verification found nothing waiting),
-    and the approval waited for good. Only waiting starts pay for the lock."""
+    and the approval waited for good. Only waiting starts pay for the lock, a key-share
+    one as a link's (`registry.link_target`): the steward's actions lock `FOR UPDATE`."""
     if not counterparty_id:
         return False
-    record = await uow.counterparties.get(counterparty_id, for_update=True)
+    record = await uow.counterparties.get_key_shared(counterparty_id)
     return record is not None and record.status == VERIFIED
 
 
