@@ -100,6 +100,7 @@ class SqlUnitOfWork:
     async def __aenter__(self):
         self.session = WriteBehindSession(self._factory())
         self._pending: dict[Table, list[dict]] = {}
+        self._committed: list[Callable[[], None]] = []
         await self.session.begin()
         self._bind_repositories(self.session)
         return self
@@ -124,6 +125,15 @@ class SqlUnitOfWork:
         await self.session.commit()
         if events:
             outbox_committed(self.outbox)
+        committed, self._committed = self._committed, []
+        for action in committed:
+            action()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """`action` runs once this transaction has committed: a metric counts what a
+        transaction did only if it did it, so a rollback or a rerun (rerun_on_conflict, a
+        consumer's retried batch) counts nothing twice."""
+        self._committed.append(action)
 
     async def _before_commit(self) -> None:
         """Subclasses write what they gathered for the commit here (before the outbox

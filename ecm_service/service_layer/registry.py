@@ -171,7 +171,7 @@ async def place_new_ref(uow: EcmUnitOfWork, ref: ExternalRef, *, decision: Decis
     await uow.counterparties.add_match_decision(
         id=str(uuid.uuid4()), counterparty_id=record.id, source_ref=ref.as_text(), outcome=decision.outcome,
         rule=decision.rule, candidates=decision.candidates, created_at=now)
-    MATCH_DECISIONS.labels(decision.outcome, decision.rule).inc()
+    uow.after_commit(MATCH_DECISIONS.labels(decision.outcome, decision.rule).inc)
     return record, outcome
 
 

@@ -50,7 +50,7 @@ async def _review(uow: EcmUnitOfWork, counterparty_id: str, action: str, other_i
             continue
         await uow.session.execute(update(m).where(m.c.id == row["id"]).values(
             review=review, review_action=action, reviewed_at=now))
-        MATCH_REVIEWS.labels(row["rule"], review).inc()
+        uow.after_commit(MATCH_REVIEWS.labels(row["rule"], review).inc)
 
 
 def _actor(user) -> str:

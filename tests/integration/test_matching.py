@@ -378,3 +378,49 @@ async def test_a_link_to_a_record_merged_at_that_moment_follows_it_to_the_surviv
     assert ends == [("before", True, "verified"), ("after", True, "verified")]
     # Archived (liquidated) just before the link is placed: a pending record of its own.
     assert await one_round("before", steward.archive) == ("before", False, "pending_verification")
+
+
+async def test_a_decision_and_a_review_are_counted_once_when_their_transaction_runs_again(ecm, monkeypatch):
+    """The match counters count committed answers: a sync whose transaction fails (the
+    consumer retries its batch) and a steward's merge that loses a race and runs again
+    (rerun_on_conflict) each count once."""
+    from prometheus_client import REGISTRY
+    from sqlalchemy.exc import IntegrityError
+
+    from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+
+    def count(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    real_commit, failures = EcmUnitOfWork.commit, []
+
+    async def fails_once(self):
+        if not failures:
+            failures.append(1)
+            raise IntegrityError("commit", {}, Exception("another transaction committed first"))
+        await real_commit(self)
+
+    sber_id, _ = await sync(ecm, "ПАО «Сбербанк России»", **SBER)
+    await steward.verify(ecm.uow(), counterparty_id=sber_id, user=STEWARD, reason="EGRUL", correlation_id="c")
+
+    proposals = count("ecm_match_decisions_total", outcome="propose", rule="similar_name")
+    monkeypatch.setattr(EcmUnitOfWork, "commit", fails_once)
+    ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
+                            payload=ecm_commands.SyncCounterpartyV1(external_ref=ref, name="Sberbank Rossii PAO"))
+    try:
+        await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+    except IntegrityError:
+        pass
+    assert failures and count("ecm_match_decisions_total", outcome="propose", rule="similar_name") == proposals
+    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+    assert count("ecm_match_decisions_total", outcome="propose", rule="similar_name") == proposals + 1
+
+    async with ecm.uow() as uow:
+        latin_id = await uow.external_refs.find("counterparty", ref)
+    confirmed = count("ecm_match_reviews_total", rule="similar_name", review="confirmed")
+    failures.clear()
+    await steward.merge(ecm.uow(), counterparty_id=latin_id, into_id=sber_id, user=STEWARD, reason="same bank",
+                        correlation_id="c")
+    assert failures  # the first attempt lost, the second committed
+    assert count("ecm_match_reviews_total", rule="similar_name", review="confirmed") == confirmed + 1
