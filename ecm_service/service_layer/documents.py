@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 
 from ecm_service.domain.retention import FALLBACK, disposal_blocker, retain_until
 from ecm_service.service_layer.approvals import reopen_for_new_version
@@ -175,7 +176,7 @@ async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, a
     are read: a legal hold put at that moment either commits first and keeps its document,
     or waits and is refused on a disposed one (before, the disposal went on from what it
     had read and destroyed the held document); two disposals at once dispose of each
-    document once."""
+    document once. Bytes are deleted after the commit, never before it."""
     results = []
     async with uow:
         for document in await uow.documents.retention_expired(now, for_update=not dry_run):
@@ -192,7 +193,9 @@ async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, a
             deleted = []
             for version in versions:
                 if not await uow.documents.content_used_elsewhere(version["sha256"], document["id"]):
-                    content_store.path_for(version["sha256"]).unlink(missing_ok=True)
+                    # Deleted once the disposal has committed: a transaction that fails
+                    # leaves its documents live, and so must it leave their bytes.
+                    uow.after_commit(partial(content_store.path_for(version["sha256"]).unlink, missing_ok=True))
                     deleted.append(version["sha256"])
             await uow.history.append(entity_type=DOCUMENT, entity_id=document["id"], action="disposed", actor=actor,
                                      data={"versions": len(versions), "content_deleted": deleted}, at=now)

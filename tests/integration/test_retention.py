@@ -95,3 +95,30 @@ async def test_two_disposals_at_the_same_moment_dispose_of_a_document_once(ecm):
         for doc, _ in stored:
             assert [h["action"] for h in await uow.history.of("document", doc["id"])] == [
                 "version_stored", "disposed"]
+
+
+async def test_a_disposal_that_fails_to_commit_deletes_no_bytes(ecm, monkeypatch):
+    """The disposal deleted a document's bytes before its transaction committed: a commit
+    that failed (a lost connection, a deadlock broken by PostgreSQL) left the document
+    live, not disposed, with its bytes gone. They now go once the disposal has committed."""
+    from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+
+    later = datetime.now(timezone.utc) + timedelta(days=4 * 366)
+    doc, sha = await _store(ecm, b"a proposal whose disposal fails", "proposal")
+
+    async def lost_connection(self):
+        raise ConnectionResetError("the database went away at commit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(EcmUnitOfWork, "commit", lost_connection)
+        try:
+            await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
+        except ConnectionResetError:
+            pass
+    async with ecm.uow() as uow:
+        assert (await uow.documents.get(doc["id"]))["disposed_at"] is None
+    assert ecm.content_store.path_for(sha).exists()
+
+    done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
+    assert [(r["id"], r["disposed"]) for r in done] == [(doc["id"], True)]
+    assert not ecm.content_store.path_for(sha).exists()
