@@ -35,9 +35,12 @@ async def store_version(
     document already had returns that version: transfers may be retried or replayed. A new
     version of a document under approval re-opens its approvals (see approvals.reopen).
     Two at once for one document, or for one ref's first document, do not clash: the later
-    one runs again on what the other committed (rerun_on_conflict)."""
+    one runs again on what the other committed (rerun_on_conflict). Under the ref of a
+    document disposed of after its retention, the bytes make a new document (its first
+    entry names the disposed one), so that nothing, an approval least of all, goes on with
+    a document whose content is gone."""
     now = datetime.now(timezone.utc)
-    by_ref = False
+    by_ref, replaces = False, None
     async with uow:
         if document_id is not None:
             document = await uow.documents.get(document_id, for_update=True)
@@ -47,6 +50,11 @@ async def store_version(
                 raise DocumentGone(f"document {document_id} was disposed of")
         elif external_ref:
             document_id = await uow.external_refs.find(DOCUMENT, external_ref)
+            if document_id is not None and (await uow.documents.get(document_id, for_update=True))["disposed_at"]:
+                # Its earlier document was disposed of after its retention; the bytes that
+                # came again make a new document, and the ref moves to it.
+                await uow.external_refs.detach(DOCUMENT, external_ref)
+                replaces, document_id = document_id, None
             by_ref = document_id is not None
         if document_id:
             versions = await uow.documents.versions(document_id)
@@ -70,7 +78,8 @@ async def store_version(
         await uow.documents.add_version(**version)
         await uow.history.append(entity_type=DOCUMENT, entity_id=document_id, action="version_stored",
                                  actor=f"user:{user_id}", data={"version_no": version_no, "sha256": sha256,
-                                                                "size": size, "content_type": content_type})
+                                                                "size": size, "content_type": content_type,
+                                                                **({"replaces_disposed": replaces} if replaces else {})})
         if version_no > 1:
             await reopen_for_new_version(uow, document_id=document_id, version_id=version["id"], sha256=sha256,
                                          actor=f"user:{user_id}")
@@ -98,7 +107,8 @@ async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, item
     (the same bytes under the same ref again: the existing version, created False). The
     common case - refs the ECM has not seen, or seen with these very bytes - is one
     transaction of a few statements for the whole batch; a new version of a known document
-    (which re-opens its approvals) and a ref repeated within the batch go through
+    (which re-opens its approvals), a ref whose document was disposed of, and a ref
+    repeated within the batch go through
     `store_version` one by one afterwards. Returns (document, version, created) per item;
     the document holds its id, doc type and title."""
     now = datetime.now(timezone.utc)
@@ -111,11 +121,13 @@ async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, item
             found = await uow.external_refs.find_many(DOCUMENT, system, ids)
             known.update(((system, external_id), document_id) for external_id, (document_id, _) in found.items())
         latest = await uow.documents.latest_versions(sorted(set(known.values())))
+        disposed = await uow.documents.disposed_among(sorted(set(known.values()))) if known else set()
         documents, versions, refs, entries, seen = [], [], [], [], set()
         for i, item in enumerate(items):
             key = (item.external_ref.system, item.external_ref.id)
             document_id = known.get(key)
-            if key in seen or (document_id is not None and latest.get(document_id, {}).get("sha256") != item.sha256):
+            if key in seen or (document_id is not None and (document_id in disposed or latest.get(
+                    document_id, {}).get("sha256") != item.sha256)):
                 later.append(i)
                 continue
             seen.add(key)

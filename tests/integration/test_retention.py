@@ -122,3 +122,48 @@ async def test_a_disposal_that_fails_to_commit_deletes_no_bytes(ecm, monkeypatch
     done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
     assert [(r["id"], r["disposed"]) for r in done] == [(doc["id"], True)]
     assert not ecm.content_store.path_for(sha).exists()
+
+
+async def test_a_document_sent_again_after_its_disposal_is_stored_as_a_new_one(ecm):
+    """A rep asks for approval of a CRM document whose ECM copy was disposed of after its
+    retention. The transfer under the same ref used to answer the disposed document (the
+    same bytes: its version, content gone) or add a version to it, and the approval went on
+    with a document that answers 410. The bytes that came again now make a new document,
+    and the ref moves to it; the disposed one stays disposed, with its history."""
+    from schemas.common import ExternalRef
+
+    later = datetime.now(timezone.utc) + timedelta(days=4 * 366)
+    ref, other_ref = ExternalRef(system="crm", id="doc-1"), ExternalRef(system="crm", id="doc-2")
+
+    def arrived(ref, content: bytes) -> documents.Arrived:
+        sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
+        return documents.Arrived(external_ref=ref, doc_type="proposal", title="КП", filename="kp.pdf",
+                                 content_type="application/pdf", sha256=sha, size=size)
+
+    [(first, _, _), (second, _, _)] = await documents.store_many(
+        ecm.uow, user_id="bridge", items=[arrived(ref, b"the proposal"), arrived(other_ref, b"another proposal")],
+        retention=ecm.retention)
+    done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
+    assert {r["id"] for r in done if r["disposed"]} == {first["id"], second["id"]}
+
+    # The same bytes again, through the batch; other bytes, one by one.
+    [(again, version, created)] = await documents.store_many(
+        ecm.uow, user_id="bridge", items=[arrived(ref, b"the proposal")], retention=ecm.retention)
+    changed = arrived(other_ref, b"another proposal, changed")
+    renewed, _, renewed_created = await store_version(
+        ecm.uow(), user_id="bridge", doc_type="proposal", title="КП", filename="kp.pdf",
+        content_type="application/pdf", sha256=changed.sha256, size=changed.size, external_ref=other_ref,
+        retention=ecm.retention)
+
+    assert created and again["id"] != first["id"] and version["version_no"] == 1
+    assert renewed_created and renewed["id"] != second["id"]
+    assert ecm.content_store.path_for(version["sha256"]).exists()
+    async with ecm.uow() as uow:
+        assert await uow.external_refs.find("document", ref) == again["id"]
+        assert await uow.external_refs.find("document", other_ref) == renewed["id"]
+        assert (await uow.documents.get(again["id"]))["disposed_at"] is None
+        assert (await uow.documents.get(first["id"]))["disposed_at"] is not None
+        assert [len(await uow.documents.versions(d)) for d in (first["id"], second["id"], renewed["id"])] == [1, 1, 1]
+        [stored] = await uow.history.of("document", again["id"])
+        assert stored["data"]["replaces_disposed"] == first["id"]
+        assert [h["action"] for h in await uow.history.of("document", first["id"])] == ["version_stored", "disposed"]
