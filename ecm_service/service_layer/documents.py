@@ -76,10 +76,11 @@ async def store_version(
         version = dict(id=str(uuid.uuid4()), document_id=document_id, version_no=version_no, sha256=sha256,
                        size=size, content_type=content_type, filename=filename, created_by=user_id, created_at=now)
         await uow.documents.add_version(**version)
+        stored = {"version_no": version_no, "sha256": sha256, "size": size, "content_type": content_type}
+        if replaces:
+            stored["replaces_disposed"] = replaces
         await uow.history.append(entity_type=DOCUMENT, entity_id=document_id, action="version_stored",
-                                 actor=f"user:{user_id}", data={"version_no": version_no, "sha256": sha256,
-                                                                "size": size, "content_type": content_type,
-                                                                **({"replaces_disposed": replaces} if replaces else {})})
+                                 actor=f"user:{user_id}", data=stored)
         if version_no > 1:
             await reopen_for_new_version(uow, document_id=document_id, version_id=version["id"], sha256=sha256,
                                          actor=f"user:{user_id}")
