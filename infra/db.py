@@ -12,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy import JSON, Table, any_, bindparam, event, insert, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -47,7 +48,18 @@ def make_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=10, max_overflow=10,
                                  connect_args={"server_settings": {"jit": "off"}})
     count_round_trips(engine)
+    event.listen(engine.sync_engine, "checkout", _closed_by_the_server)
     return engine
+
+
+def _closed_by_the_server(dbapi_connection, _record, _proxy) -> None:
+    """A pooled connection that the server has closed is not handed out. A restart,
+    a failover or `pg_terminate_backend` ends every connection with a message that
+    asyncpg reads as it comes, so the pool can tell without a round trip (unlike
+    pool_pre_ping, above); the pool then connects afresh (up to three tries). Before,
+    the first call on each such connection failed: an API call answered 500."""
+    if dbapi_connection._connection.is_closed():
+        raise DisconnectionError("the database server closed this connection")
 
 
 def count_round_trips(engine: AsyncEngine) -> None:

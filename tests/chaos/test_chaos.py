@@ -1,6 +1,7 @@
 """Chaos: a flow of approval requests (2,000 by default, CHAOS_REQUESTS) through the real
 processes on PostgreSQL while the CRM is killed mid-relay, the bridge is SIGKILLed three
-times, the ECM is stopped for 30 s and the broker is frozen with SIGSTOP for 20 s. Then
+times, the ECM is stopped for 30 s, the broker is frozen with SIGSTOP for 20 s and the
+database server ends every connection of both services (a restart or failover). Then
 every request has exactly one ECM approval, its organization exactly one counterparty
 (link or pending record), its document exactly one stored version with the right sha256,
 every CRM deal the status the ECM last published, and no outbox holds anything."""
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import SALES
+from tests.support.databases import _admin
 from tests.support.polling import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
@@ -90,6 +93,11 @@ def test_nothing_is_lost_or_doubled_through_kills_stops_and_a_frozen_broker(syst
         time.sleep(3)
         freeze_broker(system, 20)
         note("broker frozen (SIGSTOP) for 20 s and resumed")
+        time.sleep(3)
+        for url in (crm, ecm):  # as a PostgreSQL restart or failover does
+            asyncio.run(_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               f"WHERE datname = '{make_url(url).database}' AND pid <> pg_backend_pid()"))
+        note("every database connection of the CRM and the ECM ended by the server")
 
     # The requests go out from a helper thread; the kills and restarts stay on this thread:
     # children are started with PR_SET_PDEATHSIG, which fires when the *thread* that
