@@ -47,7 +47,9 @@ def answer_pages_with_pages(app: FastAPI, error_page: Callable[[Request, int, st
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if on_page(request) and exc.status_code >= 400:
-            return error_page(request, exc.status_code, str(exc.detail))
+            page = error_page(request, exc.status_code, str(exc.detail))
+            page.headers.update(exc.headers or {})  # a 503's Retry-After
+            return page
         return await http_exception_handler(request, exc)
 
     api_answer = app.exception_handlers[RequestValidationError]  # the API's JSON (infra.service_app)

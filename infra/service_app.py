@@ -3,6 +3,7 @@ background relay and consumer started with the app and stopped with it."""
 
 from __future__ import annotations
 
+import socket
 from contextlib import asynccontextmanager
 
 import structlog
@@ -10,6 +11,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infra import business_day
 from infra.db import database_reachable, migrations_at_head
@@ -59,6 +63,9 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
     async def _validation_error(_: Request, exc: RequestValidationError):
         return JSONResponse(status_code=422, content={"detail": jsonable_errors(exc)})
 
+    for error in DATABASE_OUTAGES:
+        app.add_exception_handler(error, _database_unavailable)
+
     @app.get("/health", tags=["operations"])
     async def health():
         db_ok = await database_reachable(container.engine)
@@ -88,6 +95,36 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         app.include_router(router)
     app.openapi = lambda: _openapi_with_plain_422(app)
     return app
+
+
+# What a database outage raises: asyncpg's connect errors come as they are (refused,
+# reset, timed out, a host name that does not resolve); SQLAlchemy wraps an error on an
+# open connection, and raises its own TimeoutError when the pool has none to give.
+DATABASE_OUTAGES = (ConnectionError, TimeoutError, socket.gaierror, DBAPIError, SqlAlchemyTimeout)
+# PostgreSQL's own refusals for a while: connection exceptions (08), the server shutting
+# down or starting up (57P01-57P03), too many connections (53300).
+_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError):
+        state = getattr(exc.orig, "sqlstate", None) or ""
+        return exc.connection_invalidated or state.startswith(_UNAVAILABLE_STATES)
+    return isinstance(exc, DATABASE_OUTAGES)
+
+
+async def _database_unavailable(request: Request, exc: Exception):
+    """A request that found the database away is answered 503 with Retry-After (a page
+    on a page, JSON on the API), not 500: the caller did nothing wrong and may try again.
+    Any other database error is still a 500, as before."""
+    if not database_unavailable(exc):
+        raise exc
+    log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+    answer = request.app.exception_handlers[StarletteHTTPException]  # the pages' own, where a service has pages
+    return await answer(request, StarletteHTTPException(
+        503, "the database is unavailable for a moment; try again shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
 
 
 def _openapi_with_plain_422(app: FastAPI) -> dict:

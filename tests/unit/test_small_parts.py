@@ -318,3 +318,25 @@ async def test_a_use_case_that_lost_a_race_runs_again_and_nothing_else_is_rerun(
     with pytest.raises(ValueError):
         await lost_twice("refused")
     assert calls == ["refused"]
+
+
+def test_what_counts_as_the_database_being_away():
+    """503 with Retry-After for an outage (infra.service_app), a 500 for everything else."""
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from infra.service_app import database_unavailable
+
+    class Orig(Exception):
+        def __init__(self, sqlstate):
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    def error(sqlstate=None, invalidated=False):
+        return DBAPIError("SELECT 1", {}, Orig(sqlstate), connection_invalidated=invalidated)
+
+    away = [ConnectionRefusedError(), ConnectionResetError(), TimeoutError(), PoolTimeout("pool"),
+            error(invalidated=True), error("57P03"), error("57P01"), error("08006"), error("53300")]
+    not_away = [error("23505"), error("40P01"), error("42P01"), error(None), ValueError("x")]
+    assert [database_unavailable(e) for e in away] == [True] * len(away)
+    assert [database_unavailable(e) for e in not_away] == [False] * len(not_away)
