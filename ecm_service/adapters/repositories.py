@@ -468,6 +468,11 @@ class ApprovalRepository:
         return await self.session.scalar(
             select(func.count()).select_from(t).where(t.c.document_id == document_id, t.c.status.in_(OPEN_STATUSES)))
 
+    async def last_change_for_document(self, document_id: str) -> datetime | None:
+        """When the document's approvals last changed (a closed one: when it ended)."""
+        t = tables.approvals
+        return await self.session.scalar(select(func.max(t.c.updated_at)).where(t.c.document_id == document_id))
+
     async def open_for_document(self, document_id: str) -> list[str]:
         t = tables.approvals
         rows = await self.session.execute(

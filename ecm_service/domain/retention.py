@@ -1,5 +1,7 @@
 """Retention per document type and legal hold: a document becomes eligible for disposal
-when its retention has run out, unless a legal hold or an approval in flight keeps it."""
+when its retention has run out, unless a legal hold or an approval in flight keeps it.
+Retention runs from the document's last use: its creation, its latest version, the end
+of its latest approval, whichever came last."""
 
 from __future__ import annotations
 
@@ -23,6 +25,21 @@ def retain_until(created_at: datetime, years: int) -> datetime:
         return created_at.replace(year=created_at.year + years)
     except ValueError:  # 29 February in a year that has none
         return created_at.replace(year=created_at.year + years, day=28)
+
+
+def years_for(retention: dict[str, int] | None, doc_type: str) -> int | None:
+    retention = retention or {}
+    return retention.get(doc_type, retention.get(FALLBACK))
+
+
+def renewed(document: dict, *, years: int | None, last_used_at: list[datetime | None]) -> datetime | None:
+    """The document's retention counted from its last use (`last_used_at`: its latest
+    version's and its latest approval's times), never earlier than the stored one. A
+    document stored before retention existed (no `retain_until`) stays without one."""
+    stored = document.get("retain_until")
+    if stored is None or years is None:
+        return stored
+    return max([stored, *(retain_until(at, years) for at in last_used_at if at is not None)])
 
 
 def disposal_blocker(document: dict, *, now: datetime, approvals_in_flight: int) -> str | None:

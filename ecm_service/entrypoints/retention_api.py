@@ -69,5 +69,6 @@ async def dispose(body: DisposalIn, request: Request, user: User = Depends(requi
     container = request.app.state.container
     as_of = body.as_of or datetime.now(timezone.utc)
     results = await documents.dispose_expired(container.uow(), container.content_store, now=as_of,
-                                              actor=f"user:{user.id}", dry_run=body.dry_run)
+                                              actor=f"user:{user.id}", dry_run=body.dry_run,
+                                              retention=container.retention)
     return DisposalOut(as_of=as_of, dry_run=body.dry_run, documents=results)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 
-from ecm_service.domain.retention import FALLBACK, disposal_blocker, retain_until
+from ecm_service.domain.retention import disposal_blocker, renewed, retain_until, years_for
 from ecm_service.service_layer.approvals import reopen_for_new_version
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra.retrying import rerun_on_conflict
@@ -67,7 +67,7 @@ async def store_version(
             version_no = len(versions) + 1
         else:
             document_id, version_no = str(uuid.uuid4()), 1
-            years = (retention or {}).get(doc_type, (retention or {}).get(FALLBACK))
+            years = years_for(retention, doc_type)
             await uow.documents.add_document(id=document_id, doc_type=doc_type, title=title, owner_id=user_id,
                                              created_at=now,
                                              retain_until=retain_until(now, years) if years is not None else None)
@@ -137,7 +137,7 @@ async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, item
                               latest[document_id], False)
                 continue
             document_id = str(uuid.uuid4())
-            years = (retention or {}).get(item.doc_type, (retention or {}).get(FALLBACK))
+            years = years_for(retention, item.doc_type)
             document = dict(id=document_id, doc_type=item.doc_type, title=item.title, owner_id=user_id,
                             created_at=now, retain_until=retain_until(now, years) if years is not None else None)
             version = dict(id=str(uuid.uuid4()), document_id=document_id, version_no=1, sha256=item.sha256,
@@ -182,26 +182,44 @@ async def set_legal_hold(uow: EcmUnitOfWork, *, document_id: str, hold: bool, us
 
 
 async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, actor: str,
-                          dry_run: bool) -> list[dict]:
+                          dry_run: bool, retention: dict[str, int]) -> list[dict]:
     """Disposes of every document whose retention has run out and that nothing keeps:
     its versions' bytes are deleted (unless another live document shares them) and the
     disposal is recorded; the card and its history stay. The documents are locked as they
     are read: a legal hold put at that moment either commits first and keeps its document,
     or waits and is refused on a disposed one (before, the disposal went on from what it
     had read and destroyed the held document); two disposals at once dispose of each
-    document once. Bytes are deleted after the commit, never before it."""
+    document once. Bytes are deleted after the commit, never before it.
+
+    Retention runs from a document's last use (domain.retention.renewed): one whose
+    latest version or latest approval came later than its creation is kept until its
+    retention counted from then, and that date is stored on it (not in a dry run).
+    Before, a document approved again years after its creation was disposed of as soon
+    as its approval had ended."""
     results = []
     async with uow:
         for document in await uow.documents.retention_expired(now, for_update=not dry_run):
+            versions = await uow.documents.versions(document["id"])
+            until = renewed(document, years=years_for(retention, document["doc_type"]), last_used_at=[
+                versions[-1]["created_at"] if versions else None,
+                await uow.approvals.last_change_for_document(document["id"])])
+            if until != document["retain_until"]:
+                if not dry_run:
+                    await uow.documents.update_document(document["id"], retain_until=until)
+                    await uow.history.append(entity_type=DOCUMENT, entity_id=document["id"],
+                                             action="retention_renewed", actor=actor,
+                                             data={"retain_until": until.isoformat()}, at=now)
+                document = {**document, "retain_until": until}
             blocker = disposal_blocker(document, now=now,
                                        approvals_in_flight=await uow.approvals.in_flight_for_document(document["id"]))
             if blocker:
-                results.append({"id": document["id"], "eligible": False, "disposed": False, "reason": blocker})
+                results.append({"id": document["id"], "eligible": False, "disposed": False, "reason": blocker,
+                                "retain_until": document["retain_until"]})
                 continue
-            results.append({"id": document["id"], "eligible": True, "disposed": not dry_run, "reason": None})
+            results.append({"id": document["id"], "eligible": True, "disposed": not dry_run, "reason": None,
+                            "retain_until": document["retain_until"]})
             if dry_run:
                 continue
-            versions = await uow.documents.versions(document["id"])
             await uow.documents.update_document(document["id"], disposed_at=now)
             deleted = []
             for version in versions:

@@ -11,6 +11,11 @@ from ecm_service.service_layer import documents
 from ecm_service.service_layer.documents import store_version
 
 
+async def dispose(ecm, now: datetime, *, dry_run: bool) -> list[dict]:
+    return await documents.dispose_expired(ecm.uow(), ecm.content_store, now=now, actor="test", dry_run=dry_run,
+                                           retention=ecm.retention)
+
+
 async def _store(ecm, content: bytes, doc_type: str):
     sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
     doc, _, _ = await store_version(ecm.uow(), user_id="u", doc_type=doc_type, title="t", filename="f.txt",
@@ -30,14 +35,12 @@ async def test_disposal_respects_holds_and_shared_content(ecm):
                                    reason="litigation 12/2026")
 
     in_four_years = now + timedelta(days=4 * 366)
-    preview = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=in_four_years, actor="test",
-                                              dry_run=True)
+    preview = await dispose(ecm, in_four_years, dry_run=True)
     assert {r["id"]: (r["eligible"], r["disposed"]) for r in preview} == {
         expired["id"]: (True, False), lone["id"]: (True, False)}
     assert ecm.content_store.path_for(lone_sha).exists()
 
-    done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=now + timedelta(days=6 * 366),
-                                           actor="test", dry_run=False)
+    done = await dispose(ecm, now + timedelta(days=6 * 366), dry_run=False)
     outcome = {r["id"]: (r["disposed"], r["reason"]) for r in done}
     assert outcome[held["id"]] == (False, "under legal hold")
     assert outcome[expired["id"]] == (True, None) and outcome[lone["id"]] == (True, None)
@@ -53,8 +56,7 @@ async def test_shared_content_survives_while_another_document_needs_it(ecm):
     now = datetime.now(timezone.utc)
     expired, sha = await _store(ecm, b"bytes in two documents", "proposal")
     await _store(ecm, b"bytes in two documents", "contract")
-    await documents.dispose_expired(ecm.uow(), ecm.content_store, now=now + timedelta(days=4 * 366), actor="test",
-                                    dry_run=False)
+    await dispose(ecm, now + timedelta(days=4 * 366), dry_run=False)
     assert ecm.content_store.path_for(sha).exists()
 
 
@@ -76,7 +78,7 @@ async def test_a_hold_put_as_the_disposal_runs_is_either_kept_or_refused(ecm, mo
         return await in_flight(self, document_id)
 
     monkeypatch.setattr(ApprovalRepository, "in_flight_for_document", hold_meanwhile)
-    done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
+    done = await dispose(ecm, later, dry_run=False)
     [hold] = await asyncio.gather(*holds, return_exceptions=True)
     async with ecm.uow() as uow:
         stored = await uow.documents.get(doc["id"])
@@ -88,8 +90,7 @@ async def test_a_hold_put_as_the_disposal_runs_is_either_kept_or_refused(ecm, mo
 async def test_two_disposals_at_the_same_moment_dispose_of_a_document_once(ecm):
     later = datetime.now(timezone.utc) + timedelta(days=4 * 366)
     stored = [await _store(ecm, f"proposal {i}".encode(), "proposal") for i in range(4)]
-    runs = await asyncio.gather(*(documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test",
-                                                            dry_run=False) for _ in range(2)))
+    runs = await asyncio.gather(*(dispose(ecm, later, dry_run=False) for _ in range(2)))
     assert sorted(r["id"] for run in runs for r in run if r["disposed"]) == sorted(d["id"] for d, _ in stored)
     async with ecm.uow() as uow:
         for doc, _ in stored:
@@ -112,14 +113,14 @@ async def test_a_disposal_that_fails_to_commit_deletes_no_bytes(ecm, monkeypatch
     with monkeypatch.context() as patched:
         patched.setattr(EcmUnitOfWork, "commit", lost_connection)
         try:
-            await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
+            await dispose(ecm, later, dry_run=False)
         except ConnectionResetError:
             pass
     async with ecm.uow() as uow:
         assert (await uow.documents.get(doc["id"]))["disposed_at"] is None
     assert ecm.content_store.path_for(sha).exists()
 
-    done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
+    done = await dispose(ecm, later, dry_run=False)
     assert [(r["id"], r["disposed"]) for r in done] == [(doc["id"], True)]
     assert not ecm.content_store.path_for(sha).exists()
 
@@ -143,7 +144,7 @@ async def test_a_document_sent_again_after_its_disposal_is_stored_as_a_new_one(e
     [(first, _, _), (second, _, _)] = await documents.store_many(
         ecm.uow, user_id="bridge", items=[arrived(ref, b"the proposal"), arrived(other_ref, b"another proposal")],
         retention=ecm.retention)
-    done = await documents.dispose_expired(ecm.uow(), ecm.content_store, now=later, actor="test", dry_run=False)
+    done = await dispose(ecm, later, dry_run=False)
     assert {r["id"] for r in done if r["disposed"]} == {first["id"], second["id"]}
 
     # The same bytes again, through the batch; other bytes, one by one.
@@ -167,3 +168,50 @@ async def test_a_document_sent_again_after_its_disposal_is_stored_as_a_new_one(e
         [stored] = await uow.history.of("document", again["id"])
         assert stored["data"]["replaces_disposed"] == first["id"]
         assert [h["action"] for h in await uow.history.of("document", first["id"])] == ["version_stored", "disposed"]
+
+
+async def test_retention_runs_from_a_documents_latest_version_and_its_latest_approval(ecm):
+    """Two proposals (3 years) stored two and a half years ago: one gets a new version
+    today, the other an approval that ends today. Retention ran from creation only, so a
+    disposal half a year on destroyed both, the second right after it had been approved.
+    Now each is kept until three years after its last use, and that date is stored."""
+    from sqlalchemy import update
+
+    from ecm_service.adapters import tables
+    from ecm_service.domain.approval import APPROVED
+    from tests.integration.test_approvals import decide, person, start
+
+    now = datetime.now(timezone.utc)
+    then = now - timedelta(days=913)  # two and a half years ago
+    versioned, _ = await _store(ecm, b"a proposal from back then", "proposal")
+    approval_id, approved = await start(ecm, doc_type="proposal")
+    for role in ("legal", "director"):
+        await decide(ecm, approval_id, await person(ecm, f"{role}-1", role))
+    async with ecm.uow() as uow:
+        assert (await uow.approvals.get(approval_id)).status == APPROVED
+    async with ecm.session_factory() as session, session.begin():  # both made back then
+        for doc in (versioned, approved):
+            await session.execute(update(tables.documents).where(tables.documents.c.id == doc["id"]).values(
+                created_at=then, retain_until=then.replace(year=then.year + 3)))
+            await session.execute(update(tables.document_versions).where(
+                tables.document_versions.c.document_id == doc["id"]).values(created_at=then))
+    sha, size = ecm.content_store.put(io.BytesIO(b"the proposal, revised"), max_bytes=10**6)
+    await store_version(ecm.uow(), user_id="u", doc_type="proposal", title="t", filename="f.txt",
+                        content_type="text/plain", sha256=sha, size=size, external_ref=None,
+                        document_id=versioned["id"], retention=ecm.retention)
+
+    in_a_year = now + timedelta(days=365)
+    preview = await dispose(ecm, in_a_year, dry_run=True)
+    done = await dispose(ecm, in_a_year, dry_run=False)
+    for run in (preview, done):
+        assert {r["id"]: (r["disposed"], r["reason"]) for r in run} == {
+            versioned["id"]: (False, "retention has not run out"), approved["id"]: (False, "retention has not run out")}
+        assert all(r["retain_until"] > now + timedelta(days=3 * 365 - 2) for r in run)
+    async with ecm.uow() as uow:
+        for doc in (versioned, approved):
+            stored = await uow.documents.get(doc["id"])
+            assert stored["disposed_at"] is None and stored["retain_until"] > now + timedelta(days=3 * 365 - 2)
+            assert [h["action"] for h in await uow.history.of("document", doc["id"])][-1] == "retention_renewed"
+    assert await dispose(ecm, in_a_year, dry_run=False) == []  # nothing past its renewed date now
+    done = await dispose(ecm, now + timedelta(days=3 * 366 + 1), dry_run=False)
+    assert {r["id"] for r in done if r["disposed"]} == {versioned["id"], approved["id"]}
