@@ -3,6 +3,7 @@ background relay and consumer started with the app and stopped with it."""
 
 from __future__ import annotations
 
+import errno
 import socket
 from contextlib import asynccontextmanager
 
@@ -65,6 +66,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
 
     for error in DATABASE_OUTAGES:
         app.add_exception_handler(error, _database_unavailable)
+    app.add_exception_handler(OSError, _storage_full)
 
     @app.get("/health", tags=["operations"])
     async def health():
@@ -125,6 +127,18 @@ async def _database_unavailable(request: Request, exc: Exception):
     return await answer(request, StarletteHTTPException(
         503, "the database is unavailable for a moment; try again shortly",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
+
+
+async def _storage_full(request: Request, exc: Exception):
+    """An upload that finds the disk full (or the quota used up) is answered 507 and says
+    so; the store has already removed its partial file (ContentStore.stage). Any other
+    OSError is still a 500. The bridge retries a 5xx, so a transfer resumes once space is
+    made."""
+    if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+        raise exc
+    log.error("storage_full", path=request.url.path)
+    answer = request.app.exception_handlers[StarletteHTTPException]
+    return await answer(request, StarletteHTTPException(507, "no space left to store the file; nothing was stored"))
 
 
 def _openapi_with_plain_422(app: FastAPI) -> dict:

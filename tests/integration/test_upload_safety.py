@@ -221,3 +221,51 @@ async def test_a_refused_bulk_load_upload_says_why_in_the_list_and_keeps_no_file
     assert (listed["e.csv"]["status"], listed["e.csv"]["error"]) == ("failed", "the file is empty")
     assert listed["b.csv"]["status"] == "failed" and "64" in listed["b.csv"]["error"]
     assert files_under(tmp_path / "imports") == set()
+
+
+class _FullDisk:
+    """A file in the content store on a disk with no space left: writing fails as the
+    kernel's ENOSPC does."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def write(self, _chunk):
+        import errno
+        import os
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_an_upload_to_a_full_disk_is_told_so_and_leaves_nothing(ecm_client, crm_client, monkeypatch):
+    """507 with a sentence, where it was a 500; the partial file is gone (the store's
+    files are as before), and the same upload succeeds once there is space again."""
+    from infra import content_store
+
+    (ecm, ecm_root), (crm, crm_root, deal_id) = ecm_client, crm_client
+    before = files_under(ecm_root) | files_under(crm_root)
+    real_fdopen = content_store.os.fdopen
+    monkeypatch.setattr(content_store.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode)))
+    single = await ecm.post("/api/documents", data={"doc_type": "contract", "title": "t"},
+                            files={"file": ("a.pdf", b"contract bytes")})
+    manifest = json.dumps([{"external_ref": "crm:full-1", "doc_type": "contract", "title": "t",
+                            "sha256": hashlib.sha256(b"contract bytes").hexdigest()}])
+    batch = await ecm.post("/api/documents/batch", data={"manifest": manifest},
+                           files=[("files", ("a.pdf", b"contract bytes"))])
+    crm_upload = await crm.post(f"/api/deals/{deal_id}/documents", data={"doc_type": "contract"},
+                                files={"file": ("a.pdf", b"contract bytes")})
+    for answer in (single, batch, crm_upload):
+        assert answer.status_code == 507, answer.text
+        assert answer.json() == {"detail": "no space left to store the file; nothing was stored"}
+    assert files_under(ecm_root) | files_under(crm_root) == before
+
+    monkeypatch.setattr(content_store.os, "fdopen", real_fdopen)
+    again = await ecm.post("/api/documents", data={"doc_type": "contract", "title": "t"},
+                           files={"file": ("a.pdf", b"contract bytes")})
+    assert again.status_code == 201
