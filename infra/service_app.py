@@ -3,6 +3,7 @@ background relay and consumer started with the app and stopped with it."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 from contextlib import asynccontextmanager
@@ -31,11 +32,11 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await start_producer(container.producer, settings.kafka_bootstrap_servers, settings.topic_partitions,
-                             replication=settings.topic_replication)
         await container.on_startup()
         tasks = BackgroundTasks()
-        tasks.spawn("outbox-relay", container.relay().run_forever())
+        # The API serves at once, broker or not: the events wait in the outbox and the
+        # relay starts once the producer is up (see _start_messaging).
+        tasks.spawn("messaging", _start_messaging(container, tasks))
         tasks.spawn("command-consumer", container.command_consumer().run_forever())
         tasks.spawn("messaging-pruning", container.pruning())
         for i, job in enumerate(container.background_jobs()):
@@ -68,6 +69,12 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         app.add_exception_handler(error, _database_unavailable)
     app.add_exception_handler(OSError, _storage_full)
 
+    @app.get("/live", tags=["operations"])
+    async def live():
+        """Liveness: the process answers. Nothing it depends on is checked, so that an
+        outage of the database or the broker does not get every replica restarted."""
+        return {"live": True, "service": service}
+
     @app.get("/health", tags=["operations"])
     async def health():
         db_ok = await database_reachable(container.engine)
@@ -80,10 +87,13 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
 
     @app.get("/ready", tags=["operations"])
     async def ready():
+        """Ready to serve its users: the database is reachable and migrated. The broker is
+        reported but not required: while it is away, what users do is kept in the outbox
+        and goes out when it is back, so sales and approvers keep working."""
         db_ok = await database_reachable(container.engine)
         broker_ok = await broker_reachable(container.producer)
         migrated = db_ok and await migrations_at_head(container.engine, container.migrations_dir)
-        ok = db_ok and broker_ok and migrated
+        ok = db_ok and migrated
         return JSONResponse(
             status_code=200 if ok else 503,
             content={"ready": ok, "database": db_ok, "broker": broker_ok, "migrations_at_head": migrated},
@@ -97,6 +107,23 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         app.include_router(router)
     app.openapi = lambda: _openapi_with_plain_422(app)
     return app
+
+
+async def _start_messaging(container, tasks: BackgroundTasks) -> None:
+    """The topics and the producer, tried until the broker answers, then the outbox relay.
+    Before, a service whose broker was away at start did not serve at all: its start
+    waited 60 s for the broker, then failed."""
+    settings = container.settings
+    while True:
+        try:
+            await start_producer(container.producer, settings.kafka_bootstrap_servers, settings.topic_partitions,
+                                 replication=settings.topic_replication)
+            break
+        except Exception as exc:
+            log.warning("broker_unreachable", error=str(exc), error_class=type(exc).__name__)
+            await asyncio.sleep(1.0)
+    log.info("producer_started")
+    tasks.spawn("outbox-relay", container.relay().run_forever())
 
 
 # What a database outage raises: asyncpg's connect errors come as they are (refused,

@@ -178,6 +178,9 @@ def test_kubernetes_manifests_wire_the_same_way():
         main = pod["containers"][0]
         probe = main["readinessProbe"]["httpGet"]["path"]
         assert probe == ("/health" if name == "bridge" else "/ready")
+        # Liveness asks only whether the process answers: an outage of the database or
+        # the broker must not get every replica restarted.
+        assert main["livenessProbe"]["httpGet"]["path"] == ("/health" if name == "bridge" else "/live")
         if name != "bridge":
             assert pod["initContainers"][0]["command"][-1] == "migrate"
             assert by_kind["Service"][name]["spec"]["ports"][0]["port"] == main["ports"][0]["containerPort"]

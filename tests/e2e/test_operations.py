@@ -216,3 +216,40 @@ def test_transferring_responsibility_moves_in_flight_approvals_to_the_new_manage
     anna_news = [n for n in api.crm("sales-anna", "GET", "/api/notifications").json()
                  if n["approval_request_id"] == flow["request"]["id"]]
     assert not any("finance" in n["text"] for n in anna_news)
+
+
+def test_a_service_started_while_the_broker_is_away_serves_its_users_and_catches_up(api, system):
+    """The CRM restarts while the broker does not answer (frozen with SIGSTOP). It is
+    ready within seconds (database yes, broker no), its liveness holds, a rep's approval
+    request is accepted and kept in the outbox, and once the broker answers again it goes
+    through. Before, the CRM's start waited 60 s for the broker and then failed: a
+    broker outage kept sales out of the CRM."""
+    import signal
+
+    flow = create_deal_with_document(api, name="ООО «Без брокера»")
+    broker = system.processes["broker"]
+    broker.send_signal(signal.SIGSTOP)
+    try:
+        system.kill("crm")
+        system.start_process("crm")
+        started = time.monotonic()
+        wait_until(lambda: _status(f"{system.crm_url}/ready") == 200, timeout=30, interval=0.5,
+                   message="the CRM ready without its broker")
+        ready_after = time.monotonic() - started
+        assert httpx.get(f"{system.crm_url}/ready", timeout=10).json() == {
+            "ready": True, "database": True, "broker": False, "migrations_at_head": True}
+        assert _status(f"{system.crm_url}/health") == 503 and _status(f"{system.crm_url}/live") == 200
+        request_approval(api, flow)
+        assert crm_approval(api, flow)["status"] == "requested"
+    finally:
+        broker.send_signal(signal.SIGCONT)
+    wait_crm_status(api, flow, "in_progress", "legal", timeout=120)
+    system.wait_healthy(names=("crm",), timeout=60)
+    print(f"\nthe CRM was ready {ready_after:.1f} s after its start, the broker frozen")
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=10).status_code
+    except httpx.HTTPError:
+        return None
