@@ -6,9 +6,11 @@ from pathlib import Path
 
 from ecm_service.adapters import tables
 from ecm_service.adapters.history import verify_chain
+from ecm_service.adapters.repositories import content_holders
 from ecm_service.config import EcmSettings
 from ecm_service.entrypoints.demo_data import seed_demo_data
 from ecm_service.service_layer.bulk_load import run_job, start_job
+from infra.content_check import verify_content_command
 from infra.db import make_engine, make_session_factory
 from infra.service_cli import run_cli
 
@@ -77,5 +79,6 @@ sys.exit(run_cli(
                            verify_history),
         "bulk-load": ("load counterparties from an accounting export (re-runs update, never duplicate)",
                       bulk_load_arguments, bulk_load),
+        "verify-content": verify_content_command(content_holders(), "content_dir"),
     },
 ))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy import bindparam, exists, func, insert, literal, select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.model import (
@@ -228,3 +228,11 @@ class ActivityRepository(TableRepository):
         if ids:
             await self.session.execute(update(t).where(t.c.id.in_(ids)).values(owner_id=new_owner_id))
         return ids
+
+
+def content_holders() -> list:
+    """What names the file store's files: each document's current file and its earlier
+    versions."""
+    d, v = tables.documents, tables.document_versions
+    return [select(d.c.sha256, literal("document"), d.c.id, d.c.version_no),
+            select(v.c.sha256, literal("document"), v.c.document_id, v.c.version_no)]

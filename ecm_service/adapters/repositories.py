@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters import tables
@@ -545,3 +545,14 @@ class ApprovalRepository:
                 await self.session.execute(update(a).where(a.c.id == values.pop("id")).values(**values))
         await self._insert_places([p for p in approval.assignments if p.id not in stored])
         approval._stored_places = {p.id for p in approval.assignments}
+
+
+def content_holders() -> list:
+    """What names the content store's files: the versions of documents not disposed of,
+    and the stored copies of the auditors' reports."""
+    d, v, r = tables.documents, tables.document_versions, tables.report_snapshots
+    return [
+        select(v.c.sha256, literal("document"), v.c.document_id, v.c.version_no)
+        .select_from(v.join(d, d.c.id == v.c.document_id)).where(d.c.disposed_at.is_(None)),
+        select(r.c.sha256, literal("reconciliation report"), r.c.run_id, literal(None)),
+    ]
