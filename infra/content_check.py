@@ -13,9 +13,11 @@ period is not part of any upload in progress."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -70,8 +72,8 @@ async def check_content(
     await _name_the_records(sessions, holders, report)
 
     cutoff = time.time() - grace_hours * 3600
-    for path in sorted(store.root.glob("*/*")) + sorted(store.root.glob(f"{PARTIAL_PREFIX}*")):
-        if not path.is_file() or path.name in needed:
+    for path in _stored_files(store):
+        if path.name in needed:
             continue
         if path.stat().st_mtime > cutoff:
             report.young_orphans += 1
@@ -82,6 +84,19 @@ async def check_content(
             path.unlink(missing_ok=True)
             report.removed.append(path.name)
     return report
+
+
+def _stored_files(store: ContentStore) -> Iterator[Path]:
+    """Every file of the store, a subdirectory at a time (a store of millions of files is
+    never listed whole), and the partial uploads at its root."""
+    if not store.root.exists():
+        return
+    for entry in sorted(os.scandir(store.root), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False):
+            with os.scandir(entry.path) as files:
+                yield from (Path(f.path) for f in files if f.is_file(follow_symlinks=False))
+        elif entry.name.startswith(PARTIAL_PREFIX) and entry.is_file(follow_symlinks=False):
+            yield Path(entry.path)
 
 
 async def _name_the_records(sessions: async_sessionmaker, holders: Sequence[Select], report: ContentReport) -> None:
