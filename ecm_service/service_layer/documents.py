@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,6 +183,28 @@ async def set_legal_hold(uow: EcmUnitOfWork, *, document_id: str, hold: bool, us
         return await uow.documents.get(document_id)
 
 
+# Content written this recently is not deleted by a disposal: it may be the bytes of an
+# upload whose transaction has not committed yet (the bytes go into the store first), which
+# the disposal cannot see. `verify-content --remove-orphans` deletes it later if nothing
+# came to need it.
+RECENTLY_WRITTEN_SECONDS = 3600
+
+
+def _written(path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
+def _delete_unless_written_again(path, seen: os.stat_result | None) -> None:
+    """After the disposal's commit: the file it decided about, unless an upload of the same
+    bytes has written it again since (every upload writes a new file)."""
+    now = _written(path)
+    if now is not None and seen is not None and (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
+        path.unlink(missing_ok=True)
+
+
 async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, actor: str,
                           dry_run: bool, retention: dict[str, int]) -> list[dict]:
     """Disposes of every document whose retention has run out and that nothing keeps:
@@ -189,7 +213,10 @@ async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, a
     are read: a legal hold put at that moment either commits first and keeps its document,
     or waits and is refused on a disposed one (before, the disposal went on from what it
     had read and destroyed the held document); two disposals at once dispose of each
-    document once. Bytes are deleted after the commit, never before it.
+    document once. Bytes are deleted after the commit, never before it, and not when they
+    were written within the last hour or again since the disposal looked at them: the
+    same bytes uploaded for another document at that moment stay (before, a disposal
+    could delete the bytes of a version committed just after it had looked).
 
     Retention runs from a document's last use (domain.retention.renewed): one whose
     latest version or latest approval came later than its creation is kept until its
@@ -221,14 +248,21 @@ async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, a
             if dry_run:
                 continue
             await uow.documents.update_document(document["id"], disposed_at=now)
-            deleted = []
+            deleted, kept = [], []
             for version in versions:
-                if not await uow.documents.content_used_elsewhere(version["sha256"], document["id"]):
-                    # Deleted once the disposal has committed: a transaction that fails
-                    # leaves its documents live, and so must it leave their bytes.
-                    uow.after_commit(partial(content_store.path_for(version["sha256"]).unlink, missing_ok=True))
-                    deleted.append(version["sha256"])
+                if await uow.documents.content_used_elsewhere(version["sha256"], document["id"]):
+                    continue
+                path = content_store.path_for(version["sha256"])
+                written = _written(path)
+                if written is not None and written.st_mtime > time.time() - RECENTLY_WRITTEN_SECONDS:
+                    kept.append(version["sha256"])  # an upload of the same bytes may be on its way
+                    continue
+                # Deleted once the disposal has committed: a transaction that fails leaves
+                # its documents live, and so must it leave their bytes.
+                uow.after_commit(partial(_delete_unless_written_again, path, written))
+                deleted.append(version["sha256"])
             await uow.history.append(entity_type=DOCUMENT, entity_id=document["id"], action="disposed", actor=actor,
-                                     data={"versions": len(versions), "content_deleted": deleted}, at=now)
+                                     data={"versions": len(versions), "content_deleted": deleted,
+                                           **({"content_kept_recently_written": kept} if kept else {})}, at=now)
         await uow.commit()
     return results

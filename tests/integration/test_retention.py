@@ -4,6 +4,8 @@ never both accepted and ignored."""
 
 import asyncio
 import io
+import os
+import time
 from datetime import datetime, timedelta, timezone
 
 from ecm_service.adapters.repositories import ApprovalRepository
@@ -16,8 +18,16 @@ async def dispose(ecm, now: datetime, *, dry_run: bool) -> list[dict]:
                                            retention=ecm.retention)
 
 
+def written_long_ago(path) -> None:
+    """A document past its retention had its bytes written years ago; a disposal keeps
+    bytes written within the last hour (an upload of them may be on its way)."""
+    then = time.time() - 2 * documents.RECENTLY_WRITTEN_SECONDS
+    os.utime(path, (then, then))
+
+
 async def _store(ecm, content: bytes, doc_type: str):
     sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
+    written_long_ago(ecm.content_store.path_for(sha))
     doc, _, _ = await store_version(ecm.uow(), user_id="u", doc_type=doc_type, title="t", filename="f.txt",
                                     content_type="text/plain", sha256=sha, size=size, external_ref=None,
                                     retention=ecm.retention)
@@ -215,3 +225,41 @@ async def test_retention_runs_from_a_documents_latest_version_and_its_latest_app
     assert await dispose(ecm, in_a_year, dry_run=False) == []  # nothing past its renewed date now
     done = await dispose(ecm, now + timedelta(days=3 * 366 + 1), dry_run=False)
     assert {r["id"] for r in done if r["disposed"]} == {versioned["id"], approved["id"]}
+
+
+async def test_bytes_uploaded_again_as_their_document_is_disposed_of_stay(ecm, monkeypatch):
+    """A proposal past its retention is being disposed of while someone uploads the very
+    same file as a new document: its bytes go into the store, then its transaction
+    commits after the disposal has looked for other documents that need them. The
+    disposal deleted the bytes, and the new document's version had none. Now bytes
+    written again after the disposal looked are not deleted, nor are bytes written within
+    the hour before (an orphan for verify-content if nothing comes to need them)."""
+    from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
+
+    later = datetime.now(timezone.utc) + timedelta(days=4 * 366)
+    same = b"the same commercial proposal"
+    expired, sha = await _store(ecm, same, "proposal")
+    real_commit = EcmUnitOfWork.commit
+
+    async def upload_meanwhile(self):
+        ecm.content_store.put(io.BytesIO(same), max_bytes=10**6)  # the upload's bytes, before its transaction
+        await real_commit(self)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(EcmUnitOfWork, "commit", upload_meanwhile)
+        done = await dispose(ecm, later, dry_run=False)
+    _, version, created = await store_version(
+        ecm.uow(), user_id="u", doc_type="contract", title="t", filename="kp.txt", content_type="text/plain",
+        sha256=sha, size=len(same), external_ref=None, retention=ecm.retention)
+    assert [(r["id"], r["disposed"]) for r in done] == [(expired["id"], True)] and created
+    assert ecm.content_store.verified_path(version["sha256"]).read_bytes() == same
+
+    # Bytes written within the hour before the disposal stay too, and its history says so.
+    other, other_sha = await _store(ecm, b"a proposal re-uploaded an hour ago", "proposal")
+    ecm.content_store.put(io.BytesIO(b"a proposal re-uploaded an hour ago"), max_bytes=10**6)
+    await dispose(ecm, later, dry_run=False)
+    assert ecm.content_store.path_for(other_sha).exists()
+    async with ecm.uow() as uow:
+        [*_, disposal] = await uow.history.of("document", other["id"])
+    assert disposal["action"] == "disposed" and disposal["data"]["content_deleted"] == []
+    assert disposal["data"]["content_kept_recently_written"] == [other_sha]
