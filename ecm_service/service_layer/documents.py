@@ -104,6 +104,7 @@ class Arrived:
     size: int
 
 
+@rerun_on_conflict
 async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, items: list[Arrived],
                      retention: dict[str, int] | None = None) -> list[tuple[dict, dict, bool]]:
     """`store_version` for many files under external refs, in order, with the same answers
@@ -113,7 +114,10 @@ async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, item
     (which re-opens its approvals), a ref whose document was disposed of, and a ref
     repeated within the batch go through
     `store_version` one by one afterwards. Returns (document, version, created) per item;
-    the document holds its id, doc type and title."""
+    the document holds its id, doc type and title. Two batches carrying the same new ref
+    at once (a transfer retried while the first attempt is still running, a rebalance
+    between bridge workers) do not clash: the later runs again on what the other
+    committed and answers its document (rerun_on_conflict; before, a 500)."""
     now = datetime.now(timezone.utc)
     results: list[tuple[dict, dict, bool] | None] = [None] * len(items)
     later: list[int] = []

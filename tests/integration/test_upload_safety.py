@@ -164,6 +164,25 @@ async def test_ecm_batch_upload_answers_each_file_as_the_single_upload_would(ecm
                                                                                   b"echo")}
 
 
+async def test_the_same_batch_sent_several_times_at_once_stores_each_file_once(ecm_client):
+    """A transfer retried while its first attempt still runs: batches with the same new
+    refs at the same moment. The later ones broke the ref's key and answered 500; now
+    each runs again and answers the document the first one stored."""
+    import asyncio
+
+    client, root = ecm_client
+    ref = f"crm:{uuid.uuid4().hex[:8]}"
+    items = [(f"{ref}-{i}", f"{i}.txt", f"file {i} {ref}".encode(), None) for i in range(5)]
+    answers = await asyncio.gather(*(_batch(client, items) for _ in range(4)))
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    stored = [[(item["id"], item["version_id"]) for item in a.json()] for a in answers]
+    assert all(s == stored[0] for s in stored) and len({i for i, _ in stored[0]}) == 5
+    assert sum(item["created"] for a in answers for item in a.json()) == 5
+    for i in range(5):
+        listed = (await client.get("/api/documents", params={"external_ref": f"{ref}-{i}"})).json()
+        assert [doc["id"] for doc in listed] == [stored[0][i][0]]
+
+
 async def test_ecm_batch_upload_refuses_a_malformed_or_oversized_batch_whole(ecm_client):
     client, root = ecm_client
     files = [("files", ("a.txt", b"alpha", "text/plain"))]
