@@ -41,6 +41,14 @@ TRANSFERS = Counter(
 APPROVALS_BY_STATE = Gauge("ecm_approvals", "ECM approvals by state", ["state"])
 PAUSED = Gauge("bridge_direction_paused", "1 while an operator has paused the direction", ["direction"])
 
+DEPENDENCY_UP = Gauge(
+    "service_dependency_up", "1 while the service reaches its dependency (checked every 15 s and on /health)",
+    ["service", "dependency"],  # dependency: database | broker
+)
+REQUESTS_REFUSED = Counter(
+    "service_requests_refused_total", "Requests answered 503 (the database away) or 507 (no space left to store "
+    "a file)", ["service", "reason"],  # reason: database_unavailable | storage_full
+)
 DB_ROUND_TRIPS = Counter(
     "db_round_trips_total", "Requests this process sent to its database and waited for: statements "
     "(a multi-row insert counts once), BEGIN, COMMIT and ROLLBACK",

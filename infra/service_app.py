@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from infra import business_day
 from infra.db import database_reachable, migrations_at_head
 from infra.kafka import broker_reachable
+from infra.metrics import DEPENDENCY_UP, REQUESTS_REFUSED
 from infra.runtime import REQUEST_JOBS, BackgroundTasks, settle_garbage_collector, start_producer
 from infra.web import CorrelationIdMiddleware, RejectUnstorableText
 
@@ -39,6 +40,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         tasks.spawn("messaging", _start_messaging(container, tasks))
         tasks.spawn("command-consumer", container.command_consumer().run_forever())
         tasks.spawn("messaging-pruning", container.pruning())
+        tasks.spawn("dependency-probe", _probe_dependencies(container, service))
         for i, job in enumerate(container.background_jobs()):
             tasks.spawn(f"job-{i}", job)
         frozen = settle_garbage_collector(settings.gc_gen0_threshold)
@@ -56,8 +58,12 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
             await container.engine.dispose()
             log.info("service_stopped")
 
+    for reason in ("database_unavailable", "storage_full"):  # series from the start, for the alerts
+        REQUESTS_REFUSED.labels(service, reason)
+
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.container = container
+    app.state.service = service
     app.add_middleware(RejectUnstorableText)
     app.add_middleware(CorrelationIdMiddleware, service=service)
 
@@ -77,8 +83,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
 
     @app.get("/health", tags=["operations"])
     async def health():
-        db_ok = await database_reachable(container.engine)
-        broker_ok = await broker_reachable(container.producer)
+        db_ok, broker_ok = await _dependencies_up(container, service)
         status = "ok" if db_ok and broker_ok else "degraded"
         return JSONResponse(
             status_code=200 if status == "ok" else 503,
@@ -107,6 +112,28 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         app.include_router(router)
     app.openapi = lambda: _openapi_with_plain_422(app)
     return app
+
+
+DEPENDENCY_PROBE_SECONDS = 15.0
+
+
+async def _dependencies_up(container, service: str) -> tuple[bool, bool]:
+    db_ok = await database_reachable(container.engine)
+    broker_ok = await broker_reachable(container.producer)
+    DEPENDENCY_UP.labels(service, "database").set(1 if db_ok else 0)
+    DEPENDENCY_UP.labels(service, "broker").set(1 if broker_ok else 0)
+    return db_ok, broker_ok
+
+
+async def _probe_dependencies(container, service: str) -> None:
+    """service_dependency_up, kept current without traffic (the DatabaseUnreachable alert
+    reads it): a process that answers /metrics but cannot reach its database serves no one."""
+    while True:
+        try:
+            await _dependencies_up(container, service)
+        except Exception as exc:  # noqa: BLE001 - a probe must not die
+            log.warning("dependency_probe_failed", error=str(exc))
+        await asyncio.sleep(DEPENDENCY_PROBE_SECONDS)
 
 
 async def _start_messaging(container, tasks: BackgroundTasks) -> None:
@@ -150,6 +177,7 @@ async def _database_unavailable(request: Request, exc: Exception):
     if not database_unavailable(exc):
         raise exc
     log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+    REQUESTS_REFUSED.labels(request.app.state.service, "database_unavailable").inc()
     answer = request.app.exception_handlers[StarletteHTTPException]  # the pages' own, where a service has pages
     return await answer(request, StarletteHTTPException(
         503, "the database is unavailable for a moment; try again shortly",
@@ -164,6 +192,7 @@ async def _storage_full(request: Request, exc: Exception):
     if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
         raise exc
     log.error("storage_full", path=request.url.path)
+    REQUESTS_REFUSED.labels(request.app.state.service, "storage_full").inc()
     answer = request.app.exception_handlers[StarletteHTTPException]
     return await answer(request, StarletteHTTPException(507, "no space left to store the file; nothing was stored"))
 

@@ -128,9 +128,16 @@ def test_prometheus_scrapes_every_process_and_every_rule_evaluates_cleanly_on_a_
     loaded = rules(prometheus)
     assert sorted(r["name"] for r in loaded) == sorted(r["alert"] for r in alerts.rule_list())
     assert [(r["name"], r["health"], r.get("lastError")) for r in loaded if r["health"] != "ok"] == []
-    # What the rules read is there: the outbox ages of both services and the bridge's pause gauge.
+    # What the rules read is there: the outbox ages of both services, their dependencies
+    # and refusals, and the bridge's pause gauge.
     ages = query(prometheus, "query", query="bridge_outbox_oldest_unsent_age_seconds")["result"]
     assert {series["metric"]["service"] for series in ages} == {"crm", "ecm"}
+    reached = query(prometheus, "query", query="service_dependency_up")["result"]
+    assert {(s["metric"]["service"], s["metric"]["dependency"]): s["value"][1] for s in reached} == {
+        (service, dependency): "1" for service in ("crm", "ecm") for dependency in ("database", "broker")}
+    refused = query(prometheus, "query", query="service_requests_refused_total")["result"]
+    assert {(s["metric"]["service"], s["metric"]["reason"], s["value"][1]) for s in refused} == {
+        (service, reason, "0") for service in ("crm", "ecm") for reason in ("database_unavailable", "storage_full")}
     pauses = query(prometheus, "query", query="bridge_direction_paused")["result"]
     assert {s["metric"]["direction"]: s["value"][1] for s in pauses} == {"crm-to-ecm": "0", "ecm-to-crm": "0"}
     # Nothing fires or is pending on a healthy system.

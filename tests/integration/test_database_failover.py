@@ -53,6 +53,13 @@ async def test_a_call_that_finds_the_database_away_is_told_to_retry_not_given_a_
     away = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/away"
     crm = crm_app(CrmSettings(database_url=away, files_dir=tmp_path / "files", imports_dir=tmp_path / "imports"))
     ecm = ecm_app(EcmSettings(database_url=away, content_dir=tmp_path / "content", imports_dir=tmp_path / "i"))
+    from prometheus_client import REGISTRY
+
+    def refused(service: str) -> float:
+        return REGISTRY.get_sample_value("service_requests_refused_total",
+                                         {"service": service, "reason": "database_unavailable"})
+
+    before = {service: refused(service) for service in ("crm", "ecm")}
     headers = {"Authorization": "Bearer some-token"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=crm), base_url="http://crm") as client:
         api = await client.get("/api/organizations", headers=headers)
@@ -64,5 +71,6 @@ async def test_a_call_that_finds_the_database_away_is_told_to_retry_not_given_a_
         assert answer.json() == {"detail": "the database is unavailable for a moment; try again shortly"}
     assert page.status_code == 503 and page.headers["Retry-After"] == "5"
     assert "text/html" in page.headers["content-type"] and "the database is unavailable" in page.text
+    assert {service: refused(service) - before[service] for service in before} == {"crm": 2, "ecm": 1}
     for app in (crm, ecm):
         await app.state.container.engine.dispose()

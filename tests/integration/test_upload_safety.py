@@ -265,10 +265,18 @@ class _FullDisk:
 async def test_an_upload_to_a_full_disk_is_told_so_and_leaves_nothing(ecm_client, crm_client, monkeypatch):
     """507 with a sentence, where it was a 500; the partial file is gone (the store's
     files are as before), and the same upload succeeds once there is space again."""
+    from prometheus_client import REGISTRY
+
     from infra import content_store
+
+    def refused() -> dict:
+        return {service: REGISTRY.get_sample_value("service_requests_refused_total",
+                                                   {"service": service, "reason": "storage_full"})
+                for service in ("crm", "ecm")}
 
     (ecm, ecm_root), (crm, crm_root, deal_id) = ecm_client, crm_client
     before = files_under(ecm_root) | files_under(crm_root)
+    counted = refused()
     real_fdopen = content_store.os.fdopen
     monkeypatch.setattr(content_store.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode)))
     single = await ecm.post("/api/documents", data={"doc_type": "contract", "title": "t"},
@@ -283,6 +291,7 @@ async def test_an_upload_to_a_full_disk_is_told_so_and_leaves_nothing(ecm_client
         assert answer.status_code == 507, answer.text
         assert answer.json() == {"detail": "no space left to store the file; nothing was stored"}
     assert files_under(ecm_root) | files_under(crm_root) == before
+    assert {service: n - counted[service] for service, n in refused().items()} == {"crm": 1, "ecm": 2}
 
     monkeypatch.setattr(content_store.os, "fdopen", real_fdopen)
     again = await ecm.post("/api/documents", data={"doc_type": "contract", "title": "t"},
