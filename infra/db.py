@@ -58,7 +58,7 @@ def _closed_by_the_server(dbapi_connection, _record, _proxy) -> None:
     asyncpg reads as it comes, so the pool can tell without a round trip (unlike
     pool_pre_ping, above); the pool then connects afresh (up to three tries). Before,
     the first call on each such connection failed: an API call answered 500."""
-    if dbapi_connection._connection.is_closed():
+    if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the database server closed this connection")
 
 

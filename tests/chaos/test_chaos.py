@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import SALES
-from tests.support.databases import _admin
+from tests.support.databases import end_connections
 from tests.support.polling import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
@@ -95,8 +94,7 @@ def test_nothing_is_lost_or_doubled_through_kills_stops_and_a_frozen_broker(syst
         note("broker frozen (SIGSTOP) for 20 s and resumed")
         time.sleep(3)
         for url in (crm, ecm):  # as a PostgreSQL restart or failover does
-            asyncio.run(_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                               f"WHERE datname = '{make_url(url).database}' AND pid <> pg_backend_pid()"))
+            asyncio.run(end_connections(url))
         note("every database connection of the CRM and the ECM ended by the server")
 
     # The requests go out from a helper thread; the kills and restarts stay on this thread:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from infra.db import upgrade_to_head
 
@@ -47,6 +48,14 @@ async def _admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def end_connections(url: str) -> None:
+    """Every connection to the database of `url` ended by the server, as a PostgreSQL
+    restart or failover ends them (`pg_terminate_backend`)."""
+    name = make_url(url).database
+    await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' "
+                 "AND pid <> pg_backend_pid()")
 
 
 def create_pg_database(prefix: str, template: str | None = None) -> tuple[str, str]:
