@@ -177,11 +177,9 @@ async def _database_unavailable(request: Request, exc: Exception):
     if not database_unavailable(exc):
         raise exc
     log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
-    REQUESTS_REFUSED.labels(request.app.state.service, "database_unavailable").inc()
-    answer = request.app.exception_handlers[StarletteHTTPException]  # the pages' own, where a service has pages
-    return await answer(request, StarletteHTTPException(
-        503, "the database is unavailable for a moment; try again shortly",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
+    return await _refused(request, "database_unavailable", 503,
+                          "the database is unavailable for a moment; try again shortly",
+                          headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 async def _storage_full(request: Request, exc: Exception):
@@ -192,9 +190,15 @@ async def _storage_full(request: Request, exc: Exception):
     if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
         raise exc
     log.error("storage_full", path=request.url.path)
-    REQUESTS_REFUSED.labels(request.app.state.service, "storage_full").inc()
+    return await _refused(request, "storage_full", 507, "no space left to store the file; nothing was stored")
+
+
+async def _refused(request: Request, reason: str, status: int, detail: str, headers: dict | None = None):
+    """Counted (service_requests_refused_total), then answered as any HTTP refusal is:
+    by the pages' own handler where a service has pages, JSON on the API."""
+    REQUESTS_REFUSED.labels(request.app.state.service, reason).inc()
     answer = request.app.exception_handlers[StarletteHTTPException]
-    return await answer(request, StarletteHTTPException(507, "no space left to store the file; nothing was stored"))
+    return await answer(request, StarletteHTTPException(status, detail, headers=headers))
 
 
 def _openapi_with_plain_422(app: FastAPI) -> dict:
