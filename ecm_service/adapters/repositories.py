@@ -387,13 +387,15 @@ class DocumentRepository:
         if versions:
             await self.session.execute(insert(tables.document_versions), versions)
 
-    async def disposed_among(self, document_ids: list[str]) -> set[str]:
-        """Those of the documents that were disposed of."""
+    async def to_look_at_again(self, document_ids: list[str], *, retention_ends_by: datetime) -> set[str]:
+        """Those of the documents that were disposed of or whose retention ends by then
+        (a transfer looks at them again under their lock)."""
         t = tables.documents
         found: set[str] = set()
         for start in range(0, len(document_ids), 1000):
             found.update((await self.session.execute(select(t.c.id).where(
-                t.c.id.in_(document_ids[start:start + 1000]), t.c.disposed_at.is_not(None)))).scalars())
+                t.c.id.in_(document_ids[start:start + 1000]),
+                or_(t.c.disposed_at.is_not(None), t.c.retain_until <= retention_ends_by)))).scalars())
         return found
 
     async def latest_versions(self, document_ids: list[str]) -> dict[str, dict]:

@@ -6,10 +6,16 @@ of its latest approval, whichever came last."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 FALLBACK = "default"
+
+# A document stored again (a CRM transfer naming its bytes anew, a new version) whose
+# retention ends this soon has it counted from then: the approval that follows the transfer may take this
+# long to arrive (a consumer's outage), and the disposal must not take the document
+# from under it meanwhile.
+RENEWED_WHEN_ENDING_WITHIN = timedelta(days=30)
 
 
 def load_retention(path: Path) -> dict[str, int]:
@@ -40,6 +46,17 @@ def renewed(document: dict, *, years: int | None, last_used_at: list[datetime | 
     if stored is None or years is None:
         return stored
     return max([stored, *(retain_until(at, years) for at in last_used_at if at is not None)])
+
+
+def renewed_when_stored_again(document: dict, *, years: int | None, now: datetime) -> datetime | None:
+    """The new end of retention of a document stored again now, when its retention ends
+    within RENEWED_WHEN_ENDING_WITHIN (None when it needs no renewal: far off, none at all,
+    or no later date to give)."""
+    stored = document.get("retain_until")
+    if stored is None or years is None or stored > now + RENEWED_WHEN_ENDING_WITHIN:
+        return None
+    until = retain_until(now, years)
+    return until if until > stored else None
 
 
 def disposal_blocker(document: dict, *, now: datetime, approvals_in_flight: int) -> str | None:

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 
-from ecm_service.domain.retention import disposal_blocker, renewed, retain_until, years_for
+from ecm_service.domain.retention import (
+    RENEWED_WHEN_ENDING_WITHIN,
+    disposal_blocker,
+    renewed,
+    renewed_when_stored_again,
+    retain_until,
+    years_for,
+)
 from ecm_service.service_layer.approvals import reopen_for_new_version
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra.retrying import rerun_on_conflict
@@ -42,7 +49,7 @@ async def store_version(
     entry names the disposed one), so that nothing, an approval least of all, goes on with
     a document whose content is gone."""
     now = datetime.now(timezone.utc)
-    by_ref, replaces = False, None
+    by_ref, replaces, document = False, None, None
     async with uow:
         if document_id is not None:
             document = await uow.documents.get(document_id, for_update=True)
@@ -52,12 +59,16 @@ async def store_version(
                 raise DocumentGone(f"document {document_id} was disposed of")
         elif external_ref:
             document_id = await uow.external_refs.find(DOCUMENT, external_ref)
-            if document_id is not None and (await uow.documents.get(document_id, for_update=True))["disposed_at"]:
-                # Its earlier document was disposed of after its retention; the bytes that
-                # came again make a new document, and the ref moves to it.
-                await uow.external_refs.detach(DOCUMENT, external_ref)
-                replaces, document_id = document_id, None
+            if document_id is not None:
+                document = await uow.documents.get(document_id, for_update=True)
+                if document["disposed_at"]:
+                    # Its earlier document was disposed of after its retention; the bytes
+                    # that came again make a new document, and the ref moves to it.
+                    await uow.external_refs.detach(DOCUMENT, external_ref)
+                    replaces, document_id, document = document_id, None, None
             by_ref = document_id is not None
+        renewed_now = document is not None and await _renew_when_ending(
+            uow, document, years=years_for(retention, document["doc_type"]), now=now, actor=f"user:{user_id}")
         if document_id:
             versions = await uow.documents.versions(document_id)
             # Under an external ref, bytes the document already had are that version: a
@@ -65,6 +76,8 @@ async def store_version(
             # approval back to old bytes).
             same = [v for v in (versions if by_ref else versions[-1:]) if v["sha256"] == sha256]
             if same:
+                if renewed_now:
+                    await uow.commit()
                 return await uow.documents.get(document_id), same[-1], False
             version_no = len(versions) + 1
         else:
@@ -91,6 +104,24 @@ async def store_version(
     return document, version, True
 
 
+async def _renew_when_ending(uow: EcmUnitOfWork, document: dict, *, years: int | None, now: datetime,
+                             actor: str) -> bool:
+    """A live document stored again (under its lock) whose retention ends soon keeps it
+    counted from now (domain.retention.renewed_when_stored_again), so that a disposal
+    cannot take it from under the approval its transfer is for; that approval's start may
+    still be on its way. Before, a transfer answered a document past its retention and a
+    disposal running before the approval's start disposed of it: the approval went on with
+    content that answers 410."""
+    until = renewed_when_stored_again(document, years=years, now=now)
+    if until is None:
+        return False
+    await uow.documents.update_document(document["id"], retain_until=until)
+    await uow.history.append(entity_type=DOCUMENT, entity_id=document["id"], action="retention_renewed",
+                             actor=actor, data={"retain_until": until.isoformat(), "because": "stored_again"},
+                             at=now)
+    return True
+
+
 @dataclass(frozen=True)
 class Arrived:
     """One file of a batch upload, its bytes already in the content store."""
@@ -111,8 +142,8 @@ async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, item
     (the same bytes under the same ref again: the existing version, created False). The
     common case - refs the ECM has not seen, or seen with these very bytes - is one
     transaction of a few statements for the whole batch; a new version of a known document
-    (which re-opens its approvals), a ref whose document was disposed of, and a ref
-    repeated within the batch go through
+    (which re-opens its approvals), a ref whose document was disposed of or whose retention
+    ends soon, and a ref repeated within the batch go through
     `store_version` one by one afterwards. Returns (document, version, created) per item;
     the document holds its id, doc type and title. Two batches carrying the same new ref
     at once (a transfer retried while the first attempt is still running, a rebalance
@@ -128,12 +159,15 @@ async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, item
             found = await uow.external_refs.find_many(DOCUMENT, system, ids)
             known.update(((system, external_id), document_id) for external_id, (document_id, _) in found.items())
         latest = await uow.documents.latest_versions(sorted(set(known.values())))
-        disposed = await uow.documents.disposed_among(sorted(set(known.values()))) if known else set()
+        # Known documents disposed of, or whose retention ends soon, are looked at again
+        # under their lock by `store_version` (a new document; a renewed retention).
+        again = await uow.documents.to_look_at_again(
+            sorted(set(known.values())), retention_ends_by=now + RENEWED_WHEN_ENDING_WITHIN) if known else set()
         documents, versions, refs, entries, seen = [], [], [], [], set()
         for i, item in enumerate(items):
             key = (item.external_ref.system, item.external_ref.id)
             document_id = known.get(key)
-            if key in seen or (document_id is not None and (document_id in disposed or latest.get(
+            if key in seen or (document_id is not None and (document_id in again or latest.get(
                     document_id, {}).get("sha256") != item.sha256)):
                 later.append(i)
                 continue

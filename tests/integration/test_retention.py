@@ -263,3 +263,84 @@ async def test_bytes_uploaded_again_as_their_document_is_disposed_of_stay(ecm, m
         [*_, disposal] = await uow.history.of("document", other["id"])
     assert disposal["action"] == "disposed" and disposal["data"]["content_deleted"] == []
     assert disposal["data"]["content_kept_recently_written"] == [other_sha]
+
+
+async def _past_its_retention(ecm, document_id: str, now: datetime) -> None:
+    from sqlalchemy import update
+
+    from ecm_service.adapters import tables
+
+    then = now - timedelta(days=3 * 366)  # stored three years ago, its retention ended yesterday
+    async with ecm.session_factory() as session, session.begin():
+        await session.execute(update(tables.documents).where(tables.documents.c.id == document_id).values(
+            created_at=then, retain_until=now - timedelta(days=1)))
+        await session.execute(update(tables.document_versions).where(
+            tables.document_versions.c.document_id == document_id).values(created_at=then))
+
+
+def _arrived(ecm, ref, content: bytes, *, long_ago: bool = True) -> documents.Arrived:
+    sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
+    if long_ago:
+        written_long_ago(ecm.content_store.path_for(sha))
+    return documents.Arrived(external_ref=ref, doc_type="proposal", title="КП", filename="kp.pdf",
+                             content_type="application/pdf", sha256=sha, size=size)
+
+
+async def test_a_document_sent_again_as_its_retention_ends_keeps_it(ecm):
+    """A rep sends for approval again a proposal whose ECM copy is past its retention, the
+    same bytes. The transfer answers the document, and its retention now counts from then
+    (stored, with the history saying why), once: the next transfer changes nothing. Before,
+    the transfer answered the document as it was, and a disposal before the approval's
+    start disposed of it from under that approval."""
+    from schemas.common import ExternalRef
+
+    ref = ExternalRef(system="crm", id="doc-sent-again")
+    [(first, _, _)] = await documents.store_many(ecm.uow, user_id="bridge", items=[_arrived(ecm, ref, b"KP 2023")],
+                                                 retention=ecm.retention)
+    now = datetime.now(timezone.utc)
+    await _past_its_retention(ecm, first["id"], now)
+    for _ in range(2):
+        [(again, version, created)] = await documents.store_many(
+            ecm.uow, user_id="bridge", items=[_arrived(ecm, ref, b"KP 2023")], retention=ecm.retention)
+        assert again["id"] == first["id"] and version["version_no"] == 1 and not created
+    async with ecm.uow() as uow:
+        stored = await uow.documents.get(first["id"])
+        history = await uow.history.of("document", first["id"])
+    years = ecm.retention.get("proposal", ecm.retention["default"])
+    assert stored["retain_until"] > now + timedelta(days=365 * years - 2)
+    assert [(h["action"], h["data"].get("because")) for h in history] == [
+        ("version_stored", None), ("retention_renewed", "stored_again")]
+    assert await dispose(ecm, now, dry_run=False) == []
+
+
+async def test_a_document_sent_again_while_a_disposal_decides_about_it_is_never_answered_disposed(ecm, monkeypatch):
+    """The disposal has read a proposal past its retention, and a transfer of the same
+    bytes comes at that moment (a rep's approval request). The transfer used to read the
+    document without its lock and answer it; the disposal then disposed of it, and the
+    approval started on a document whose content was gone. Now the transfer waits for the
+    disposal and stores the bytes as a new document (the ref moves to it)."""
+    from schemas.common import ExternalRef
+
+    ref = ExternalRef(system="crm", id="doc-in-a-disposal")
+    [(first, _, _)] = await documents.store_many(ecm.uow, user_id="bridge", items=[_arrived(ecm, ref, b"KP 2022")],
+                                                 retention=ecm.retention)
+    now = datetime.now(timezone.utc)
+    await _past_its_retention(ecm, first["id"], now)
+    transfers: list[asyncio.Task] = []
+    in_flight = ApprovalRepository.in_flight_for_document
+
+    async def sent_meanwhile(self, document_id):
+        transfers.append(asyncio.ensure_future(documents.store_many(  # its bytes written now
+            ecm.uow, user_id="bridge", items=[_arrived(ecm, ref, b"KP 2022", long_ago=False)],
+            retention=ecm.retention)))
+        await asyncio.wait(transfers, timeout=1.0)
+        return await in_flight(self, document_id)
+
+    monkeypatch.setattr(ApprovalRepository, "in_flight_for_document", sent_meanwhile)
+    done = await dispose(ecm, now, dry_run=False)
+    [[(answered, version, created)]] = await asyncio.gather(*transfers)
+    assert [(r["id"], r["disposed"], r["reason"]) for r in done] == [(first["id"], True, None)]
+    async with ecm.uow() as uow:
+        assert (await uow.documents.get(answered["id"]))["disposed_at"] is None
+        assert await uow.external_refs.find("document", ref) == answered["id"] != first["id"]
+    assert created and ecm.content_store.verified_path(version["sha256"]).read_bytes() == b"KP 2022"

@@ -1,6 +1,11 @@
 from datetime import datetime, timedelta, timezone
 
-from ecm_service.domain.retention import disposal_blocker, retain_until
+from ecm_service.domain.retention import (
+    RENEWED_WHEN_ENDING_WITHIN,
+    disposal_blocker,
+    renewed_when_stored_again,
+    retain_until,
+)
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
@@ -21,3 +26,15 @@ def test_what_keeps_a_document():
     assert disposal_blocker({**doc, "retain_until": None}, now=NOW, approvals_in_flight=0) == \
         "retention has not run out"
     assert disposal_blocker({**doc, "disposed_at": past}, now=NOW, approvals_in_flight=0) == "already disposed"
+
+
+def test_a_document_stored_again_renews_its_retention_only_when_it_ends_soon():
+    soon = {"retain_until": NOW + RENEWED_WHEN_ENDING_WITHIN}
+    assert renewed_when_stored_again(soon, years=3, now=NOW) == retain_until(NOW, 3)
+    assert renewed_when_stored_again({"retain_until": NOW - timedelta(days=400)}, years=3, now=NOW) == \
+        retain_until(NOW, 3)
+    far = {"retain_until": NOW + RENEWED_WHEN_ENDING_WITHIN + timedelta(seconds=1)}
+    assert renewed_when_stored_again(far, years=3, now=NOW) is None
+    assert renewed_when_stored_again({"retain_until": None}, years=3, now=NOW) is None  # kept for good
+    assert renewed_when_stored_again(soon, years=None, now=NOW) is None
+    assert renewed_when_stored_again(soon, years=0, now=NOW) is None  # nothing later to give
