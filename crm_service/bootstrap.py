@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from crm_service.adapters import tables
@@ -42,6 +43,10 @@ class CrmContainer(ServiceContainer):
 
     def uow(self) -> CrmUnitOfWork:
         return CrmUnitOfWork(self.session_factory)
+
+    @property
+    def unanswered_after(self) -> timedelta:
+        return timedelta(minutes=self.settings.unanswered_after_minutes)
 
     async def handle_command(self, message, topic: str) -> None:
         await handlers.apply_command(self.uow(), message, topic)

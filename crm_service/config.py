@@ -23,6 +23,9 @@ class CrmSettings(MessagingSettings, ServiceSettings):
     # Activities due within this many minutes get a reminder (and the owner's hook is called).
     remind_ahead_minutes: int = Field(15, ge=0)
     reminder_check_seconds: float = Field(30.0, gt=0)
+    # A request the ECM has reported nothing about this many minutes after it was sent
+    # shows sales that its delivery is held up (the API's `unanswered`).
+    unanswered_after_minutes: int = Field(15, ge=1)
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_from: str = "crm@localhost"

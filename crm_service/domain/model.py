@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from crm_service.domain.names import name_key
@@ -16,6 +16,14 @@ FINAL_APPROVAL_STATUSES = ("approved", "rejected")
 # same document, which the rep sends with "new version" (the approval then goes on).
 CLOSED_REQUEST_STATUSES = FINAL_APPROVAL_STATUSES
 RETURNED = "returned"
+
+
+def unanswered(*, revision: int, requested_at: datetime, now: datetime, after: timedelta) -> bool:
+    """A request the ECM has reported nothing about (no status applied yet) this long after
+    it was sent: its delivery is held up somewhere on the way (a dead letter, a stopped
+    consumer, a direction paused). Sales see it said, instead of "requested" for good; the
+    request is kept and goes on once the way is clear."""
+    return revision == 0 and requested_at <= now - after
 
 
 def filled_from(current: Mapping, other: Mapping, fields: Iterable[str]) -> dict:

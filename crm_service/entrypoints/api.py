@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from crm_service.domain.hints import identifier_hints
+from crm_service.domain.model import unanswered
 from crm_service.domain.rights import NotAllowed
 from crm_service.service_layer import handlers
 from crm_service.service_layer.sales import approvals_of, documents_of, duplicate_hints, link_text
@@ -99,6 +100,9 @@ class ApprovalView(BaseModel):
     document_id: str
     requested_at: datetime
     updated_at: datetime | None
+    # The ECM has reported nothing about it for CRM_UNANSWERED_AFTER_MINUTES: its delivery
+    # is held up on the way (it is kept, and goes on once the way is clear).
+    unanswered: bool = False
 
 
 class DealOut(BaseModel):
@@ -159,11 +163,13 @@ def _org_out(org, duplicates=()) -> OrganizationOut:
     )
 
 
-def _approval_view(request) -> ApprovalView:
+def _approval_view(request, unanswered_after: timedelta) -> ApprovalView:
     return ApprovalView(
         id=request.id, status=request.status, stage=request.stage, due_at=request.due_at, overdue=request.overdue,
         delay_reason_code=request.delay_reason_code, reason=request.reason, document_id=request.document_id,
         requested_at=request.requested_at, updated_at=request.updated_at,
+        unanswered=unanswered(revision=request.revision, requested_at=request.requested_at,
+                              now=datetime.now(timezone.utc), after=unanswered_after),
     )
 
 
@@ -252,10 +258,11 @@ async def get_deal(deal_id: str, request: Request, _: User = Depends(require_rol
     async with _container(request).uow() as uow:
         deal = await uow.deals.get(deal_id)
         approval = await uow.approval_requests.latest_for_deal(deal_id) if deal else None
-        approvals = await approvals_of(uow, deal_id=deal_id) if deal else []
+        after = _container(request).unanswered_after
+        approvals = await approvals_of(uow, deal_id=deal_id, unanswered_after=after) if deal else []
     if deal is None:
         raise HTTPException(404, f"deal {deal_id} not found")
-    return DealOut(**deal.__dict__, approval=_approval_view(approval) if approval else None,
+    return DealOut(**deal.__dict__, approval=_approval_view(approval, after) if approval else None,
                    approvals=[_public_approval(a) for a in approvals])
 
 
@@ -270,7 +277,7 @@ async def deal_documents(deal_id: str, request: Request, _: User = Depends(requi
     async with _container(request).uow() as uow:
         if await uow.deals.get(deal_id) is None:
             raise HTTPException(404, f"deal {deal_id} not found")
-        documents = await documents_of(uow, deal_id)
+        documents = await documents_of(uow, deal_id, unanswered_after=_container(request).unanswered_after)
     return [{**d, "approval": _public_approval(d["approval"]) if d["approval"] else None} for d in documents]
 
 
@@ -278,7 +285,7 @@ def _public_approval(row: dict) -> dict:
     """The sales view of one approval: what the ECM reported, never its internal comments."""
     return {k: row[k] for k in ("id", "deal_id", "deal_title", "document_id", "filename", "doc_type", "status",
                                 "stage", "due_at", "overdue", "delay_reason_code", "reason", "requested_at",
-                                "updated_at")}
+                                "updated_at", "unanswered")}
 
 
 @router.post("/deals/{deal_id}/documents", status_code=201, response_model=DocumentOut)
@@ -408,7 +415,7 @@ async def get_approval_request(request_id: str, request: Request, _: User = Depe
         approval = await uow.approval_requests.get(request_id)
     if approval is None:
         raise HTTPException(404, f"approval request {request_id} not found")
-    return _approval_view(approval)
+    return _approval_view(approval, _container(request).unanswered_after)
 
 
 class Hop(BaseModel):

@@ -80,8 +80,8 @@ async def deal_page(deal_id: str, request: Request, user: User = Depends(page_us
         if deal is None:
             raise HTTPException(404, f"deal {deal_id} not found")
         org = await uow.organizations.get(deal.organization_id)
-        documents = await sales.documents_of(uow, deal_id)
-        approvals = await sales.approvals_of(uow, deal_id=deal_id)
+        documents = await sales.documents_of(uow, deal_id, unanswered_after=container.unanswered_after)
+        approvals = await sales.approvals_of(uow, deal_id=deal_id, unanswered_after=container.unanswered_after)
         stages = await sales.stage_history(uow, deal_id)
         names = dict((await uow.session.execute(select(tables.users.c.id, tables.users.c.name).where(
             tables.users.c.id.in_({deal.owner_id, *(s["actor_id"] for s in stages)})))).all())

@@ -101,7 +101,8 @@ async def organization_card(container, org_id: str) -> dict:
                                                                           exclude_id=org.id)),
                 "contacts": [c.__dict__ for c in await uow.contacts.of_organization(org_id)],
                 "deals": deals,
-                "approvals": [_public_approval(a) for a in await sales.approvals_of(uow, organization_id=org_id)],
+                "approvals": [_public_approval(a) for a in await sales.approvals_of(
+                    uow, organization_id=org_id, unanswered_after=container.unanswered_after)],
                 "timeline": await sales.timeline(uow, org_id)}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from crm_service.domain.model import (
     Organization,
     filled_from,
     opening_stage,
+    unanswered,
 )
 from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
 from crm_service.domain.rights import Actor
@@ -409,19 +410,22 @@ async def due_reminders(uow: CrmUnitOfWork, *, now: datetime, ahead: timedelta) 
 # --- the organization card -----------------------------------------------------------------
 
 
-async def approvals_of(uow: CrmUnitOfWork, *, organization_id: str | None = None,
-                       deal_id: str | None = None) -> list[dict]:
-    """Each document sent for approval with its status as the ECM reports it."""
+async def approvals_of(uow: CrmUnitOfWork, *, organization_id: str | None = None, deal_id: str | None = None,
+                       unanswered_after: timedelta) -> list[dict]:
+    """Each document sent for approval with its status as the ECM reports it, and whether
+    the ECM has reported nothing about it for `unanswered_after` (domain.model.unanswered)."""
     a, d, dl = tables.approval_requests, tables.documents, tables.deals
     query = (select(a, d.c.filename, d.c.doc_type, dl.c.title.label("deal_title"))
              .join(d, d.c.id == a.c.document_id).join(dl, dl.c.id == a.c.deal_id))
     query = query.where(a.c.organization_id == organization_id) if organization_id else query.where(
         a.c.deal_id == deal_id)
     rows = await uow.session.execute(query.order_by(a.c.requested_at.desc()))
-    return [dict(r) for r in rows.mappings()]
+    now = datetime.now(timezone.utc)
+    return [{**r, "unanswered": unanswered(revision=r["revision"], requested_at=r["requested_at"], now=now,
+                                           after=unanswered_after)} for r in rows.mappings()]
 
 
-async def documents_of(uow: CrmUnitOfWork, deal_id: str) -> list[dict]:
+async def documents_of(uow: CrmUnitOfWork, deal_id: str, *, unanswered_after: timedelta) -> list[dict]:
     """The deal's documents, newest first, each with its latest approval request as the
     ECM reports it (None if never sent) and whether it may be sent now (no request of it
     is still open)."""
@@ -430,7 +434,7 @@ async def documents_of(uow: CrmUnitOfWork, deal_id: str) -> list[dict]:
         select(d.c.id, d.c.deal_id, d.c.filename, d.c.content_type, d.c.doc_type, d.c.size, d.c.sha256,
                d.c.created_at, d.c.version_no).where(d.c.deal_id == deal_id).order_by(d.c.created_at.desc(), d.c.id))
     latest: dict[str, dict] = {}
-    for approval in await approvals_of(uow, deal_id=deal_id):  # newest first
+    for approval in await approvals_of(uow, deal_id=deal_id, unanswered_after=unanswered_after):  # newest first
         latest.setdefault(approval["document_id"], approval)
     out = []
     for row in rows.mappings():

@@ -871,3 +871,52 @@ async def test_an_import_reads_each_csv_row_in_its_own_encoding(crm_app):
     async with container.session_factory() as session:
         names = set(await session.scalars(select(tables.organizations.c.name)))
     assert names == {f"ООО «Ромашка {n}»" for n in range(1, 2001)}
+
+
+async def test_a_request_the_ecm_has_not_answered_for_a_while_says_so_until_it_does(crm_app):
+    """A request whose delivery is held up (a dead letter, a stopped consumer, a paused
+    direction) showed "requested" for good, as if all were well. Once the ECM has
+    reported nothing for CRM_UNANSWERED_AFTER_MINUTES it says so, in the API and on the
+    deal and organization pages, and stops saying it when the ECM's first status comes."""
+    from sqlalchemy import update
+
+    from crm_service.service_layer import handlers
+    from schemas import crm_commands
+    from schemas.envelope import new_envelope
+    from schemas.registry import encode, parse_message
+
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    cookie = {"session": anna["Authorization"].removeprefix("Bearer ")}
+    org = (await client.post("/api/organizations", headers=anna, json={"name": "Долгая доставка"})).json()
+    deal = (await client.post("/api/deals", headers=anna,
+                              json={"organization_id": org["id"], "title": "Аренда"})).json()
+    document = (await client.post(f"/api/deals/{deal['id']}/documents", headers=anna, data={"doc_type": "contract"},
+                                  files={"file": ("lease.pdf", b"%PDF-1.4 lease", "application/pdf")})).json()
+    sent = (await client.post(f"/api/deals/{deal['id']}/approval-requests", headers=anna,
+                              json={"document_id": document["id"]})).json()
+    held_up = "no answer from the ECM yet"
+
+    async def shown() -> list:
+        request = (await client.get(f"/api/approval-requests/{sent['id']}", headers=anna)).json()
+        deal_out = (await client.get(f"/api/deals/{deal['id']}", headers=anna)).json()
+        documents = (await client.get(f"/api/deals/{deal['id']}/documents", headers=anna)).json()
+        card = (await client.get(f"/api/organizations/{org['id']}/card", headers=anna)).json()
+        deal_page = (await client.get(f"/ui/deals/{deal['id']}", cookies=cookie)).text
+        org_page = (await client.get(f"/ui/organizations/{org['id']}", cookies=cookie)).text
+        return [request["unanswered"], deal_out["approval"]["unanswered"], deal_out["approvals"][0]["unanswered"],
+                documents[0]["approval"]["unanswered"], card["approvals"][0]["unanswered"],
+                deal_page.count(held_up), org_page.count(held_up)]
+
+    assert await shown() == [False] * 5 + [0, 0]  # just sent
+    async with container.session_factory() as session, session.begin():
+        await session.execute(update(tables.approval_requests).where(tables.approval_requests.c.id == sent["id"])
+                              .values(requested_at=datetime.now(timezone.utc) - timedelta(minutes=16)))
+    assert await shown() == [True] * 5 + [2, 1]  # the documents' and the approvals' tables on the deal page
+
+    status = parse_message(encode(new_envelope(
+        type=crm_commands.UPDATE_APPROVAL_STATUS, schema_version=2, source="it", correlation_id="c",
+        payload=crm_commands.UpdateApprovalStatusV2(approval_request_id=sent["id"], status="in_progress",
+                                                    stage="legal", revision=1, registry_approval_id="a-1"))))
+    await handlers.apply_commands(container.uow(), [status], "it")
+    assert await shown() == [False] * 5 + [0, 0]

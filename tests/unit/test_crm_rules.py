@@ -123,3 +123,14 @@ def test_an_amount_that_does_not_fit_is_a_message_not_a_crash(typed):
 
     with pytest.raises(InvalidRequest, match="amount not understood"):
         _amount(typed)
+
+
+def test_a_request_is_unanswered_once_the_ecm_has_said_nothing_about_it_for_that_long():
+    from datetime import datetime, timedelta, timezone
+
+    from crm_service.domain.model import unanswered
+
+    now, after = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc), timedelta(minutes=15)
+    assert unanswered(revision=0, requested_at=now - after, now=now, after=after)
+    assert not unanswered(revision=0, requested_at=now - after + timedelta(seconds=1), now=now, after=after)
+    assert not unanswered(revision=1, requested_at=now - timedelta(days=30), now=now, after=after)  # it answered
