@@ -1,4 +1,5 @@
-"""Bounded retries for transient failures; permanent ones are never retried."""
+"""Retries for transient failures (as long as an outage lasts, bounded otherwise); permanent ones
+are never retried."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     RetryError,
     retry_if_exception,
     stop_after_attempt,
@@ -16,8 +19,10 @@ from tenacity import (
     wait_random,
 )
 
+from infra.outages import retry_after_of, unavailable
 from schemas.registry import InvalidMessage
 
+log = structlog.get_logger()
 T = TypeVar("T")
 
 
@@ -36,15 +41,50 @@ class AttemptsExhausted(Exception):
         self.last = last
 
 
+# The longest wait a Retry-After is followed for: beyond it the usual backoff's cap applies
+# again (a wrong header must not park a partition for a day).
+RETRY_AFTER_CEILING = 60.0
+
+
+def backoff(max_wait: float) -> Callable[[RetryCallState], float]:
+    """Exponential from 0.2 s up to `max_wait`, or longer when the failed answer asked for
+    it (Retry-After, up to RETRY_AFTER_CEILING)."""
+    exponential = wait_exponential(multiplier=0.2, max=max_wait)
+
+    def wait(state: RetryCallState) -> float:
+        asked = retry_after_of(state.outcome.exception() if state.outcome else None)
+        return max(exponential(state), min(asked, RETRY_AFTER_CEILING)) if asked else exponential(state)
+    return wait
+
+
 async def call_with_retries(
     fn: Callable[[], Awaitable[T]], *, attempts: int, max_wait: float = 5.0,
     on_failure: Callable[[BaseException], None] | None = None,
 ) -> tuple[T, int]:
     """Returns (result, attempts used). Raises the permanent error itself, or
-    AttemptsExhausted wrapping the last transient one."""
+    AttemptsExhausted wrapping the last transient one.
+
+    A failure because a dependency is away (infra.outages.unavailable: the database, the
+    other service unreachable or answering 503, a full disk's 507) is tried again past
+    `attempts`, for as long as the outage lasts, `max_wait` apart (or what its Retry-After
+    asked): the message is good, and dead-lettering it for an outage left a good request
+    waiting for someone to replay it. Before, a database restart of more than ~3 s
+    dead-lettered the services' commands, and an ECM away for more than ~70 s the bridge's
+    events. A failure of the call itself (a 500, a bug) still ends after `attempts`."""
+    def stop(state: RetryCallState) -> bool:
+        if state.attempt_number < attempts:
+            return False
+        failure = state.outcome.exception() if state.outcome else None
+        if unavailable(failure):
+            if state.attempt_number == attempts:
+                log.warning("waiting_for_dependency", error_class=type(failure).__name__, error=str(failure)[:300],
+                            attempts=attempts)
+            return False
+        return True
+
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential(multiplier=0.2, max=max_wait),
+        stop=stop,
+        wait=backoff(max_wait),
         retry=retry_if_exception(is_transient),
         reraise=False,
     )
@@ -54,6 +94,8 @@ async def call_with_retries(
                 result = await fn()
             outcome = attempt.retry_state.outcome
             if not outcome.failed:
+                if attempt.retry_state.attempt_number > attempts:
+                    log.info("dependency_back", attempts=attempt.retry_state.attempt_number)
                 return result, attempt.retry_state.attempt_number
             if on_failure is not None and is_transient(outcome.exception()):
                 on_failure(outcome.exception())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
 from contextlib import asynccontextmanager
 
 import structlog
@@ -13,14 +12,13 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infra import business_day
 from infra.db import database_reachable, migrations_at_head
 from infra.kafka import broker_reachable
 from infra.metrics import DEPENDENCY_UP, REQUESTS_REFUSED
+from infra.outages import DATABASE_OUTAGES, RETRY_AFTER_SECONDS, database_unavailable
 from infra.runtime import REQUEST_JOBS, BackgroundTasks, settle_garbage_collector, start_producer
 from infra.web import CorrelationIdMiddleware, RejectUnstorableText
 
@@ -151,23 +149,6 @@ async def _start_messaging(container, tasks: BackgroundTasks) -> None:
             await asyncio.sleep(1.0)
     log.info("producer_started")
     tasks.spawn("outbox-relay", container.relay().run_forever())
-
-
-# What a database outage raises: asyncpg's connect errors come as they are (refused,
-# reset, timed out, a host name that does not resolve); SQLAlchemy wraps an error on an
-# open connection, and raises its own TimeoutError when the pool has none to give.
-DATABASE_OUTAGES = (ConnectionError, TimeoutError, socket.gaierror, DBAPIError, SqlAlchemyTimeout)
-# PostgreSQL's own refusals for a while: connection exceptions (08), the server shutting
-# down or starting up (57P01-57P03), too many connections (53300).
-_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
-RETRY_AFTER_SECONDS = 5
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError):
-        state = getattr(exc.orig, "sqlstate", None) or ""
-        return exc.connection_invalidated or state.startswith(_UNAVAILABLE_STATES)
-    return isinstance(exc, DATABASE_OUTAGES)
 
 
 async def _database_unavailable(request: Request, exc: Exception):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from infra.outages import UNAVAILABLE_STATUSES, ServiceUnavailable, retry_after_seconds
 from infra.retrying import PermanentError
 from infra.web import CORRELATION_HEADER
 from schemas.crm_events import DocumentRef
@@ -22,11 +23,14 @@ SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 class TransientHttpError(Exception):
-    """The other side answered 5xx or 429: worth another try."""
+    """The other side answered 5xx: worth a few more tries."""
 
 
 def _check(response: httpx.Response, what: str) -> None:
-    if response.status_code == 429 or response.status_code >= 500:
+    if response.status_code in UNAVAILABLE_STATUSES:  # tried again as long as it lasts, as long apart as asked
+        raise ServiceUnavailable(f"{what}: HTTP {response.status_code}", status=response.status_code,
+                                 retry_after=retry_after_seconds(response.headers.get("Retry-After")))
+    if response.status_code >= 500:
         raise TransientHttpError(f"{what}: HTTP {response.status_code}")
     if response.status_code >= 400:
         raise PermanentError(f"{what}: HTTP {response.status_code} {response.text[:300]}")

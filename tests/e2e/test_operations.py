@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,13 +23,13 @@ from tests.e2e.journey import (
     request_approval,
     wait_crm_status,
 )
-from tests.support import alerts
+from tests.support import alerts, metrics
 from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    # Few, short retries so an ECM outage dead-letters quickly in this module.
+    # Few, short retries: an outage is waited out past them, a failing call dead-letters quickly.
     yield from running_system(tmp_path_factory, "postgresql",
                               extra_env={"BRIDGE_MAX_ATTEMPTS": "2", "BRIDGE_RETRY_MAX_WAIT": "0.2"})
 
@@ -131,21 +132,55 @@ def test_events_held_on_several_partitions_are_handled_in_one_batch(api, system)
     assert batches_after - batches <= 3 < spread, (batches_after - batches, spread)
 
 
-def test_dead_letters_are_listed_shown_and_replayed_after_the_fix(api, system):
-    system.kill("ecm")  # the document transfer now fails: retried twice, then dead-lettered
+def dead_letters(system) -> list[dict]:
+    return json.loads(bridgectl(system, "dlq", "list", "--json").stdout)
+
+
+def bridge_failures(system, error_class: str) -> float:
+    text = httpx.get(f"{system.bridge_url}/metrics", timeout=10).text
+    return sum(sample.value for sample in metrics.samples(text, "bridge_delivery_failures_total")
+               if sample.labels.get("consumer") == "sync-bridge:crm-to-ecm"
+               and sample.labels.get("error_class") == error_class)
+
+
+def test_an_ecm_outage_is_waited_out_and_dead_letters_nothing(api, system):
+    """The ECM goes away while a rep asks for approval. The bridge tried the transfer a
+    few times (here 2) and dead-lettered the request: a good request left on the
+    dead-letter topic until someone replayed it. It now keeps trying while the ECM is
+    away, and the request goes through once it is back."""
+    letters = len(dead_letters(system))
+    system.kill("ecm")
     flow = request_approval(api, create_deal_with_document(api, name="During the outage"))
+    wait_until(lambda: bridge_failures(system, "ConnectError") >= 6, timeout=60,
+               message="the bridge trying, well past its 2 attempts")
+    assert len(dead_letters(system)) == letters
+    system.start_process("ecm")
+    system.wait_healthy(names=("ecm",))
+    wait_crm_status(api, flow, "in_progress", "legal")
+    assert len(dead_letters(system)) == letters
+
+
+def test_dead_letters_are_listed_shown_and_replayed_after_the_fix(api, system):
+    """A CRM file damaged on its disk (its bytes are no longer those the rep sent) cannot
+    be sent: the bridge dead-letters the request at once, with the reason. Once the file
+    is restored (from a backup), a replay sends it."""
+    flow = create_deal_with_document(api, name="Damaged on disk")
+    sha = flow["document"]["sha256"]
+    stored = Path(system.env()["CRM_FILES_DIR"]) / sha[:2] / sha
+    stored.write_bytes(b"damaged on the disk")
+    request_approval(api, flow)
     letter = wait_until(
-        lambda: [row for row in json.loads(bridgectl(system, "dlq", "list", "--json").stdout)
-                 if row["type"] == "crm.approval_requested" and row["error_class"] == "ConnectError"],
+        lambda: [row for row in dead_letters(system)
+                 if row["type"] == "crm.approval_requested" and row["error_class"] == "PermanentError"],
         timeout=60, message="dead letter of the failed transfer")[0]
-    assert letter["source"].startswith("crm.events:") and letter["attempts"] == "2"
+    assert letter["source"].startswith("crm.events:") and letter["attempts"] == "1"
     shown = json.loads(bridgectl(system, "dlq", "show", letter["id"]).stdout)
     assert shown["payload"]["payload"]["approval_request_id"] == flow["request"]["id"]
     assert shown["headers"]["dlq.consumer"] == "sync-bridge:crm-to-ecm"
+    assert "content hash" in shown["headers"]["dlq.error.message"]
     assert bridgectl(system, "dlq", "replay", check=False).returncode == 2  # no selection, nothing replayed
 
-    system.start_process("ecm")
-    system.wait_healthy(names=("ecm",))
+    stored.write_bytes(flow["content"])  # restored
     assert "replayed 1" in bridgectl(system, "dlq", "replay", "--id", letter["id"]).stdout
     wait_crm_status(api, flow, "in_progress", "legal")
     # Replaying the same letter again (an operator's double click) duplicates nothing.

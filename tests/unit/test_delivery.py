@@ -1,10 +1,12 @@
 import json
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 
 from infra.dead_letters import error_context
 from infra.delivery import DeliveryPolicy, Record, apply_together, deliver
+from infra.outages import ServiceUnavailable, retry_after_seconds
 from infra.retrying import PermanentError
 from tests.unit.test_message_parsing import envelope
 
@@ -40,15 +42,15 @@ def sample(name, **labels):
 async def test_exhausted_retries_dead_letter_with_context():
     letters = Letters()
     failures = dict(consumer="test", topic="crm.commands", type="crm.update_approval_status",
-                    error_class="ConnectionError")
+                    error_class="RuntimeError")
     before = sample("bridge_delivery_failures_total", **failures)
     dead_before = sample("bridge_messages_consumed_total", consumer="test", topic="crm.commands",
                          type="crm.update_approval_status", outcome="dead_lettered")
 
-    async def down(message, topic):
-        raise ConnectionError("still away")
+    async def failing(message, topic):  # the handler's own failure, not an outage
+        raise RuntimeError("a bug this message runs into")
 
-    assert await deliver(record(envelope()), POLICY, down, letters) is False
+    assert await deliver(record(envelope()), POLICY, failing, letters) is False
     assert sample("bridge_delivery_failures_total", **failures) - before == 3  # one per attempt
     assert sample("bridge_messages_consumed_total", consumer="test", topic="crm.commands",
                   type="crm.update_approval_status", outcome="dead_lettered") - dead_before == 1
@@ -56,8 +58,61 @@ async def test_exhausted_retries_dead_letter_with_context():
     ctx = error_context(letter.headers)
     assert letter.topic == "crm.commands.dlq" and letter.key == b"key" and letter.value == envelope()
     assert ctx["source.topic"] == "crm.commands" and ctx["source.partition"] == "2" and ctx["source.offset"] == "41"
-    assert ctx["error.class"] == "ConnectionError" and ctx["attempts"] == "3" and ctx["consumer"] == "test"
+    assert ctx["error.class"] == "RuntimeError" and ctx["attempts"] == "3" and ctx["consumer"] == "test"
     assert ("correlation_id", b"c-1") in letter.headers
+
+
+@pytest.mark.parametrize("outage", [
+    ConnectionRefusedError("the database is restarting"),
+    ServiceUnavailable("ECM upload: HTTP 503", status=503, retry_after=0.001),
+    ServiceUnavailable("ECM upload: HTTP 507", status=507),
+    httpx.ConnectError("the ECM is not listening"),
+])
+async def test_an_outage_is_waited_out_past_the_attempts_and_never_dead_lettered(outage):
+    """A database restart of more than ~3 s dead-lettered the services' commands (5
+    attempts), an ECM away for more than ~70 s the bridge's events (12): good messages
+    left for someone to replay. An outage is now waited out however long it lasts, and the
+    message applied when it ends; each failed attempt is still counted."""
+    calls, letters = [], Letters()
+    failures = dict(consumer="test", topic="crm.commands", type="crm.update_approval_status",
+                    error_class=type(outage).__name__)
+    before = sample("bridge_delivery_failures_total", **failures)
+
+    async def away_for_a_while(message, topic):
+        calls.append(1)
+        if len(calls) <= 4 * POLICY.max_attempts:
+            raise outage
+
+    assert await deliver(record(envelope()), POLICY, away_for_a_while, letters) is True
+    assert len(calls) == 4 * POLICY.max_attempts + 1 and letters == []
+    assert sample("bridge_delivery_failures_total", **failures) - before == 4 * POLICY.max_attempts
+
+
+def test_the_wait_after_a_failure_is_what_the_answer_asked_for_within_a_ceiling():
+    from tenacity import Future, RetryCallState
+
+    from infra.retrying import RETRY_AFTER_CEILING, backoff
+
+    def after(failure, attempt=1):
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        state.outcome = Future.construct(attempt, failure, True)
+        return backoff(max_wait=10.0)(state)
+
+    assert after(ConnectionRefusedError()) == 0.2 and after(ConnectionRefusedError(), attempt=9) == 10.0
+    assert after(ServiceUnavailable("HTTP 503", status=503, retry_after=5)) == 5.0
+    assert after(ServiceUnavailable("HTTP 503", status=503, retry_after=1), attempt=9) == 10.0  # backoff longer
+    assert after(ServiceUnavailable("HTTP 429", status=429, retry_after=86400)) == RETRY_AFTER_CEILING
+
+
+def test_retry_after_is_read_as_seconds_or_a_date():
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+    assert retry_after_seconds("5") == 5.0 and retry_after_seconds(" 120 ") == 120.0
+    assert retry_after_seconds("Mon, 07 Dec 2026 12:00:30 GMT", now=now) == 30.0
+    assert retry_after_seconds("Mon, 07 Dec 2026 11:00:00 GMT", now=now) == 0.0  # already past
+    assert [retry_after_seconds(v) for v in (None, "", "soon", "-5", "1.5")] == [None] * 5
 
 
 @pytest.mark.parametrize("value, error_class", [(b"garbage", "InvalidMessage"), (envelope(), "PermanentError")])

@@ -325,7 +325,7 @@ def test_what_counts_as_the_database_being_away():
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    from infra.service_app import database_unavailable
+    from infra.outages import database_unavailable
 
     class Orig(Exception):
         def __init__(self, sqlstate):
