@@ -235,12 +235,17 @@ def _written(path) -> os.stat_result | None:
         return None
 
 
-def _delete_unless_written_again(path, seen: os.stat_result | None) -> None:
+def _delete_unless_written_again(path, seen: os.stat_result | None, *, kept: list[str], sha256: str) -> None:
     """After the disposal's commit: the file it decided about, unless an upload of the same
-    bytes has written it again since (every upload writes a new file)."""
+    bytes has written it again since (every upload writes a new file; then it is named in
+    `kept`)."""
     now = _written(path)
-    if now is not None and seen is not None and (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
+    if now is None or seen is None:
+        return
+    if (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
         path.unlink(missing_ok=True)
+    else:
+        kept.append(sha256)
 
 
 async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, actor: str,
@@ -262,6 +267,7 @@ async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, a
     Before, a document approved again years after its creation was disposed of as soon
     as its approval had ended."""
     results = []
+    written_again: dict[str, list[str]] = {}  # document id -> bytes kept after the commit
     async with uow:
         for document in await uow.documents.retention_expired(now, for_update=not dry_run):
             versions = await uow.documents.versions(document["id"])
@@ -297,10 +303,30 @@ async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, a
                     continue
                 # Deleted once the disposal has committed: a transaction that fails leaves
                 # its documents live, and so must it leave their bytes.
-                uow.after_commit(partial(_delete_unless_written_again, path, written))
+                uow.after_commit(partial(_delete_unless_written_again, path, written,
+                                         kept=written_again.setdefault(document["id"], []), sha256=version["sha256"]))
                 deleted.append(version["sha256"])
             await uow.history.append(entity_type=DOCUMENT, entity_id=document["id"], action="disposed", actor=actor,
                                      data={"versions": len(versions), "content_deleted": deleted,
                                            **({"content_kept_recently_written": kept} if kept else {})}, at=now)
         await uow.commit()
+    await _record_written_again({d: shas for d, shas in written_again.items() if shas}, uow, results, actor=actor,
+                                at=now)
     return results
+
+
+async def _record_written_again(written_again: dict[str, list[str]], uow: EcmUnitOfWork, results: list[dict], *,
+                                actor: str, at: datetime) -> None:
+    """Bytes the disposal's entry names as deleted but found written again after its
+    commit (an upload of the same file) stayed: a second entry says so, so that the
+    history tells what happened to them (before, it said they were deleted)."""
+    if not written_again:
+        return
+    async with uow.fork() as again:
+        for document_id, shas in written_again.items():
+            await again.history.append(entity_type=DOCUMENT, entity_id=document_id, action="content_kept",
+                                       actor=actor, data={"content_kept": shas, "because": "written_again"}, at=at)
+        await again.commit()
+    for result in results:
+        if result["id"] in written_again:
+            result["content_kept"] = written_again[result["id"]]

@@ -8,6 +8,7 @@ import os
 import time
 from datetime import datetime, timedelta, timezone
 
+from ecm_service.adapters.history import verify_chain
 from ecm_service.adapters.repositories import ApprovalRepository
 from ecm_service.service_layer import documents
 from ecm_service.service_layer.documents import store_version
@@ -253,6 +254,13 @@ async def test_bytes_uploaded_again_as_their_document_is_disposed_of_stay(ecm, m
         sha256=sha, size=len(same), external_ref=None, retention=ecm.retention)
     assert [(r["id"], r["disposed"]) for r in done] == [(expired["id"], True)] and created
     assert ecm.content_store.verified_path(version["sha256"]).read_bytes() == same
+    # The history tells what became of them: named as deleted by the disposal's entry,
+    # then kept (before, it said only that they were deleted).
+    async with ecm.uow() as uow:
+        *_, disposal, kept = await uow.history.of("document", expired["id"])
+    assert (disposal["action"], disposal["data"]["content_deleted"]) == ("disposed", [sha])
+    assert (kept["action"], kept["data"]) == ("content_kept", {"content_kept": [sha], "because": "written_again"})
+    assert done[0]["content_kept"] == [sha]
 
     # Bytes written within the hour before the disposal stay too, and its history says so.
     other, other_sha = await _store(ecm, b"a proposal re-uploaded an hour ago", "proposal")
@@ -263,6 +271,10 @@ async def test_bytes_uploaded_again_as_their_document_is_disposed_of_stay(ecm, m
         [*_, disposal] = await uow.history.of("document", other["id"])
     assert disposal["action"] == "disposed" and disposal["data"]["content_deleted"] == []
     assert disposal["data"]["content_kept_recently_written"] == [other_sha]
+    async with ecm.uow() as uow:  # the disposal that kept them as recently written adds nothing
+        assert [h["action"] for h in await uow.history.of("document", other["id"])][-1] == "disposed"
+    async with ecm.session_factory() as session:
+        assert (await verify_chain(session)).intact
 
 
 async def _past_its_retention(ecm, document_id: str, now: datetime) -> None:
