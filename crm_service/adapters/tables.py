@@ -80,6 +80,7 @@ deals = Table(
     Column("probability", Integer),
     Column("closed_at", UtcDateTime()),
     Index("ix_deals_stage", "stage"),
+    Index("ix_deals_owner_id", "owner_id"),  # a rep's approvals in flight (my day)
 )
 
 deal_stage_history = Table(

@@ -245,7 +245,7 @@ async def move_deal(deal_id: str, request: Request, stage: str = Form(...), back
 async def my_day(request: Request, user: User = Depends(page_user)):
     container = request.app.state.container
     async with container.uow() as uow:
-        day = await sales.my_day(uow, user_id=user.id)
+        day = await sales.my_day(uow, user_id=user.id, unanswered_after=container.unanswered_after)
         notes = await uow.notifications.for_user(user.id, limit=20)
         hook = await sales.notify_hook_of(uow, user.id)
     return render(request, "my_day.html", user, day=day, notifications=notes, hook=hook,

@@ -310,7 +310,8 @@ async def complete_activity(activity_id: str, request: Request, user: User = Dep
 @router.get("/my-day", summary="Today's planned contacts and tasks, and what is overdue")
 async def my_day(request: Request, user: User = Depends(require_roles(*SALES))):
     async with _container(request).uow() as uow:
-        return await sales.my_day(uow, user_id=user.id)
+        day = await sales.my_day(uow, user_id=user.id, unanswered_after=_container(request).unanswered_after)
+    return {**day, "approvals": [_public_approval(a) for a in day["approvals"]]}
 
 
 class HookIn(BaseModel):

@@ -369,8 +369,9 @@ async def complete_activity(uow: CrmUnitOfWork, *, actor: Actor, activity_id: st
     return activity
 
 
-async def my_day(uow: CrmUnitOfWork, *, user_id: str, now: datetime | None = None) -> dict:
-    """Today's planned calls, meetings and tasks, and everything overdue, oldest first."""
+async def my_day(uow: CrmUnitOfWork, *, user_id: str, unanswered_after: timedelta, now: datetime | None = None) -> dict:
+    """Today's planned calls, meetings and tasks, and everything overdue, oldest first; and
+    where the approvals of the rep's deals that are still open stand, newest first."""
     now = now or _now()
     day = business_day.today(now)
     _, end = business_day.day_bounds(day)
@@ -380,7 +381,8 @@ async def my_day(uow: CrmUnitOfWork, *, user_id: str, now: datetime | None = Non
     overdue = await uow.session.execute(base.where(t.c.due_at < now).order_by(t.c.due_at))
     today = await uow.session.execute(base.where(t.c.due_at >= now, t.c.due_at < end).order_by(t.c.due_at))
     return {"date": day.isoformat(), "overdue": [dict(r) for r in overdue.mappings()],
-            "today": [dict(r) for r in today.mappings()]}
+            "today": [dict(r) for r in today.mappings()],
+            "approvals": await approvals_of(uow, owned_by=user_id, open_only=True, unanswered_after=unanswered_after)}
 
 
 async def due_reminders(uow: CrmUnitOfWork, *, now: datetime, ahead: timedelta) -> list[dict]:
@@ -411,14 +413,25 @@ async def due_reminders(uow: CrmUnitOfWork, *, now: datetime, ahead: timedelta) 
 
 
 async def approvals_of(uow: CrmUnitOfWork, *, organization_id: str | None = None, deal_id: str | None = None,
+                       owned_by: str | None = None, open_only: bool = False,
                        unanswered_after: timedelta) -> list[dict]:
-    """Each document sent for approval with its status as the ECM reports it, and whether
-    the ECM has reported nothing about it for `unanswered_after` (domain.model.unanswered)."""
+    """Each document sent for approval (of the organization, of the deal, or of the deals
+    `owned_by` someone; only those still open with `open_only`) with its status as the ECM
+    reports it, and whether the ECM has reported nothing about it for `unanswered_after`
+    (domain.model.unanswered)."""
     a, d, dl = tables.approval_requests, tables.documents, tables.deals
     query = (select(a, d.c.filename, d.c.doc_type, dl.c.title.label("deal_title"))
              .join(d, d.c.id == a.c.document_id).join(dl, dl.c.id == a.c.deal_id))
-    query = query.where(a.c.organization_id == organization_id) if organization_id else query.where(
-        a.c.deal_id == deal_id)
+    if organization_id:
+        query = query.where(a.c.organization_id == organization_id)
+    elif deal_id:
+        query = query.where(a.c.deal_id == deal_id)
+    elif owned_by:
+        query = query.where(dl.c.owner_id == owned_by)
+    else:
+        raise ValueError("approvals of what: an organization, a deal or an owner")
+    if open_only:
+        query = query.where(a.c.status.not_in(CLOSED_REQUEST_STATUSES))
     rows = await uow.session.execute(query.order_by(a.c.requested_at.desc()))
     now = datetime.now(timezone.utc)
     return [{**r, "unanswered": unanswered(revision=r["revision"], requested_at=r["requested_at"], now=now,

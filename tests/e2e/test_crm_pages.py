@@ -82,6 +82,10 @@ def test_the_card_shows_the_approval_as_the_ecm_reports_it_and_the_board_moves_d
     expect(page.locator("#approvals .status")).to_have_text("in_progress")
     expect(page.locator("#approvals")).to_contain_text("legal")
     expect(page.locator("#timeline")).to_contain_text("in progress, stage legal")
+    page.goto(f"{system.crm_url}/ui/my-day")  # the rep's approvals in flight, all deals together
+    mine = page.locator("#approvals tr", has_text="Deal Карточка и согласование")
+    expect(mine).to_have_count(1)
+    expect(mine.locator(".status")).to_have_text("in_progress")
 
     page.goto(f"{system.crm_url}/ui/deals?mine=1")
     card = page.locator(f".card[data-deal='{flow['deal']['id']}']")

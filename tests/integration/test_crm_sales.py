@@ -473,11 +473,11 @@ async def test_my_day_is_the_companys_calendar_day(crm):
     business_day.use_zone("Europe/Moscow")
     try:
         async with crm.uow() as uow:
-            moscow = await my_day(uow, user_id="rep-msk", now=now)
+            moscow = await my_day(uow, user_id="rep-msk", now=now, unanswered_after=timedelta(minutes=15))
     finally:
         business_day.use_zone("UTC")
     async with crm.uow() as uow:
-        utc = await my_day(uow, user_id="rep-msk", now=now)
+        utc = await my_day(uow, user_id="rep-msk", now=now, unanswered_after=timedelta(minutes=15))
     assert listed(moscow) == ("2026-12-07", ["late evening"], ["overdue"])
     assert listed(utc) == ("2026-12-06", [], ["overdue"])
 
@@ -902,21 +902,64 @@ async def test_a_request_the_ecm_has_not_answered_for_a_while_says_so_until_it_d
         deal_out = (await client.get(f"/api/deals/{deal['id']}", headers=anna)).json()
         documents = (await client.get(f"/api/deals/{deal['id']}/documents", headers=anna)).json()
         card = (await client.get(f"/api/organizations/{org['id']}/card", headers=anna)).json()
+        day = (await client.get("/api/my-day", headers=anna)).json()
         deal_page = (await client.get(f"/ui/deals/{deal['id']}", cookies=cookie)).text
         org_page = (await client.get(f"/ui/organizations/{org['id']}", cookies=cookie)).text
+        day_page = (await client.get("/ui/my-day", cookies=cookie)).text
         return [request["unanswered"], deal_out["approval"]["unanswered"], deal_out["approvals"][0]["unanswered"],
                 documents[0]["approval"]["unanswered"], card["approvals"][0]["unanswered"],
-                deal_page.count(held_up), org_page.count(held_up)]
+                day["approvals"][0]["unanswered"], deal_page.count(held_up), org_page.count(held_up),
+                day_page.count(held_up)]
 
-    assert await shown() == [False] * 5 + [0, 0]  # just sent
+    assert await shown() == [False] * 6 + [0, 0, 0]  # just sent
     async with container.session_factory() as session, session.begin():
         await session.execute(update(tables.approval_requests).where(tables.approval_requests.c.id == sent["id"])
                               .values(requested_at=datetime.now(timezone.utc) - timedelta(minutes=16)))
-    assert await shown() == [True] * 5 + [2, 1]  # the documents' and the approvals' tables on the deal page
+    assert await shown() == [True] * 6 + [2, 1, 1]  # the documents' and the approvals' tables on the deal page
 
     status = parse_message(encode(new_envelope(
         type=crm_commands.UPDATE_APPROVAL_STATUS, schema_version=2, source="it", correlation_id="c",
         payload=crm_commands.UpdateApprovalStatusV2(approval_request_id=sent["id"], status="in_progress",
                                                     stage="legal", revision=1, registry_approval_id="a-1"))))
     await handlers.apply_commands(container.uow(), [status], "it")
-    assert await shown() == [False] * 5 + [0, 0]
+    assert await shown() == [False] * 6 + [0, 0, 0]
+
+
+async def test_my_day_lists_the_approvals_of_my_deals_still_in_flight(crm_app):
+    """A rep saw where an approval stood only deal by deal. "My day" now lists the open
+    approval requests of the deals the rep owns, newest first: not a colleague's, and not
+    those the ECM has closed (approved or rejected)."""
+    from crm_service.service_layer import handlers
+    from schemas import crm_commands
+    from schemas.envelope import new_envelope
+    from schemas.registry import encode, parse_message
+
+    client, users, container = crm_app
+
+    async def sent(user: str, title: str) -> dict:
+        headers = users[user]["headers"]
+        org = (await client.post("/api/organizations", headers=headers, json={"name": f"Орг {title}"})).json()
+        deal = (await client.post("/api/deals", headers=headers,
+                                  json={"organization_id": org["id"], "title": title})).json()
+        document = (await client.post(f"/api/deals/{deal['id']}/documents", headers=headers,
+                                      data={"doc_type": "contract"},
+                                      files={"file": (f"{title}.pdf", title.encode(), "application/pdf")})).json()
+        return (await client.post(f"/api/deals/{deal['id']}/approval-requests", headers=headers,
+                                  json={"document_id": document["id"]})).json()
+
+    first, approved, second, colleagues = (await sent("anna", "Аренда"), await sent("anna", "Поставка"),
+                                           await sent("anna", "Лицензии"), await sent("boris", "Чужая"))
+    done = parse_message(encode(new_envelope(
+        type=crm_commands.UPDATE_APPROVAL_STATUS, schema_version=2, source="it", correlation_id="c",
+        payload=crm_commands.UpdateApprovalStatusV2(approval_request_id=approved["id"], status="approved",
+                                                    revision=3, registry_approval_id="a-1"))))
+    await handlers.apply_commands(container.uow(), [done], "it")
+
+    day = (await client.get("/api/my-day", headers=users["anna"]["headers"])).json()
+    assert [(a["id"], a["deal_title"], a["status"]) for a in day["approvals"]] == [
+        (second["id"], "Лицензии", "requested"), (first["id"], "Аренда", "requested")]
+    assert [a["id"] for a in (await client.get("/api/my-day", headers=users["boris"]["headers"])).json()[
+        "approvals"]] == [colleagues["id"]]
+    page = (await client.get("/ui/my-day", cookies={
+        "session": users["anna"]["headers"]["Authorization"].removeprefix("Bearer ")})).text
+    assert "Лицензии" in page and "Аренда" in page and "Поставка" not in page and "Чужая" not in page
