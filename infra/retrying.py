@@ -19,7 +19,7 @@ from tenacity import (
     wait_random,
 )
 
-from infra.outages import retry_after_of, unavailable
+from infra.outages import outage_text, retry_after_of, unavailable
 from schemas.registry import InvalidMessage
 
 log = structlog.get_logger()
@@ -77,8 +77,8 @@ async def call_with_retries(
         failure = state.outcome.exception() if state.outcome else None
         if unavailable(failure):
             if state.attempt_number == attempts:
-                log.warning("waiting_for_dependency", error_class=type(failure).__name__, error=str(failure)[:300],
-                            attempts=attempts)
+                log.warning("waiting_for_dependency", error_class=type(failure).__name__,
+                            error=outage_text(failure), attempts=attempts)
             return False
         return True
 

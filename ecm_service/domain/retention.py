@@ -12,9 +12,9 @@ from pathlib import Path
 FALLBACK = "default"
 
 # A document stored again (a CRM transfer naming its bytes anew, a new version) whose
-# retention ends this soon has it counted from then: the approval that follows the transfer may take this
-# long to arrive (a consumer's outage), and the disposal must not take the document
-# from under it meanwhile.
+# retention ends this soon has it counted from then: the approval that follows the
+# transfer may take this long to arrive (a consumer's outage), and the disposal must not
+# take the document from under it meanwhile.
 RENEWED_WHEN_ENDING_WITHIN = timedelta(days=30)
 
 

@@ -240,9 +240,9 @@ def _delete_unless_written_again(path, seen: os.stat_result | None, *, kept: lis
     bytes has written it again since (every upload writes a new file; then it is named in
     `kept`)."""
     now = _written(path)
-    if now is None or seen is None:
+    if now is None:
         return
-    if (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
+    if seen is not None and (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
         path.unlink(missing_ok=True)
     else:
         kept.append(sha256)

@@ -38,3 +38,23 @@ def test_a_document_stored_again_renews_its_retention_only_when_it_ends_soon():
     assert renewed_when_stored_again({"retain_until": None}, years=3, now=NOW) is None  # kept for good
     assert renewed_when_stored_again(soon, years=None, now=NOW) is None
     assert renewed_when_stored_again(soon, years=0, now=NOW) is None  # nothing later to give
+
+
+def test_bytes_a_disposal_meant_to_delete_stay_when_written_again_or_first_written_after_it_looked(tmp_path):
+    import os
+
+    from ecm_service.service_layer.documents import _delete_unless_written_again
+
+    kept: list[str] = []
+    same, again, new = tmp_path / "same", tmp_path / "again", tmp_path / "new"
+    for path in (same, again):
+        path.write_bytes(b"x")
+    looked = {path: path.stat() for path in (same, again)}
+    (tmp_path / "again.tmp").write_bytes(b"x")
+    os.replace(tmp_path / "again.tmp", again)  # an upload writes a new file and renames it in place
+    new.write_bytes(b"x")  # not there when the disposal looked
+    _delete_unless_written_again(same, looked[same], kept=kept, sha256="same")
+    _delete_unless_written_again(again, looked[again], kept=kept, sha256="again")
+    _delete_unless_written_again(new, None, kept=kept, sha256="new")
+    _delete_unless_written_again(tmp_path / "gone", None, kept=kept, sha256="gone")
+    assert not same.exists() and again.exists() and new.exists() and kept == ["again", "new"]

@@ -340,3 +340,15 @@ def test_what_counts_as_the_database_being_away():
     not_away = [error("23505"), error("40P01"), error("42P01"), error(None), ValueError("x")]
     assert [database_unavailable(e) for e in away] == [True] * len(away)
     assert [database_unavailable(e) for e in not_away] == [False] * len(not_away)
+
+
+def test_an_outage_is_logged_without_the_statement_or_its_parameters():
+    from sqlalchemy.exc import InterfaceError
+
+    from infra.outages import outage_text
+
+    wrapped = InterfaceError("INSERT INTO contacts (name, phone) VALUES ($1, $2)", ("Иван Петров", "+7 900 123-45-67"),
+                             ConnectionResetError("connection was closed in the middle of operation"))
+    assert "+7 900" in str(wrapped)  # what SQLAlchemy's own text would have put in the log
+    assert outage_text(wrapped) == "connection was closed in the middle of operation"
+    assert outage_text(ConnectionRefusedError(111, "Connect call failed")) == "[Errno 111] Connect call failed"
