@@ -22,11 +22,15 @@ from infra.metrics import DB_ROUND_TRIPS
 
 
 def make_engine(url: str) -> AsyncEngine:
+    """The service's engine. `hide_parameters`: a database error's text names the
+    statement but never its values, which hold personal data (names, phones, e-mails);
+    uvicorn's traceback of a failing request, and every log line that carries an error,
+    print that text."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # WAL lets readers work while the relay writes
@@ -45,7 +49,7 @@ def make_engine(url: str) -> AsyncEngine:
     # on every checkout, about a third of all statements on the hot path. A connection
     # found dead instead fails its one operation and invalidates the pool; the consumers
     # and relays retry, and the next checkout connects afresh.
-    engine = create_async_engine(url, pool_size=10, max_overflow=10,
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, hide_parameters=True,
                                  connect_args={"server_settings": {"jit": "off"}})
     count_round_trips(engine)
     event.listen(engine.sync_engine, "checkout", _closed_by_the_server)

@@ -352,3 +352,29 @@ def test_an_outage_is_logged_without_the_statement_or_its_parameters():
     assert "+7 900" in str(wrapped)  # what SQLAlchemy's own text would have put in the log
     assert outage_text(wrapped) == "connection was closed in the middle of operation"
     assert outage_text(ConnectionRefusedError(111, "Connect call failed")) == "[Errno 111] Connect call failed"
+
+
+async def test_a_database_error_never_carries_the_values_of_its_statement(tmp_path):
+    """A failing statement's text went into logs with its parameters (uvicorn's traceback
+    of a 500, the consumers' and jobs' warnings): a contact's name and phone among them."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from infra.db import make_engine
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/crm.db")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE contacts (name TEXT, phone TEXT UNIQUE)"))
+            insert = text("INSERT INTO contacts (name, phone) VALUES (:name, :phone)")
+            await conn.execute(insert, {"name": "Иван Петров", "phone": "+7 900 123-45-67"})
+            with pytest.raises(IntegrityError) as failed:
+                await conn.execute(insert, {"name": "Иван Петров", "phone": "+7 900 123-45-67"})
+    finally:
+        await engine.dispose()
+    message = str(failed.value)
+    assert "INSERT INTO contacts" in message and "UNIQUE" in message  # what failed, and why
+    assert "+7 900" not in message and "Иван" not in message
+    postgresql = make_engine("postgresql+asyncpg://postgres@127.0.0.1:5432/none")  # not connected
+    assert postgresql.sync_engine.hide_parameters
+    await postgresql.dispose()
