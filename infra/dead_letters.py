@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from infra.logs import error_text
 from schemas.topics import dead_letter_topic
 
 ERROR_HEADER_PREFIX = "dlq."
@@ -43,7 +44,7 @@ def build_dead_letter(
         "source.partition": str(partition),
         "source.offset": str(offset),
         "error.class": type(error).__name__,
-        "error.message": str(error)[:MAX_ERROR_TEXT],
+        "error.message": error_text(error, MAX_ERROR_TEXT),
         "attempts": str(attempts),
         "consumer": consumer,
         "failed_at": datetime.now(timezone.utc).isoformat(),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from infra.dead_letters import DeadLetter, build_dead_letter
-from infra.logs import bound_contextvars
+from infra.logs import bound_contextvars, error_text
 from infra.metrics import DELIVERY_FAILURES, HANDLER_SECONDS, MESSAGES_CONSUMED
 from infra.retrying import AttemptsExhausted, PermanentError, call_with_retries
 from schemas.registry import InvalidMessage, Message, parse_message
@@ -103,7 +103,7 @@ async def deliver(
         )
         await send_dead_letter(letter)
         MESSAGES_CONSUMED.labels(policy.consumer, record.topic, message_type, "dead_lettered").inc()
-        log.warning("message_dead_lettered", error_class=type(error).__name__, error=str(error)[:300],
+        log.warning("message_dead_lettered", error_class=type(error).__name__, error=error_text(error),
                     dead_letter_topic=letter.topic, attempts=attempts)
         return False
 
@@ -126,7 +126,7 @@ async def apply_together(records: list[Record], policy: DeliveryPolicy, batch_ha
         await batch_handler([message for _, message in valid], records[0].topic)
     except Exception as exc:
         log.info("batch_applied_one_by_one", messages=len(valid), error_class=type(exc).__name__,
-                 error=str(exc)[:300])
+                 error=error_text(exc))
         return records
     seconds = (time.perf_counter() - started) / len(valid)
     for record, message in valid:

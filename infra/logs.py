@@ -11,13 +11,27 @@ import sys
 import uuid
 
 import structlog
+from pydantic import ValidationError
 from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
 
-__all__ = ["configure_logging", "bind_contextvars", "bound_contextvars", "clear_contextvars", "new_correlation_id"]
+from schemas.registry import without_values
+
+__all__ = ["configure_logging", "bind_contextvars", "bound_contextvars", "clear_contextvars", "error_text",
+           "new_correlation_id"]
 
 
 def new_correlation_id() -> str:
     return uuid.uuid4().hex
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text as a log line or a dead letter may carry it. A validation
+    error's own text quotes every wrong value (personal data among them): only its fields
+    and reasons are kept (schemas.registry.without_values). A database error's values are
+    left out by the engines (`hide_parameters`, infra.db)."""
+    if isinstance(exc, ValidationError):
+        return without_values(exc)[:limit]
+    return str(exc)[:limit]
 
 
 def configure_logging(service: str, *, json_logs: bool, level: str = "INFO") -> None:

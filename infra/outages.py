@@ -76,10 +76,3 @@ def unavailable(exc: BaseException | None) -> bool:
 def retry_after_of(exc: BaseException | None) -> float | None:
     return getattr(exc, "retry_after", None)
 
-
-def outage_text(exc: BaseException) -> str:
-    """What to log of an outage: the driver's own first line for a database error, never
-    SQLAlchemy's text, which goes on with the statement and its parameters (personal data
-    among them)."""
-    text = str(getattr(exc, "orig", None) or exc)
-    return (text.splitlines() or [""])[0][:200]

@@ -19,7 +19,8 @@ from tenacity import (
     wait_random,
 )
 
-from infra.outages import outage_text, retry_after_of, unavailable
+from infra.logs import error_text
+from infra.outages import retry_after_of, unavailable
 from schemas.registry import InvalidMessage
 
 log = structlog.get_logger()
@@ -78,7 +79,7 @@ async def call_with_retries(
         if unavailable(failure):
             if state.attempt_number == attempts:
                 log.warning("waiting_for_dependency", error_class=type(failure).__name__,
-                            error=outage_text(failure), attempts=attempts)
+                            error=error_text(failure), attempts=attempts)
             return False
         return True
 

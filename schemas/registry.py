@@ -77,6 +77,14 @@ def upcast(type_: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def without_values(exc: ValidationError) -> str:
+    """Which fields are wrong and why, never their values: pydantic's own text quotes each
+    input (an organization's name is a person's for a sole trader), and this text goes to
+    the logs and the dead letter's headers."""
+    return "; ".join(f"{'.'.join(str(part) for part in error['loc']) or '(message)'}: {error['msg']}"
+                     for error in exc.errors(include_url=False, include_input=False))
+
+
 def parse_message(raw: bytes | None, accepted_types: frozenset[str] | None = None) -> Message:
     if raw is None:
         raise InvalidMessage("empty message value")
@@ -84,7 +92,9 @@ def parse_message(raw: bytes | None, accepted_types: frozenset[str] | None = Non
         raise InvalidMessage(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         envelope = Envelope.model_validate(json.loads(raw))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValidationError as exc:
+        raise InvalidMessage(f"not a valid envelope: {without_values(exc)}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # not JSON: says where, not what
         raise InvalidMessage(f"not a valid envelope: {exc}") from exc
     if envelope.type not in LATEST or (accepted_types is not None and envelope.type not in accepted_types):
         raise InvalidMessage(f"unknown message type {envelope.type!r}")
@@ -97,7 +107,7 @@ def parse_message(raw: bytes | None, accepted_types: frozenset[str] | None = Non
     try:
         return Message(envelope=envelope, payload=model.model_validate(payload))
     except ValidationError as exc:
-        raise InvalidMessage(f"invalid {envelope.type} payload: {exc}") from exc
+        raise InvalidMessage(f"invalid {envelope.type} payload: {without_values(exc)}") from exc
 
 
 def encode(envelope: Envelope) -> bytes:

@@ -15,6 +15,7 @@ import structlog
 
 from infra.dead_letters import DeadLetter
 from infra.delivery import DeliveryPolicy, Record, apply_together, count_from_zero, deliver
+from infra.logs import error_text
 from infra.metrics import (
     BATCH_EVENTS,
     MESSAGES_PUBLISHED,
@@ -237,6 +238,6 @@ async def handle_until_done(handle, events: list[faust.EventT]) -> None:
             return
         except Exception as exc:
             first = events[0].message
-            log.error("event_handling_failed_retrying", error=str(exc)[:300], error_class=type(exc).__name__,
+            log.error("event_handling_failed_retrying", error=error_text(exc), error_class=type(exc).__name__,
                       topic=first.topic, partition=first.partition, offset=first.offset, events=len(events))
             await asyncio.sleep(1.0)

@@ -51,3 +51,19 @@ def test_old_versions_are_upcast_on_read(monkeypatch):
     monkeypatch.delitem(registry.UPCASTERS, ("crm.update_approval_status", 1))
     with pytest.raises(InvalidMessage, match="no upcaster"):
         parse_message(envelope())
+
+
+def test_an_invalid_message_says_which_fields_and_why_never_their_values():
+    """The reason of an invalid message goes to the logs and the dead letter's headers;
+    pydantic's own text quoted each wrong value (here a sole trader's name, a person's)."""
+    bad_payload = envelope(type="crm.approval_requested", schema_version=2, payload={
+        "approval_request_id": "r", "organization": {"id": "o", "name": ["ИП Петров Иван Сергеевич"]}})
+    bad_envelope = envelope(correlation_id=["ИП Петров Иван Сергеевич"])
+    for raw in (bad_payload, bad_envelope):
+        with pytest.raises(InvalidMessage) as invalid:
+            parse_message(raw)
+        assert "Петров" not in str(invalid.value)
+    with pytest.raises(InvalidMessage, match=r"organization\.name: Input should be a valid string"):
+        parse_message(bad_payload)
+    with pytest.raises(InvalidMessage, match=r"not a valid envelope: correlation_id: Input should be a valid string"):
+        parse_message(bad_envelope)

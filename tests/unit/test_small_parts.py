@@ -342,16 +342,27 @@ def test_what_counts_as_the_database_being_away():
     assert [database_unavailable(e) for e in not_away] == [False] * len(not_away)
 
 
-def test_an_outage_is_logged_without_the_statement_or_its_parameters():
-    from sqlalchemy.exc import InterfaceError
+def test_an_error_is_logged_and_dead_lettered_without_the_values_it_failed_on():
+    from pydantic import BaseModel, ValidationError
 
-    from infra.outages import outage_text
+    from infra.dead_letters import build_dead_letter, error_context
+    from infra.logs import error_text
 
-    wrapped = InterfaceError("INSERT INTO contacts (name, phone) VALUES ($1, $2)", ("Иван Петров", "+7 900 123-45-67"),
-                             ConnectionResetError("connection was closed in the middle of operation"))
-    assert "+7 900" in str(wrapped)  # what SQLAlchemy's own text would have put in the log
-    assert outage_text(wrapped) == "connection was closed in the middle of operation"
-    assert outage_text(ConnectionRefusedError(111, "Connect call failed")) == "[Errno 111] Connect call failed"
+    class Contact(BaseModel):
+        name: str
+        phone: int
+
+    try:
+        Contact(name=["Иван Петров"], phone="+7 900 123-45-67")
+    except ValidationError as exc:
+        invalid = exc
+    assert "+7 900" in str(invalid)  # what pydantic's own text would have put in a log
+    assert error_text(invalid) == "name: Input should be a valid string; phone: Input should be a valid integer, " \
+                                  "unable to parse string as an integer"
+    letter = build_dead_letter(source_topic="t", partition=0, offset=1, key=None, value=b"{}", headers=[],
+                               error=invalid, attempts=3, consumer="c")
+    assert "Иван" not in error_context(letter.headers)["error.message"]
+    assert error_text(ConnectionRefusedError(111, "Connect call failed")) == "[Errno 111] Connect call failed"
 
 
 async def test_a_database_error_never_carries_the_values_of_its_statement(tmp_path):
