@@ -75,4 +75,3 @@ def unavailable(exc: BaseException | None) -> bool:
 
 def retry_after_of(exc: BaseException | None) -> float | None:
     return getattr(exc, "retry_after", None)
-
