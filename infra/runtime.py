@@ -20,16 +20,16 @@ log = structlog.get_logger()
 
 async def start_producer(producer: AIOKafkaProducer, bootstrap: str, partitions: int, timeout: float = 60.0,
                          replication: int = 1) -> None:
-    await ensure_topics(bootstrap, provisioning(partitions), timeout=timeout, replication_factor=replication)
-    deadline = asyncio.get_running_loop().time() + timeout
+    """The topics, then the producer, tried every second until the broker answers
+    (`broker_unreachable` warnings meanwhile; the service serves its users all along, see
+    infra.service_app._start_messaging). `timeout` bounds one try at the topics."""
     while True:
         try:
+            await ensure_topics(bootstrap, provisioning(partitions), timeout=timeout, replication_factor=replication)
             await producer.start()
             return
         except Exception as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"broker {bootstrap} unreachable: {exc}") from exc
-            log.warning("producer_start_retry", error=str(exc))
+            log.warning("broker_unreachable", error=str(exc), error_class=type(exc).__name__)
             await asyncio.sleep(1.0)
 
 

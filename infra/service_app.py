@@ -93,8 +93,7 @@ def build_app(*, title: str, service: str, container, routers: list[APIRouter]) 
         """Ready to serve its users: the database is reachable and migrated. The broker is
         reported but not required: while it is away, what users do is kept in the outbox
         and goes out when it is back, so sales and approvers keep working."""
-        db_ok = await database_reachable(container.engine)
-        broker_ok = await broker_reachable(container.producer)
+        db_ok, broker_ok = await _dependencies_up(container, service)
         migrated = db_ok and await migrations_at_head(container.engine, container.migrations_dir)
         ok = db_ok and migrated
         return JSONResponse(
@@ -139,14 +138,8 @@ async def _start_messaging(container, tasks: BackgroundTasks) -> None:
     Before, a service whose broker was away at start did not serve at all: its start
     waited 60 s for the broker, then failed."""
     settings = container.settings
-    while True:
-        try:
-            await start_producer(container.producer, settings.kafka_bootstrap_servers, settings.topic_partitions,
-                                 replication=settings.topic_replication)
-            break
-        except Exception as exc:
-            log.warning("broker_unreachable", error=str(exc), error_class=type(exc).__name__)
-            await asyncio.sleep(1.0)
+    await start_producer(container.producer, settings.kafka_bootstrap_servers, settings.topic_partitions,
+                         replication=settings.topic_replication)
     log.info("producer_started")
     tasks.spawn("outbox-relay", container.relay().run_forever())
 
