@@ -115,11 +115,17 @@ async def _renew_when_ending(uow: EcmUnitOfWork, document: dict, *, years: int |
     until = renewed_when_stored_again(document, years=years, now=now)
     if until is None:
         return False
-    await uow.documents.update_document(document["id"], retain_until=until)
-    await uow.history.append(entity_type=DOCUMENT, entity_id=document["id"], action="retention_renewed",
-                             actor=actor, data={"retain_until": until.isoformat(), "because": "stored_again"},
-                             at=now)
+    await _store_renewed(uow, document["id"], until, actor=actor, at=now, because="stored_again")
     return True
+
+
+async def _store_renewed(uow: EcmUnitOfWork, document_id: str, until: datetime, *, actor: str, at: datetime,
+                         because: str | None = None) -> None:
+    """A document's renewed end of retention, and the history entry that says so."""
+    await uow.documents.update_document(document_id, retain_until=until)
+    await uow.history.append(entity_type=DOCUMENT, entity_id=document_id, action="retention_renewed", actor=actor,
+                             data={"retain_until": until.isoformat(), **({"because": because} if because else {})},
+                             at=at)
 
 
 @dataclass(frozen=True)
@@ -276,20 +282,14 @@ async def dispose_expired(uow: EcmUnitOfWork, content_store, *, now: datetime, a
                 await uow.approvals.last_change_for_document(document["id"])])
             if until != document["retain_until"]:
                 if not dry_run:
-                    await uow.documents.update_document(document["id"], retain_until=until)
-                    await uow.history.append(entity_type=DOCUMENT, entity_id=document["id"],
-                                             action="retention_renewed", actor=actor,
-                                             data={"retain_until": until.isoformat()}, at=now)
+                    await _store_renewed(uow, document["id"], until, actor=actor, at=now)
                 document = {**document, "retain_until": until}
             blocker = disposal_blocker(document, now=now,
                                        approvals_in_flight=await uow.approvals.in_flight_for_document(document["id"]))
-            if blocker:
-                results.append({"id": document["id"], "eligible": False, "disposed": False, "reason": blocker,
-                                "retain_until": document["retain_until"]})
-                continue
-            results.append({"id": document["id"], "eligible": True, "disposed": not dry_run, "reason": None,
+            results.append({"id": document["id"], "eligible": blocker is None,
+                            "disposed": blocker is None and not dry_run, "reason": blocker,
                             "retain_until": document["retain_until"]})
-            if dry_run:
+            if blocker or dry_run:
                 continue
             await uow.documents.update_document(document["id"], disposed_at=now)
             deleted, kept = [], []
