@@ -35,6 +35,14 @@ async def _store(ecm, content: bytes, doc_type: str):
     return doc, sha
 
 
+def _arrived(ecm, ref, content: bytes, *, long_ago: bool = True) -> documents.Arrived:
+    sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
+    if long_ago:
+        written_long_ago(ecm.content_store.path_for(sha))
+    return documents.Arrived(external_ref=ref, doc_type="proposal", title="КП", filename="kp.pdf",
+                             content_type="application/pdf", sha256=sha, size=size)
+
+
 async def test_disposal_respects_holds_and_shared_content(ecm):
     now = datetime.now(timezone.utc)
     held, _ = await _store(ecm, b"held contract", "contract")
@@ -148,9 +156,7 @@ async def test_a_document_sent_again_after_its_disposal_is_stored_as_a_new_one(e
     ref, other_ref = ExternalRef(system="crm", id="doc-1"), ExternalRef(system="crm", id="doc-2")
 
     def arrived(ref, content: bytes) -> documents.Arrived:
-        sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
-        return documents.Arrived(external_ref=ref, doc_type="proposal", title="КП", filename="kp.pdf",
-                                 content_type="application/pdf", sha256=sha, size=size)
+        return _arrived(ecm, ref, content, long_ago=False)
 
     [(first, _, _), (second, _, _)] = await documents.store_many(
         ecm.uow, user_id="bridge", items=[arrived(ref, b"the proposal"), arrived(other_ref, b"another proposal")],
@@ -288,14 +294,6 @@ async def _past_its_retention(ecm, document_id: str, now: datetime) -> None:
             created_at=then, retain_until=now - timedelta(days=1)))
         await session.execute(update(tables.document_versions).where(
             tables.document_versions.c.document_id == document_id).values(created_at=then))
-
-
-def _arrived(ecm, ref, content: bytes, *, long_ago: bool = True) -> documents.Arrived:
-    sha, size = ecm.content_store.put(io.BytesIO(content), max_bytes=10**6)
-    if long_ago:
-        written_long_ago(ecm.content_store.path_for(sha))
-    return documents.Arrived(external_ref=ref, doc_type="proposal", title="КП", filename="kp.pdf",
-                             content_type="application/pdf", sha256=sha, size=size)
 
 
 async def test_a_document_sent_again_as_its_retention_ends_keeps_it(ecm):
