@@ -35,8 +35,14 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
 
 
 def configure_logging(service: str, *, json_logs: bool, level: str = "INFO") -> None:
+    def name_the_service(_logger, _method, event: dict) -> dict:
+        # Every line, a thread's too (the bridge's consumer thread has a context of its own).
+        event.setdefault("service", service)
+        return event
+
     processors = [
         structlog.contextvars.merge_contextvars,
+        name_the_service,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
@@ -49,7 +55,6 @@ def configure_logging(service: str, *, json_logs: bool, level: str = "INFO") -> 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(service=service)
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stdout, format=f"%(asctime)s {service} %(name)s %(levelname)s %(message)s"
     )

@@ -3,13 +3,17 @@ agent has handled a message; every downstream consumer dedupes by command id."""
 
 from __future__ import annotations
 
+import time
+
 import faust
+import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from schemas.topics import CRM_EVENTS, ECM_EVENTS
 from sync_bridge.config import BridgeSettings
 
 settings = BridgeSettings()
+log = structlog.get_logger()
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -24,6 +28,30 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms
         return consumer
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        """A worker whose agent waits out an outage (ADR 0020) or a pause stops fetching
+        once its stream buffer is full; after `broker_max_poll_interval` aiokafka takes it
+        out of the group, and faust's revoke waits for the agent. aiokafka then rejoins
+        only after a fetch (it skips the rejoin while the consumer looks idle), and faust
+        fetches only once it is assigned partitions again: the worker stayed out of the
+        group for good, its partitions unread, with nothing logged after the failed commit
+        (seen with a 6-s interval and a 40-s ECM outage; like faust issue #517). The
+        revoke returns once the agent has handled what it held, so the worker is active
+        again: it says so to aiokafka (the end of a fetch, aiokafka 0.14.0's
+        `_last_fetch_ended`), which rejoins."""
+        subscription = self._consumer._subscription if self._consumer is not None else None
+        idle = subscription.fetcher_idle_time if subscription is not None else 0.0
+        if idle >= settings.max_poll_interval:
+            log.warning("worker_left_group_while_waiting", idle_seconds=round(idle, 1),
+                        max_poll_interval=settings.max_poll_interval, partitions=len(revoked))
+        try:
+            await super().on_partitions_revoked(revoked)
+        finally:
+            if subscription is not None:
+                subscription._last_fetch_ended = time.monotonic()
+                if idle >= settings.max_poll_interval:
+                    log.info("worker_rejoining_group")
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -45,6 +73,8 @@ app = faust.App(
     broker_rebalance_timeout=10,
     broker_heartbeat_interval=1,
     broker_commit_interval=1.0,
+    broker_max_poll_interval=settings.max_poll_interval,
+    stream_buffer_maxsize=settings.stream_buffer_size,
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
     processing_guarantee="at_least_once",

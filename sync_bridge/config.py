@@ -18,11 +18,17 @@ class BridgeSettings(ServiceSettings):
     ecm_token: str | None = None
     web_port: int = 8003
     data_dir: Path = Path("var/bridge")
-    # Transient failures (an API or the broker away) are retried this many times with
-    # backoff up to `retry_max_wait` seconds, then the message is dead-lettered.
+    # A failed call is tried this many times with backoff up to `retry_max_wait` seconds,
+    # then the message is dead-lettered; while the API it needs is away (unreachable,
+    # 503, 507) it is tried past them for as long as that lasts (ADR 0020).
     max_attempts: int = 12
     retry_max_wait: float = 10.0
     http_timeout: float = 30.0
+    # faust's broker_max_poll_interval (its default): a worker that has fetched nothing
+    # for this long (its agent waiting, its buffer of `stream_buffer_size` events full)
+    # leaves the group, and rejoins once the agent has handled what it held.
+    max_poll_interval: float = Field(1000.0, gt=0)
+    stream_buffer_size: int = Field(4096, ge=1)
     # The assigned partitions' events are taken together (each partition's in order),
     # `batch_size` at a time, waiting at most `batch_seconds` for a batch to fill; a
     # batch's small documents travel in two HTTP calls (see

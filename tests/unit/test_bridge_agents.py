@@ -32,6 +32,31 @@ async def test_the_bridge_consumer_waits_at_the_broker_no_longer_than_configured
     assert consumer._fetch_max_wait_ms == 50  # what aiokafka hands its fetcher when it starts
 
 
+async def test_a_worker_taken_out_of_its_group_for_waiting_looks_active_once_its_agent_is_done(monkeypatch):
+    # aiokafka rejoins only a consumer that has fetched within the poll interval; faust
+    # fetches only once it is assigned partitions again. The revoke ends the wait.
+    import time
+
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    from sync_bridge.app import app, settings
+
+    thread = app.consumer._new_consumer_thread()
+    thread._consumer = thread._create_worker_consumer(app.transport)
+    subscription = thread._consumer._subscription
+    subscription._last_fetch_ended = time.monotonic() - 2 * settings.max_poll_interval
+    assert subscription.fetcher_idle_time >= settings.max_poll_interval  # aiokafka would not rejoin
+    agent_done = []
+
+    async def faust_revoke(_thread, revoked):  # faust waits here for the agent's events
+        agent_done.append(revoked)
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_partitions_revoked", faust_revoke)
+    await thread.on_partitions_revoked({"crm.events-0"})
+    assert agent_done == [{"crm.events-0"}]
+    assert subscription.fetcher_idle_time < 1
+
+
 def test_the_bridge_consumer_keeps_its_session_as_configured():
     # faust's own default is 60 s, and the local broker holds a joining consumer for half
     # of it. The app reads its settings when imported: a process of its own.

@@ -88,6 +88,24 @@ async def test_an_outage_is_waited_out_past_the_attempts_and_never_dead_lettered
     assert sample("bridge_delivery_failures_total", **failures) - before == 4 * POLICY.max_attempts
 
 
+async def test_a_message_that_brings_its_service_down_is_dead_lettered_not_waited_for():
+    """A request the ECM dies of ends in a dropped connection, then the ECM refuses
+    connections while it restarts. The refusals are an outage and are waited out, but the
+    dropped connection is the message's own failure: once the attempts are used, the next
+    one dead-letters it, and the partition goes on instead of bringing the ECM down again."""
+    calls, letters = [], Letters()
+
+    async def kills_the_ecm(message, topic):
+        calls.append(1)
+        if len(calls) % 4 == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        raise httpx.ConnectError("the ECM is restarting")
+
+    assert await deliver(record(envelope()), POLICY, kills_the_ecm, letters) is False
+    assert len(calls) == 5  # died, 3 refusals while it restarted, died again
+    assert error_context(letters[0].headers)["error.class"] == "RemoteProtocolError"
+
+
 def test_the_wait_after_a_failure_is_what_the_answer_asked_for_within_a_ceiling():
     from tenacity import Future, RetryCallState
 
