@@ -34,7 +34,12 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
     return str(exc)[:limit]
 
 
-def configure_logging(service: str, *, json_logs: bool, level: str = "INFO") -> None:
+def configure_logging(service: str, *, json_logs: bool, level: str = "INFO") -> logging.Handler:
+    """structlog for our own lines (written straight to stdout), and one handler on the
+    root logger that renders the libraries' records (aiokafka, faust, uvicorn,
+    SQLAlchemy) the same way: JSON outside development, with the service, the level, the
+    logger's name and the correlation id when one is bound. Returns that handler (the
+    bridge gives it to faust, which sets up logging again when its worker starts)."""
     def name_the_service(_logger, _method, event: dict) -> dict:
         # Every line, a thread's too (the bridge's consumer thread has a context of its own).
         event.setdefault("service", service)
@@ -45,16 +50,20 @@ def configure_logging(service: str, *, json_logs: bool, level: str = "INFO") -> 
         name_the_service,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
-        structlog.processors.format_exc_info,
     ]
     renderer = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[*processors, renderer],
+        processors=[*processors, structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info,
+                    renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stdout, format=f"%(asctime)s {service} %(name)s %(levelname)s %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*processors, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
+    ))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    return handler

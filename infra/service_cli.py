@@ -51,8 +51,11 @@ def run_cli(
     else:
         if settings.integration_token:
             asyncio.run(_ensure_integration_user(settings, users_table, service))
+        # log_config=None: uvicorn's records go to the root logger, which the app factory
+        # gives our JSON handler (infra.logs), instead of uvicorn's own plain-text ones.
         uvicorn.run(app_factory, factory=True, host=settings.host, port=settings.port, log_level="warning",
-                    timeout_keep_alive=settings.http_keep_alive_seconds, timeout_graceful_shutdown=5)
+                    log_config=None, timeout_keep_alive=settings.http_keep_alive_seconds,
+                    timeout_graceful_shutdown=5)
     return 0
 
 

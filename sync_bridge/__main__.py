@@ -1,6 +1,7 @@
 """`python -m sync_bridge`: provision topics, then run the faust worker."""
 
 import asyncio
+import logging
 
 import faust
 
@@ -14,18 +15,23 @@ from sync_bridge.app import app, settings
 
 
 def main() -> None:
-    configure_logging("bridge", json_logs=settings.json_logs, level=settings.log_level)
+    handler = configure_logging("bridge", json_logs=settings.json_logs, level=settings.log_level)
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, provisioning(settings.topic_partitions),
                               replication_factor=settings.topic_replication))
-    worker = make_worker()
+    worker = make_worker(handler)
     settle_garbage_collector(settings.gc_gen0_threshold)
     worker.execute_from_commandline()
 
 
-def make_worker() -> faust.Worker:
+def make_worker(handler: logging.Handler | None = None) -> faust.Worker:
     # Started programmatically (not through faust's CLI) so that stdout is not redirected
-    # into faust's logger: our structured logs stay one JSON object per line.
-    worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True)
+    # into faust's logger: our structured logs stay one JSON object per line. faust sets
+    # up logging again as its worker starts (plain text by default): the root logger gets
+    # our handler back, so faust's and aiokafka's records are JSON lines too.
+    worker = faust.Worker(app, loglevel="WARN", redirect_stdouts=False, quiet=True,
+                          logging_config={"version": 1, "disable_existing_loggers": False,
+                                          "root": {"level": "WARNING", "handlers": []}})
+    worker.loghandlers = [handler] if handler is not None else []  # faust takes app.conf's otherwise
     # faust always makes a terminal spinner, and with one it sets the root logger to DEBUG
     # (the spinner turns on every record, faust-streaming/faust#495): every debug call in
     # aiokafka and httpcore then builds a record no handler wants, about a tenth of the

@@ -102,10 +102,13 @@ def test_name_only_organization_goes_through_approval_to_approved(api, system):
     assert (org["inn"], org["kpp"], org["ogrn"]) == (ids["inn"], ids["kpp"], ids["ogrn"])
     assert org["registry_differences"] == [] and org["link_text"] == "verified in the registry as Вектор плюс"
 
-    # One correlation id follows the request through all three processes' logs.
+    # One correlation id follows the request through all three processes' logs, and every
+    # line of them is a JSON object naming its service and level, the libraries' too
+    # (aiokafka's, faust's, uvicorn's records were plain text).
     for name in ("crm", "bridge", "ecm"):
-        lines = [json.loads(line) for line in (system.log_dir / f"{name}.log").read_text().splitlines()
-                 if line.startswith("{") and correlation_id in line]
+        text = (system.log_dir / f"{name}.log").read_text().splitlines()
+        assert all(json.loads(line)["service"] == name and json.loads(line)["level"] for line in text), name
+        lines = [json.loads(line) for line in text if correlation_id in line]
         assert lines and all(line["correlation_id"] == correlation_id for line in lines), name
 
 

@@ -186,6 +186,37 @@ def test_the_bridge_worker_keeps_library_debug_logs_off():
         root.handlers[:] = saved[1]
 
 
+def test_the_libraries_records_are_json_lines_of_the_service_after_faust_sets_up_logging(capsys):
+    """faust sets up logging again as its worker starts, with its own plain-text format:
+    aiokafka's and faust's warnings (a failed commit, a rebalance) were the only lines of
+    the bridge's log a JSON log shipper could not read."""
+    import json
+    import logging
+
+    import structlog
+
+    from infra.logs import bound_contextvars, configure_logging
+    from sync_bridge.__main__ import make_worker
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers), structlog.get_config())
+    try:
+        make_worker(configure_logging("bridge", json_logs=True))._setup_logging()
+        with bound_contextvars(correlation_id="c-7"):
+            logging.getLogger("aiokafka.consumer.group_coordinator").error(
+                "OffsetCommit failed for group %s, will rejoin", "sync-bridge")
+        logging.getLogger("faust").info("below the worker's level")
+        (line,) = capsys.readouterr().out.splitlines()
+        assert json.loads(line) == {
+            "event": "OffsetCommit failed for group sync-bridge, will rejoin", "service": "bridge",
+            "level": "error", "logger": "aiokafka.consumer.group_coordinator", "correlation_id": "c-7",
+            "timestamp": json.loads(line)["timestamp"]}
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        structlog.configure(**saved[2])
+
+
 async def test_httpcore_finds_sniffio_so_its_per_call_import_is_a_lookup():
     """httpcore imports sniffio each time it sets up a lock or an event (several times per
     HTTP call of the bridge's transfers); without sniffio installed each of those imports
