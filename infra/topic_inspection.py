@@ -20,8 +20,8 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
 async def read_records(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list:
     """Every record currently in a topic, from the beginning of each partition."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = await _partitions(consumer, topic)
         if not partitions:
             return []
@@ -47,8 +47,8 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
     report the base offset of the last record batch + 1; the last batch is fetched to
     find the true end, which also holds on Apache Kafka."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = [tp for topic in topics for tp in await _partitions(consumer, topic)]
         if not partitions:
             return {}
@@ -72,9 +72,33 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
 
 async def committed_offsets(bootstrap: str, group: str, partitions: list[TopicPartition]) -> dict:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         found = await admin.list_consumer_group_offsets(group, partitions=partitions)
         return {tp: (meta.offset if meta is not None and meta.offset >= 0 else None) for tp, meta in found.items()}
+    finally:
+        await admin.close()
+
+
+async def group_members(bootstrap: str, groups: list[str]) -> dict[str, dict]:
+    """Each consumer group's state as the broker's coordinator has it ("Stable",
+    "PreparingRebalance", "CompletingRebalance", "Empty", "Dead") and its members (id,
+    client id, host; the local broker leaves the last two empty). A group with lag and no
+    member is one nobody reads."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        described = {}
+        # One group per request: the local broker's answer to several at once cannot be
+        # decoded ("Buffer underrun decoding string").
+        responses = [response for group in groups for response in await admin.describe_consumer_groups([group])]
+        for response in responses:
+            for error_code, group, state, _protocol_type, _protocol, members, *_ in response.groups:
+                described[group] = {
+                    "state": state if error_code == 0 else f"error {error_code}",
+                    "members": [{"member_id": member[0], "client_id": member[1], "host": member[2]}
+                                for member in members],
+                }
+        return described
     finally:
         await admin.close()

@@ -26,15 +26,17 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import sys
 from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from infra.outbox_admin import backlog, mark_for_republish
-from infra.topic_inspection import committed_offsets, end_offsets, read_records
+from infra.topic_inspection import committed_offsets, end_offsets, group_members, read_records
 from schemas.topics import BRIDGE_CONTROL, CRM_COMMANDS, CRM_EVENTS, DEAD_LETTER_TOPICS, ECM_COMMANDS, ECM_EVENTS
 from sync_bridge import dead_letters
 from sync_bridge.control import DIRECTIONS, control_record, fold
@@ -89,7 +91,20 @@ async def status(s: CtlSettings) -> dict:
             outbox[service] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     control = fold(await read_records(s.kafka_bootstrap_servers, BRIDGE_CONTROL))
     pauses = {d: control.get(d, {"paused": False}) for d in DIRECTIONS}
-    return {"topics": topics, "dead_letters": dlq, "outbox": outbox, "directions": pauses}
+    described = await group_members(s.kafka_bootstrap_servers, list(dict.fromkeys(groups.values())))
+    consumer_groups = [
+        {"group": group, "topics": [t["topic"] for t in topics if t["group"] == group],
+         "lag": sum(t["lag"] for t in topics if t["group"] == group),
+         **described.get(group, {"state": "unknown", "members": []})}
+        for group in dict.fromkeys(groups.values())
+    ]
+    return {"topics": topics, "groups": consumer_groups, "dead_letters": dlq, "outbox": outbox,
+            "directions": pauses}
+
+
+def unread(group: dict) -> bool:
+    """Messages wait and no member of the group is there to read them."""
+    return group["lag"] > 0 and not group["members"]
 
 
 def print_status(report: dict) -> None:
@@ -98,6 +113,13 @@ def print_status(report: dict) -> None:
         for p in t["partitions"]:
             committed = "-" if p["committed"] is None else p["committed"]
             print(f"{t['topic']:<15} {t['group']:<14} {p['partition']:>9} {p['end']:>5} {committed:>10} {p['lag']:>5}")
+    print("\nCONSUMER GROUPS")
+    for g in report["groups"]:
+        warning = f"   NOBODY READING: {g['lag']} message(s) wait" if unread(g) else ""
+        print(f"  {g['group']:<14} {g['state']:<20} {len(g['members'])} member(s){warning}")
+        for m in g["members"]:
+            where = " ".join(part for part in (m["client_id"], m["host"]) if part)
+            print(f"    {m['member_id']}" + (f"  ({where})" if where else ""))
     print("\nDEAD LETTERS")
     for topic, count in report["dead_letters"].items():
         print(f"  {topic:<20} {count}")
@@ -231,7 +253,14 @@ async def run(args, s: CtlSettings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return asyncio.run(run(args, CtlSettings()))
+    settings = CtlSettings()
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker away is said once, below
+    try:
+        return asyncio.run(run(args, settings))
+    except KafkaConnectionError as exc:
+        print(f"bridgectl: the broker at {settings.kafka_bootstrap_servers} cannot be reached ({exc}); "
+              "set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

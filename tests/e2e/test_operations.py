@@ -191,6 +191,37 @@ def test_dead_letters_are_listed_shown_and_replayed_after_the_fix(api, system):
     assert bridgectl(system, "dlq", "show", "crm.events.dlq:9:999", check=False).returncode == 2
 
 
+def test_status_lists_each_group_s_members_and_says_when_nobody_reads_waiting_messages(api, system):
+    def groups() -> dict[str, dict]:
+        return {g["group"]: g for g in status(system)["groups"]}
+
+    wait_until(lambda: all(g["state"] == "Stable" and len(g["members"]) == 1 for g in groups().values()),
+               timeout=60, message="every group with its one member")
+    assert set(groups()) == {"sync-bridge", "ecm-service", "crm-service"}
+    assert groups()["sync-bridge"]["topics"] == ["crm.events", "ecm.events"]
+    assert "NOBODY READING" not in bridgectl(system, "status").stdout
+    # A bridge group that no worker runs (a worker deployed with another BRIDGE_APP_ID):
+    # the CRM's events wait for it, and nobody is there to read them.
+    request_approval(api, create_deal_with_document(api, name="Read by nobody"))
+    elsewhere = {**system.env(), "BRIDGE_APP_ID": "sync-bridge-elsewhere"}
+    found = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", "status", "--json"], env=elsewhere,
+                           capture_output=True, text=True, timeout=60, check=True)
+    (group,) = [g for g in json.loads(found.stdout)["groups"] if g["group"] == "sync-bridge-elsewhere"]
+    assert group["members"] == [] and group["lag"] > 0, group
+    text = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", "status"], env=elsewhere,
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"NOBODY READING: {group['lag']} message(s) wait" in text
+
+
+def test_status_says_plainly_when_the_broker_cannot_be_reached(system):
+    away = {**system.env(), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+    found = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", "status"], env=away,
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 1
+    assert found.stderr.strip().startswith("bridgectl: the broker at 127.0.0.1:9 cannot be reached")
+    assert "Traceback" not in found.stderr and found.stdout == ""
+
+
 def test_outbox_replay_republishes_sent_rows_without_duplicating_effects(api, system):
     since = datetime.now(timezone.utc).isoformat()
     flow = request_approval(api, create_deal_with_document(api, name="Republished"))
