@@ -1,7 +1,7 @@
 """bridgectl: operate the CRM<->ECM streams.
 
 Examples:
-  bridgectl status                               lag per partition, outbox backlog, dead letters, pauses
+  bridgectl status                               lag per partition, groups, outbox backlog, dead letters, pauses
   bridgectl dlq list --source-topic crm.events   dead letters with their error context
   bridgectl dlq show crm.events.dlq:0:3          one dead letter: payload, headers, error
   bridgectl dlq replay --id crm.events.dlq:0:3   send it back to its source topic (after a fix)
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridgectl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("status", help="lag per topic and partition, outbox backlog, dead letters, pauses")
+    st = sub.add_parser("status", help="lag per topic and partition, groups, outbox backlog, dead letters, pauses")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
     dlq = sub.add_parser("dlq", help="list, show and replay dead letters").add_subparsers(dest="dlq", required=True)
