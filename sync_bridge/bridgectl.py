@@ -30,11 +30,14 @@ import logging
 import sys
 from datetime import datetime
 
+import httpx
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
+from infra.logs import error_text
+from infra.outages import database_unavailable, unavailable
 from infra.outbox_admin import backlog, mark_for_republish
 from infra.topic_inspection import committed_offsets, end_offsets, group_members, read_records
 from schemas.topics import BRIDGE_CONTROL, CRM_COMMANDS, CRM_EVENTS, DEAD_LETTER_TOPICS, ECM_COMMANDS, ECM_EVENTS
@@ -257,10 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker away is said once, below
     try:
         return asyncio.run(run(args, settings))
-    except KafkaConnectionError as exc:
-        print(f"bridgectl: the broker at {settings.kafka_bootstrap_servers} cannot be reached ({exc}); "
-              "set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+    except Exception as exc:
+        what = unreachable(exc, settings)
+        if what is None:
+            raise
+        detail = error_text(exc)
+        if type(exc).__name__ not in detail:
+            detail = f"{type(exc).__name__}: {detail}"
+        print(f"bridgectl: {what} cannot be reached ({detail})", file=sys.stderr)
         return 1
+
+
+def unreachable(exc: BaseException, s: CtlSettings) -> str | None:
+    """Which of bridgectl's dependencies a failure says is away, or None for another failure."""
+    if isinstance(exc, KafkaConnectionError):
+        return f"the broker at {s.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)"
+    if isinstance(exc, httpx.TransportError) and unavailable(exc):
+        return f"{exc.request.url.copy_with(path='/', query=None)} (CRM_URL, ECM_URL)"
+    if database_unavailable(exc):
+        return "a database (CRM_DATABASE_URL, ECM_DATABASE_URL)"
+    return None
 
 
 if __name__ == "__main__":

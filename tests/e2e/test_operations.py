@@ -213,13 +213,20 @@ def test_status_lists_each_group_s_members_and_says_when_nobody_reads_waiting_me
     assert f"NOBODY READING: {group['lag']} message(s) wait" in text
 
 
-def test_status_says_plainly_when_the_broker_cannot_be_reached(system):
-    away = {**system.env(), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
-    found = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", "status"], env=away,
+@pytest.mark.parametrize(("setting", "command", "said"), [
+    ("KAFKA_BOOTSTRAP_SERVERS", ["status"], "the broker at 127.0.0.1:9 (KAFKA_BOOTSTRAP_SERVERS)"),
+    ("CRM_DATABASE_URL", ["outbox", "replay", "--service", "crm", "--since", "2026-12-01T00:00:00Z"],
+     "a database (CRM_DATABASE_URL, ECM_DATABASE_URL)"),
+    ("ECM_URL", ["reconcile"], "http://127.0.0.1:9/ (CRM_URL, ECM_URL)"),
+])
+def test_bridgectl_says_in_one_line_what_cannot_be_reached(system, setting, command, said):
+    away = {**system.env(), setting: {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "ECM_URL": "http://127.0.0.1:9",
+                                      "CRM_DATABASE_URL": "postgresql+asyncpg://crm@127.0.0.1:9/crm"}[setting]}
+    found = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", *command], env=away,
                            capture_output=True, text=True, timeout=60)
-    assert found.returncode == 1
-    assert found.stderr.strip().startswith("bridgectl: the broker at 127.0.0.1:9 cannot be reached")
-    assert "Traceback" not in found.stderr and found.stdout == ""
+    assert found.returncode == 1, found.stderr
+    (line,) = found.stderr.strip().splitlines()
+    assert line.startswith(f"bridgectl: {said} cannot be reached ("), line
 
 
 def test_outbox_replay_republishes_sent_rows_without_duplicating_effects(api, system):
