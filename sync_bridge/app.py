@@ -3,6 +3,7 @@ agent has handled a message; every downstream consumer dedupes by command id."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import faust
@@ -57,6 +58,38 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    # Set when a stopping worker gave up waiting for its agents: nothing is committed after.
+    _left_events_unhandled = False
+
+    async def wait_empty(self) -> None:
+        """faust waits, as the worker stops, for its agents to finish the events they hold.
+        An agent waiting out an outage (ADR 0020) held the stop for as long as the outage
+        lasted: a SIGTERM then ended in the supervisor's SIGKILL (the launcher's after
+        10 s, Kubernetes' after the grace period). While stopping, the wait is bounded
+        by `stop_wait_seconds`. On a rebalance (the worker goes on) faust still waits in
+        full: the revoke's end is the agent's."""
+        if not self.app.should_stop:
+            return await super().wait_empty()
+        waiting = asyncio.ensure_future(super().wait_empty())
+        done, _ = await asyncio.wait({waiting}, timeout=settings.stop_wait_seconds)
+        if not done:
+            log.warning("stopping_with_events_unhandled", events=len(self._unacked_messages),
+                        waited_seconds=settings.stop_wait_seconds)
+            # The agents are cancelled next, and faust's take_events acknowledges a batch
+            # however its loop body ends, a cancellation included: a commit after this
+            # would mark events done that were not. Nothing more is committed; what this
+            # worker handled since its last commit comes again, and is deduplicated.
+            self._left_events_unhandled = True
+            # faust's wait swallows a cancellation (its wait for an ack catches
+            # CancelledError, faust-streaming 0.15.3); it ends once nothing is left to wait for.
+            self._unacked_messages.clear()
+        await waiting
+
+    async def commit(self, *args, **kwargs) -> bool:
+        if self._left_events_unhandled:
+            return False
+        return await super().commit(*args, **kwargs)
 
 
 class _Transport(faust_aiokafka.Transport):

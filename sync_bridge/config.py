@@ -29,6 +29,9 @@ class BridgeSettings(ServiceSettings):
     # leaves the group, and rejoins once the agent has handled what it held.
     max_poll_interval: float = Field(1000.0, gt=0)
     stream_buffer_size: int = Field(4096, ge=1)
+    # How long a stopping worker waits for its agents to finish what they hold (an agent
+    # waiting out an outage would hold the stop for as long as it lasts).
+    stop_wait_seconds: float = Field(5.0, gt=0)
     # The assigned partitions' events are taken together (each partition's in order),
     # `batch_size` at a time, waiting at most `batch_seconds` for a batch to fill; a
     # batch's small documents travel in two HTTP calls (see

@@ -3,6 +3,7 @@ and resume a direction, dead letters listed, shown and replayed after a fix, out
 replay, status."""
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -158,6 +159,31 @@ def test_an_ecm_outage_is_waited_out_and_dead_letters_nothing(api, system):
     system.wait_healthy(names=("ecm",))
     wait_crm_status(api, flow, "in_progress", "legal")
     assert len(dead_letters(system)) == letters
+
+
+def test_a_bridge_told_to_stop_while_it_waits_for_the_ecm_stops_and_loses_nothing(api, system):
+    """faust waited, as the worker stopped, for the agent to finish what it held, that is,
+    for the outage to end: a SIGTERM ended in the supervisor's SIGKILL. The wait is now
+    bounded while stopping (BRIDGE_STOP_WAIT_SECONDS, 5 s); what was not handled was not
+    committed either, and comes again to the next worker."""
+    log = system.log_dir / "bridge.log"
+    seen = len(log.read_text().splitlines())
+    system.kill("ecm")
+    flows = [request_approval(api, create_deal_with_document(api, name=f"Stopped while waiting {i}"))
+             for i in range(3)]
+    wait_until(lambda: bridge_failures(system, "ConnectError") and '"waiting_for_dependency"' in log.read_text(),
+               timeout=60, message="the bridge waiting for the ECM")
+    system.kill("bridge", signal.SIGTERM)  # waits up to 15 s for the process to end, or raises
+    assert system.processes["bridge"].returncode == 0
+    events = [json.loads(line) for line in log.read_text().splitlines()[seen:]]
+    (stopped,) = [e for e in events if e["event"] == "stopping_with_events_unhandled"]
+    assert stopped["events"] >= 1
+    system.start_process("ecm")
+    system.start_process("bridge")
+    system.wait_healthy(names=("ecm", "bridge"))
+    for flow in flows:
+        wait_crm_status(api, flow, "in_progress", "legal", timeout=90)
+        assert len(api.ecm("legal-lena", "GET", f"/api/approvals?external_ref=crm:{flow['request']['id']}").json()) == 1
 
 
 def test_dead_letters_are_listed_shown_and_replayed_after_the_fix(api, system):
