@@ -276,7 +276,10 @@ def unreachable(exc: BaseException, s: CtlSettings) -> str | None:
     if isinstance(exc, KafkaConnectionError):
         return f"the broker at {s.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)"
     if isinstance(exc, httpx.TransportError) and unavailable(exc):
-        return f"{exc.request.url.copy_with(path='/', query=None)} (CRM_URL, ECM_URL)"
+        try:
+            return f"{exc.request.url.copy_with(path='/', query=None)} (CRM_URL, ECM_URL)"
+        except RuntimeError:  # an error raised without its request
+            return "an API (CRM_URL, ECM_URL)"
     if database_unavailable(exc):
         return "a database (CRM_DATABASE_URL, ECM_DATABASE_URL)"
     return None

@@ -94,4 +94,3 @@ def test_a_pause_longer_than_the_poll_interval_resumes(api, system):
     bridgectl(system, "resume", "crm-to-ecm")
     all_delivered_once(api, system, flows)
     left_and_rejoined(system, before)
-
