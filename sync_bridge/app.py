@@ -43,7 +43,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         `_last_fetch_ended`), which rejoins."""
         subscription = self._consumer._subscription if self._consumer is not None else None
         idle = subscription.fetcher_idle_time if subscription is not None else 0.0
-        if idle >= settings.max_poll_interval:
+        left = idle >= settings.max_poll_interval
+        if left:
             log.warning("worker_left_group_while_waiting", idle_seconds=round(idle, 1),
                         max_poll_interval=settings.max_poll_interval, partitions=len(revoked))
         try:
@@ -51,7 +52,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         finally:
             if subscription is not None:
                 subscription._last_fetch_ended = time.monotonic()
-                if idle >= settings.max_poll_interval:
+                if left:
                     log.info("worker_rejoining_group")
 
 

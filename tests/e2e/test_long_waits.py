@@ -6,8 +6,6 @@ unread, with nothing in its logs after a failed commit. Real processes on Postgr
 with the interval and the buffer made small so that a test can outlast them."""
 
 import json
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,6 +14,7 @@ import pytest
 from deploy.local_run import LOCAL_SESSION_TIMEOUT_MS
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import create_deal_with_document, crm_approval, request_approval
+from tests.e2e.test_operations import bridgectl, dead_letters
 from tests.support.polling import wait_until
 
 INTERVAL = 3
@@ -26,13 +25,6 @@ def system(tmp_path_factory):
     yield from running_system(tmp_path_factory, "postgresql", extra_env={
         "BRIDGE_MAX_POLL_INTERVAL": str(INTERVAL), "BRIDGE_STREAM_BUFFER_SIZE": "2",
         "BRIDGE_MAX_ATTEMPTS": "2", "BRIDGE_RETRY_MAX_WAIT": "0.5"})
-
-
-def bridgectl(system, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", *args], env=system.env(),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr + result.stdout
-    return result.stdout
 
 
 def bridge_events(system, name: str) -> list[dict]:
@@ -52,7 +44,7 @@ def all_delivered_once(api, system, flows: list[dict]) -> None:
     for flow in flows:
         found = api.ecm("legal-lena", "GET", f"/api/approvals?external_ref=crm:{flow['request']['id']}").json()
         assert len(found) == 1, flow["request"]["id"]
-    assert json.loads(bridgectl(system, "dlq", "list", "--json")) == []
+    assert dead_letters(system) == []
 
 
 def wait_past_the_interval() -> None:

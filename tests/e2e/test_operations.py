@@ -36,8 +36,9 @@ def system(tmp_path_factory):
 
 
 
-def bridgectl(system, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", *args], env=system.env(),
+def bridgectl(system, *args: str, check: bool = True, **settings: str) -> subprocess.CompletedProcess:
+    """bridgectl against the system, with `settings` (environment variables) changed."""
+    result = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", *args], env={**system.env(), **settings},
                             capture_output=True, text=True, timeout=60)
     if check:
         assert result.returncode == 0, result.stderr + result.stdout
@@ -229,13 +230,10 @@ def test_status_lists_each_group_s_members_and_says_when_nobody_reads_waiting_me
     # A bridge group that no worker runs (a worker deployed with another BRIDGE_APP_ID):
     # the CRM's events wait for it, and nobody is there to read them.
     request_approval(api, create_deal_with_document(api, name="Read by nobody"))
-    elsewhere = {**system.env(), "BRIDGE_APP_ID": "sync-bridge-elsewhere"}
-    found = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", "status", "--json"], env=elsewhere,
-                           capture_output=True, text=True, timeout=60, check=True)
-    (group,) = [g for g in json.loads(found.stdout)["groups"] if g["group"] == "sync-bridge-elsewhere"]
+    found = bridgectl(system, "status", "--json", BRIDGE_APP_ID="sync-bridge-elsewhere").stdout
+    (group,) = [g for g in json.loads(found)["groups"] if g["group"] == "sync-bridge-elsewhere"]
     assert group["members"] == [] and group["lag"] > 0, group
-    text = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", "status"], env=elsewhere,
-                          capture_output=True, text=True, timeout=60, check=True).stdout
+    text = bridgectl(system, "status", BRIDGE_APP_ID="sync-bridge-elsewhere").stdout
     assert f"NOBODY READING: {group['lag']} message(s) wait" in text
 
 
@@ -246,10 +244,9 @@ def test_status_lists_each_group_s_members_and_says_when_nobody_reads_waiting_me
     ("ECM_URL", ["reconcile"], "http://127.0.0.1:9/ (CRM_URL, ECM_URL)"),
 ])
 def test_bridgectl_says_in_one_line_what_cannot_be_reached(system, setting, command, said):
-    away = {**system.env(), setting: {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "ECM_URL": "http://127.0.0.1:9",
-                                      "CRM_DATABASE_URL": "postgresql+asyncpg://crm@127.0.0.1:9/crm"}[setting]}
-    found = subprocess.run([sys.executable, "-m", "sync_bridge.bridgectl", *command], env=away,
-                           capture_output=True, text=True, timeout=60)
+    away = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "ECM_URL": "http://127.0.0.1:9",
+            "CRM_DATABASE_URL": "postgresql+asyncpg://crm@127.0.0.1:9/crm"}[setting]
+    found = bridgectl(system, *command, check=False, **{setting: away})
     assert found.returncode == 1, found.stderr
     (line,) = found.stderr.strip().splitlines()
     assert line.startswith(f"bridgectl: {said} cannot be reached ("), line
