@@ -99,11 +99,14 @@ def responsibility_transferred_to_ecm(
 
 
 def organizations_merged_to_ecm(source: Envelope, event: crm_events.OrganizationsMergedV1) -> list[Outgoing]:
+    """Keyed by the merged organization, as the CRM's event is: the ECM moves its reference
+    after every sync and approval the merged one sent (an approval requested just before
+    the merge lands on the merged reference first, then moves with it)."""
     command = ecm_commands.MergeExternalRefsV1(
         merged_ref=ExternalRef(system=CRM, id=event.merged_id),
         survivor_ref=ExternalRef(system=CRM, id=event.survivor_id), merged_at=event.merged_at)
     return [_command(source, "merge_external_refs", ecm_commands.MERGE_EXTERNAL_REFS, command, ECM_COMMANDS,
-                     event.survivor_id)]
+                     event.merged_id)]
 
 
 def counterparty_synced_to_crm(source: Envelope, event: ecm_events.CounterpartySyncedV1) -> list[Outgoing]:

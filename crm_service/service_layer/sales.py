@@ -174,7 +174,10 @@ async def merge_organizations(uow: CrmUnitOfWork, *, actor: Actor, organization_
                                             detail={"merged": loser.id, "name": loser.name, "moved": moved})
         event = crm_events.OrganizationsMergedV1(merged_id=loser.id, survivor_id=survivor.id, merged_by=actor.id,
                                                  merged_at=at)
-        await uow.publish(CRM_EVENTS, survivor.id, new_envelope(
+        # Under the merged organization's key, behind every earlier message about it (an
+        # approval requested for it just before, say): the ECM moves its reference to the
+        # survivor only after everything the duplicate sent.
+        await uow.publish(CRM_EVENTS, loser.id, new_envelope(
             type=crm_events.ORGANIZATIONS_MERGED, schema_version=1, source=SOURCE, payload=event,
             correlation_id=correlation_id))
         await uow.commit()

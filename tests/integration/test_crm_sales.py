@@ -19,7 +19,7 @@ from openpyxl import Workbook
 from sqlalchemy import func, select
 
 from crm_service.adapters import tables
-from crm_service.adapters.repositories import DealRepository
+from crm_service.adapters.repositories import ApprovalRequestRepository, DealRepository, OrganizationRepository
 from crm_service.config import CrmSettings
 from crm_service.entrypoints.app import create_app
 from crm_service.service_layer.reminders import send_due_reminders
@@ -180,6 +180,75 @@ async def test_a_deal_added_as_its_organization_is_merged_reaches_the_survivor(c
         stored = await session.scalar(select(tables.deals.c.organization_id).where(
             tables.deals.c.id == deal.json()["id"]))
     assert stored == keep["id"]
+
+
+@pytest.mark.parametrize("first", ["request", "merge"])
+async def test_an_approval_requested_as_its_organization_is_merged_follows_the_survivor(crm_app, monkeypatch, first):
+    """A rep requests approval of a deal's document at the moment its organization is
+    merged. Before, the request could read the deal's organization just before the
+    merge committed and be recorded after it: the request stayed on the pointer (out of
+    the survivor's card) and its event, published after the merge's, told the ECM of an
+    organization the CRM had already merged away.
+
+    `request` first: the merge is sent after the request has read its document and
+    organization and before it is recorded; the merge waits for the request and moves
+    it along, and its event follows the request's under the merged organization's key.
+    `merge` first: the request is sent once the merge has locked both organizations and
+    before it commits; the request waits, then reads the deal on the survivor."""
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    keep, dup = [(await client.post("/api/organizations", headers=anna, json={"name": name})).json()
+                 for name in ("Клевер", "Клевер ООО")]
+    deal = (await client.post("/api/deals", headers=anna, json={"organization_id": dup["id"], "title": "Поставка"})
+            ).json()
+    made = await client.post(f"/api/deals/{deal['id']}/documents/generate", headers=anna,
+                             json={"template": "commercial_proposal", "doc_type": "proposal"})
+    document_id = made.json()["document"]["id"]
+    meanwhile: list[asyncio.Task] = []
+
+    def send_merge():
+        return client.post(f"/api/organizations/{dup['id']}/merge", headers=anna, json={"into_id": keep["id"]})
+
+    def send_request():
+        return client.post(f"/api/deals/{deal['id']}/approval-requests", headers=anna,
+                           json={"document_id": document_id})
+
+    def while_in(cls, name, send):
+        original = getattr(cls, name)
+
+        async def patched(self, *args, **kwargs):
+            if not meanwhile:
+                meanwhile.append(asyncio.ensure_future(send()))
+                await asyncio.wait(meanwhile, timeout=1.0)
+            return await original(self, *args, **kwargs)
+        monkeypatch.setattr(cls, name, patched)
+
+    if first == "request":
+        while_in(ApprovalRequestRepository, "add_unless_open", send_merge)
+        requested = await send_request()
+        merged = await meanwhile[0]
+    else:
+        while_in(OrganizationRepository, "add_history", send_request)
+        merged = await send_merge()
+        requested = await meanwhile[0]
+    assert requested.status_code == 202 and merged.status_code == 200
+    async with container.session_factory() as session:
+        stored = await session.scalar(select(tables.approval_requests.c.organization_id).where(
+            tables.approval_requests.c.id == requested.json()["id"]))
+        events = (await session.execute(
+            select(tables.outbox.c.message_type, tables.outbox.c.message_key, tables.outbox.c.body)
+            .where(tables.outbox.c.message_type.in_(["crm.approval_requested", "crm.organizations_merged"]))
+            .order_by(tables.outbox.c.id))).all()
+    assert stored == keep["id"]
+    told = [(e.message_type, e.message_key) for e in events]
+    sent_for = json.loads(next(e.body for e in events if e.message_type == "crm.approval_requested")
+                          )["payload"]["organization"]["id"]
+    if first == "request":
+        assert told == [("crm.approval_requested", dup["id"]), ("crm.organizations_merged", dup["id"])]
+        assert sent_for == dup["id"]  # the ECM hears of it before the merge, which then moves it
+    else:
+        assert told == [("crm.organizations_merged", dup["id"]), ("crm.approval_requested", keep["id"])]
+        assert sent_for == keep["id"]
 
 
 async def test_lead_conversion_links_an_existing_organization_and_never_asks(crm_app):

@@ -125,7 +125,7 @@ def test_counterparty_sync_result_reaches_crm_only_for_crm_records():
     assert counterparty_synced_to_crm(_ecm_envelope(ecm_events.COUNTERPARTY_SYNCED, foreign), foreign) == []
 
 
-def test_a_crm_merge_becomes_one_ecm_command_keyed_by_the_survivor():
+def test_a_crm_merge_becomes_one_ecm_command_keyed_by_the_merged_organization():
     from sync_bridge.translation import organizations_merged_to_ecm
 
     event = crm_events.OrganizationsMergedV1(merged_id="loser", survivor_id="keeper", merged_by="u",
@@ -134,6 +134,6 @@ def test_a_crm_merge_becomes_one_ecm_command_keyed_by_the_survivor():
                           correlation_id="c")
     (out,) = organizations_merged_to_ecm(source, event)
     command = parse_message(encode(out.envelope)).payload
-    assert out.key == "keeper" and out.envelope.type == ecm_commands.MERGE_EXTERNAL_REFS
+    assert out.key == "loser" and out.envelope.type == ecm_commands.MERGE_EXTERNAL_REFS
     assert (command.merged_ref.as_text(), command.survivor_ref.as_text()) == ("crm:loser", "crm:keeper")
     assert organizations_merged_to_ecm(source, event)[0].envelope.event_id == out.envelope.event_id  # replay-safe
