@@ -60,6 +60,13 @@ class HistoryLog:
             self._transaction = self.session.sync_session.get_transaction()
         return self._tail
 
+    async def hold(self) -> None:
+        """Takes the chain's lock now rather than at the first write (then held until the
+        transaction ends): what the transaction reads next, it reads after every other
+        writer of history has committed. Serialises work that decides from what another
+        such transaction may be writing at the same moment (the CRM merges of a chain)."""
+        await self._chain_tail()
+
     async def append(self, *, entity_type: str, entity_id: str, action: str, actor: str, data: dict,
                      reason: str | None = None, at: datetime | None = None,
                      then: Callable[[int], None] | None = None) -> None:

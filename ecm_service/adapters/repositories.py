@@ -101,6 +101,29 @@ class ExternalRefRepository:
         await self.session.execute(
             delete(t).where(t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id))
 
+    async def last_survivor(self, entity_type: str, ref: ExternalRef, *, short_of: ExternalRef) -> ExternalRef:
+        """The reference `ref` lives on now: itself, or where the merges recorded for it
+        (`record_merge`) lead, followed to the end, but never onto `short_of` (the one
+        being merged; a cycle ends where it would close)."""
+        m = tables.external_ref_merges
+        seen = {ref.id, short_of.id}
+        while True:
+            survivor = await self.session.scalar(select(m.c.survivor_id).where(
+                m.c.entity_type == entity_type, m.c.system == ref.system, m.c.merged_id == ref.id))
+            if survivor is None or survivor in seen:
+                return ref
+            seen.add(survivor)
+            ref = ExternalRef(system=ref.system, id=survivor)
+
+    async def record_merge(self, entity_type: str, merged: ExternalRef, survivor: ExternalRef, at: datetime) -> None:
+        """Remembers that `merged` now lives on `survivor` (the same system's)."""
+        m = tables.external_ref_merges
+        await self.session.execute(delete(m).where(
+            m.c.entity_type == entity_type, m.c.system == merged.system, m.c.merged_id == merged.id))
+        await self.session.execute(insert(m).values(
+            entity_type=entity_type, system=merged.system, merged_id=merged.id, survivor_id=survivor.id,
+            merged_at=at))
+
     async def move_all(self, entity_type: str, from_id: str, to_id: str) -> None:
         t = tables.external_refs
         self._known.clear()

@@ -122,6 +122,20 @@ external_refs = Table(
     Index("ix_external_refs_entity", "entity_type", "entity_id"),
 )
 
+# Another system's merges of its records (a CRM merge of two organizations): the merged
+# reference and the last one it lives on now. Merges of a chain (A into B, then B into C)
+# can arrive in either order; one into a reference merged away already goes on to where
+# that one went.
+external_ref_merges = Table(
+    "external_ref_merges",
+    metadata,
+    Column("entity_type", String(32), primary_key=True),
+    Column("system", String(32), primary_key=True),
+    Column("merged_id", String(64), primary_key=True),
+    Column("survivor_id", String(64), nullable=False),
+    Column("merged_at", UtcDateTime(), nullable=False),
+)
+
 documents = Table(
     "documents",
     metadata,

@@ -226,21 +226,33 @@ async def merge_external_refs(uow: EcmUnitOfWork, cmd: ecm_commands.MergeExterna
     """Two CRM organizations became one. The merged one's reference follows the survivor:
     renamed when the survivor had no registry record, dropped when both point at the same
     record, kept (and recorded for the steward) when they point at different records.
-    Approvals started for the merged organization now name the survivor."""
+    Approvals started for the merged organization now name the survivor.
+
+    Each merge is remembered (`external_ref_merges`). The merges of a chain (A into B,
+    then B into C) are keyed by their merged organizations, so after a backlog they can
+    arrive in either order: a merge into a survivor merged away already goes on to the
+    last one (before, A's reference went to B and stayed there). Merges read under the
+    history chain's lock, so two of a chain applied at the same moment (on two replicas)
+    also end there."""
+    await uow.history.hold()
+    survivor_ref = await uow.external_refs.last_survivor(COUNTERPARTY, cmd.survivor_ref, short_of=cmd.merged_ref)
+    await uow.external_refs.record_merge(COUNTERPARTY, cmd.merged_ref, survivor_ref, at=cmd.merged_at)
     merged_id = await uow.external_refs.find(COUNTERPARTY, cmd.merged_ref)
-    survivor_id = await uow.external_refs.find(COUNTERPARTY, cmd.survivor_ref)
-    moved = await uow.approvals.rename_counterparty_ref(cmd.merged_ref.as_text(), cmd.survivor_ref.as_text())
+    survivor_id = await uow.external_refs.find(COUNTERPARTY, survivor_ref)
+    moved = await uow.approvals.rename_counterparty_ref(cmd.merged_ref.as_text(), survivor_ref.as_text())
     if merged_id is None:
         return {"outcome": "nothing_to_move", "approvals": moved}
     if survivor_id is None:
-        await uow.external_refs.rename(COUNTERPARTY, cmd.merged_ref, cmd.survivor_ref)
+        await uow.external_refs.rename(COUNTERPARTY, cmd.merged_ref, survivor_ref)
         outcome = "ref_moved"
     elif survivor_id == merged_id:
         await uow.external_refs.detach(COUNTERPARTY, cmd.merged_ref)
         outcome = "ref_dropped"
     else:
         outcome = "conflict"
-    data = {"merged_ref": cmd.merged_ref.as_text(), "survivor_ref": cmd.survivor_ref.as_text(), "outcome": outcome}
+    data = {"merged_ref": cmd.merged_ref.as_text(), "survivor_ref": survivor_ref.as_text(), "outcome": outcome}
+    if survivor_ref != cmd.survivor_ref:  # the survivor the CRM named was merged away since
+        data["named_survivor_ref"] = cmd.survivor_ref.as_text()
     seq = await uow.history.append_now(entity_type=COUNTERPARTY, entity_id=merged_id, action="external_refs_merged",
                                        actor=f"{cmd.survivor_ref.system}:merge", at=cmd.merged_at, data=data)
     if outcome == "conflict":
@@ -249,6 +261,6 @@ async def merge_external_refs(uow: EcmUnitOfWork, cmd: ecm_commands.MergeExterna
     if outcome == "ref_moved":  # the survivor learns which record it is now linked to
         record = await uow.counterparties.get(merged_id)
         await announce_synced(uow, record, outcome="linked" if record.status == "verified" else "updated",
-                              source_ref=cmd.survivor_ref, seq=seq, correlation_id=envelope.correlation_id,
+                              source_ref=survivor_ref, seq=seq, correlation_id=envelope.correlation_id,
                               causation_id=envelope.event_id)
     return {"outcome": outcome, "approvals": moved}

@@ -111,6 +111,31 @@ async def test_after_a_crm_merge_the_registry_refs_follow_the_survivor(ecm):
                    for h in await uow.history.of("counterparty", first))
 
 
+async def test_crm_merges_of_a_chain_heard_in_the_other_order_still_reach_the_last_survivor(ecm):
+    """The CRM merged A into B, then B into C. Each merge is keyed by its merged
+    organization, so the two travel on different partitions and a backlog (the bridge
+    away for a while) can deliver them in either order. Heard B-into-C first, the merge
+    of A went to B, an organization the CRM had already merged away: A's registry
+    reference became B's and stayed there. The registry now remembers each CRM merge and
+    follows it: A's reference goes to C."""
+    a = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    b, c = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))  # never synced
+    envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
+                            payload=ecm_commands.SyncCounterpartyV1(external_ref=a, name="ООО «Ромашка»"))
+    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        record = await uow.external_refs.find("counterparty", a)
+    await _merge_refs(ecm, b, c)
+    await _merge_refs(ecm, a, b)
+    async with ecm.uow() as uow:
+        owners = [await uow.external_refs.find("counterparty", ref) for ref in (a, b, c)]
+        history = await uow.history.of("counterparty", record)
+    assert owners == [None, None, record]
+    [entry] = [h for h in history if h["action"] == "external_refs_merged"]
+    assert entry["data"] == {"merged_ref": a.as_text(), "survivor_ref": c.as_text(), "named_survivor_ref": b.as_text(),
+                             "outcome": "ref_moved"}
+
+
 async def _keys_of(ecm, counterparty_id: str) -> set[str]:
     k = tables.counterparty_name_keys
     async with ecm.session_factory() as session:
