@@ -19,21 +19,26 @@ from infra.table_repository import TableRepository, insert_into, row_of
 
 _ORGANIZATION_SHARED = (select(tables.organizations).where(tables.organizations.c.id == bindparam("item_id"))
                         .with_for_update(read=True, key_share=True))
+_ORGANIZATION_LOCKED = (select(tables.organizations).where(tables.organizations.c.id == bindparam("item_id"))
+                        .with_for_update())
 
 
 class OrganizationRepository(TableRepository):
     table, entity = tables.organizations, Organization
 
-    async def live(self, organization_id: str) -> Organization | None:
+    async def live(self, organization_id: str, *, for_update: bool = False) -> Organization | None:
         """The organization something new is to be attached to: this one or, when it was
         merged, the one it was merged into (a page opened before the merge still names
         the duplicate). Read `FOR KEY SHARE`: a merge of it at this moment either waits
         for this transaction, and then moves what it adds along, or is waited for, and
-        is then followed here. None when there is no such organization."""
+        is then followed here. With `for_update`, locked for a change of its own (a
+        transfer of responsibility), which a merge waits for or is followed by alike.
+        None when there is no such organization."""
+        statement = _ORGANIZATION_LOCKED if for_update else _ORGANIZATION_SHARED
         seen: set[str] = set()
         while organization_id not in seen:
             seen.add(organization_id)
-            row = (await self.session.execute(_ORGANIZATION_SHARED, {"item_id": organization_id})).mappings().first()
+            row = (await self.session.execute(statement, {"item_id": organization_id})).mappings().first()
             if row is None:
                 return None
             if not row["merged_into"]:

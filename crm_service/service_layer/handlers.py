@@ -227,9 +227,11 @@ async def transfer_responsibility(
 ) -> dict:
     """Hands an organization (and, if asked, its open deals and open activities) to
     another manager. The ECM hears of it through the outbox and moves in-flight
-    approvals along."""
+    approvals along. A merged organization (a page opened before the merge) hands over
+    the one it was merged into, which now holds its deals and approvals; before, the
+    pointer changed hands and nothing else did, in either system."""
     async with uow:
-        org = await uow.organizations.get(organization_id, for_update=True)
+        org = await uow.organizations.live(organization_id, for_update=True)
         if org is None:
             raise NotFound(f"organization {organization_id} not found")
         previous = org.owner_id or org.created_by

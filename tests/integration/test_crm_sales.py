@@ -251,6 +251,31 @@ async def test_an_approval_requested_as_its_organization_is_merged_follows_the_s
         assert sent_for == keep["id"]
 
 
+async def test_a_transfer_of_a_merged_organization_hands_over_the_survivor(crm_app):
+    """A page opened before a merge still names the duplicate. Handing it over changed the
+    pointer's owner and nothing else: its deals and approvals were on the survivor, and
+    the ECM heard of an organization whose approvals had moved. Now the survivor changes
+    hands, with its open deals, and the event names it."""
+    client, users, container = crm_app
+    anna = users["anna"]["headers"]
+    keep, dup = [(await client.post("/api/organizations", headers=anna, json={"name": name})).json()
+                 for name in ("Клевер", "Клевер ООО")]
+    deal = (await client.post("/api/deals", headers=anna, json={"organization_id": dup["id"], "title": "Поставка"})
+            ).json()
+    assert (await client.post(f"/api/organizations/{dup['id']}/merge", headers=anna,
+                              json={"into_id": keep["id"]})).status_code == 200
+    moved = await client.post(f"/api/organizations/{dup['id']}/transfer", headers=anna,
+                              json={"new_owner_id": users["boris"]["id"], "move_open_deals": True})
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["organization_id"], moved.json()["moved_deal_ids"]) == (keep["id"], [deal["id"]])
+    card = (await client.get(f"/api/organizations/{keep['id']}", headers=anna)).json()
+    assert card["owner_id"] == users["boris"]["id"]
+    async with container.session_factory() as session:
+        key = await session.scalar(select(tables.outbox.c.message_key).where(
+            tables.outbox.c.message_type == "crm.responsibility_transferred"))
+    assert key == keep["id"]
+
+
 async def test_lead_conversion_links_an_existing_organization_and_never_asks(crm_app):
     client, users, _ = crm_app
     anna = users["anna"]["headers"]
