@@ -136,6 +136,38 @@ async def test_crm_merges_of_a_chain_heard_in_the_other_order_still_reach_the_la
                              "outcome": "ref_moved"}
 
 
+async def test_crm_merges_of_a_chain_applied_at_the_same_moment_still_reach_the_last_survivor(ecm, monkeypatch):
+    """Two replicas apply B-into-C and A-into-B at the same moment. The merge of A is
+    sent once B-into-C has found no reference for B and before it commits: it waits
+    (merges read under the history chain's lock) and then goes on to C. Without the
+    wait, each missed what the other was writing (B-into-C no reference for B yet,
+    A-into-B no merge of B yet), and A's reference went to B."""
+    from ecm_service.adapters.repositories import ApprovalRepository
+
+    a = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    b, c = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))
+    envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
+                            payload=ecm_commands.SyncCounterpartyV1(external_ref=a, name="ООО «Лютик»"))
+    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        record = await uow.external_refs.find("counterparty", a)
+    meanwhile: list[asyncio.Task] = []
+    rename = ApprovalRepository.rename_counterparty_ref
+
+    async def merge_of_a_meanwhile(self, from_ref, to_ref):
+        if not meanwhile:  # B-into-C, its references looked up
+            meanwhile.append(asyncio.ensure_future(_merge_refs(ecm, a, b)))
+            await asyncio.wait(meanwhile, timeout=1.0)
+        return await rename(self, from_ref, to_ref)
+
+    monkeypatch.setattr(ApprovalRepository, "rename_counterparty_ref", merge_of_a_meanwhile)
+    await _merge_refs(ecm, b, c)
+    await meanwhile[0]
+    async with ecm.uow() as uow:
+        owners = [await uow.external_refs.find("counterparty", ref) for ref in (a, b, c)]
+    assert owners == [None, None, record]
+
+
 async def _keys_of(ecm, counterparty_id: str) -> set[str]:
     k = tables.counterparty_name_keys
     async with ecm.session_factory() as session:
