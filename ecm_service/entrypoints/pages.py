@@ -238,7 +238,8 @@ async def steward_queue(request: Request, user: User = Depends(page_user), done:
     async with container.uow() as uow:
         pending = await uow.counterparties.search(text=None, status="pending_verification", limit=100)
         rows = [{"record": r, "candidates": await steward.candidates_for(uow, r)} for r in pending]
-    return render(request, "steward.html", user, rows=rows, done=done, error=error)
+        held = await steward.merges_held_apart(uow)
+    return render(request, "steward.html", user, rows=rows, held=held, done=done, error=error)
 
 
 STEWARD_FIELDS = ("name", "legal_form", "inn", "kpp", "ogrn", "country", "vat")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -169,6 +170,32 @@ async def match_decisions(counterparty_id: str, request: Request, _: User = Depe
         if await uow.counterparties.get(counterparty_id) is None:
             raise HTTPException(404, f"counterparty {counterparty_id} not found")
         return await uow.counterparties.match_decisions_of([counterparty_id])
+
+
+class HeldRecord(BaseModel):
+    id: str
+    name: str
+    status: str
+    inn: str | None
+    kpp: str | None
+    ogrn: str | None
+
+
+class MergeHeldApart(BaseModel):
+    merged_ref: str
+    survivor_ref: str
+    merged_at: datetime
+    record: HeldRecord
+    survivor_record: HeldRecord
+
+
+@router.get("/reports/merges-held-apart", response_model=list[MergeHeldApart],
+            summary="Organizations the CRM merged whose registry records are still two, for the steward")
+async def merges_held_apart(request: Request, _: User = Depends(require_roles("steward", "auditor", "admin"))):
+    async with _uow(request) as uow:
+        held = await steward.merges_held_apart(uow)
+    return [MergeHeldApart(**{**h, "record": HeldRecord(**vars(h["record"])),
+                              "survivor_record": HeldRecord(**vars(h["survivor_record"]))}) for h in held]
 
 
 @router.get("/reports/matching-quality",

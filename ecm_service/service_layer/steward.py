@@ -15,6 +15,7 @@ from ecm_service.service_layer.registry import COUNTERPARTY, SOURCE
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra.retrying import rerun_on_conflict
 from schemas import ecm_events
+from schemas.common import ExternalRef
 from schemas.envelope import new_envelope
 from schemas.topics import ECM_EVENTS
 
@@ -159,6 +160,29 @@ async def candidates_for(uow: EcmUnitOfWork, record: Counterparty, limit: int = 
         shown = [{"record": c, "evidence": None}
                  for c in sorted(found, key=lambda c: (c.status != VERIFIED, c.inn != record.inn, c.name))]
     return shown[:limit]
+
+
+async def merges_held_apart(uow: EcmUnitOfWork, limit: int = 100) -> list[dict]:
+    """Organizations another system merged (a CRM merge) whose registry records are still
+    two: the merged organization's reference stayed on its record because the survivor's
+    is on another one (`registry.merge_external_refs`'s "conflict"). The steward merges
+    one record into the other (the references then share one, and the pair leaves this
+    list) or declares them distinct (then it leaves it too: the other system's merge
+    was wrong, or the two are branches). Oldest first, with both records."""
+    held: list[dict] = []
+    for row in await uow.external_refs.merges_still_attached(COUNTERPARTY, limit):
+        merged = ExternalRef(system=row["system"], id=row["merged_id"])
+        named = ExternalRef(system=row["system"], id=row["survivor_id"])
+        survivor = await uow.external_refs.last_survivor(COUNTERPARTY, named, short_of=merged)
+        survivor_id = await uow.external_refs.find(COUNTERPARTY, survivor)
+        if survivor_id is None or survivor_id == row["entity_id"]:
+            continue
+        if survivor_id in await uow.counterparties.not_duplicates_of(row["entity_id"]):
+            continue
+        held.append({"merged_ref": merged.as_text(), "survivor_ref": survivor.as_text(), "merged_at": row["merged_at"],
+                     "record": await uow.counterparties.get(row["entity_id"]),
+                     "survivor_record": await uow.counterparties.get(survivor_id)})
+    return held
 
 
 @rerun_on_conflict

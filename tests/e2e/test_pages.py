@@ -16,6 +16,7 @@ from playwright.sync_api import Page, expect
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import create_deal_with_document, ecm_approval, request_approval
 from tests.support.pages import menu_of, reload_until
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +209,33 @@ def test_steward_queue_shows_flags_and_candidates_side_by_side_and_merges(page, 
     moved = api.ecm("ecm-auditor", "GET", f"/api/approvals/{approval['id']}").json()
     survivor = api.ecm("steward-stas", "GET", "/api/counterparties?status=verified").json()
     assert moved["counterparty_id"] in {c["id"] for c in survivor if c["inn"] == "7707083893"}
+
+
+def test_a_crm_merge_of_two_organizations_on_two_records_waits_on_the_queue_until_the_steward_merges(
+        page, system, api):
+    """Sales merged two CRM organizations the registry holds as two records: the merged
+    one's reference stays on its record, and the pair waits on the steward's queue; the
+    steward keeps one record and merges the other into it, and the pair leaves."""
+    flows = [request_approval(api, create_deal_with_document(api, name=name))
+             for name in ("ООО «Северный ветер»", "АО «Южная гавань»")]
+    merged_record, kept_record = (ecm_approval(api, f)["counterparty_id"] for f in flows)
+    answer = api.crm("sales-anna", "POST", f"/api/organizations/{flows[0]['org']['id']}/merge",
+                     json={"into_id": flows[1]["org"]["id"]})
+    assert answer.status_code == 200, answer.text
+    merged_ref = f"crm:{flows[0]['org']['id']}"
+    wait_until(lambda: any(h["merged_ref"] == merged_ref for h in api.ecm(
+        "steward-stas", "GET", "/api/reports/merges-held-apart").json()), timeout=60, message="merge held apart")
+    login(page, system, api, "steward-stas")
+    section = page.locator(f"section.held-apart[data-merged-ref='{merged_ref}']")
+    expect(section).to_contain_text("Северный ветер")
+    expect(section).to_contain_text("Южная гавань")
+    keep = section.locator(f"tr.held-record[data-counterparty='{kept_record}'] form[action$='/merge']")
+    keep.locator("input[name=reason]").fill("одна компания: в ЕГРЮЛ одно юрлицо")
+    keep.locator("button").click()
+    expect(page.get_by_role("status")).to_contain_text("merge")
+    assert page.locator(f"section.held-apart[data-merged-ref='{merged_ref}']").count() == 0
+    moved = api.ecm("ecm-auditor", "GET", f"/api/approvals/{ecm_approval(api, flows[0])['id']}").json()
+    assert moved["counterparty_id"] == kept_record != merged_record
 
 
 def test_the_steward_completes_a_bare_name_from_the_queue_and_verifies_it(page, system, api):

@@ -54,6 +54,7 @@ MATRIX = [
     ("GET", "/api/reconciliation/report/snapshots", None, {"auditor", "admin", "steward"}),
     ("GET", "/api/reconciliation/report/snapshots/{missing}", None, {"auditor", "admin", "steward"}),
     ("GET", "/api/reports/matching-quality", None, {"steward", "auditor", "admin"}),
+    ("GET", "/api/reports/merges-held-apart", None, {"steward", "auditor", "admin"}),
     ("POST", "/api/counterparties/bulk-loads", {}, {"steward", "admin"}),
     ("GET", "/api/counterparties/bulk-loads", None, {"steward", "admin", "auditor"}),
     ("GET", "/api/counterparties/bulk-loads/{missing}", None, {"steward", "admin", "auditor"}),

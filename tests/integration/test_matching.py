@@ -5,12 +5,16 @@ import asyncio
 import json
 import uuid
 
+import httpx
+import pytest
 from sqlalchemy import func, select
 
 from ecm_service.adapters import tables
+from ecm_service.config import EcmSettings
+from ecm_service.entrypoints.app import create_app
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.commands import apply_command
-from infra.users import User
+from infra.users import User, upsert_user
 from schemas import ecm_commands
 from schemas.common import ExternalRef
 from schemas.envelope import new_envelope
@@ -79,14 +83,19 @@ async def _merge_refs(ecm, merged: ExternalRef, survivor: ExternalRef):
     await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
 
 
+async def _synced_ref(ecm, name: str) -> tuple[ExternalRef, str]:
+    """A new CRM organization soft-synced: its reference and the record it went to."""
+    ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
+                            payload=ecm_commands.SyncCounterpartyV1(external_ref=ref, name=name))
+    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        return ref, await uow.external_refs.find("counterparty", ref)
+
+
 async def test_after_a_crm_merge_the_registry_refs_follow_the_survivor(ecm):
-    async def ref_of(name, **ids):
-        ref = ExternalRef(system="crm", id=str(uuid.uuid4()))
-        envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it",
-                                correlation_id="c",
-                                payload=ecm_commands.SyncCounterpartyV1(external_ref=ref, name=name, **ids))
-        await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
-        return ref
+    async def ref_of(name):
+        return (await _synced_ref(ecm, name))[0]
 
     async def owner(ref):
         async with ecm.uow() as uow:
@@ -118,13 +127,8 @@ async def test_crm_merges_of_a_chain_heard_in_the_other_order_still_reach_the_la
     of A went to B, an organization the CRM had already merged away: A's registry
     reference became B's and stayed there. The registry now remembers each CRM merge and
     follows it: A's reference goes to C."""
-    a = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    a, record = await _synced_ref(ecm, "ООО «Ромашка»")
     b, c = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))  # never synced
-    envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
-                            payload=ecm_commands.SyncCounterpartyV1(external_ref=a, name="ООО «Ромашка»"))
-    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
-    async with ecm.uow() as uow:
-        record = await uow.external_refs.find("counterparty", a)
     await _merge_refs(ecm, b, c)
     await _merge_refs(ecm, a, b)
     async with ecm.uow() as uow:
@@ -144,13 +148,8 @@ async def test_crm_merges_of_a_chain_applied_at_the_same_moment_still_reach_the_
     A-into-B no merge of B yet), and A's reference went to B."""
     from ecm_service.adapters.repositories import ApprovalRepository
 
-    a = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    a, record = await _synced_ref(ecm, "ООО «Лютик»")
     b, c = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))
-    envelope = new_envelope(type=ecm_commands.SYNC_COUNTERPARTY, schema_version=1, source="it", correlation_id="c",
-                            payload=ecm_commands.SyncCounterpartyV1(external_ref=a, name="ООО «Лютик»"))
-    await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
-    async with ecm.uow() as uow:
-        record = await uow.external_refs.find("counterparty", a)
     meanwhile: list[asyncio.Task] = []
     rename = ApprovalRepository.rename_counterparty_ref
 
@@ -166,6 +165,60 @@ async def test_crm_merges_of_a_chain_applied_at_the_same_moment_still_reach_the_
     async with ecm.uow() as uow:
         owners = [await uow.external_refs.find("counterparty", ref) for ref in (a, b, c)]
     assert owners == [None, None, record]
+
+
+@pytest.fixture
+async def steward_app(backend, databases, broker, tmp_path):
+    """The ECM's app (HTTP in process) with a steward, an auditor and a lawyer."""
+    app = create_app(EcmSettings(database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
+                                 content_dir=tmp_path / "content", imports_dir=tmp_path / "imports"))
+    container = app.state.container
+    tokens = {}
+    for role in ("steward", "auditor", "legal"):
+        tokens[role] = f"token-{role}-{uuid.uuid4().hex}"
+        await upsert_user(container.session_factory, tables.users, name=f"{role}-user", role=role, token=tokens[role])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ecm") as client:
+        yield client, tokens, container
+    await container.engine.dispose()
+
+
+async def test_crm_merges_of_organizations_on_two_records_wait_for_the_steward(steward_app):
+    """Sales merged two CRM organizations whose registry records are two. The merged
+    one's reference stays on its record (the registry does not merge records on the
+    CRM's word), and the pair waits for the steward in a report and on the queue's page,
+    until the steward merges one record into the other or declares them distinct."""
+    client, tokens, container = steward_app
+    steward_headers = {"Authorization": f"Bearer {tokens['steward']}"}
+
+    async def held():
+        answer = await client.get("/api/reports/merges-held-apart", headers=steward_headers)
+        assert answer.status_code == 200, answer.text
+        return [(h["merged_ref"], h["survivor_ref"], h["record"]["id"], h["survivor_record"]["id"])
+                for h in answer.json()]
+
+    (a, record_a), (b, record_b), (c, record_c), (d, record_d) = [
+        await _synced_ref(container, name) for name in ("ООО «Альфа»", "ООО «Бета»", "АО «Гамма»", "ЗАО «Дельта»")]
+    await _merge_refs(container, a, b)
+    await _merge_refs(container, c, d)
+    assert await held() == [(a.as_text(), b.as_text(), record_a, record_b),
+                            (c.as_text(), d.as_text(), record_c, record_d)]
+    assert (await client.get("/api/reports/merges-held-apart",
+                             headers={"Authorization": f"Bearer {tokens['legal']}"})).status_code == 403
+    page = await client.get("/ui/steward", cookies={"session": tokens["steward"]})
+    assert page.status_code == 200 and f'data-merged-ref="{a.as_text()}"' in page.text
+    assert f'action="/ui/steward/{record_a}/not-duplicate"' in page.text
+    read_only = await client.get("/ui/steward", cookies={"session": tokens["auditor"]})
+    assert f'data-merged-ref="{a.as_text()}"' in read_only.text and "/not-duplicate" not in read_only.text
+
+    distinct = await client.post(f"/ui/steward/{record_a}/not-duplicate", cookies={"session": tokens["steward"]},
+                                 data={"other_id": record_b, "reason": "разные компании, менеджер ошибся"})
+    assert distinct.status_code == 303 and distinct.headers["location"].endswith("done=not-duplicate")
+    merged = await client.post(f"/ui/steward/{record_c}/merge", cookies={"session": tokens["steward"]},
+                               data={"other_id": record_d, "reason": "одна компания, ЕГРЮЛ"})
+    assert merged.status_code == 303 and merged.headers["location"].endswith("done=merge")
+    assert await held() == []
+    async with container.uow() as uow:
+        assert await uow.external_refs.find("counterparty", c) == record_d  # both references on one record
 
 
 async def _keys_of(ecm, counterparty_id: str) -> set[str]:
