@@ -124,16 +124,17 @@ class ExternalRefRepository:
             entity_type=entity_type, system=merged.system, merged_id=merged.id, survivor_id=survivor.id,
             merged_at=at))
 
-    async def merges_still_attached(self, entity_type: str, limit: int) -> list[dict]:
+    async def merges_still_attached(self, entity_type: str) -> list[dict]:
         """Recorded merges whose merged reference is still attached to a record (it was
         kept: the survivor's reference was on another one), oldest first: system,
-        merged_id, survivor_id, merged_at, entity_id (the merged reference's record)."""
+        merged_id, survivor_id, merged_at, entity_id (the merged reference's record).
+        Those the steward declared distinct stay among them (their references stay too)."""
         m, r = tables.external_ref_merges, tables.external_refs
         rows = await self.session.execute(
             select(m.c.system, m.c.merged_id, m.c.survivor_id, m.c.merged_at, r.c.entity_id)
             .join(r, (r.c.entity_type == m.c.entity_type) & (r.c.system == m.c.system)
                   & (r.c.external_id == m.c.merged_id))
-            .where(m.c.entity_type == entity_type).order_by(m.c.merged_at, m.c.merged_id).limit(limit))
+            .where(m.c.entity_type == entity_type).order_by(m.c.merged_at, m.c.merged_id))
         return [dict(row) for row in rows.mappings()]
 
     async def move_all(self, entity_type: str, from_id: str, to_id: str) -> None:

@@ -170,7 +170,9 @@ async def merges_held_apart(uow: EcmUnitOfWork, limit: int = 100) -> list[dict]:
     list) or declares them distinct (then it leaves it too: the other system's merge
     was wrong, or the two are branches). Oldest first, with both records."""
     held: list[dict] = []
-    for row in await uow.external_refs.merges_still_attached(COUNTERPARTY, limit):
+    for row in await uow.external_refs.merges_still_attached(COUNTERPARTY):
+        if len(held) == limit:
+            break
         merged = ExternalRef(system=row["system"], id=row["merged_id"])
         named = ExternalRef(system=row["system"], id=row["survivor_id"])
         survivor = await uow.external_refs.last_survivor(COUNTERPARTY, named, short_of=merged)
