@@ -104,6 +104,11 @@ async def _counterparty_out(uow, counterparty_id: str) -> CounterpartyOut | None
     record = await uow.counterparties.get(counterparty_id)
     if record is None:
         return None
+    return await counterparty_out(uow, record)
+
+
+async def counterparty_out(uow, record) -> CounterpartyOut:
+    """A record as the API shows it, with the references attached to it."""
     return CounterpartyOut(**record.__dict__, external_refs=await uow.external_refs.refs_of(COUNTERPARTY, record.id))
 
 

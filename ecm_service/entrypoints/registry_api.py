@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from ecm_service.adapters import tables
 from ecm_service.adapters.history import verify_chain
 from ecm_service.domain.counterparty import StewardRuleBroken
+from ecm_service.entrypoints.api import CounterpartyOut, counterparty_out
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.registry import COUNTERPARTY
 from infra.users import User
@@ -172,30 +173,21 @@ async def match_decisions(counterparty_id: str, request: Request, _: User = Depe
         return await uow.counterparties.match_decisions_of([counterparty_id])
 
 
-class HeldRecord(BaseModel):
-    id: str
-    name: str
-    status: str
-    inn: str | None
-    kpp: str | None
-    ogrn: str | None
-
-
 class MergeHeldApart(BaseModel):
     merged_ref: str
     survivor_ref: str
     merged_at: datetime
-    record: HeldRecord
-    survivor_record: HeldRecord
+    record: CounterpartyOut
+    survivor_record: CounterpartyOut
 
 
 @router.get("/reports/merges-held-apart", response_model=list[MergeHeldApart],
             summary="Organizations the CRM merged whose registry records are still two, for the steward")
 async def merges_held_apart(request: Request, _: User = Depends(require_roles("steward", "auditor", "admin"))):
     async with _uow(request) as uow:
-        held = await steward.merges_held_apart(uow)
-    return [MergeHeldApart(**{**h, "record": HeldRecord(**vars(h["record"])),
-                              "survivor_record": HeldRecord(**vars(h["survivor_record"]))}) for h in held]
+        return [MergeHeldApart(**{**h, "record": await counterparty_out(uow, h["record"]),
+                                  "survivor_record": await counterparty_out(uow, h["survivor_record"])})
+                for h in await steward.merges_held_apart(uow)]
 
 
 @router.get("/reports/matching-quality",

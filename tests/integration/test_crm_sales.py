@@ -182,6 +182,15 @@ async def test_a_deal_added_as_its_organization_is_merged_reaches_the_survivor(c
     assert stored == keep["id"]
 
 
+async def _a_duplicate_with_a_deal(client, headers) -> tuple[dict, dict, dict]:
+    """Two organizations, the second a duplicate of the first, and a deal of the duplicate."""
+    keep, dup = [(await client.post("/api/organizations", headers=headers, json={"name": name})).json()
+                 for name in ("Клевер", "Клевер ООО")]
+    deal = (await client.post("/api/deals", headers=headers, json={"organization_id": dup["id"],
+                                                                    "title": "Поставка"})).json()
+    return keep, dup, deal
+
+
 @pytest.mark.parametrize("first", ["request", "merge"])
 async def test_an_approval_requested_as_its_organization_is_merged_follows_the_survivor(crm_app, monkeypatch, first):
     """A rep requests approval of a deal's document at the moment its organization is
@@ -197,10 +206,7 @@ async def test_an_approval_requested_as_its_organization_is_merged_follows_the_s
     before it commits; the request waits, then reads the deal on the survivor."""
     client, users, container = crm_app
     anna = users["anna"]["headers"]
-    keep, dup = [(await client.post("/api/organizations", headers=anna, json={"name": name})).json()
-                 for name in ("Клевер", "Клевер ООО")]
-    deal = (await client.post("/api/deals", headers=anna, json={"organization_id": dup["id"], "title": "Поставка"})
-            ).json()
+    keep, dup, deal = await _a_duplicate_with_a_deal(client, anna)
     made = await client.post(f"/api/deals/{deal['id']}/documents/generate", headers=anna,
                              json={"template": "commercial_proposal", "doc_type": "proposal"})
     document_id = made.json()["document"]["id"]
@@ -258,10 +264,7 @@ async def test_a_transfer_of_a_merged_organization_hands_over_the_survivor(crm_a
     hands, with its open deals, and the event names it."""
     client, users, container = crm_app
     anna = users["anna"]["headers"]
-    keep, dup = [(await client.post("/api/organizations", headers=anna, json={"name": name})).json()
-                 for name in ("Клевер", "Клевер ООО")]
-    deal = (await client.post("/api/deals", headers=anna, json={"organization_id": dup["id"], "title": "Поставка"})
-            ).json()
+    keep, dup, deal = await _a_duplicate_with_a_deal(client, anna)
     assert (await client.post(f"/api/organizations/{dup['id']}/merge", headers=anna,
                               json={"into_id": keep["id"]})).status_code == 200
     moved = await client.post(f"/api/organizations/{dup['id']}/transfer", headers=anna,
