@@ -225,8 +225,9 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
 async def merge_external_refs(uow: EcmUnitOfWork, cmd: ecm_commands.MergeExternalRefsV1, envelope: Envelope) -> dict:
     """Two CRM organizations became one. The merged one's reference follows the survivor:
     renamed when the survivor had no registry record, dropped when both point at the same
-    record, kept (and recorded for the steward) when they point at different records.
-    Approvals started for the merged organization now name the survivor.
+    record, kept when they point at different records (the pair then waits for the
+    steward: `steward.merges_held_apart`). Approvals started for the merged organization
+    now name the survivor.
 
     Each merge is remembered (`external_ref_merges`). The merges of a chain (A into B,
     then B into C) are keyed by their merged organizations, so after a backlog they can
