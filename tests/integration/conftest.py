@@ -1,9 +1,15 @@
+import uuid
+
+import httpx
 import pytest
 
 from crm_service.bootstrap import bootstrap as crm_bootstrap
 from crm_service.config import CrmSettings
+from ecm_service.adapters import tables as ecm_tables
 from ecm_service.bootstrap import bootstrap as ecm_bootstrap
 from ecm_service.config import EcmSettings
+from ecm_service.entrypoints.app import create_app as create_ecm_app
+from infra.users import upsert_user
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -38,3 +44,23 @@ async def ecm(backend, databases, broker, tmp_path):
             database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
             content_dir=tmp_path / "ecm-content", imports_dir=tmp_path / "imports"), databases):
         yield container
+
+
+ECM_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin", "integration")
+
+
+@pytest.fixture
+async def ecm_app(backend, databases, broker, tmp_path):
+    """The ECM's real app (HTTP in process) with a user of every role: the client, each
+    role's token, and the app's container."""
+    app = create_ecm_app(EcmSettings(database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
+                                     content_dir=tmp_path / "content", imports_dir=tmp_path / "imports"))
+    container = app.state.container
+    tokens = {}
+    for role in ECM_ROLES:
+        tokens[role] = f"token-{role}-{uuid.uuid4().hex}"
+        await upsert_user(container.session_factory, ecm_tables.users, name=f"{role}-user", role=role,
+                          token=tokens[role])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ecm") as client:
+        yield client, tokens, container
+    await container.engine.dispose()

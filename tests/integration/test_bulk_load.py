@@ -13,6 +13,7 @@ from ecm_service.adapters.row_sources import read_rows
 from ecm_service.service_layer import bulk_load, steward
 from ecm_service.service_layer.bulk_load import BulkLoader
 from infra.users import User
+from tests.support.meanwhile import start_meanwhile
 
 HEADER = "Код;Наименование;ИНН;КПП;ОГРН\n"
 ROWS = [
@@ -220,18 +221,10 @@ async def test_a_record_verified_as_a_reload_changes_it_is_updated_before_the_ve
     async with ecm.session_factory() as session:
         record_id = await session.scalar(select(tables.external_refs.c.entity_id).where(
             tables.external_refs.c.external_id == "1"))
-    verifications: list = []
-    write_name_keys = bulk_load.write_name_keys
-
-    async def verify_meanwhile(session, records, **kwargs):
-        if not verifications:  # the new record's keys: after the chunk's reads, before its update
-            verifications.append(asyncio.ensure_future(steward.verify(
-                ecm.uow(), counterparty_id=record_id, user=User(id="s", name="steward", role="steward"),
-                reason="checked in EGRUL", correlation_id="c")))
-            await asyncio.wait(verifications, timeout=1.0)
-        await write_name_keys(session, records, **kwargs)
-
-    monkeypatch.setattr(bulk_load, "write_name_keys", verify_meanwhile)
+    # Held at the new record's keys: after the chunk's reads, before its update.
+    verifications = start_meanwhile(monkeypatch, bulk_load, "write_name_keys", lambda: steward.verify(
+        ecm.uow(), counterparty_id=record_id, user=User(id="s", name="steward", role="steward"),
+        reason="checked in EGRUL", correlation_id="c"))
     result = await load("reload.csv", ["1;ООО «Ромашка Плюс»;7736050003;773601001;1027700070518", "2;Лютик;;;"])
     await asyncio.gather(*verifications)
     async with ecm.uow() as uow:

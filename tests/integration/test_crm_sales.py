@@ -24,6 +24,7 @@ from crm_service.config import CrmSettings
 from crm_service.entrypoints.app import create_app
 from crm_service.service_layer.reminders import send_due_reminders
 from infra.users import upsert_user
+from tests.support.meanwhile import start_meanwhile
 
 PEOPLE = {"anna": ("sales", "moscow"), "boris": ("sales", "moscow"), "maria": ("manager", "moscow"),
           "petr": ("sales", "spb"), "admin": ("admin", None), "auditor": ("auditor", None)}
@@ -163,16 +164,8 @@ async def test_a_deal_added_as_its_organization_is_merged_reaches_the_survivor(c
     anna = users["anna"]["headers"]
     keep, dup = [(await client.post("/api/organizations", headers=anna, json={"name": name})).json()
                  for name in ("Клевер", "Клевер ООО")]
-    merges: list[asyncio.Task] = []
-    add = DealRepository.add
-
-    async def merge_meanwhile(self, deal):
-        merges.append(asyncio.ensure_future(client.post(f"/api/organizations/{dup['id']}/merge", headers=anna,
-                                                        json={"into_id": keep["id"]})))
-        await asyncio.wait(merges, timeout=1.0)
-        await add(self, deal)
-
-    monkeypatch.setattr(DealRepository, "add", merge_meanwhile)
+    merges = start_meanwhile(monkeypatch, DealRepository, "add", lambda: client.post(
+        f"/api/organizations/{dup['id']}/merge", headers=anna, json={"into_id": keep["id"]}))
     deal = await client.post("/api/deals", headers=anna, json={"organization_id": dup["id"], "title": "Поставка"})
     [merged] = await asyncio.gather(*merges)
     assert deal.status_code == 201 and merged.status_code == 200
@@ -210,7 +203,6 @@ async def test_an_approval_requested_as_its_organization_is_merged_follows_the_s
     made = await client.post(f"/api/deals/{deal['id']}/documents/generate", headers=anna,
                              json={"template": "commercial_proposal", "doc_type": "proposal"})
     document_id = made.json()["document"]["id"]
-    meanwhile: list[asyncio.Task] = []
 
     def send_merge():
         return client.post(f"/api/organizations/{dup['id']}/merge", headers=anna, json={"into_id": keep["id"]})
@@ -219,22 +211,12 @@ async def test_an_approval_requested_as_its_organization_is_merged_follows_the_s
         return client.post(f"/api/deals/{deal['id']}/approval-requests", headers=anna,
                            json={"document_id": document_id})
 
-    def while_in(cls, name, send):
-        original = getattr(cls, name)
-
-        async def patched(self, *args, **kwargs):
-            if not meanwhile:
-                meanwhile.append(asyncio.ensure_future(send()))
-                await asyncio.wait(meanwhile, timeout=1.0)
-            return await original(self, *args, **kwargs)
-        monkeypatch.setattr(cls, name, patched)
-
     if first == "request":
-        while_in(ApprovalRequestRepository, "add_unless_open", send_merge)
+        meanwhile = start_meanwhile(monkeypatch, ApprovalRequestRepository, "add_unless_open", send_merge)
         requested = await send_request()
         merged = await meanwhile[0]
     else:
-        while_in(OrganizationRepository, "add_history", send_request)
+        meanwhile = start_meanwhile(monkeypatch, OrganizationRepository, "add_history", send_request)
         merged = await send_merge()
         requested = await meanwhile[0]
     assert requested.status_code == 202 and merged.status_code == 200

@@ -9,15 +9,10 @@ nothing changes; a refused one gets 401/403 before the body is looked at."""
 import io
 import uuid
 
-import httpx
 import pytest
 
-from ecm_service.adapters import tables
-from ecm_service.config import EcmSettings
-from ecm_service.entrypoints.app import create_app
 from ecm_service.service_layer.commands import apply_command
 from ecm_service.service_layer.documents import store_version
-from infra.users import upsert_user
 from schemas import ecm_commands
 from schemas.common import ExternalRef
 from schemas.envelope import new_envelope
@@ -89,20 +84,10 @@ MATRIX = [
 
 
 @pytest.fixture
-async def app_client(backend, databases, broker, tmp_path):
-    settings = EcmSettings(database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
-                           content_dir=tmp_path / "content", imports_dir=tmp_path / "imports")
-    app = create_app(settings)
-    container = app.state.container
-    tokens = {}
-    for role in ROLES:
-        tokens[role] = f"token-{role}-{uuid.uuid4().hex}"
-        await upsert_user(container.session_factory, tables.users, name=f"{role}-user", role=role,
-                          token=tokens[role])
-    ids = await _an_approval_in_progress(container)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ecm") as client:
-        yield client, tokens, ids, container
-    await container.engine.dispose()
+async def app_client(ecm_app):
+    client, tokens, container = ecm_app
+    assert set(tokens) == set(ROLES)
+    return client, tokens, await _an_approval_in_progress(container), container
 
 
 async def _an_approval_in_progress(container) -> dict:

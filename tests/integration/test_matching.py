@@ -5,20 +5,17 @@ import asyncio
 import json
 import uuid
 
-import httpx
-import pytest
 from sqlalchemy import func, select
 
 from ecm_service.adapters import tables
-from ecm_service.config import EcmSettings
-from ecm_service.entrypoints.app import create_app
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.commands import apply_command
-from infra.users import User, upsert_user
+from infra.users import User
 from schemas import ecm_commands
 from schemas.common import ExternalRef
 from schemas.envelope import new_envelope
 from schemas.registry import encode, parse_message
+from tests.support.meanwhile import start_meanwhile
 
 SBER = {"inn": "7707083893", "kpp": "773601001", "ogrn": "1027700132195"}
 STEWARD = User(id="steward-id", name="steward", role="steward")
@@ -150,16 +147,9 @@ async def test_crm_merges_of_a_chain_applied_at_the_same_moment_still_reach_the_
 
     a, record = await _synced_ref(ecm, "ООО «Лютик»")
     b, c = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))
-    meanwhile: list[asyncio.Task] = []
-    rename = ApprovalRepository.rename_counterparty_ref
-
-    async def merge_of_a_meanwhile(self, from_ref, to_ref):
-        if not meanwhile:  # B-into-C, its references looked up
-            meanwhile.append(asyncio.ensure_future(_merge_refs(ecm, a, b)))
-            await asyncio.wait(meanwhile, timeout=1.0)
-        return await rename(self, from_ref, to_ref)
-
-    monkeypatch.setattr(ApprovalRepository, "rename_counterparty_ref", merge_of_a_meanwhile)
+    # Held in B-into-C, its references looked up.
+    meanwhile = start_meanwhile(monkeypatch, ApprovalRepository, "rename_counterparty_ref",
+                                lambda: _merge_refs(ecm, a, b))
     await _merge_refs(ecm, b, c)
     await meanwhile[0]
     async with ecm.uow() as uow:
@@ -167,27 +157,12 @@ async def test_crm_merges_of_a_chain_applied_at_the_same_moment_still_reach_the_
     assert owners == [None, None, record]
 
 
-@pytest.fixture
-async def steward_app(backend, databases, broker, tmp_path):
-    """The ECM's app (HTTP in process) with a steward, an auditor and a lawyer."""
-    app = create_app(EcmSettings(database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
-                                 content_dir=tmp_path / "content", imports_dir=tmp_path / "imports"))
-    container = app.state.container
-    tokens = {}
-    for role in ("steward", "auditor", "legal"):
-        tokens[role] = f"token-{role}-{uuid.uuid4().hex}"
-        await upsert_user(container.session_factory, tables.users, name=f"{role}-user", role=role, token=tokens[role])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ecm") as client:
-        yield client, tokens, container
-    await container.engine.dispose()
-
-
-async def test_crm_merges_of_organizations_on_two_records_wait_for_the_steward(steward_app):
+async def test_crm_merges_of_organizations_on_two_records_wait_for_the_steward(ecm_app):
     """Sales merged two CRM organizations whose registry records are two. The merged
     one's reference stays on its record (the registry does not merge records on the
     CRM's word), and the pair waits for the steward in a report and on the queue's page,
     until the steward merges one record into the other or declares them distinct."""
-    client, tokens, container = steward_app
+    client, tokens, container = ecm_app
     steward_headers = {"Authorization": f"Bearer {tokens['steward']}"}
 
     async def held():
