@@ -32,7 +32,10 @@ class PermanentError(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    return not isinstance(exc, (PermanentError, InvalidMessage))
+    """Worth another attempt. Never a cancellation (a stopping worker, a timeout around the
+    call): tenacity keeps whatever an attempt raises and asks this predicate whether to
+    retry it (jd/tenacity#529); a cancellation must end the call instead."""
+    return isinstance(exc, Exception) and not isinstance(exc, (PermanentError, InvalidMessage))
 
 
 class AttemptsExhausted(Exception):

@@ -106,6 +106,34 @@ async def test_a_message_that_brings_its_service_down_is_dead_lettered_not_waite
     assert error_context(letters[0].headers)["error.class"] == "RemoteProtocolError"
 
 
+@pytest.mark.parametrize("attempts_before", [0, 2])  # the stop lands on the last attempt, or before it
+async def test_a_delivery_cancelled_as_its_worker_stops_ends_there_and_dead_letters_nothing(attempts_before):
+    """A stopping bridge cancels an agent still waiting out an outage (ADR 0020, after
+    BRIDGE_STOP_WAIT_SECONDS). tenacity keeps whatever an attempt raises, a cancellation
+    included, and asked `is_transient` whether to retry it (jd/tenacity#529): a cancel
+    that landed during a call, not during the wait between calls, was retried, or
+    dead-lettered once the attempts were used (`CancelledError`), and the agent went on
+    to its next message instead of stopping (seen when the suite ran two files at once).
+    The cancellation now ends the delivery: no dead letter, no further attempt."""
+    import asyncio
+
+    calls, letters, in_call = [], Letters(), asyncio.Event()
+
+    async def ecm_away(message, topic):
+        calls.append(1)
+        if len(calls) <= attempts_before:
+            raise httpx.ConnectError("the ECM is not listening")
+        in_call.set()
+        await asyncio.sleep(30)  # the connection attempt in flight as the stop comes
+
+    delivery = asyncio.ensure_future(deliver(record(envelope()), POLICY, ecm_away, letters))
+    await asyncio.wait_for(in_call.wait(), 5)
+    delivery.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(delivery, 5)
+    assert letters == [] and len(calls) == attempts_before + 1
+
+
 def test_the_wait_after_a_failure_is_what_the_answer_asked_for_within_a_ceiling():
     from tenacity import Future, RetryCallState
 
