@@ -3,6 +3,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# worker processes for the suite: each takes whole files (a module's running system stays
+# on one worker); 0 runs everything in pytest's own process, one file after another
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: run test browser promtool test-unit test-integration test-e2e test-chaos lint bench schemas-check asyncapi install clean
 
@@ -18,13 +22,13 @@ run: $(STAMP)
 	PYTHONPATH=. $(PY) -m deploy.local_run
 
 test: $(STAMP) browser promtool
-	PYTHONPATH=. $(PY) -m pytest
+	PYTHONPATH=. $(PY) -m pytest $(XDIST)
 
 test-unit: $(STAMP) promtool
 	PYTHONPATH=. $(PY) -m pytest tests/unit tests/contract
 
 test-integration: $(STAMP)
-	PYTHONPATH=. $(PY) -m pytest tests/integration
+	PYTHONPATH=. $(PY) -m pytest $(XDIST) tests/integration
 
 browser:
 	@bash tools/ensure-debian-tool.sh /usr/bin/chromium chromium "the browser tests"
@@ -34,7 +38,7 @@ promtool:  # and the Prometheus server of tests/e2e/test_monitoring.py, from the
 	@bash tools/ensure-debian-tool.sh /usr/bin/prometheus prometheus "the alerting rules' tests" --no-install-recommends
 
 test-e2e: $(STAMP) browser promtool
-	PYTHONPATH=. $(PY) -m pytest tests/e2e
+	PYTHONPATH=. $(PY) -m pytest $(XDIST) tests/e2e
 
 test-chaos: $(STAMP)
 	PYTHONPATH=. $(PY) -m pytest -s tests/chaos

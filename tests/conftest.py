@@ -9,7 +9,9 @@ _containers: list = []
 
 
 def pytest_configure(config):
-    if os.environ.get("TEST_WITH_TESTCONTAINERS") == "1":
+    # once, in the process that starts the workers (`make test` runs pytest-xdist): they
+    # inherit its environment, where start_containers leaves the addresses
+    if os.environ.get("TEST_WITH_TESTCONTAINERS") == "1" and not hasattr(config, "workerinput"):
         from tests.support.containers import start_containers
 
         _containers.extend(start_containers())

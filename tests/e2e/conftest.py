@@ -42,6 +42,7 @@ def start_system(tmp_path_factory, backend: str, extra_env: dict | None = None) 
             urls[f"{service}_database_url"] = url
     settings = LauncherSettings(
         var_dir=var, crm_port=free_port(), ecm_port=free_port(), bridge_web_port=free_port(),
+        broker_port=free_port(),  # not the launcher's 9092 first: the other test worker may be taking it
         kafka_bootstrap_servers=os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS"), **urls,
     )
     system = LocalSystem(settings, log_dir=var / "logs", extra_env={"LOG_JSON": "true", **(extra_env or {})})
