@@ -1,3 +1,4 @@
+import asyncio
 import json
 
 import httpx
@@ -106,7 +107,7 @@ async def test_a_message_that_brings_its_service_down_is_dead_lettered_not_waite
     assert error_context(letters[0].headers)["error.class"] == "RemoteProtocolError"
 
 
-@pytest.mark.parametrize("attempts_before", [0, 2])  # the stop lands on the last attempt, or before it
+@pytest.mark.parametrize("attempts_before", [0, 2])  # the stop lands on the first attempt, or on the last
 async def test_a_delivery_cancelled_as_its_worker_stops_ends_there_and_dead_letters_nothing(attempts_before):
     """A stopping bridge cancels an agent still waiting out an outage (ADR 0020, after
     BRIDGE_STOP_WAIT_SECONDS). tenacity keeps whatever an attempt raises, a cancellation
@@ -115,8 +116,6 @@ async def test_a_delivery_cancelled_as_its_worker_stops_ends_there_and_dead_lett
     dead-lettered once the attempts were used (`CancelledError`), and the agent went on
     to its next message instead of stopping (seen when the suite ran two files at once).
     The cancellation now ends the delivery: no dead letter, no further attempt."""
-    import asyncio
-
     calls, letters, in_call = [], Letters(), asyncio.Event()
 
     async def ecm_away(message, topic):
