@@ -10,6 +10,7 @@ from ecm_service.bootstrap import bootstrap as ecm_bootstrap
 from ecm_service.config import EcmSettings
 from ecm_service.entrypoints.app import create_app as create_ecm_app
 from infra.users import upsert_user
+from tests.support.rights_matrix import ECM_ROLES
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -44,9 +45,6 @@ async def ecm(backend, databases, broker, tmp_path):
             database_url=databases.url("ecm", backend), kafka_bootstrap_servers=broker,
             content_dir=tmp_path / "ecm-content", imports_dir=tmp_path / "imports"), databases):
         yield container
-
-
-ECM_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin", "integration")
 
 
 @pytest.fixture

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import httpx
 
+# Every ECM role, as the tests name them (not read from the code whose rights they check).
+ECM_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin", "integration")
+
 
 def allowed(response: httpx.Response) -> bool:
     assert response.status_code < 500, response.text
