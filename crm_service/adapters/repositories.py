@@ -15,12 +15,10 @@ from crm_service.domain.model import (
     Lead,
     Organization,
 )
-from infra.table_repository import TableRepository, insert_into, row_of
+from infra.table_repository import TableRepository, by_id, insert_into, row_of
 
 _ORGANIZATION_SHARED = (select(tables.organizations).where(tables.organizations.c.id == bindparam("item_id"))
                         .with_for_update(read=True, key_share=True))
-_ORGANIZATION_LOCKED = (select(tables.organizations).where(tables.organizations.c.id == bindparam("item_id"))
-                        .with_for_update())
 
 
 class OrganizationRepository(TableRepository):
@@ -34,7 +32,7 @@ class OrganizationRepository(TableRepository):
         is then followed here. With `for_update`, locked for a change of its own (a
         transfer of responsibility), which a merge waits for or is followed by alike.
         None when there is no such organization."""
-        statement = _ORGANIZATION_LOCKED if for_update else _ORGANIZATION_SHARED
+        statement = by_id(self.table, for_update=True) if for_update else _ORGANIZATION_SHARED
         seen: set[str] = set()
         while organization_id not in seen:
             seen.add(organization_id)
