@@ -30,11 +30,13 @@ from schemas.common import ExternalRef
 class ExternalRefRepository:
     """Within one unit of work it remembers what it found, prefetched and attached, so a
     batch of commands asks once for all its references (`prefetch`) and not per command.
-    Renames, detaches and moves forget everything."""
+    Renames, detaches and moves forget everything. Likewise it remembers which references
+    another system merged away (`prefetch_merges`, `survivor_of`)."""
 
     def __init__(self, session: AsyncSession):
         self.session = session
         self._known: dict[tuple[str, str, str], str | None] = {}
+        self._merged_into: dict[tuple[str, str, str], str | None] = {}  # None: never merged
 
     _FIND = select(tables.external_refs.c.entity_id).where(
         tables.external_refs.c.entity_type == bindparam("entity_type"),
@@ -101,15 +103,54 @@ class ExternalRefRepository:
         await self.session.execute(
             delete(t).where(t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id))
 
+    _MERGED_INTO = select(tables.external_ref_merges.c.survivor_id).where(
+        tables.external_ref_merges.c.entity_type == bindparam("entity_type"),
+        tables.external_ref_merges.c.system == bindparam("system"),
+        tables.external_ref_merges.c.merged_id == bindparam("merged_id"))
+
+    async def prefetch_merges(self, entity_type: str, refs: Iterable[ExternalRef]) -> None:
+        """Whether another system merged away those of these references that are attached
+        to no record (known as such from `prefetch`), asked together (one statement per
+        system and 1,000 ids); `survivor_of` then answers them from memory."""
+        by_system: dict[str, set[str]] = {}
+        for ref in refs:
+            key = (entity_type, ref.system, ref.id)
+            if key in self._known and self._known[key] is None and key not in self._merged_into:
+                by_system.setdefault(ref.system, set()).add(ref.id)
+        m = tables.external_ref_merges
+        for system, id_set in by_system.items():
+            ids = sorted(id_set)
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start:start + 1000]
+                rows = await self.session.execute(select(m.c.merged_id, m.c.survivor_id).where(
+                    m.c.entity_type == entity_type, m.c.system == system, m.c.merged_id.in_(chunk)))
+                merged = dict(rows.all())
+                self._merged_into.update(((entity_type, system, i), merged.get(i)) for i in chunk)
+
+    async def survivor_of(self, entity_type: str, ref: ExternalRef) -> ExternalRef | None:
+        """Where a reference another system merged away lives now: the last survivor of
+        its recorded merges (`record_merge`), or None when it was never merged. For a
+        message about an organization that reaches the registry after its merge (a dead
+        letter replayed, say), so that it names the organization the merge left."""
+        survivor = await self._follow_merges(entity_type, ref, seen={ref.id})
+        return survivor if survivor != ref else None
+
     async def last_survivor(self, entity_type: str, ref: ExternalRef, *, short_of: ExternalRef) -> ExternalRef:
         """The reference `ref` lives on now: itself, or where the merges recorded for it
         (`record_merge`) lead, followed to the end, but never onto `short_of` (the one
-        being merged; a cycle ends where it would close)."""
-        m = tables.external_ref_merges
-        seen = {ref.id, short_of.id}
+        being merged; a cycle ends where it would close). Read afresh, not from what this
+        unit of work remembers: a merge asks it under the history chain's lock, which
+        another replica's merges have all committed before."""
+        self._merged_into.clear()
+        return await self._follow_merges(entity_type, ref, seen={ref.id, short_of.id})
+
+    async def _follow_merges(self, entity_type: str, ref: ExternalRef, *, seen: set[str]) -> ExternalRef:
         while True:
-            survivor = await self.session.scalar(select(m.c.survivor_id).where(
-                m.c.entity_type == entity_type, m.c.system == ref.system, m.c.merged_id == ref.id))
+            key = (entity_type, ref.system, ref.id)
+            if key not in self._merged_into:
+                self._merged_into[key] = await self.session.scalar(
+                    self._MERGED_INTO, {"entity_type": entity_type, "system": ref.system, "merged_id": ref.id})
+            survivor = self._merged_into[key]
             if survivor is None or survivor in seen:
                 return ref
             seen.add(survivor)
@@ -123,6 +164,7 @@ class ExternalRefRepository:
         await self.session.execute(insert(m).values(
             entity_type=entity_type, system=merged.system, merged_id=merged.id, survivor_id=survivor.id,
             merged_at=at))
+        self._merged_into[(entity_type, merged.system, merged.id)] = survivor.id
 
     async def merges_still_attached(self, entity_type: str) -> list[dict]:
         """Recorded merges whose merged reference is still attached to a record (it was

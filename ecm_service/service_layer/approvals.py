@@ -131,7 +131,14 @@ async def start_approval(
         requested_version_id, version = version["id"], latest
     now = _now()
     route = await current_route(uow, cmd.doc_type, routes)
-    counterparty_id = await uow.external_refs.find(COUNTERPARTY, cmd.counterparty_ref)
+    counterparty_ref, named = cmd.counterparty_ref, {}
+    counterparty_id = await uow.external_refs.find(COUNTERPARTY, counterparty_ref)
+    if counterparty_id is None and (survivor := await uow.external_refs.survivor_of(
+            COUNTERPARTY, counterparty_ref)) is not None:
+        # An organization the CRM merged away since (a replayed dead letter): the approval
+        # is for the one the merge left, as a merge renames the approvals started before it.
+        counterparty_ref, named = survivor, {"named_counterparty_ref": counterparty_ref.as_text()}
+        counterparty_id = await uow.external_refs.find(COUNTERPARTY, counterparty_ref)
     approval_id = str(uuid.uuid4())
 
     def begin(counterparty_verified: bool) -> Approval:
@@ -141,7 +148,7 @@ async def start_approval(
             id=approval_id, document_id=cmd.document_id, document_version_id=version["id"],
             document_sha256=version["sha256"], doc_type=cmd.doc_type, title=cmd.title,
             initiator_ref=cmd.initiator_ref.as_text(), correlation_id=envelope.correlation_id,
-            counterparty_id=counterparty_id, counterparty_ref=cmd.counterparty_ref.as_text(),
+            counterparty_id=counterparty_id, counterparty_ref=counterparty_ref.as_text(),
         )
 
     approval = begin(await counterparty_is_verified(uow, counterparty_id))
@@ -153,7 +160,7 @@ async def start_approval(
         entity_type=APPROVAL, entity_id=approval.id, action="started", actor=cmd.initiator_ref.as_text(),
         data={"route": [route.doc_type, route.version], "document_version_id": version["id"],
               "sha256": version["sha256"], "external_ref": cmd.external_ref.as_text(), "status": approval.status,
-              **({"requested_version_id": requested_version_id} if requested_version_id else {})})
+              **({"requested_version_id": requested_version_id} if requested_version_id else {}), **named})
     await publish_status(uow, approval, "started", causation_id=envelope.event_id, refs=[cmd.external_ref])
     return {"approval_id": approval.id}
 

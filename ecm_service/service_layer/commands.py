@@ -41,6 +41,9 @@ async def apply_commands(uow: EcmUnitOfWork, messages: list[Message], topic: str
             uow, [m.payload for m in messages if m.envelope.type == ecm_commands.START_APPROVAL])
         syncs = [m.payload for m in messages if m.envelope.type == ecm_commands.SYNC_COUNTERPARTY]
         await uow.external_refs.prefetch(registry.COUNTERPARTY, [c.external_ref for c in syncs])
+        # Of the organizations the registry has no reference for, those the CRM merged away.
+        await uow.external_refs.prefetch_merges(registry.COUNTERPARTY, [c.external_ref for c in syncs] + [
+            m.payload.counterparty_ref for m in messages if m.envelope.type == ecm_commands.START_APPROVAL])
         await registry.prefetch_matches(uow, syncs)
         await uow.apply_once(messages, topic, handle)
         await uow.commit()

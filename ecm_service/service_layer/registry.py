@@ -189,10 +189,23 @@ async def announce_synced(uow: EcmUnitOfWork, record: Counterparty, *, outcome: 
 
 
 async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpartyV1, envelope: Envelope) -> dict:
+    """The organization's reference and its data into the registry. A reference the
+    registry remembers as merged away (the sync was dead-lettered and is replayed after
+    the CRM's merge, say) is read as the organization the merge left: its sync changes
+    nothing when that one has a reference already (its own syncs carry the merged data),
+    and otherwise places the reference for it, as the merge would have moved the merged
+    one's. Before, such a sync made a reference for the merged organization, which no
+    merge would ever move."""
     now = datetime.now(timezone.utc)
     ids = _sync_ids(cmd)
     country = (cmd.country or "RU").upper()
-    existing_id = await uow.external_refs.find(COUNTERPARTY, cmd.external_ref)
+    ref, named = cmd.external_ref, {}
+    existing_id = await uow.external_refs.find(COUNTERPARTY, ref)
+    if existing_id is None and (survivor := await uow.external_refs.survivor_of(COUNTERPARTY, ref)) is not None:
+        ref, named = survivor, {"named_ref": ref.as_text()}
+        if (existing_id := await uow.external_refs.find(COUNTERPARTY, ref)) is not None:
+            return {"counterparty_id": existing_id, "outcome": "merged_away", "survivor_ref": ref.as_text(),
+                    **named}
     if existing_id:
         record = await uow.counterparties.get(existing_id, for_update=True)
         outcome = "updated"
@@ -208,18 +221,18 @@ async def sync_counterparty(uow: EcmUnitOfWork, cmd: ecm_commands.SyncCounterpar
     else:
         decision = await match_or_propose(uow, name=cmd.name, **ids, ref=cmd.external_ref)
         record, outcome = await place_new_ref(
-            uow, cmd.external_ref, decision=decision, name=cmd.name, ids=ids, now=now, legal_form=cmd.legal_form,
+            uow, ref, decision=decision, name=cmd.name, ids=ids, now=now, legal_form=cmd.legal_form,
             country=country, addresses=[a.model_dump() for a in cmd.addresses])
-    synced = await announce_synced(uow, record, outcome=outcome, source_ref=cmd.external_ref, seq=None,
+    synced = await announce_synced(uow, record, outcome=outcome, source_ref=ref, seq=None,
                                    correlation_id=envelope.correlation_id, causation_id=envelope.event_id)
     # The entry is written at commit; its number goes into the event then (the outbox
     # row is encoded after the history is written).
     await uow.history.append(
         entity_type=COUNTERPARTY, entity_id=record.id, action=f"sync_{outcome}",
-        actor=f"{cmd.external_ref.system}:sync",
-        data={"source_ref": cmd.external_ref.as_text(), "quality_flags": record.quality_flags},
+        actor=f"{ref.system}:sync",
+        data={"source_ref": ref.as_text(), "quality_flags": record.quality_flags, **named},
         then=lambda seq: synced.payload.__setitem__("registry_seq", seq))
-    return {"counterparty_id": record.id, "outcome": outcome}
+    return {"counterparty_id": record.id, "outcome": outcome, **named}
 
 
 async def merge_external_refs(uow: EcmUnitOfWork, cmd: ecm_commands.MergeExternalRefsV1, envelope: Envelope) -> dict:

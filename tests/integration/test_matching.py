@@ -5,11 +5,12 @@ import asyncio
 import json
 import uuid
 
+import pytest
 from sqlalchemy import func, select
 
 from ecm_service.adapters import tables
 from ecm_service.service_layer import steward
-from ecm_service.service_layer.commands import apply_command
+from ecm_service.service_layer.commands import apply_command, apply_commands
 from infra.users import User
 from schemas import ecm_commands
 from schemas.common import ExternalRef
@@ -155,6 +156,74 @@ async def test_crm_merges_of_a_chain_applied_at_the_same_moment_still_reach_the_
     async with ecm.uow() as uow:
         owners = [await uow.external_refs.find("counterparty", ref) for ref in (a, b, c)]
     assert owners == [None, None, record]
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["in_a_batch", "one_by_one"])
+async def test_a_request_replayed_after_the_crm_merged_its_organization_names_the_survivor(ecm, batched):
+    """An approval request for organization A was dead-lettered before it reached the
+    registry; meanwhile the CRM merged A away; then the dead letter is replayed: a sync
+    and a start naming A. Before, the sync made a registry reference for A, an
+    organization the CRM no longer has, which no merge would ever move, and the approval
+    named A. Now both name the organization the merges left: its record when it has one
+    (the sync, older than the merge, changes nothing there), else a reference placed for
+    it. As a consumed batch (the references looked up together) and one command at a
+    time (as the consumer retries a batch that failed)."""
+    from tests.integration.test_approvals import store
+
+    async def replay(org: ExternalRef, name: str) -> str:
+        doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+        request = ExternalRef(system="crm", id=str(uuid.uuid4()))
+        messages = [parse_message(encode(new_envelope(
+            type=type_, schema_version=1, source="it", correlation_id="c", payload=payload))) for type_, payload in (
+            (ecm_commands.SYNC_COUNTERPARTY, ecm_commands.SyncCounterpartyV1(external_ref=org, name=name)),
+            (ecm_commands.START_APPROVAL, ecm_commands.StartApprovalV1(
+                external_ref=request, counterparty_ref=org, initiator_ref=ExternalRef(system="crm", id="u"),
+                document_id=doc["id"], document_version_id=version["id"], sha256=version["sha256"],
+                doc_type="contract", title="Договор поставки")))]
+        if batched:
+            await apply_commands(ecm.uow(), messages, "it", ecm.routes, ecm.document_types)
+        else:
+            for message in messages:
+                await apply_command(ecm.uow(), message, "it", ecm.routes, ecm.document_types)
+        async with ecm.uow() as uow:
+            return await uow.approvals.get(await uow.external_refs.find("approval", request))
+
+    async def owners(*refs):
+        async with ecm.uow() as uow:
+            return [await uow.external_refs.find("counterparty", ref) for ref in refs]
+
+    # A, never synced, merged into B, which has its record.
+    a = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    b, record_b = await _synced_ref(ecm, "ООО «Бета»")
+    await _merge_refs(ecm, a, b)
+    approval = await replay(a, "ООО «Альфа»")
+    assert await owners(a, b) == [None, record_b]
+    assert (approval.counterparty_ref, approval.counterparty_id) == (b.as_text(), record_b)
+    async with ecm.uow() as uow:
+        assert (await uow.counterparties.get(record_b)).name == "ООО «Бета»"  # not A's older data
+        history = await uow.history.of("counterparty", record_b)
+        started = [h for h in await uow.history.of("approval", approval.id) if h["action"] == "started"]
+    assert [h["action"] for h in history] == ["sync_created"]
+    assert started[0]["data"]["named_counterparty_ref"] == a.as_text()
+
+    # D merged into E, E into F, none of them synced: the reference is placed for F.
+    d, e, f = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(3))
+    await _merge_refs(ecm, e, f)
+    await _merge_refs(ecm, d, e)
+    approval = await replay(d, "ООО «Дельта»")
+    _, _, record_f = await owners(d, e, f)
+    assert await owners(d, e) == [None, None] and record_f is not None
+    assert (approval.counterparty_ref, approval.counterparty_id) == (f.as_text(), record_f)
+    async with ecm.uow() as uow:
+        assert (await uow.counterparties.get(record_f)).name == "ООО «Дельта»"
+        [created] = await uow.history.of("counterparty", record_f)
+    assert (created["action"], created["data"]["source_ref"], created["data"]["named_ref"]) == (
+        "sync_created", f.as_text(), d.as_text())
+    async with ecm.session_factory() as session:
+        synced = [json.loads(body)["payload"]["source_ref"] for body in (await session.execute(
+            select(tables.outbox.c.body).where(tables.outbox.c.message_type == "ecm.counterparty_synced"))).scalars()]
+    assert {"system": "crm", "id": f.id} in synced  # F learns its link; A and D are gone from the CRM
+    assert not any(ref["id"] in (a.id, d.id, e.id) for ref in synced)
 
 
 async def test_crm_merges_of_organizations_on_two_records_wait_for_the_steward(ecm_app):
