@@ -17,6 +17,24 @@ settings = BridgeSettings()
 log = structlog.get_logger()
 
 
+class GroupMembership:
+    """Where this worker stands in its consumer group, for `/health`: `joining` until its
+    first assignment, `member` once assigned (no partitions is an assignment too, with
+    more workers than partitions), `out_of_group` from the moment its consumer was taken
+    out while its agent waited (see `on_partitions_revoked`), `rejoining` once the agent
+    has handled what it held, until the next assignment. Before, `/health` read the same
+    all along, and an operator saw a worker out of its group only in its log."""
+
+    def __init__(self) -> None:
+        self.state, self.since = "joining", time.time()
+
+    def to(self, state: str) -> None:
+        self.state, self.since = state, time.time()
+
+
+membership = GroupMembership()
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust creates its consumers with fetch_max_wait_ms=1500 and no setting for it
     (faust-streaming 0.15.3). On the local broker a fetch then waits its full 1.5 s
@@ -45,6 +63,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         idle = subscription.fetcher_idle_time if subscription is not None else 0.0
         left = idle >= settings.max_poll_interval
         if left:
+            membership.to("out_of_group")
             log.warning("worker_left_group_while_waiting", idle_seconds=round(idle, 1),
                         max_poll_interval=settings.max_poll_interval, partitions=len(revoked))
         try:
@@ -53,7 +72,13 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             if subscription is not None:
                 subscription._last_fetch_ended = time.monotonic()
                 if left:
+                    membership.to("rejoining")
                     log.info("worker_rejoining_group")
+
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        await super().on_partitions_assigned(assigned, generation_id)
+        if membership.state != "member":
+            membership.to("member")
 
 
 class _Consumer(faust_aiokafka.Consumer):

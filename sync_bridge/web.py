@@ -1,9 +1,11 @@
 """The bridge's own small web surface (faust web): health and metrics."""
 
+from datetime import datetime, timezone
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infra.metrics import PAUSED
-from sync_bridge.app import app
+from sync_bridge.app import app, membership
 from sync_bridge.control import DIRECTIONS
 from sync_bridge.handling import LAG_REPORTS, gates
 
@@ -13,6 +15,8 @@ async def health(web, request):
     consumer = app.consumer
     assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()) if consumer else []
     return web.json({"status": "ok", "service": "bridge", "assigned_partitions": assigned,
+                     "group": {"state": membership.state,
+                               "since": datetime.fromtimestamp(membership.since, timezone.utc).isoformat()},
                      "directions": {d: gates.describe(d) for d in DIRECTIONS},
                      "paused": {d: gates.is_paused(d) for d in DIRECTIONS}})
 

@@ -64,16 +64,26 @@ def left_and_rejoined(system, before: int) -> None:
     assert len(bridge_events(system, "worker_rejoining_group")) > before
 
 
+def group_state(system) -> str:
+    """Where the worker says, on its `/health`, it stands in its consumer group."""
+    return httpx.get(f"{system.bridge_url}/health").json()["group"]["state"]
+
+
 def test_an_outage_longer_than_the_poll_interval_is_waited_out(api, system):
     wait_until(lambda: set(httpx.get(f"{system.bridge_url}/health").json()["directions"].values()) == {"open"},
                timeout=60, message="bridge has read the control topic")
+    assert group_state(system) == "member"
     system.kill("ecm")
     flows = requests_while_held(api, 20)
+    wait_until(lambda: group_state(system) == "out_of_group", timeout=30,
+               message="the waiting worker's /health to say it is out of its group")
     wait_past_the_interval()
+    assert group_state(system) == "out_of_group"  # for as long as the outage lasts
     system.start_process("ecm")
     system.wait_healthy(names=("ecm",))
     all_delivered_once(api, system, flows)
     left_and_rejoined(system, 0)
+    wait_until(lambda: group_state(system) == "member", timeout=30, message="the worker back in its group")
 
 
 def test_a_pause_longer_than_the_poll_interval_resumes(api, system):
