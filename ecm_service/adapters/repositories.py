@@ -103,19 +103,12 @@ class ExternalRefRepository:
         await self.session.execute(
             delete(t).where(t.c.entity_type == entity_type, t.c.system == ref.system, t.c.external_id == ref.id))
 
-    _MERGED_INTO = select(tables.external_ref_merges.c.survivor_id).where(
-        tables.external_ref_merges.c.entity_type == bindparam("entity_type"),
-        tables.external_ref_merges.c.system == bindparam("system"),
-        tables.external_ref_merges.c.merged_id == bindparam("merged_id"))
-
-    async def prefetch_merges(self, entity_type: str, refs: Iterable[ExternalRef]) -> None:
-        """Whether another system merged away those of these references that are attached
-        to no record (known as such from `prefetch`), asked together (one statement per
-        system and 1,000 ids); `survivor_of` then answers them from memory."""
+    async def _merges_of(self, entity_type: str, refs: Iterable[ExternalRef]) -> None:
+        """Whether each of these references was merged away, and into which, remembered
+        (one statement per system and 1,000 ids for those not known yet)."""
         by_system: dict[str, set[str]] = {}
         for ref in refs:
-            key = (entity_type, ref.system, ref.id)
-            if key in self._known and self._known[key] is None and key not in self._merged_into:
+            if (entity_type, ref.system, ref.id) not in self._merged_into:
                 by_system.setdefault(ref.system, set()).add(ref.id)
         m = tables.external_ref_merges
         for system, id_set in by_system.items():
@@ -127,34 +120,52 @@ class ExternalRefRepository:
                 merged = dict(rows.all())
                 self._merged_into.update(((entity_type, system, i), merged.get(i)) for i in chunk)
 
+    async def prefetch_merges(self, entity_type: str, refs: Iterable[ExternalRef]) -> None:
+        """Whether another system merged away those of these references that are attached
+        to no record (known as such from `prefetch`), asked together; `survivor_of` then
+        answers them from memory."""
+        await self._merges_of(entity_type, [ref for ref in refs if (entity_type, ref.system, ref.id) in self._known
+                                            and self._known[(entity_type, ref.system, ref.id)] is None])
+
     async def survivor_of(self, entity_type: str, ref: ExternalRef) -> ExternalRef | None:
         """Where a reference another system merged away lives now: the last survivor of
         its recorded merges (`record_merge`), or None when it was never merged. For a
         message about an organization that reaches the registry after its merge (a dead
         letter replayed, say), so that it names the organization the merge left."""
-        survivor = await self._follow_merges(entity_type, ref, seen={ref.id})
+        [survivor] = await self._follow_merges(entity_type, [(ref, {ref.id})])
         return survivor if survivor != ref else None
 
-    async def last_survivor(self, entity_type: str, ref: ExternalRef, *, short_of: ExternalRef) -> ExternalRef:
-        """The reference `ref` lives on now: itself, or where the merges recorded for it
-        (`record_merge`) lead, followed to the end, but never onto `short_of` (the one
-        being merged; a cycle ends where it would close). Read afresh, not from what this
-        unit of work remembers: a merge asks it under the history chain's lock, which
-        another replica's merges have all committed before."""
+    async def last_survivors(self, entity_type: str,
+                             pairs: list[tuple[ExternalRef, ExternalRef]]) -> list[ExternalRef]:
+        """For each (ref, short_of): the reference `ref` lives on now, itself or where the
+        merges recorded for it (`record_merge`) lead, followed to the end, but never onto
+        `short_of` (the one being merged; a cycle ends where it would close). All of them
+        a merge at a time (one statement for each step of the longest chain). Read afresh,
+        not from what this unit of work remembers: a merge asks under the history chain's
+        lock, which another replica's merges have all committed before."""
         self._merged_into.clear()
-        return await self._follow_merges(entity_type, ref, seen={ref.id, short_of.id})
+        return await self._follow_merges(entity_type, [(ref, {ref.id, short_of.id}) for ref, short_of in pairs])
 
-    async def _follow_merges(self, entity_type: str, ref: ExternalRef, *, seen: set[str]) -> ExternalRef:
-        while True:
-            key = (entity_type, ref.system, ref.id)
-            if key not in self._merged_into:
-                self._merged_into[key] = await self.session.scalar(
-                    self._MERGED_INTO, {"entity_type": entity_type, "system": ref.system, "merged_id": ref.id})
-            survivor = self._merged_into[key]
-            if survivor is None or survivor in seen:
-                return ref
-            seen.add(survivor)
-            ref = ExternalRef(system=ref.system, id=survivor)
+    async def last_survivor(self, entity_type: str, ref: ExternalRef, *, short_of: ExternalRef) -> ExternalRef:
+        [survivor] = await self.last_survivors(entity_type, [(ref, short_of)])
+        return survivor
+
+    async def _follow_merges(self, entity_type: str,
+                             starts: list[tuple[ExternalRef, set[str]]]) -> list[ExternalRef]:
+        """Each reference followed along its recorded merges, never onto an id of its set."""
+        current, seen = [ref for ref, _ in starts], [ids for _, ids in starts]
+        moving = list(range(len(starts)))
+        while moving:
+            await self._merges_of(entity_type, [current[i] for i in moving])
+            still = []
+            for i in moving:
+                survivor = self._merged_into[(entity_type, current[i].system, current[i].id)]
+                if survivor is not None and survivor not in seen[i]:
+                    seen[i].add(survivor)
+                    current[i] = ExternalRef(system=current[i].system, id=survivor)
+                    still.append(i)
+            moving = still
+        return current
 
     async def record_merge(self, entity_type: str, merged: ExternalRef, survivor: ExternalRef, at: datetime) -> None:
         """Remembers that `merged` now lives on `survivor` (the same system's)."""
@@ -274,6 +285,18 @@ class CounterpartyRepository(TableRepository):
         await self.session.execute(insert(t).values(first_id=a, second_id=b, decided_by=by, reason=reason,
                                                     decided_at=at))
         return True
+
+    async def not_duplicate_pairs(self, counterparty_ids: list[str]) -> set[tuple[str, str]]:
+        """The pairs declared distinct that involve any of these records, each as (lower
+        id, higher id) (one statement per 1,000 ids)."""
+        t = tables.not_duplicates
+        pairs: set[tuple[str, str]] = set()
+        for start in range(0, len(counterparty_ids), 1000):
+            chunk = counterparty_ids[start:start + 1000]
+            rows = await self.session.execute(select(t.c.first_id, t.c.second_id).where(
+                t.c.first_id.in_(chunk) | t.c.second_id.in_(chunk)))
+            pairs.update((a, b) for a, b in rows)
+        return pairs
 
     async def not_duplicates_of(self, counterparty_id: str) -> list[str]:
         t = tables.not_duplicates

@@ -6,7 +6,7 @@ import json
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from ecm_service.adapters import tables
 from ecm_service.service_layer import steward
@@ -263,6 +263,47 @@ async def test_crm_merges_of_organizations_on_two_records_wait_for_the_steward(e
     assert await held() == []
     async with container.uow() as uow:
         assert await uow.external_refs.find("counterparty", c) == record_d  # both references on one record
+
+
+async def test_the_merges_held_apart_are_read_in_as_many_statements_however_many_there_are(ecm):
+    """The steward's queue page lists, on every load, the CRM merges whose registry
+    records are still two. The merges the steward declared distinct stay remembered for
+    good, and each remembered merge cost about four statements there, so the page grew
+    slower with every such pair. Now the list is read a step at a time for all of them:
+    held pairs, pairs declared distinct and chains (E into F into G) alike."""
+    async def listed() -> tuple[list[tuple[str, str]], int]:
+        statements = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(ecm.engine.sync_engine, "before_cursor_execute", listener)
+        try:
+            async with ecm.uow() as uow:
+                held = await steward.merges_held_apart(uow)
+        finally:
+            event.remove(ecm.engine.sync_engine, "before_cursor_execute", listener)
+        return [(h["merged_ref"], h["survivor_ref"]) for h in held], len(statements)
+
+    async def more_merges(i: int) -> list[tuple[str, str]]:
+        """One merge held apart, one declared distinct, one held at the end of a chain."""
+        (a, _), (b, _), (c, record_c), (d, record_d), (e, _), (g, _) = [
+            await _synced_ref(ecm, f"ООО «{word} {i}»") for word in ("Азот", "Бор", "Вольфрам", "Гелий", "Европий",
+                                                                     "Германий")]
+        f = ExternalRef(system="crm", id=str(uuid.uuid4()))  # never synced
+        await _merge_refs(ecm, a, b)
+        await _merge_refs(ecm, c, d)
+        await steward.mark_not_duplicate(ecm.uow(), counterparty_id=record_c, other_id=record_d, user=STEWARD,
+                                         reason="branches")
+        await _merge_refs(ecm, f, g)
+        await _merge_refs(ecm, e, f)
+        return [(a.as_text(), b.as_text()), (e.as_text(), g.as_text())]
+
+    expected = await more_merges(0)
+    held, few = await listed()
+    assert held == expected
+    for i in range(1, 5):
+        expected += await more_merges(i)
+    held, many = await listed()
+    assert held == expected and len(held) == 10
+    assert many == few, (few, many)
 
 
 async def _keys_of(ecm, counterparty_id: str) -> set[str]:
