@@ -132,8 +132,14 @@ class ExternalRefRepository:
         its recorded merges (`record_merge`), or None when it was never merged. For a
         message about an organization that reaches the registry after its merge (a dead
         letter replayed, say), so that it names the organization the merge left."""
-        [survivor] = await self._follow_merges(entity_type, [(ref, {ref.id})])
-        return survivor if survivor != ref else None
+        [survivor] = await self.survivors_of(entity_type, [ref])
+        return survivor
+
+    async def survivors_of(self, entity_type: str, refs: list[ExternalRef]) -> list[ExternalRef | None]:
+        """`survivor_of` for each of these references, all together (one statement for
+        each step of the longest chain)."""
+        survivors = await self._follow_merges(entity_type, [(ref, {ref.id}) for ref in refs])
+        return [survivor if survivor != ref else None for ref, survivor in zip(refs, survivors, strict=True)]
 
     async def last_survivors(self, entity_type: str,
                              pairs: list[tuple[ExternalRef, ExternalRef]]) -> list[ExternalRef]:

@@ -38,7 +38,7 @@ from infra.retrying import rerun_on_conflict
 from infra.spreadsheets import inert_row, text_cells
 from schemas.common import ExternalRef
 
-STATES = ("linked", "proposed", "unlinked", "conflict", "duplicate", "stale")
+STATES = ("linked", "proposed", "unlinked", "conflict", "duplicate", "stale", "merged_away")
 REPORT_COLUMNS = ["crm_organization_id", "state", "counterparty_id", "score", "evidence", "name", "inn", "kpp",
                   "ogrn", "run_id"]
 
@@ -152,10 +152,17 @@ async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[d
             r.c.run_id == run_id, r.c.external_id.in_([o["id"] for o in organizations])))).scalars())
         todo = list({o["id"]: o for o in organizations if o["id"] not in seen}.values())
         known = await uow.external_refs.find_many(COUNTERPARTY, run["system"], [o["id"] for o in todo])
+        # Organizations the other system merged away after the driver read their page,
+        # the merge reaching the registry first: no reference is placed for them (no
+        # merge would ever move it); the survivor's own row says where it stands.
+        unknown = [o["id"] for o in todo if o["id"] not in known]
+        survivors = await uow.external_refs.survivors_of(
+            COUNTERPARTY, [ExternalRef(system=run["system"], id=i) for i in unknown])
+        merged_away = {i: survivor for i, survivor in zip(unknown, survivors, strict=True) if survivor is not None}
         ids = {o["id"]: {k: compact(o.get(k)) for k in ("inn", "kpp", "ogrn")} for o in todo}
         # A dry run matches the batch at once; an apply run one by one, so that each
         # organization also meets the pending records written for the ones before it.
-        fresh = [o for o in todo if o["id"] not in known and run["mode"] != "apply"]
+        fresh = [o for o in todo if o["id"] not in known and o["id"] not in merged_away and run["mode"] != "apply"]
         decisions = dict(zip([o["id"] for o in fresh], await match_in_parallel(
             uow, [incoming(name=o["name"], **ids[o["id"]]) for o in fresh]), strict=True))
         added: dict[str, int] = {}
@@ -165,6 +172,11 @@ async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[d
             snapshot = {"name": org["name"], **ids[org["id"]], "updated_at": org.get("updated_at")}
             if org["id"] in known:
                 result = await _linked_state(uow, ref, org, snapshot, *known[org["id"]])
+            elif org["id"] in merged_away:
+                survivor = merged_away[org["id"]]
+                survivor_id = await uow.external_refs.find(COUNTERPARTY, survivor)
+                result = {"state": "merged_away", "counterparty_id": survivor_id, "score": None, "snapshot": snapshot,
+                          "evidence": {"survivor_ref": survivor.as_text()}}
             else:
                 decision = decisions.get(org["id"]) or (await match_many(
                     uow, [incoming(name=org["name"], **ids[org["id"]])]))[0]

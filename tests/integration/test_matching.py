@@ -501,6 +501,38 @@ async def test_batches_of_one_run_at_the_same_moment_all_count_and_a_resent_one_
     assert stored["cursor"] == "000039"
 
 
+@pytest.mark.parametrize("mode", ["apply", "dry_run"])
+async def test_an_organization_the_crm_merged_during_a_reconciliation_run_gets_no_reference(ecm, mode):
+    """The driver read a page of CRM organizations; before it sent the batch, the CRM
+    merged one of them away and the merge reached the registry. Before, an apply run
+    placed a registry reference for the merged organization, which no merge would ever
+    move. Now it is reported `merged_away`, with the survivor and the survivor's record,
+    and nothing is placed for it; the batch's other organizations go on as before."""
+    from ecm_service.service_layer import reconciliation as rec
+
+    b, record_b = await _synced_ref(ecm, "ООО «Бета»")
+    a, c = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))
+    d = ExternalRef(system="crm", id=str(uuid.uuid4()))  # merged into an organization never synced
+    await _merge_refs(ecm, a, b)
+    merged_into_d = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    await _merge_refs(ecm, d, merged_into_d)
+    run = await rec.start_run(ecm.uow(), system="crm", mode=mode, user_id="it")
+    answer = await rec.reconcile_batch(ecm.uow(), run["id"], [
+        {"id": ref.id, "name": name, "inn": None, "kpp": None, "ogrn": None}
+        for ref, name in ((a, "ООО «Альфа»"), (c, "ООО «Гамма»"), (d, "ООО «Дельта»"))])
+    states = {r["id"]: (r["state"], r["counterparty_id"]) for r in answer["results"]}
+    assert states[a.id] == ("merged_away", record_b) and states[d.id] == ("merged_away", None)
+    assert states[c.id][0] == "unlinked"
+    async with ecm.uow() as uow:
+        assert await uow.external_refs.find("counterparty", a) is None
+        assert await uow.external_refs.find("counterparty", d) is None
+        assert (await uow.external_refs.find("counterparty", c) is not None) == (mode == "apply")
+        assert (await rec.state_counts(uow, run["id"]))["merged_away"] == 2
+        report = await rec.report_rows(uow, run_id=run["id"], state="merged_away")
+    assert {row["external_id"]: row["evidence"] for row in report} == {
+        a.id: {"survivor_ref": b.as_text()}, d.id: {"survivor_ref": merged_into_d.as_text()}}
+
+
 async def test_each_synced_event_of_a_batch_carries_its_own_history_entry_number(ecm):
     """The history is written at commit and the events' `registry_seq` filled in then:
     each counterparty_synced of a command group names its own entry, in order."""
