@@ -101,7 +101,9 @@ def test_a_started_process_freezes_its_objects_and_collects_less_often():
     before = gc.get_threshold()
     try:
         frozen = settle_garbage_collector(5_000)
-        assert frozen == gc.get_freeze_count() > 0
+        # A frozen object that dies meanwhile leaves the permanent generation (on a test
+        # worker, execnet's thread frees some), so the count can only have dropped a little.
+        assert frozen > 0 and 0.9 * frozen <= gc.get_freeze_count() <= frozen
         assert gc.get_threshold() == (5_000, before[1], before[2])
     finally:
         gc.unfreeze()
