@@ -178,16 +178,10 @@ async def merges_held_apart(uow: EcmUnitOfWork, limit: int = 100) -> list[dict]:
     merged = [ExternalRef(system=row["system"], id=row["merged_id"]) for row in rows]
     named = [ExternalRef(system=row["system"], id=row["survivor_id"]) for row in rows]
     survivors = await refs.last_survivors(COUNTERPARTY, list(zip(named, merged, strict=True)))
-    by_system: dict[str, set[str]] = {}
-    for survivor in survivors:
-        by_system.setdefault(survivor.system, set()).add(survivor.id)
-    attached: dict[tuple[str, str], str] = {}
-    for system, ids in by_system.items():
-        found = await refs.find_many(COUNTERPARTY, system, sorted(ids))
-        attached.update(((system, external_id), entity_id) for external_id, (entity_id, _) in found.items())
+    await refs.prefetch(COUNTERPARTY, survivors)  # `find` answers them from memory
     pairs = []
     for row, merged_ref, survivor in zip(rows, merged, survivors, strict=True):
-        survivor_id = attached.get((survivor.system, survivor.id))
+        survivor_id = await refs.find(COUNTERPARTY, survivor)
         if survivor_id is not None and survivor_id != row["entity_id"]:
             pairs.append((row, merged_ref, survivor, survivor_id))
     distinct = await uow.counterparties.not_duplicate_pairs(sorted({pair[0]["entity_id"] for pair in pairs}))
