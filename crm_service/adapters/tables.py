@@ -57,6 +57,9 @@ organizations = Table(
     Column("notes", Text),
     # Blocking key for duplicate hints: the longest word of the name without its legal form.
     Column("name_key", String(100)),
+    # The whole name normalised (case, ё/е, quotes, punctuation, legal form): what a search
+    # by name reads, so that it finds "Рога и копыта" from "рога" on SQLite too.
+    Column("name_norm", String(500)),
     Column("merged_into", String(36)),
     Column("updated_at", UtcDateTime()),
     Column("registry_ids", JSON, nullable=False, server_default="{}"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from crm_service.domain.names import name_key
+from crm_service.domain.names import name_key, search_form
 
 APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
 FINAL_APPROVAL_STATUSES = ("approved", "rejected")
@@ -72,13 +72,15 @@ class Organization:
     lead_source: str | None = None
     notes: str | None = None
     name_key: str | None = None
+    name_norm: str | None = None
     merged_into: str | None = None
     updated_at: datetime | None = None
     # The registry's INN, KPP and OGRN for the linked counterparty, as last reported.
     registry_ids: dict = field(default_factory=dict)
 
     def refresh_name_key(self) -> None:
-        self.name_key = name_key(self.name)
+        """The name's blocking key (duplicate hints) and normalised form (search)."""
+        self.name_key, self.name_norm = name_key(self.name), search_form(self.name)
 
     def apply_registry_link(self, *, registry_id: str, status: str, name: str, seq: int | None,
                             ids: dict[str, str | None] | None = None) -> bool:

@@ -42,6 +42,12 @@ def name_key(name: str) -> str | None:
     return words[0][:100] if words else None
 
 
+def search_form(name: str) -> str:
+    """The whole normalised name, as the organizations' search reads it (its column is
+    500 wide, like the name; NFKC can lengthen a name, so it is cut there)."""
+    return normalize(name)[:500]
+
+
 def similarity(a: str, b: str) -> float:
     """0..100 on normalised names. Names whose numbers differ are different companies
     ("Клиент 1" and "Клиент 2", "СМУ-5" and "СМУ-7"), whatever the rest says."""

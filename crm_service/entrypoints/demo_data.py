@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 
 from crm_service.adapters import tables
+from crm_service.domain.names import name_key, search_form
 
 DEMO = uuid.UUID("6f0c7f3e-0000-4000-8000-000000000c12")
 
@@ -14,16 +15,20 @@ def demo_id(name: str) -> str:
     return str(uuid.uuid5(DEMO, name))
 
 
+def _name_keys(name: str) -> dict:
+    return {"name_key": name_key(name), "name_norm": search_form(name)}
+
+
 async def seed_demo_data(sessions) -> None:
     now = datetime.now(timezone.utc)
     owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "user:sales-anna"))
     orgs = [
         # Typed on the run: a name and nothing else.
         dict(id=demo_id("org:vector"), name="Вектор плюс", created_by=owner, owner_id=owner, created_at=now,
-             name_key="вектор", region="Москва"),
+             **_name_keys("Вектор плюс"), region="Москва"),
         # The same company the registry already holds as verified (see the ECM demo data).
         dict(id=demo_id("org:sber"), name="Сбербанк", inn="7707083893", created_by=owner, owner_id=owner,
-             created_at=now, name_key="сбербанк", category="Банки"),
+             created_at=now, **_name_keys("Сбербанк"), category="Банки"),
     ]
     deals = [
         dict(id=demo_id("deal:vector"), organization_id=demo_id("org:vector"), title="Supply contract 2027",

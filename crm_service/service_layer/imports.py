@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from crm_service.adapters import tables
 from crm_service.domain.hints import identifier_hints
 from crm_service.domain.model import filled_from
-from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, similarity
+from crm_service.domain.names import HINT_THRESHOLD, name_key, normalize, search_form, similarity
 from infra.db import insert_rows, one_of
 from infra.process_reader import JsonLinesReader, ProcessReader, json_line
 from infra.spreadsheets import UnreadableFile, clean_cell, header_key, inert_row, mapped_rows, read_table
@@ -359,7 +359,8 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
                 outcome = "update" if changed else "unchanged"
                 if changed:
                     updates.append((org_id, {**changed, "updated_at": now,
-                                             **({"name_key": key_of_name} if message is None else {})}))
+                                             **({"name_key": key_of_name, "name_norm": search_form(fields["name"])}
+                                                if message is None else {})}))
                     history.append(dict(organization_id=org_id, at=now, kind="imported", actor_id=user_id,
                                         detail={"fields": sorted(changed)}))
                 chunk.outcome(outcome, [number, outcome, org_id, key, None, hints, message])
@@ -372,7 +373,7 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
             if not apply:
                 continue
             new_orgs.append(dict(id=org_id, created_by=user_id, owner_id=user_id, created_at=now,
-                                 name_key=key_of_name, **fields))
+                                 name_key=key_of_name, name_norm=search_form(fields["name"]), **fields))
             new_keys.append(dict(key=key, organization_id=org_id))
             history.append(dict(organization_id=org_id, at=now, kind="imported", actor_id=user_id, detail={}))
             if values.get("contact_name"):

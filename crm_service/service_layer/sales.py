@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from crm_service.adapters import tables
 from crm_service.domain.hints import identifier_hints
@@ -95,9 +95,12 @@ async def search_organizations(uow: CrmUnitOfWork, *, q: str | None = None, owne
     if text.isdigit():
         where.append(or_(t.c.inn == text, t.c.ogrn == text))
     elif text:
-        key = normalize(text)
-        where.append(or_(t.c.name.ilike(f"%{text}%"), t.c.name_key.contains(key.split()[0] if key else text,
-                                                                             autoescape=True)))
+        # The text as typed, in any case (`%` and `_` are letters here, not wildcards), or
+        # each of its words in the normalised name, in any order: "рога" finds "Рога и
+        # копыта" on SQLite too, whose ILIKE folds ASCII only; "ооо рога" finds it as well.
+        words = normalize(text).split()
+        where.append(or_(t.c.name.icontains(text, autoescape=True),
+                         *([and_(*(t.c.name_norm.contains(w, autoescape=True) for w in words))] if words else [])))
     if owner_id:
         where.append(t.c.owner_id == owner_id)
     if region:

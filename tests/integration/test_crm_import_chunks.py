@@ -91,7 +91,7 @@ async def test_a_file_of_many_small_chunks_keeps_file_order_repeats_and_the_kept
             tables.organizations.c.inn == "7700000005"))).mappings().one()
         job = (await session.execute(select(tables.imports).where(tables.imports.c.id == import_id))).mappings().one()
     assert org["phones"] == ["+7 900 5"] and org["emails"] == [] and org["registry_ids"] == {}
-    assert org["name_key"] == "клиент" and org["created_at"].tzinfo is not None
+    assert org["name_key"] == "клиент" and org["name_norm"] == "клиент 5" and org["created_at"].tzinfo is not None
     assert job["status"] == "applied" and job["rows_done"] == 23 and job["counts"] == dry
 
 

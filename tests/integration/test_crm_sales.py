@@ -490,6 +490,53 @@ async def test_spreadsheet_import_dry_run_apply_report_and_idempotent_reimport(c
     assert wrong.status_code == 422
 
 
+async def test_the_search_by_name_folds_case_in_any_script_and_takes_wildcards_as_letters(crm_app):
+    """A rep types "рога" and expects "Рога и копыта". The search compared the text with
+    the name by ILIKE, which folds only ASCII letters on SQLite (`make run`'s database):
+    lower-case Cyrillic found nothing there, and `%` or `_` matched every name. It now
+    also reads the normalised name, word by word, written by every path that names an
+    organization: quick entry, an edit, a lead's conversion, an import and its update."""
+    client, users, _ = crm_app
+    anna = users["anna"]["headers"]
+    created = {name: (await client.post("/api/organizations", headers=anna, json={"name": name})).json()["id"]
+               for name in ("Рога и копыта", "ООО «Ёлка»", "100% Fruit", "A_B Trading", "AxB Trading", "Вектор")}
+    renamed = await client.patch(f"/api/organizations/{created['Вектор']}", headers=anna, json={"name": "Тетра"})
+    assert renamed.status_code == 200
+    lead = (await client.post("/api/leads", headers=anna,
+                              json={"title": "Запрос", "company_name": "Гамма Плюс"})).json()
+    converted = await client.post(f"/api/leads/{lead['id']}/convert", headers=anna, json={"create_contact": False})
+    assert converted.status_code == 200, converted.text
+
+    async def imported(name: str) -> None:
+        out = io.StringIO()
+        csv.writer(out, delimiter=";").writerows([["Наименование", "ИНН"], [name, "7707083893"]])
+        job = (await client.post("/api/imports", headers=anna,
+                                 files={"file": ("orgs.csv", out.getvalue().encode(), "text/csv")})).json()
+        await client.post(f"/api/imports/{job['id']}/dry-run", headers=anna)
+        await _wait_import(client, anna, job["id"], "dry_run")
+        await client.post(f"/api/imports/{job['id']}/apply", headers=anna)
+        await _wait_import(client, anna, job["id"], "applied")
+    await imported("Альфа")
+    await imported("Бета Холдинг")  # the same INN: the row updates the organization's name
+
+    async def found(q: str) -> list[str]:
+        answer = await client.get("/api/organizations", params={"q": q}, headers=anna)
+        assert answer.status_code == 200, answer.text
+        return sorted(o["name"] for o in answer.json()["items"])
+    assert await found("рога") == ["Рога и копыта"]
+    assert await found("КОПЫТА рога") == ["Рога и копыта"]  # any order
+    assert await found("ооо рога") == ["Рога и копыта"]  # the legal form is no word of the name
+    assert await found("елка") == ["ООО «Ёлка»"]  # ё and е alike
+    assert await found("%") == ["100% Fruit"]
+    assert await found("_") == ["A_B Trading"]
+    assert await found("a_b") == ["A_B Trading"]
+    assert await found("trading") == ["A_B Trading", "AxB Trading"]
+    assert await found("тетра") == ["Тетра"] and await found("вектор") == []
+    assert await found("гамма") == ["Гамма Плюс"]
+    assert await found("холдинг") == ["Бета Холдинг"] and await found("альфа") == []
+    assert await found("ООО") == ["ООО «Ёлка»"]  # nothing but a legal form: the name as typed
+
+
 async def test_a_reimport_of_a_merged_organization_fills_the_survivor_and_overwrites_nothing(crm_app):
     """Organizations imported, one of them merged into a card a rep kept, then the same
     export imported again with more in it: the merged one's row updated the merged
