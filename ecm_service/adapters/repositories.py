@@ -328,7 +328,9 @@ class CounterpartyRepository(TableRepository):
         return [Counterparty(**r) for r in rows.mappings()]
 
     async def search(self, *, text: str | None, status: str | None, limit: int) -> list[Counterparty]:
-        """By INN or OGRN when the text is digits, else by a part of the normalised name."""
+        """By INN or OGRN when the text is digits, else by the words of the normalised
+        name, in any order ("сбербанк пао" finds 'ПАО "Сбербанк России"'); text with no
+        word in it (punctuation only) by the name as typed, `%` and `_` taken as letters."""
         from ecm_service.domain.names import normalize_name
 
         t = self.table
@@ -336,8 +338,10 @@ class CounterpartyRepository(TableRepository):
         text = (text or "").strip()
         if text.isdigit():
             query = query.where(or_(t.c.inn == text, t.c.ogrn == text))
+        elif words := normalize_name(text).split():
+            query = query.where(*(t.c.normalized_name.contains(w, autoescape=True) for w in words))
         elif text:
-            query = query.where(t.c.normalized_name.contains(normalize_name(text), autoescape=True))
+            query = query.where(t.c.name.contains(text, autoescape=True))
         if status:
             query = query.where(t.c.status == status)
         return [Counterparty(**r) for r in (await self.session.execute(query)).mappings()]

@@ -330,6 +330,24 @@ async def test_name_keys_follow_the_record_and_find_slips_and_other_scripts(ecm)
     assert twin_id not in [c["counterparty_id"] for c in again["candidates"]]
 
 
+async def test_the_registry_search_reads_the_words_of_the_name_in_any_order(ecm):
+    """The registry page's search (`/ui/registry?q=`): "сбербанк пао" found nothing, for
+    the normalised name reads 'ПАО СБЕРБАНК РОССИИ'; a text of punctuation alone found
+    every record. Lower-case Cyrillic was already found (the name is normalised)."""
+    sber_id, _ = await sync(ecm, 'ПАО "Сбербанк России"', **SBER)
+    percent_id, _ = await sync(ecm, "100% Fruit")
+    await sync(ecm, "ООО «Рога и копыта»")
+
+    async def found(text: str) -> list[str]:
+        async with ecm.uow() as uow:
+            return sorted(c.id for c in await uow.counterparties.search(text=text, status=None, limit=50))
+    assert await found("сбербанк пао") == [sber_id]
+    assert await found("россии сбер") == [sber_id]
+    assert await found("сбербанк рога") == []
+    assert await found("%") == [percent_id]
+    assert await found(SBER["inn"]) == [sber_id]
+
+
 async def test_a_generic_word_alone_finds_nothing_but_thresholds_are_configuration(ecm):
     from ecm_service.domain import matching
 
