@@ -116,7 +116,9 @@ async def search_organizations(uow: CrmUnitOfWork, *, q: str | None = None, owne
         where.append(t.c.id > after_id)
         query = select(t).where(*where).order_by(t.c.id).limit(limit)
     else:
-        query = select(t).where(*where).order_by(t.c.name).limit(limit).offset(offset)
+        # Alphabetical as people read it: case, quotes and the legal form aside ("яблоко"
+        # after "ООО «Альфа»", not after every capitalised name; '"Вега"' under В).
+        query = select(t).where(*where).order_by(t.c.name_norm, t.c.name, t.c.id).limit(limit).offset(offset)
     rows = await uow.session.execute(query)
     return [Organization(**r) for r in rows.mappings()], total
 

@@ -537,6 +537,19 @@ async def test_the_search_by_name_folds_case_in_any_script_and_takes_wildcards_a
     assert await found("ООО") == ["ООО «Ёлка»"]  # nothing but a legal form: the name as typed
 
 
+async def test_the_organizations_list_is_alphabetical_whatever_the_case_quotes_or_legal_form(crm_app):
+    """The list was ordered by the name's characters: a name typed in lower case came
+    after every capitalised one, a quoted one before all, "ООО «Бета»" under О."""
+    client, users, _ = crm_app
+    anna = users["anna"]["headers"]
+    for name in ("яблоко", "ООО «Бета»", '"Вега"', "Альфа", "ёж", "Дельта ООО"):
+        assert (await client.post("/api/organizations", headers=anna, json={"name": name})).status_code == 201
+    listed = (await client.get("/api/organizations", headers=anna)).json()["items"]
+    assert [o["name"] for o in listed] == ["Альфа", "ООО «Бета»", '"Вега"', "Дельта ООО", "ёж", "яблоко"]
+    second = (await client.get("/api/organizations", headers=anna, params={"limit": 2, "offset": 2})).json()["items"]
+    assert [o["name"] for o in second] == ['"Вега"', "Дельта ООО"]
+
+
 async def test_a_reimport_of_a_merged_organization_fills_the_survivor_and_overwrites_nothing(crm_app):
     """Organizations imported, one of them merged into a card a rep kept, then the same
     export imported again with more in it: the merged one's row updated the merged
