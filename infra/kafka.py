@@ -53,6 +53,11 @@ def _topic_errors(response):
 
 
 async def broker_reachable(producer: AIOKafkaProducer, timeout: float = 3.0) -> bool:
+    if not producer.client.cluster.brokers():
+        # Not started yet (the service's start keeps trying in the background): it knows
+        # no broker to ask, and asking anyway made aiokafka log "Unable to update metadata
+        # from []" as an error at every start.
+        return False
     try:
         await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)
         return True
