@@ -42,6 +42,19 @@ def update_approval_status_v1_to_v2(payload: dict) -> dict:
     return {**payload, "overdue": False}
 
 
+class UpdateApprovalStatusV3(UpdateApprovalStatusV2):
+    """v3: `withdrawn`, the ECM's word that an approval the rep took back is closed."""
+
+    status: Literal["in_progress", "awaiting_counterparty_verification", "returned", "approved", "rejected",
+                    "withdrawn"]
+    withdrawn_by: str | None = None
+
+
+def update_approval_status_v2_to_v3(payload: dict) -> dict:
+    """Nothing was withdrawn before v3."""
+    return {**payload, "withdrawn_by": None}
+
+
 class UpdateOrganizationLinkV1(Contract):
     organization_id: str
     registry_id: str

@@ -108,6 +108,20 @@ class DocumentVersionAddedV1(Contract):
 DOCUMENT_VERSION_ADDED = "crm.document_version_added"
 
 
+class ApprovalWithdrawnV1(Contract):
+    """A sales rep took an approval request back (the deal fell through, the wrong file was
+    sent): the ECM closes its approval as withdrawn, if it is still open there."""
+
+    approval_request_id: str
+    organization_id: str
+    withdrawn_by: str
+    withdrawn_at: datetime
+    reason: str = Field(min_length=1, max_length=500, description="why, as the rep put it; approvers see it")
+
+
+APPROVAL_WITHDRAWN = "crm.approval_withdrawn"
+
+
 class OrganizationsMergedV1(Contract):
     """A sales user merged two CRM organizations: the merged one now points at the survivor."""
 

@@ -47,6 +47,15 @@ class ReassignInitiatorV1(Contract):
     reassigned_at: datetime
 
 
+class WithdrawApprovalV1(Contract):
+    """The requesting side took its request back: the approval started for `external_ref`
+    closes as withdrawn, unless it has finished already."""
+    external_ref: ExternalRef
+    withdrawn_by_ref: ExternalRef
+    withdrawn_at: datetime
+    reason: str = Field(min_length=1, max_length=500)
+
+
 class MergeExternalRefsV1(Contract):
     """Two records of another system became one: the merged one's reference follows the
     survivor (e.g. a CRM merge of two organizations)."""
@@ -60,3 +69,4 @@ SYNC_COUNTERPARTY = "ecm.sync_counterparty"
 MERGE_EXTERNAL_REFS = "ecm.merge_external_refs"
 REASSIGN_INITIATOR = "ecm.reassign_initiator"
 START_APPROVAL = "ecm.start_approval"
+WITHDRAW_APPROVAL = "ecm.withdraw_approval"

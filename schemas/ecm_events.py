@@ -69,6 +69,20 @@ def approval_status_changed_v1_to_v2(payload: dict) -> dict:
     return {**payload, "event": "updated", "overdue": False}
 
 
+class ApprovalStatusChangedV3(ApprovalStatusChangedV2):
+    """v3: an approval the requesting side took back ends `withdrawn` (event `withdrawn`),
+    and `withdrawn_by` says who did (`reason` carries why)."""
+
+    event: Literal[APPROVAL_EVENTS, "withdrawn"] = "updated"
+    status: Literal[APPROVAL_STATUSES, "withdrawn"]
+    withdrawn_by: ExternalRef | None = None
+
+
+def approval_status_changed_v2_to_v3(payload: dict) -> dict:
+    """Nothing was withdrawn before v3."""
+    return {**payload, "withdrawn_by": None}
+
+
 class CounterpartyChangedV1(Contract):
     """A steward verified, rejected, merged or edited a registry record."""
 

@@ -26,12 +26,14 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
     crm_events.RESPONSIBILITY_TRANSFERRED: (1, crm_events.ResponsibilityTransferredV1),
     crm_events.ORGANIZATIONS_MERGED: (1, crm_events.OrganizationsMergedV1),
     crm_events.DOCUMENT_VERSION_ADDED: (1, crm_events.DocumentVersionAddedV1),
+    crm_events.APPROVAL_WITHDRAWN: (1, crm_events.ApprovalWithdrawnV1),
     ecm_commands.REASSIGN_INITIATOR: (1, ecm_commands.ReassignInitiatorV1),
     ecm_commands.MERGE_EXTERNAL_REFS: (1, ecm_commands.MergeExternalRefsV1),
+    ecm_commands.WITHDRAW_APPROVAL: (1, ecm_commands.WithdrawApprovalV1),
     ecm_events.COUNTERPARTY_SYNCED: (1, ecm_events.CounterpartySyncedV1),
     ecm_events.COUNTERPARTY_CHANGED: (1, ecm_events.CounterpartyChangedV1),
-    ecm_events.APPROVAL_STATUS_CHANGED: (2, ecm_events.ApprovalStatusChangedV2),
-    crm_commands.UPDATE_APPROVAL_STATUS: (2, crm_commands.UpdateApprovalStatusV2),
+    ecm_events.APPROVAL_STATUS_CHANGED: (3, ecm_events.ApprovalStatusChangedV3),
+    crm_commands.UPDATE_APPROVAL_STATUS: (3, crm_commands.UpdateApprovalStatusV3),
     crm_commands.UPDATE_ORGANIZATION_LINK: (2, crm_commands.UpdateOrganizationLinkV2),
 }
 
@@ -39,9 +41,9 @@ LATEST: dict[str, tuple[int, type[BaseModel]]] = {
 # AsyncAPI document's channels, and the published counts every producer starts at 0.
 TYPES_ON_TOPIC: dict[str, tuple[str, ...]] = {
     CRM_EVENTS: (crm_events.APPROVAL_REQUESTED, crm_events.RESPONSIBILITY_TRANSFERRED,
-                 crm_events.ORGANIZATIONS_MERGED, crm_events.DOCUMENT_VERSION_ADDED),
+                 crm_events.ORGANIZATIONS_MERGED, crm_events.DOCUMENT_VERSION_ADDED, crm_events.APPROVAL_WITHDRAWN),
     ECM_COMMANDS: (ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR,
-                   ecm_commands.MERGE_EXTERNAL_REFS),
+                   ecm_commands.MERGE_EXTERNAL_REFS, ecm_commands.WITHDRAW_APPROVAL),
     ECM_EVENTS: (ecm_events.COUNTERPARTY_SYNCED, ecm_events.COUNTERPARTY_CHANGED,
                  ecm_events.APPROVAL_STATUS_CHANGED),
     CRM_COMMANDS: (crm_commands.UPDATE_APPROVAL_STATUS, crm_commands.UPDATE_ORGANIZATION_LINK),
@@ -51,7 +53,9 @@ TYPES_ON_TOPIC: dict[str, tuple[str, ...]] = {
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     (crm_events.APPROVAL_REQUESTED, 1): crm_events.approval_requested_v1_to_v2,
     (ecm_events.APPROVAL_STATUS_CHANGED, 1): ecm_events.approval_status_changed_v1_to_v2,
+    (ecm_events.APPROVAL_STATUS_CHANGED, 2): ecm_events.approval_status_changed_v2_to_v3,
     (crm_commands.UPDATE_APPROVAL_STATUS, 1): crm_commands.update_approval_status_v1_to_v2,
+    (crm_commands.UPDATE_APPROVAL_STATUS, 2): crm_commands.update_approval_status_v2_to_v3,
     (crm_commands.UPDATE_ORGANIZATION_LINK, 1): crm_commands.update_organization_link_v1_to_v2,
 }
 

@@ -37,6 +37,7 @@ from sync_bridge.translation import (
     Outgoing,
     StoredDocument,
     approval_requested_to_ecm,
+    approval_withdrawn_to_ecm,
     organizations_merged_to_ecm,
     responsibility_transferred_to_ecm,
 )
@@ -47,7 +48,8 @@ CRM_TO_ECM = DeliveryPolicy(consumer=f"{settings.app_id}:crm-to-ecm",
                             accepted_types=frozenset({crm_events.APPROVAL_REQUESTED,
                                                       crm_events.RESPONSIBILITY_TRANSFERRED,
                                                       crm_events.ORGANIZATIONS_MERGED,
-                                                      crm_events.DOCUMENT_VERSION_ADDED}),
+                                                      crm_events.DOCUMENT_VERSION_ADDED,
+                                                      crm_events.APPROVAL_WITHDRAWN}),
                             max_attempts=settings.max_attempts, max_wait=settings.retry_max_wait)
 ECM_TO_CRM = DeliveryPolicy(consumer=f"{settings.app_id}:ecm-to-crm",
                             accepted_types=frozenset(ECM_EVENT_TRANSLATIONS),
@@ -145,6 +147,8 @@ async def when_crm_event_update_ecm(message: Message, topic: str) -> None:
         await when_document_version_added_store_it_in_ecm(message, topic)
     elif message.envelope.type == crm_events.ORGANIZATIONS_MERGED:
         await publish(organizations_merged_to_ecm(message.envelope, message.payload))
+    elif message.envelope.type == crm_events.APPROVAL_WITHDRAWN:
+        await publish(approval_withdrawn_to_ecm(message.envelope, message.payload))
     else:
         await publish(responsibility_transferred_to_ecm(message.envelope, message.payload))
 
@@ -184,6 +188,8 @@ async def when_crm_events_update_ecm(messages: list[Message], _topic: str) -> No
             await when_document_version_added_store_it_in_ecm(message, _topic)
         elif message.envelope.type == crm_events.ORGANIZATIONS_MERGED:
             commands += organizations_merged_to_ecm(message.envelope, message.payload)
+        elif message.envelope.type == crm_events.APPROVAL_WITHDRAWN:
+            commands += approval_withdrawn_to_ecm(message.envelope, message.payload)
         else:
             commands += responsibility_transferred_to_ecm(message.envelope, message.payload)
     await publish(commands)

@@ -98,6 +98,18 @@ def responsibility_transferred_to_ecm(
                      event.organization_id)]
 
 
+def approval_withdrawn_to_ecm(source: Envelope, event: crm_events.ApprovalWithdrawnV1) -> list[Outgoing]:
+    """Keyed by the organization, as the request's start was: the ECM hears of the
+    withdrawal after the start it follows (unless a merge moved the request between the
+    two; see ADR 0022)."""
+    command = ecm_commands.WithdrawApprovalV1(
+        external_ref=ExternalRef(system=CRM, id=event.approval_request_id),
+        withdrawn_by_ref=ExternalRef(system=CRM, id=event.withdrawn_by),
+        withdrawn_at=event.withdrawn_at, reason=event.reason)
+    return [_command(source, "withdraw_approval", ecm_commands.WITHDRAW_APPROVAL, command, ECM_COMMANDS,
+                     event.organization_id)]
+
+
 def organizations_merged_to_ecm(source: Envelope, event: crm_events.OrganizationsMergedV1) -> list[Outgoing]:
     """Keyed by the merged organization, as the CRM's event is: the ECM moves its reference
     after every sync and approval the merged one sent (an approval requested just before
@@ -142,19 +154,21 @@ def counterparty_changed_to_crm(source: Envelope, event: ecm_events.Counterparty
     ]
 
 
-def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusChangedV2) -> list[Outgoing]:
+def approval_status_to_crm(source: Envelope, event: ecm_events.ApprovalStatusChangedV3) -> list[Outgoing]:
     key = event.counterparty_ref.id if event.counterparty_ref and event.counterparty_ref.system == CRM \
         else event.approval_id
     return [
         _command(
             source, f"update_approval_status:{ref.id}", crm_commands.UPDATE_APPROVAL_STATUS,
-            crm_commands.UpdateApprovalStatusV2(
+            crm_commands.UpdateApprovalStatusV3(
                 approval_request_id=ref.id, status=event.status, stage=event.stage, due_at=event.due_at,
                 overdue=event.overdue, delay_reason_code=event.delay_reason_code, revision=event.revision,
                 reason=event.reason, registry_approval_id=event.approval_id,
                 notify_user_id=event.initiator_ref.id if event.initiator_ref and event.initiator_ref.system == CRM
                 else None,
                 changed_at=source.occurred_at,
+                withdrawn_by=event.withdrawn_by.id if event.withdrawn_by and event.withdrawn_by.system == CRM
+                else None,
             ),
             CRM_COMMANDS, key,
         )

@@ -10,7 +10,8 @@ from decimal import Decimal
 from crm_service.domain.names import name_key, search_form
 
 APPROVAL_STATUSES = ("requested", "in_progress", "approved", "rejected")
-FINAL_APPROVAL_STATUSES = ("approved", "rejected")
+WITHDRAWN = "withdrawn"
+FINAL_APPROVAL_STATUSES = ("approved", "rejected", WITHDRAWN)
 # A request in none of these is still open: asking again for its document answers with it.
 # One returned for changes stays open: the ECM's approval waits for a new version of the
 # same document, which the rep sends with "new version" (the approval then goes on).
@@ -18,12 +19,13 @@ CLOSED_REQUEST_STATUSES = FINAL_APPROVAL_STATUSES
 RETURNED = "returned"
 
 
-def unanswered(*, revision: int, requested_at: datetime, now: datetime, after: timedelta) -> bool:
+def unanswered(*, status: str, revision: int, requested_at: datetime, now: datetime, after: timedelta) -> bool:
     """A request the ECM has reported nothing about (no status applied yet) this long after
     it was sent: its delivery is held up somewhere on the way (a dead letter, a stopped
     consumer, a direction paused). Sales see it said, instead of "requested" for good; the
-    request is kept and goes on once the way is clear."""
-    return revision == 0 and requested_at <= now - after
+    request is kept and goes on once the way is clear. One the rep withdrew before the
+    ECM answered waits for nothing."""
+    return revision == 0 and status not in CLOSED_REQUEST_STATUSES and requested_at <= now - after
 
 
 def filled_from(current: Mapping, other: Mapping, fields: Iterable[str]) -> dict:
@@ -236,11 +238,24 @@ class ApprovalRequest:
         registry_approval_id: str, at: datetime, due_at: datetime | None = None, overdue: bool = False,
         delay_reason_code: str | None = None,
     ) -> bool:
-        """Updates arrive at least once and may be replayed: only a newer revision counts."""
+        """Updates arrive at least once and may be replayed: only a newer revision counts.
+        A request the rep withdrew takes only an outcome: the ECM's own `withdrawn`, or
+        `approved`/`rejected` if its approval finished before the withdrawal reached it
+        (the approval then stands, in both systems); news of a stage decided before the
+        withdrawal reached the ECM does not bring it back."""
         if revision <= self.revision:
+            return False
+        if self.status == WITHDRAWN and status not in FINAL_APPROVAL_STATUSES:
             return False
         self.status, self.stage, self.reason, self.revision = status, stage, reason, revision
         self.due_at, self.overdue, self.delay_reason_code = due_at, overdue, delay_reason_code
         self.registry_approval_id = registry_approval_id
         self.updated_at = at
         return True
+
+    def withdraw(self, *, reason: str, at: datetime) -> None:
+        """The rep took the request back: closed at once (the ECM hears of it through the
+        outbox); asking for the document's approval again starts a new request."""
+        self.status, self.stage, self.reason = WITHDRAWN, None, reason
+        self.due_at, self.overdue, self.delay_reason_code = None, False, None
+        self.updated_at = at

@@ -168,7 +168,7 @@ def _approval_view(request, unanswered_after: timedelta) -> ApprovalView:
         id=request.id, status=request.status, stage=request.stage, due_at=request.due_at, overdue=request.overdue,
         delay_reason_code=request.delay_reason_code, reason=request.reason, document_id=request.document_id,
         requested_at=request.requested_at, updated_at=request.updated_at,
-        unanswered=unanswered(revision=request.revision, requested_at=request.requested_at,
+        unanswered=unanswered(status=request.status, revision=request.revision, requested_at=request.requested_at,
                               now=datetime.now(timezone.utc), after=unanswered_after),
     )
 
@@ -407,6 +407,22 @@ async def request_approval(
         _container(request).uow(), user_id=user.id, caller=user, deal_id=deal_id,
         document_id=body.document_id, correlation_id=correlation_id(request)))
     return Accepted(id=approval.id, status=approval.status)
+
+
+class WithdrawalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, description="why; the approvers in the ECM see it")
+
+
+@router.post("/approval-requests/{request_id}/withdraw", response_model=ApprovalView,
+             summary="Take an approval request back (who may change the deal)")
+async def withdraw_approval_request(request_id: str, body: WithdrawalIn, request: Request,
+                                    user: User = Depends(require_roles(*SALES))):
+    withdrawn = await answering(handlers.withdraw_approval_request(
+        _container(request).uow(), user_id=user.id, caller=user, request_id=request_id, reason=body.reason,
+        correlation_id=correlation_id(request)))
+    return _approval_view(withdrawn, _container(request).unanswered_after)
 
 
 @router.get("/approval-requests/{request_id}", response_model=ApprovalView)

@@ -7,7 +7,15 @@ import uuid
 from datetime import datetime, timezone
 
 from crm_service.adapters import tables
-from crm_service.domain.model import RETURNED, ApprovalRequest, Deal, Document, Organization, opening_stage
+from crm_service.domain.model import (
+    CLOSED_REQUEST_STATUSES,
+    RETURNED,
+    ApprovalRequest,
+    Deal,
+    Document,
+    Organization,
+    opening_stage,
+)
 from crm_service.domain.rights import Actor, check_may_change, check_may_transfer, may_change
 from crm_service.service_layer.unit_of_work import CrmUnitOfWork
 from infra.retrying import rerun_on_conflict
@@ -221,6 +229,40 @@ async def add_document_version(
     return doc, request, True
 
 
+async def withdraw_approval_request(
+    uow: CrmUnitOfWork, *, user_id: str, request_id: str, reason: str, correlation_id: str, caller=None,
+) -> ApprovalRequest:
+    """The rep takes an approval request back (the deal fell through, the wrong file went):
+    the request is `withdrawn` at once, and its event, in the same transaction, has the
+    ECM close the approval. One already approved, rejected or withdrawn is a Conflict.
+    With `caller`, only who may change the deal may withdraw its request."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidRequest("say why the request is withdrawn: the approvers see the reason")
+    async with uow:
+        request = await uow.approval_requests.get(request_id, for_update=True)
+        if request is None:
+            raise NotFound(f"approval request {request_id} not found")
+        deal = await uow.deals.get(request.deal_id)
+        if caller is not None:
+            await check_caller_may_change(uow, caller, deal.owner_id, "deal")
+        if request.status in CLOSED_REQUEST_STATUSES:
+            raise Conflict(f"approval request {request_id} is {request.status.replace('_', ' ')} already; "
+                           "there is nothing to withdraw")
+        at = _now()
+        request.withdraw(reason=reason, at=at)
+        await uow.approval_requests.save(request)
+        envelope = new_envelope(
+            type=crm_events.APPROVAL_WITHDRAWN, schema_version=1, source=SOURCE, correlation_id=correlation_id,
+            payload=crm_events.ApprovalWithdrawnV1(approval_request_id=request.id,
+                                                   organization_id=request.organization_id, withdrawn_by=user_id,
+                                                   withdrawn_at=at, reason=reason))
+        await uow.approval_requests.record_status(request, str(envelope.event_id))
+        await uow.publish(CRM_EVENTS, request.organization_id, envelope)
+        await uow.commit()
+    return request
+
+
 async def transfer_responsibility(
     uow: CrmUnitOfWork, *, actor_id: str, actor_role: str, organization_id: str, new_owner_id: str,
     move_open_deals: bool, correlation_id: str, closed_stages, move_open_activities: bool = False,
@@ -263,7 +305,7 @@ async def transfer_responsibility(
 
 
 async def update_approval_status(
-    uow: CrmUnitOfWork, cmd: crm_commands.UpdateApprovalStatusV2, command_id: str
+    uow: CrmUnitOfWork, cmd: crm_commands.UpdateApprovalStatusV3, command_id: str
 ) -> bool:
     request = await uow.approval_requests.get(cmd.approval_request_id, for_update=True)
     if request is None:
@@ -349,6 +391,9 @@ async def trace_approval_request(uow: CrmUnitOfWork, request_id: str) -> dict:
     hops.append(published)
     for h in history:
         detail = {"status": h["status"], "stage": h["stage"], "revision": h["revision"]}
+        if h["status"] == "withdrawn" and h["changed_at"] is None:  # the rep's own, in the CRM
+            hops.append({"hop": "crm.withdrawn", "at": h["applied_at"], **detail})
+            continue
         if h["changed_at"] is not None:
             hops.append({"hop": "ecm.status_changed", "at": h["changed_at"], **detail})
         hops.append({"hop": "crm.status_received", "at": h["applied_at"], **detail})

@@ -442,8 +442,8 @@ async def approvals_of(uow: CrmUnitOfWork, *, organization_id: str | None = None
         query = query.where(a.c.status.not_in(CLOSED_REQUEST_STATUSES))
     rows = await uow.session.execute(query.order_by(a.c.requested_at.desc()))
     now = datetime.now(timezone.utc)
-    return [{**r, "unanswered": unanswered(revision=r["revision"], requested_at=r["requested_at"], now=now,
-                                           after=unanswered_after)} for r in rows.mappings()]
+    return [{**r, "unanswered": unanswered(status=r["status"], revision=r["revision"], requested_at=r["requested_at"],
+                                           now=now, after=unanswered_after)} for r in rows.mappings()]
 
 
 async def documents_of(uow: CrmUnitOfWork, deal_id: str, *, unanswered_after: timedelta) -> list[dict]:

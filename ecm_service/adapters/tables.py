@@ -285,7 +285,7 @@ notifications = Table(
     "notifications",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("kind", String(16), nullable=False),  # reminder | escalation
+    Column("kind", String(16), nullable=False),  # reminder | escalation | withdrawn
     Column("approval_id", String(36), ForeignKey("approvals.id"), nullable=False, index=True),
     Column("stage_no", Integer, nullable=False),
     Column("to_role", String(32)),

@@ -16,9 +16,11 @@ IN_PROGRESS = "in_progress"
 AWAITING_COUNTERPARTY = "awaiting_counterparty_verification"
 RETURNED = "returned"
 APPROVED, REJECTED = "approved", "rejected"
+# The requesting side took its request back before the approval finished.
+WITHDRAWN = "withdrawn"
 # Not finished: a new document version re-opens these.
 OPEN_STATUSES = (IN_PROGRESS, AWAITING_COUNTERPARTY, RETURNED)
-FINAL_STATUSES = (APPROVED, REJECTED)
+FINAL_STATUSES = (APPROVED, REJECTED, WITHDRAWN)
 
 DECISIONS = ("approve", "reject", "return")
 REOPEN_POLICIES = ("all", "not_passed")
@@ -320,6 +322,25 @@ class Approval:
         self.updated_at = at
         self._enter(restart_from, at, counterparty_verified)
         return reopened
+
+    # --- withdrawn by the requesting side ---------------------------------------------------
+
+    def withdraw(self, *, reason: str, at: datetime) -> bool:
+        """The requester took the request back: an open approval ends here, its open places
+        and its current stage no longer need anyone. A finished one stays as it ended
+        (False): its outcome came before the withdrawal did."""
+        if not self.is_open:
+            return False
+        for a in self.assignments:
+            if a.round == self.round and a.status == "pending":
+                a.status = "not_needed"
+        step = self.current_step
+        if step is not None and step.status in ("pending", "waiting"):
+            step.status, step.decided_at = "not_needed", at
+        self.status, self.current_stage_no, self.reason = WITHDRAWN, None, reason
+        self.revision += 1
+        self.updated_at = at
+        return True
 
     # --- deadlines ------------------------------------------------------------------------
 

@@ -347,16 +347,50 @@ async def reassign_initiator(uow: EcmUnitOfWork, cmd: ecm_commands.ReassignIniti
     return {"reassigned": moved}
 
 
+# --- withdrawn on the requesting side ----------------------------------------------------
+
+
+async def withdraw_approval(uow: EcmUnitOfWork, cmd: ecm_commands.WithdrawApprovalV1, envelope: Envelope) -> dict:
+    """The rep took the request back: its approval, still open, ends `withdrawn` with the
+    rep's reason, recorded in its history and published. One finished before the
+    withdrawal got here keeps its outcome, which the requesting side then hears as
+    usual. No approval for the reference (its start is held up or was dead-lettered) is
+    a permanent error: dead-lettered with that reason, to replay after the start."""
+    approval_id = await uow.external_refs.find(APPROVAL, cmd.external_ref)
+    if approval_id is None:
+        raise PermanentError(f"no approval was started for {cmd.external_ref.as_text()}: replay this withdrawal "
+                             "after the request's start")
+    approval = await uow.approvals.get(approval_id, for_update=True)
+    status, step, now = approval.status, approval.current_step, _now()
+    if not approval.withdraw(reason=cmd.reason, at=now):
+        return {"approval_id": approval.id, "withdrawn": False, "already": status}
+    await uow.approvals.save(approval)
+    if step is not None and status == "in_progress":  # those who had it in their inbox learn why it left
+        for a in step.assignees:
+            await uow.notifications.add(
+                kind="withdrawn", approval_id=approval.id, stage_no=step.stage_no, to_role=a.get("role"),
+                to_user=a.get("user"), created_at=now,
+                text=f"«{approval.title[:200]}» was withdrawn by the requester: {cmd.reason}"[:500])
+    await uow.history.append(
+        entity_type=APPROVAL, entity_id=approval.id, action="withdrawn", at=cmd.withdrawn_at,
+        actor=cmd.withdrawn_by_ref.as_text(), reason=cmd.reason,
+        data={"from_status": status, "external_ref": cmd.external_ref.as_text()})
+    await publish_status(uow, approval, "withdrawn", causation_id=envelope.event_id,
+                         withdrawn_by=cmd.withdrawn_by_ref)
+    return {"approval_id": approval.id, "withdrawn": True}
+
+
 # --- the public event -------------------------------------------------------------------
 
 
 async def publish_status(uow: EcmUnitOfWork, approval: Approval, event: str, *, causation_id,
-                         now: datetime | None = None, refs: list[ExternalRef] | None = None) -> None:
+                         now: datetime | None = None, refs: list[ExternalRef] | None = None,
+                         withdrawn_by: ExternalRef | None = None) -> None:
     """The public summary: stage, due date, overdue flag, delay reason code. Internal
     comments and free-text delay explanations never leave the ECM. `refs`: the
     approval's external references when the caller knows them all (it just started)."""
     step = approval.current_step if approval.is_open else None
-    payload = ecm_events.ApprovalStatusChangedV2(
+    payload = ecm_events.ApprovalStatusChangedV3(
         approval_id=approval.id,
         external_refs=refs if refs is not None else await uow.external_refs.refs_of(APPROVAL, approval.id),
         counterparty_ref=_ref(approval.counterparty_ref),
@@ -366,7 +400,7 @@ async def publish_status(uow: EcmUnitOfWork, approval: Approval, event: str, *, 
         overdue=approval.overdue(now or _now()) or bool(step and step.escalated_at),
         delay_reason_code=step.delay_reason_code if step else None,
         revision=approval.revision, reason=approval.reason, document_sha256=approval.document_sha256,
-        initiator_ref=_ref(approval.initiator_ref),
+        initiator_ref=_ref(approval.initiator_ref), withdrawn_by=withdrawn_by,
     )
     await uow.publish(
         ECM_EVENTS, approval.counterparty_id or approval.id,

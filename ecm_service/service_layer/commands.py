@@ -10,7 +10,7 @@ from schemas.registry import Message
 
 ACCEPTED_COMMANDS = frozenset({
     ecm_commands.SYNC_COUNTERPARTY, ecm_commands.START_APPROVAL, ecm_commands.REASSIGN_INITIATOR,
-    ecm_commands.MERGE_EXTERNAL_REFS,
+    ecm_commands.MERGE_EXTERNAL_REFS, ecm_commands.WITHDRAW_APPROVAL,
 })
 
 
@@ -32,6 +32,8 @@ async def apply_commands(uow: EcmUnitOfWork, messages: list[Message], topic: str
             return await registry.merge_external_refs(uow, message.payload, envelope)
         if envelope.type == ecm_commands.START_APPROVAL:
             return await approvals.start_approval(uow, message.payload, envelope, routes, doc_types or {})
+        if envelope.type == ecm_commands.WITHDRAW_APPROVAL:
+            return await approvals.withdraw_approval(uow, message.payload, envelope)
         return await approvals.reassign_initiator(uow, message.payload, envelope)
 
     async with uow:

@@ -9,7 +9,7 @@ from ecm_service.adapters import tables
 from infra.metrics import APPROVALS_BY_STATE
 
 log = structlog.get_logger()
-STATES = ("in_progress", "awaiting_counterparty_verification", "returned", "approved", "rejected")
+STATES = ("in_progress", "awaiting_counterparty_verification", "returned", "approved", "rejected", "withdrawn")
 
 
 async def refresh_approval_metrics(session_factory, interval: float = 10.0) -> None:

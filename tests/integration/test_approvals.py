@@ -13,12 +13,13 @@ from sqlalchemy import select
 
 from ecm_service.adapters import tables
 from ecm_service.adapters.history import HistoryLog
-from ecm_service.domain.approval import Actor, DecisionNotAllowed
+from ecm_service.domain.approval import Actor, ApprovalClosed, DecisionNotAllowed
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.access import can_read_document
 from ecm_service.service_layer.commands import apply_command
 from ecm_service.service_layer.documents import store_version
+from infra.retrying import PermanentError
 from infra.users import User, upsert_user
 from schemas import ecm_commands
 from schemas.common import ExternalRef
@@ -530,3 +531,55 @@ async def test_a_batch_of_commands_reads_once_for_all_and_keeps_each_commands_me
     started = await events(ecm, approval_ids[0])
     assert [e["event"] for e in started] == ["started"]
     assert started[0]["external_refs"] == [requests[0].model_dump()]
+
+
+async def test_a_withdrawal_closes_an_open_approval_and_leaves_a_finished_one_as_it_ended(ecm, people):
+    """`ecm.withdraw_approval`: the open approval ends `withdrawn` with the rep's reason,
+    its open places no longer need anyone (a decision is refused), the stage's approvers
+    are told, the history chain and the public event (v3, `withdrawn_by`) say who and
+    why. A replay changes nothing; an approval already finished keeps its outcome; a
+    withdrawal with no approval to close is a permanent error (dead-lettered)."""
+    approval_id, _ = await start(ecm)
+    await decide(ecm, approval_id, people["legal"])
+    async with ecm.uow() as uow:
+        (request_ref,) = await uow.external_refs.refs_of(cases.APPROVAL, approval_id)
+    withdrawal = ecm_commands.WithdrawApprovalV1(
+        external_ref=request_ref, withdrawn_by_ref=ExternalRef(system="crm", id="rep"),
+        withdrawn_at=datetime.now(timezone.utc), reason="The client chose another supplier")
+    envelope = new_envelope(type=ecm_commands.WITHDRAW_APPROVAL, schema_version=1, source="it", correlation_id="c",
+                            payload=withdrawal)
+    for _ in range(2):  # the second is a replay of the same message
+        await apply_command(ecm.uow(), parse_message(encode(envelope)), "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(approval_id)
+        history = await uow.history.of(cases.APPROVAL, approval_id)
+        notes = (await uow.session.execute(select(tables.notifications.c.kind, tables.notifications.c.to_role,
+                                                  tables.notifications.c.text)
+                                           .where(tables.notifications.c.approval_id == approval_id))).all()
+    assert (approval.status, approval.current_stage_no, approval.reason) == (
+        "withdrawn", None, "The client chose another supplier")
+    assert [a.status for a in approval.assignments if a.stage_no == 2] == ["not_needed"]
+    assert [s.status for s in approval.steps] == ["approved", "not_needed", "waiting"]
+    assert [(h["action"], h["actor"], h["reason"]) for h in history][-1] == (
+        "withdrawn", "crm:rep", "The client chose another supplier")
+    assert notes == [("withdrawn", "finance",
+                      "«Договор поставки» was withdrawn by the requester: The client chose another supplier")]
+    published = await events(ecm, approval_id)
+    assert [e["event"] for e in published] == ["started", "stage_decided", "withdrawn"]
+    assert published[-1]["status"] == "withdrawn" and published[-1]["withdrawn_by"] == {"system": "crm", "id": "rep"}
+    assert published[-1]["reason"] == "The client chose another supplier" and published[-1]["stage"] is None
+    with pytest.raises(ApprovalClosed, match="withdrawn"):
+        await decide(ecm, approval_id, people["finance"])
+
+    finished_id, _ = await start(ecm)
+    await decide(ecm, finished_id, people["legal"], "reject", comment="not our terms")
+    async with ecm.uow() as uow:
+        (finished_ref,) = await uow.external_refs.refs_of(cases.APPROVAL, finished_id)
+    await command(ecm, ecm_commands.WITHDRAW_APPROVAL, withdrawal.model_copy(update={"external_ref": finished_ref}))
+    async with ecm.uow() as uow:
+        assert (await uow.approvals.get(finished_id)).status == "rejected"
+    assert [e["event"] for e in await events(ecm, finished_id)][-1] == "completed"
+
+    with pytest.raises(PermanentError, match="no approval was started for crm:nobody"):
+        await command(ecm, ecm_commands.WITHDRAW_APPROVAL, withdrawal.model_copy(
+            update={"external_ref": ExternalRef(system="crm", id="nobody")}))

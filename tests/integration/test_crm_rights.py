@@ -55,6 +55,7 @@ MATRIX = [
     ("POST", "/api/documents/contents", {"ids": ["missing"]}, READERS | {"integration"}),
     ("GET", "/api/approval-requests/{missing}", None, READERS),
     ("GET", "/api/approval-requests/{missing}/trace", None, READERS),
+    ("POST", "/api/approval-requests/{missing}/withdraw", {}, EVERY_SALES),  # no reason: 422 first; owners below
     ("POST", "/api/activities", {}, EVERY_SALES),
     ("POST", "/api/activities/{missing}/done", None, EVERY_SALES),
     ("GET", "/api/my-day", None, EVERY_SALES),
@@ -124,3 +125,16 @@ async def test_a_colleague_may_not_merge_or_hand_over_what_is_not_theirs(app_cli
     versions_url = f"{url}/{document.json()['id']}/versions"
     assert (await client.post(versions_url, headers=as_b, files=version)).status_code == 403
     assert (await client.post(versions_url, headers=as_manager, files=version)).status_code == 201
+
+    # Taking an approval request back: who may change the deal, as asking for it.
+    asked = await client.post(f"/api/deals/{ids['deal']}/approval-requests", headers=as_manager,
+                              json={"document_id": document.json()["id"]})
+    assert asked.status_code == 202
+    withdraw_url = f"/api/approval-requests/{asked.json()['id']}/withdraw"
+    for name in ("sales-b", "other-team"):
+        refused = await client.post(withdraw_url, headers={"Authorization": f"Bearer {tokens[name]}"},
+                                    json={"reason": "not mine"})
+        assert refused.status_code == 403, name
+    as_a = {"Authorization": f"Bearer {tokens['sales-a']}"}
+    withdrawn = await client.post(withdraw_url, headers=as_a, json={"reason": "the client chose another supplier"})
+    assert withdrawn.status_code == 200 and withdrawn.json()["status"] == "withdrawn"

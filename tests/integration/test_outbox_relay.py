@@ -3,6 +3,7 @@ the real broker once, in order, with the envelope's ids in the headers."""
 
 import asyncio
 import json
+from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import REGISTRY
@@ -12,6 +13,7 @@ from crm_service.adapters import tables
 from crm_service.service_layer import handlers
 from infra.kafka import ensure_topics
 from infra.outbox_relay import OutboxRelay
+from schemas import crm_commands
 from schemas.topics import CRM_EVENTS, provisioning
 from tests.support.kafka import read_all
 
@@ -91,6 +93,66 @@ async def test_a_new_version_of_a_returned_document_goes_to_its_approval_instead
                                             document_id=first.document_id, correlation_id="v3 sent")
     assert fresh.id != first.id
     assert (await _outbox(crm))[-1][1]["document"]["sha256"] == "f" * 64
+
+
+async def _status_update(crm, request_id: str, status: str, revision: int, command: str) -> bool:
+    cmd = crm_commands.UpdateApprovalStatusV3(approval_request_id=request_id, status=status, revision=revision,
+                                              stage="legal" if status == "in_progress" else None,
+                                              registry_approval_id="ecm-approval",
+                                              changed_at=datetime.now(timezone.utc))  # as the bridge sends it
+    async with crm.uow() as uow:
+        changed = await handlers.update_approval_status(uow, cmd, command)
+        await uow.commit()
+    return changed
+
+
+async def test_a_withdrawn_request_is_closed_at_once_and_its_event_names_the_reason(crm):
+    """The rep takes a request back: closed in the CRM at once, with its event (keyed by
+    the organization, as the request's own) in the same transaction; the document may
+    be sent again as a new request. News of a stage decided before the withdrawal reached
+    the ECM does not reopen it; the ECM's `withdrawn` closes it there too; an approval
+    that finished before the withdrawal arrived stands, in both systems."""
+    org, (first, second) = await _approval_requests(crm, 2)
+    assert await _status_update(crm, first.id, "in_progress", 1, "c1")
+    with pytest.raises(handlers.InvalidRequest, match="say why"):
+        await handlers.withdraw_approval_request(crm.uow(), user_id="u", request_id=first.id, reason="  ",
+                                                 correlation_id="w0")
+    withdrawn = await handlers.withdraw_approval_request(crm.uow(), user_id="u", request_id=first.id,
+                                                         reason="The client chose another supplier",
+                                                         correlation_id="w1")
+    assert (withdrawn.status, withdrawn.stage, withdrawn.reason) == ("withdrawn", None,
+                                                                     "The client chose another supplier")
+    with pytest.raises(handlers.Conflict, match="withdrawn already"):
+        await handlers.withdraw_approval_request(crm.uow(), user_id="u", request_id=first.id, reason="again",
+                                                 correlation_id="w2")
+    with pytest.raises(handlers.NotFound):
+        await handlers.withdraw_approval_request(crm.uow(), user_id="u", request_id="missing", reason="x",
+                                                 correlation_id="w3")
+    events = await _outbox(crm)
+    assert [t for t, _ in events][-1] == "crm.approval_withdrawn"
+    assert {k: v for k, v in events[-1][1].items() if k != "withdrawn_at"} == {
+        "approval_request_id": first.id, "organization_id": org.id, "withdrawn_by": "u",
+        "reason": "The client chose another supplier"}
+    async with crm.session_factory() as session:
+        key = (await session.execute(select(tables.outbox.c.message_key)
+                                     .order_by(tables.outbox.c.id.desc()))).scalar()
+    assert key == org.id
+
+    assert not await _status_update(crm, first.id, "in_progress", 2, "c2")  # decided before the withdrawal
+    assert await _status_update(crm, first.id, "withdrawn", 3, "c3")  # the ECM closed it
+    trace = await handlers.trace_approval_request(crm.uow(), first.id)
+    assert [(h["hop"], h.get("status")) for h in trace["hops"][2:]] == [
+        ("ecm.status_changed", "in_progress"), ("crm.status_received", "in_progress"), ("crm.withdrawn", "withdrawn"),
+        ("ecm.status_changed", "withdrawn"), ("crm.status_received", "withdrawn")]
+    again = await handlers.request_approval(crm.uow(), user_id="u", deal_id=first.deal_id,
+                                            document_id=first.document_id, correlation_id="sent again")
+    assert again.id != first.id and again.status == "requested"
+
+    await handlers.withdraw_approval_request(crm.uow(), user_id="u", request_id=second.id, reason="wrong file",
+                                             correlation_id="w4")
+    assert await _status_update(crm, second.id, "approved", 4, "c4")  # finished before the withdrawal arrived
+    async with crm.uow() as uow:
+        assert (await uow.approval_requests.get(second.id)).status == "approved"
 
 
 async def test_versions_added_at_the_same_moment_each_get_their_own_number(crm):

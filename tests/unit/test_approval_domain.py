@@ -152,6 +152,34 @@ def test_the_last_stage_waits_for_a_verified_counterparty_when_the_type_needs_on
     assert other.status == "approved"
 
 
+def test_a_withdrawal_ends_an_open_approval_whatever_it_waits_for_and_no_finished_one():
+    returned = start()
+    returned.decide(actor=LENA, decision="return", comment="internal", reason="fix 4.2", at=NOW)
+    waiting = start(needs_verified=True)
+    approve(waiting, LENA)
+    approve(waiting, FEDOR)
+    assert waiting.status == "awaiting_counterparty_verification"
+    running = start()
+    for approval in (returned, waiting, running):
+        revision = approval.revision
+        assert approval.withdraw(reason="deal lost", at=NOW + timedelta(hours=1))
+        assert (approval.status, approval.current_step, approval.reason) == ("withdrawn", None, "deal lost")
+        assert approval.revision == revision + 1 and not approval.is_open
+        assert not [a for a in approval.assignments if a.status == "pending"]
+        assert approval.due_actions(NOW + timedelta(days=3)) == []  # no reminder, no escalation
+        assert not approval.withdraw(reason="again", at=NOW)  # once
+        with pytest.raises(ApprovalClosed, match="withdrawn"):
+            approve(approval, LENA)
+    assert [s.status for s in running.steps] == ["not_needed", "waiting", "waiting"]
+    assert [s.status for s in waiting.steps] == ["approved", "approved", "not_needed"]
+    assert not returned.reopen(version_id="v2", sha256="1" * 64, at=NOW, counterparty_verified=False)
+
+    finished = start()
+    finished.decide(actor=LENA, decision="reject", comment="internal", reason="price", at=NOW)
+    assert not finished.withdraw(reason="deal lost", at=NOW)
+    assert (finished.status, finished.reason) == ("rejected", "price")
+
+
 def test_reminder_before_due_then_escalation_once_and_the_escalation_role_may_decide():
     approval = start()
     assert approval.due_actions(NOW + timedelta(hours=1)) == []

@@ -131,6 +131,10 @@ def test_a_request_is_unanswered_once_the_ecm_has_said_nothing_about_it_for_that
     from crm_service.domain.model import unanswered
 
     now, after = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc), timedelta(minutes=15)
-    assert unanswered(revision=0, requested_at=now - after, now=now, after=after)
-    assert not unanswered(revision=0, requested_at=now - after + timedelta(seconds=1), now=now, after=after)
-    assert not unanswered(revision=1, requested_at=now - timedelta(days=30), now=now, after=after)  # it answered
+    assert unanswered(status="requested", revision=0, requested_at=now - after, now=now, after=after)
+    assert not unanswered(status="requested", revision=0, requested_at=now - after + timedelta(seconds=1), now=now,
+                          after=after)
+    assert not unanswered(status="in_progress", revision=1, requested_at=now - timedelta(days=30), now=now,
+                          after=after)  # it answered
+    # withdrawn before the ECM answered: nothing is awaited any more
+    assert not unanswered(status="withdrawn", revision=0, requested_at=now - timedelta(days=30), now=now, after=after)

@@ -272,12 +272,13 @@ def test_a_registry_change_reaches_exactly_the_crm_organizations_that_refer_to_i
 
 
 @given(st.lists(refs, max_size=4, unique=True), st.one_of(st.none(), refs),
-       st.sampled_from(("in_progress", "approved", "rejected", "returned")), st.one_of(st.none(), storable))
+       st.sampled_from(("in_progress", "approved", "rejected", "returned", "withdrawn")),
+       st.one_of(st.none(), storable))
 def test_an_approval_status_never_carries_more_than_the_public_summary(external_refs, counterparty, status, reason):
-    event = ecm_events.ApprovalStatusChangedV2(
+    event = ecm_events.ApprovalStatusChangedV3(
         approval_id="a", event="completed", status=status, revision=1, reason=reason, external_refs=external_refs,
         counterparty_ref=counterparty, document_sha256="b" * 64)
-    envelope = new_envelope(type=ecm_events.APPROVAL_STATUS_CHANGED, schema_version=2, source="ecm",
+    envelope = new_envelope(type=ecm_events.APPROVAL_STATUS_CHANGED, schema_version=3, source="ecm",
                             payload=event, correlation_id="c")
     out = approval_status_to_crm(envelope, event)
     commands = [parse_message(encode(o.envelope)).payload for o in out]

@@ -10,6 +10,7 @@ from sync_bridge.translation import (
     StoredDocument,
     approval_requested_to_ecm,
     approval_status_to_crm,
+    approval_withdrawn_to_ecm,
     command_id,
     counterparty_synced_to_crm,
 )
@@ -91,29 +92,51 @@ def _ecm_envelope(type_, payload):
 
 
 def test_approval_status_goes_to_crm_request_without_internal_comments():
-    event = ecm_events.ApprovalStatusChangedV2(
+    event = ecm_events.ApprovalStatusChangedV3(
         approval_id="a-1", external_refs=[ExternalRef(system="crm", id="req-1"), ExternalRef(system="erp", id="9")],
         counterparty_ref=ExternalRef(system="crm", id="org-1"), event="completed", status="rejected", stage=None,
         stage_no=None, revision=3, reason="wrong price", document_sha256=SHA,
     )
     out = approval_status_to_crm(_ecm_envelope(ecm_events.APPROVAL_STATUS_CHANGED, event), event)
     assert len(out) == 1 and out[0].topic == CRM_COMMANDS and out[0].key == "org-1"
-    assert out[0].envelope.schema_version == 2
+    assert out[0].envelope.schema_version == 3
     cmd = parse_message(encode(out[0].envelope)).payload
-    assert isinstance(cmd, crm_commands.UpdateApprovalStatusV2)
+    assert isinstance(cmd, crm_commands.UpdateApprovalStatusV3) and cmd.withdrawn_by is None
     assert (cmd.approval_request_id, cmd.status, cmd.revision, cmd.reason) == ("req-1", "rejected", 3, "wrong price")
     assert "comment" not in out[0].envelope.payload
 
 
 def test_overdue_stage_summary_reaches_the_crm_with_due_date_and_delay_code_only():
     due = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
-    event = ecm_events.ApprovalStatusChangedV2(
+    event = ecm_events.ApprovalStatusChangedV3(
         approval_id="a-1", external_refs=[ExternalRef(system="crm", id="req-1")], event="overdue",
         status="in_progress", stage="legal", stage_no=1, due_at=due, overdue=True, delay_reason_code="workload",
         revision=5, document_sha256=SHA)
     (out,) = approval_status_to_crm(_ecm_envelope(ecm_events.APPROVAL_STATUS_CHANGED, event), event)
     cmd = parse_message(encode(out.envelope)).payload
     assert (cmd.stage, cmd.due_at, cmd.overdue, cmd.delay_reason_code) == ("legal", due, True, "workload")
+
+
+def test_a_withdrawal_goes_to_the_ecm_keyed_by_the_organization_and_comes_back_with_who_withdrew():
+    at = datetime(2026, 12, 7, 19, 0, tzinfo=timezone.utc)
+    event = crm_events.ApprovalWithdrawnV1(approval_request_id="req-1", organization_id="org-1", withdrawn_by="rep",
+                                           withdrawn_at=at, reason="The client chose another supplier")
+    envelope = new_envelope(type=crm_events.APPROVAL_WITHDRAWN, schema_version=1, source="crm", payload=event,
+                            correlation_id="corr-1")
+    (out,) = approval_withdrawn_to_ecm(envelope, event)
+    assert (out.topic, out.key, out.envelope.type) == (ECM_COMMANDS, "org-1", ecm_commands.WITHDRAW_APPROVAL)
+    assert out.envelope.event_id == command_id(envelope.event_id, "withdraw_approval")  # a replay dedupes
+    cmd = parse_message(encode(out.envelope)).payload
+    assert (cmd.external_ref.as_text(), cmd.withdrawn_by_ref.as_text(), cmd.withdrawn_at, cmd.reason) == (
+        "crm:req-1", "crm:rep", at, "The client chose another supplier")
+
+    closed = ecm_events.ApprovalStatusChangedV3(
+        approval_id="a-1", external_refs=[ExternalRef(system="crm", id="req-1")], event="withdrawn",
+        status="withdrawn", revision=4, reason="The client chose another supplier", document_sha256=SHA,
+        withdrawn_by=ExternalRef(system="crm", id="rep"))
+    (back,) = approval_status_to_crm(_ecm_envelope(ecm_events.APPROVAL_STATUS_CHANGED, closed), closed)
+    update = parse_message(encode(back.envelope)).payload
+    assert (update.status, update.withdrawn_by, update.stage) == ("withdrawn", "rep", None)
 
 
 def test_counterparty_sync_result_reaches_crm_only_for_crm_records():
