@@ -188,6 +188,27 @@ async def deal_request_approval(deal_id: str, request: Request, document_id: str
     return back_to(back, done="requested")
 
 
+@router.post("/approval-requests/{request_id}/withdraw")
+async def deal_withdraw_approval(request_id: str, request: Request, reason: str = Form("", max_length=500),
+                                 user: User = Depends(page_user)):
+    """Takes an approval request back (handlers.withdraw_approval_request), then back to
+    its deal's page, which says so."""
+    _writer(user)
+    container = request.app.state.container
+    async with container.uow() as uow:
+        found = await uow.approval_requests.get(request_id)
+    if found is None:
+        raise HTTPException(404, f"approval request {request_id} not found")
+    back = f"/ui/deals/{found.deal_id}"
+    try:
+        await handlers.withdraw_approval_request(container.uow(), user_id=user.id, caller=user,
+                                                 request_id=request_id, reason=reason,
+                                                 correlation_id=correlation_id(request))
+    except (handlers.NotFound, handlers.InvalidRequest, NotAllowed, handlers.Conflict) as exc:
+        return back_to(back, error=str(exc))
+    return back_to(back, done="withdrawn")
+
+
 @router.get("/documents/{document_id}")
 async def document_download(document_id: str, request: Request, _: User = Depends(page_user)):
     """Always a download (Content-Disposition: attachment), never shown inline: an

@@ -12,8 +12,16 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import running_system
-from tests.e2e.journey import SALES, create_deal_with_document, decide, request_approval, wait_crm_status
+from tests.e2e.journey import (
+    SALES,
+    create_deal_with_document,
+    decide,
+    ecm_approval,
+    request_approval,
+    wait_crm_status,
+)
 from tests.support.pages import menu_of, reload_until
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +173,41 @@ def test_a_rep_sends_a_contract_for_approval_from_the_pages_and_sees_the_ecm_tak
     org_id = page.url.split("?")[0].rsplit("/", 1)[1]
     (party,) = api.ecm("steward-stas", "GET", f"/api/counterparties?external_ref=crm:{org_id}").json()
     assert party["status"] == "pending_verification"  # the organization went as it was, unchecked
+
+
+def test_a_rep_withdraws_a_request_from_the_deal_page_and_the_ecm_closes_its_approval(page, system, api):
+    """The deal fell through: the rep takes the contract's approval request back from the
+    deal page, with a reason. The CRM shows it withdrawn at once, the ECM's approval ends
+    `withdrawn` (through the real bridge), an approver's decision is then refused, the
+    approvers see the reason, and the document may be sent again as a new request."""
+    flow = request_approval(api, create_deal_with_document(api, name="Отзыв из браузера"))
+    wait_crm_status(api, flow, "in_progress", "legal")
+    approval = ecm_approval(api, flow)
+    login(page, system, api)
+    page.goto(f"{system.crm_url}/ui/deals/{flow['deal']['id']}")
+    row = page.locator("#documents tbody tr", has_text="contract.txt")
+    expect(row.locator(".request-approval")).to_have_count(0)
+    row.locator(".withdraw input[name=reason]").fill("Клиент выбрал другого поставщика")
+    row.locator(".withdraw button").click()
+    expect(page.get_by_role("status")).to_contain_text("Request withdrawn")
+    expect(row.locator(".status")).to_have_text("withdrawn: Клиент выбрал другого поставщика")
+    expect(row.locator(".withdraw")).to_have_count(0)
+    expect(row.locator(".request-approval button")).to_have_text("Отправить снова / Send again")
+
+    closed = wait_until(lambda: (a := api.ecm("legal-lena", "GET", f"/api/approvals/{approval['id']}").json())
+                        ["status"] == "withdrawn" and a, timeout=60, message="ECM approval withdrawn")
+    assert closed["reason"] == "Клиент выбрал другого поставщика" and closed["current_stage"] is None
+    refused = api.ecm("legal-lena", "POST", f"/api/approvals/{approval['id']}/decisions", json={"decision": "approve"})
+    assert refused.status_code == 409 and "withdrawn" in refused.text
+    again = api.crm(SALES, "POST", f"/api/approval-requests/{flow['request']['id']}/withdraw",
+                    json={"reason": "twice"})
+    assert again.status_code == 409
+    wait_crm_status(api, flow, "withdrawn")  # the ECM's word came back and changed nothing
+
+    row.locator(".request-approval button").click()
+    expect(page.get_by_role("status")).to_contain_text("Sent for approval")
+    reload_until(page, row.locator(".status"), "in_progress")
+    assert api.crm(SALES, "GET", f"/api/deals/{flow['deal']['id']}").json()["approval"]["id"] != flow["request"]["id"]
 
 
 def test_a_lead_becomes_a_deal_with_one_click_and_a_contact_joins_the_card(page, system, api):
