@@ -318,7 +318,9 @@ async def update_approval_status(
     if changed:
         uow.approval_requests.save_later(request)  # with the batch's others, before the commit
         await uow.approval_requests.record_status(request, command_id, cmd.changed_at)
-        if cmd.notify_user_id:
+        # Not the rep who withdrew it: they know (a manager who withdrew a rep's request
+        # leaves the rep a notification).
+        if cmd.notify_user_id and cmd.notify_user_id != cmd.withdrawn_by:
             stage = f" ({request.stage})" if request.stage else ""
             await uow.notifications.add(
                 user_id=cmd.notify_user_id, kind="approval_status", approval_request_id=request.id, at=_now(),

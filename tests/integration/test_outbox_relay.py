@@ -95,10 +95,10 @@ async def test_a_new_version_of_a_returned_document_goes_to_its_approval_instead
     assert (await _outbox(crm))[-1][1]["document"]["sha256"] == "f" * 64
 
 
-async def _status_update(crm, request_id: str, status: str, revision: int, command: str) -> bool:
+async def _status_update(crm, request_id: str, status: str, revision: int, command: str, **extra) -> bool:
     cmd = crm_commands.UpdateApprovalStatusV3(approval_request_id=request_id, status=status, revision=revision,
                                               stage="legal" if status == "in_progress" else None,
-                                              registry_approval_id="ecm-approval",
+                                              registry_approval_id="ecm-approval", **extra,
                                               changed_at=datetime.now(timezone.utc))  # as the bridge sends it
     async with crm.uow() as uow:
         changed = await handlers.update_approval_status(uow, cmd, command)
@@ -139,7 +139,7 @@ async def test_a_withdrawn_request_is_closed_at_once_and_its_event_names_the_rea
     assert key == org.id
 
     assert not await _status_update(crm, first.id, "in_progress", 2, "c2")  # decided before the withdrawal
-    assert await _status_update(crm, first.id, "withdrawn", 3, "c3")  # the ECM closed it
+    assert await _status_update(crm, first.id, "withdrawn", 3, "c3", notify_user_id="u", withdrawn_by="u")
     trace = await handlers.trace_approval_request(crm.uow(), first.id)
     assert [(h["hop"], h.get("status")) for h in trace["hops"][2:]] == [
         ("ecm.status_changed", "in_progress"), ("crm.status_received", "in_progress"), ("crm.withdrawn", "withdrawn"),
@@ -150,9 +150,11 @@ async def test_a_withdrawn_request_is_closed_at_once_and_its_event_names_the_rea
 
     await handlers.withdraw_approval_request(crm.uow(), user_id="u", request_id=second.id, reason="wrong file",
                                              correlation_id="w4")
-    assert await _status_update(crm, second.id, "approved", 4, "c4")  # finished before the withdrawal arrived
+    assert await _status_update(crm, second.id, "approved", 4, "c4", notify_user_id="u")  # finished before
     async with crm.uow() as uow:
         assert (await uow.approval_requests.get(second.id)).status == "approved"
+        # the rep who withdrew the first is not told it closed; the second's outcome is news
+        assert [n["text"] for n in await uow.notifications.for_user("u")] == ["Approval approved"]
 
 
 async def test_versions_added_at_the_same_moment_each_get_their_own_number(crm):
