@@ -122,8 +122,9 @@ def org_values(values: dict) -> dict:
 
 
 def parsed_rows_path(report_path: Path, import_id: str) -> Path:
-    # ".prepared": rows as `prepare` makes them; a cache of another form is never read.
-    return report_path.parent / f"{import_id}.prepared.jsonl"
+    # ".prepared-v2": rows as `prepare` makes them (v2: with the normalised name); a cache
+    # of another form is never read (an apply then reads the file again).
+    return report_path.parent / f"{import_id}.prepared-v2.jsonl"
 
 
 UNREADABLE = "_unreadable"  # in a prepared row's values: why the file's row could not be read
@@ -132,15 +133,17 @@ UNREADABLE = "_unreadable"  # in a prepared row's values: why the file's row cou
 def prepare(number: int, cells: list | str, filled: bool, columns: dict[int, str]) -> list:
     """What a row needs no database for, worked out once (the dry run keeps it for the
     apply): [row number, filled, values, key, identifier hints, organization columns,
-    name key]. `cells` is a reason instead for a CSV row that is no text (`UndecodableRow`)."""
+    name key, normalised name]. `cells` is a reason instead for a CSV row that is no text
+    (`UndecodableRow`)."""
     if isinstance(cells, str):
-        return [number, filled, {UNREADABLE: cells}, None, None, None, None]
+        return [number, filled, {UNREADABLE: cells}, None, None, None, None, None]
     values = {field: cells[i] for i, field in columns.items()}
     if not filled or not values.get("name"):
-        return [number, filled, values, None, None, None, None]
+        return [number, filled, values, None, None, None, None, None]
     hints = "; ".join(identifier_hints(inn=values.get("inn"), kpp=values.get("kpp"), ogrn=values.get("ogrn")))
     fields = org_values(values)
-    return [number, filled, values, row_key(values), hints, fields, name_key(fields["name"])]
+    return [number, filled, values, row_key(values), hints, fields, name_key(fields["name"]),
+            search_form(fields["name"])]
 
 
 class RunTakenOver(Exception):
@@ -289,7 +292,7 @@ class _Chunk:
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.parsed: list[tuple] = []
         self.task: asyncio.Task | None = None
-        for number, filled, values, key, hints, fields, key_of_name in rows:
+        for number, filled, values, key, hints, fields, key_of_name, norm in rows:
             if not filled:
                 continue  # an empty line is not a row
             if values.get(UNREADABLE):
@@ -302,7 +305,7 @@ class _Chunk:
                                                    "the same organization appears earlier in this file"])
             else:
                 seen.add(key)
-                self.parsed.append((number, values, key, hints, fields, key_of_name))
+                self.parsed.append((number, values, key, hints, fields, key_of_name, norm))
 
     def outcome(self, outcome: str, line: list) -> None:
         self.counts[outcome] += 1
@@ -346,7 +349,7 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
             by_key.setdefault(name_key(other_name), []).append((other_id, other_name))
         now = datetime.now(timezone.utc)
         new_orgs, new_keys, updates, history, contacts = [], [], [], [], []
-        for number, values, key, hints, fields, key_of_name in parsed:
+        for number, values, key, hints, fields, key_of_name, norm in parsed:
             if key in known and known[key] in existing:
                 org_id, current = _survivor(existing, known[key])
                 if org_id == known[key]:
@@ -359,7 +362,7 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
                 outcome = "update" if changed else "unchanged"
                 if changed:
                     updates.append((org_id, {**changed, "updated_at": now,
-                                             **({"name_key": key_of_name, "name_norm": search_form(fields["name"])}
+                                             **({"name_key": key_of_name, "name_norm": norm}
                                                 if message is None else {})}))
                     history.append(dict(organization_id=org_id, at=now, kind="imported", actor_id=user_id,
                                         detail={"fields": sorted(changed)}))
@@ -373,7 +376,7 @@ async def _store(session_factory, chunk: _Chunk, *, user_id: str, apply: bool, s
             if not apply:
                 continue
             new_orgs.append(dict(id=org_id, created_by=user_id, owner_id=user_id, created_at=now,
-                                 name_key=key_of_name, name_norm=search_form(fields["name"]), **fields))
+                                 name_key=key_of_name, name_norm=norm, **fields))
             new_keys.append(dict(key=key, organization_id=org_id))
             history.append(dict(organization_id=org_id, at=now, kind="imported", actor_id=user_id, detail={}))
             if values.get("contact_name"):
