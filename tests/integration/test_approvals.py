@@ -17,7 +17,7 @@ from ecm_service.domain.approval import Actor, ApprovalClosed, DecisionNotAllowe
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.access import can_read_document
-from ecm_service.service_layer.commands import apply_command
+from ecm_service.service_layer.commands import apply_command, apply_commands
 from ecm_service.service_layer.documents import store_version
 from infra.retrying import PermanentError
 from infra.users import User, upsert_user
@@ -583,3 +583,28 @@ async def test_a_withdrawal_closes_an_open_approval_and_leaves_a_finished_one_as
     with pytest.raises(PermanentError, match="no approval was started for crm:nobody"):
         await command(ecm, ecm_commands.WITHDRAW_APPROVAL, withdrawal.model_copy(
             update={"external_ref": ExternalRef(system="crm", id="nobody")}))
+
+
+async def test_a_start_and_its_withdrawal_in_one_consumed_batch_end_withdrawn(ecm):
+    """The bridge can hand the ECM a request's start and its withdrawal in one batch (the
+    rep withdrew at once): the withdrawal finds the approval the start made earlier in
+    the same transaction, and no command of the batch is dead-lettered."""
+    doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+    org, request = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))
+    payloads = [
+        (ecm_commands.SYNC_COUNTERPARTY, ecm_commands.SyncCounterpartyV1(external_ref=org, name="ООО «Вектор»")),
+        (ecm_commands.START_APPROVAL, ecm_commands.StartApprovalV1(
+            external_ref=request, counterparty_ref=org, initiator_ref=ExternalRef(system="crm", id="u"),
+            document_id=doc["id"], document_version_id=version["id"], sha256=version["sha256"],
+            doc_type="contract", title="Договор поставки")),
+        (ecm_commands.WITHDRAW_APPROVAL, ecm_commands.WithdrawApprovalV1(
+            external_ref=request, withdrawn_by_ref=ExternalRef(system="crm", id="u"),
+            withdrawn_at=datetime.now(timezone.utc), reason="sent by mistake")),
+    ]
+    messages = [parse_message(encode(new_envelope(type=t, schema_version=1, source="it", correlation_id="c",
+                                                  payload=p))) for t, p in payloads]
+    await apply_commands(ecm.uow(), messages, "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(await uow.external_refs.find(cases.APPROVAL, request))
+    assert (approval.status, approval.reason) == ("withdrawn", "sent by mistake")
+    assert [e["event"] for e in await events(ecm, approval.id)] == ["started", "withdrawn"]
