@@ -331,9 +331,8 @@ class Approval:
         (False): its outcome came before the withdrawal did."""
         if not self.is_open:
             return False
-        for a in self.assignments:
-            if a.round == self.round and a.status == "pending":
-                a.status = "not_needed"
+        for a in self.open_assignments():  # the current stage's, this round's
+            a.status = "not_needed"
         step = self.current_step
         if step is not None and step.status in ("pending", "waiting"):
             step.status, step.decided_at = "not_needed", at
