@@ -159,6 +159,7 @@ async def reconcile_batch(uow: EcmUnitOfWork, run_id: str, organizations: list[d
         survivors = await uow.external_refs.survivors_of(
             COUNTERPARTY, [ExternalRef(system=run["system"], id=i) for i in unknown])
         merged_away = {i: survivor for i, survivor in zip(unknown, survivors, strict=True) if survivor is not None}
+        await uow.external_refs.prefetch(COUNTERPARTY, merged_away.values())  # `find` below answers from memory
         ids = {o["id"]: {k: compact(o.get(k)) for k in ("inn", "kpp", "ogrn")} for o in todo}
         # A dry run matches the batch at once; an apply run one by one, so that each
         # organization also meets the pending records written for the ones before it.
