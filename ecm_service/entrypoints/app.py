@@ -9,6 +9,7 @@ from ecm_service.entrypoints.api import router
 from ecm_service.entrypoints.approvals_api import router as approvals_router
 from ecm_service.entrypoints.bulk_load_api import router as bulk_load_router
 from ecm_service.entrypoints.bulk_load_pages import router as bulk_load_pages_router
+from ecm_service.entrypoints.counterparty_pages import router as counterparty_pages_router
 from ecm_service.entrypoints.pages import error_page
 from ecm_service.entrypoints.pages import router as pages_router
 from ecm_service.entrypoints.reconciliation_api import router as reconciliation_router
@@ -33,7 +34,7 @@ def create_app(settings: EcmSettings | None = None) -> FastAPI:
     configure_logging("ecm", json_logs=container.settings.json_logs, level=container.settings.log_level)
     # The more specific paths (bulk loads, sheets) go before the generic /{id} routes.
     routers = [bulk_load_router, sheet_router, retention_router, router, approvals_router, registry_router,
-               reconciliation_router, pages_router, bulk_load_pages_router]
+               reconciliation_router, pages_router, bulk_load_pages_router, counterparty_pages_router]
     app = build_app(title="ECM", service="ecm", container=container, routers=routers)
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _answer(status))

@@ -58,6 +58,17 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
 add_login_routes(router, templates, roles=PAGE_ROLES, home=lambda user: HOME.get(user.role, "/ui/inbox"))
 
 
+async def with_actor_names(uow, entries: list[dict]) -> list[dict]:
+    """History entries for a page, each with `actor_name`: the ECM user's name for
+    "user:<id>"; other actors (the CRM's "crm:<id>", the system's own) as recorded. The
+    CRM's people are known here by reference only."""
+    ids = sorted({e["actor"].removeprefix("user:") for e in entries if e["actor"].startswith("user:")})
+    u = tables.users
+    names = dict((await uow.session.execute(select(u.c.id, u.c.name).where(u.c.id.in_(ids)))).all()) if ids else {}
+    return [{**e, "actor_name": names.get(e["actor"].removeprefix("user:"), e["actor"])
+             if e["actor"].startswith("user:") else e["actor"]} for e in entries]
+
+
 @router.get("/")
 async def home(user: User = Depends(page_user)):
     return RedirectResponse(HOME.get(user.role, "/ui/inbox"), status_code=303)
@@ -81,7 +92,8 @@ async def _card_context(request: Request, user: User, approval_id: str) -> dict:
         approval = await readable_approval(uow, container, user, approval_id)
         document = await uow.documents.get(approval.document_id)
         versions = await uow.documents.versions(approval.document_id)
-        history = await uow.history.of(APPROVAL, approval_id)
+        history = await with_actor_names(uow, await uow.history.of(APPROVAL, approval_id))
+        counterparty = await uow.counterparties.get(approval.counterparty_id) if approval.counterparty_id else None
         delays = await uow.delay_reasons.of_approval(approval_id)
         principals = await uow.deputies.principals_of(user.id, business_day.today())
     try:
@@ -90,6 +102,7 @@ async def _card_context(request: Request, user: User, approval_id: str) -> dict:
     except Exception:
         behalf, via_escalation, can_decide = None, False, False
     return {"approval": approval, "document": document, "versions": versions, "history": history,
+            "counterparty": counterparty,
             "delays": delays, "can_decide": can_decide, "can_hold": user.role in HOLDERS,
             "on_behalf_of": behalf.name if behalf else None,
             "via_escalation": via_escalation, "codes": container.delay_reasons,
@@ -242,65 +255,77 @@ async def steward_queue(request: Request, user: User = Depends(page_user), done:
     return render(request, "steward.html", user, rows=rows, held=held, done=done, error=error)
 
 
-STEWARD_FIELDS = ("name", "legal_form", "inn", "kpp", "ogrn", "country", "vat")
+STEWARD_FIELDS = ("name", "short_name", "legal_form", "inn", "kpp", "ogrn", "country", "vat")
+
+
+def steward_page(back: str, counterparty_id: str) -> str:
+    """Where a steward's form goes back to: the record's card when sent from there, else
+    the queue (a fixed choice of two, never a path taken from the form)."""
+    return f"/ui/counterparties/{counterparty_id}" if back == "card" else "/ui/steward"
 
 
 @router.post("/steward/{counterparty_id}/edit")
 async def steward_edit(counterparty_id: str, request: Request, user: User = Depends(page_user)):
     """Completes a pending record from the queue (what sales sent is often a bare name),
-    with a reason for the history; "save and verify" verifies it in the same click once
-    its identifiers pass. The API's limits and the registry's rules apply."""
+    or corrects any live record from its card, with a reason for the history; "save and
+    verify" verifies it in the same click once its identifiers pass. The API's limits and
+    the registry's rules apply."""
     if user.role != "steward":
         raise HTTPException(403, "only the steward changes the registry")
     form = await request.form()
+    page = steward_page(str(form.get("back", "")), counterparty_id)
     changes = {k: str(form[k]).strip() or None for k in STEWARD_FIELDS if k in form}
     if changes.get("country"):
         changes["country"] = changes["country"].upper()
     try:
         body = EditIn.model_validate({**changes, "reason": str(form.get("reason", ""))})
     except ValidationError as exc:
-        return back_to("/ui/steward", error=errors_text(exc.errors()))
+        return back_to(page, error=errors_text(exc.errors()))
     container, cid = request.app.state.container, request.state.correlation_id
     try:
-        await steward.edit(container.uow(), counterparty_id=counterparty_id, user=user, reason=body.reason,
-                           changes=body.model_dump(exclude={"reason"}, exclude_unset=True), correlation_id=cid)
+        _, diff = await steward.edit(container.uow(), counterparty_id=counterparty_id, user=user, reason=body.reason,
+                                     changes=body.model_dump(exclude={"reason"}, exclude_unset=True),
+                                     correlation_id=cid)
     except (StewardRuleBroken, steward.NotFound) as exc:
-        return back_to("/ui/steward", error=str(exc))
+        return back_to(page, error=str(exc))
     if form.get("then") != "verify":
-        return back_to("/ui/steward", done="edit")
+        return back_to(page, done="edit" if diff else "edit: nothing changed")
     try:
         await steward.verify(container.uow(), counterparty_id=counterparty_id, user=user, reason=body.reason,
                              correlation_id=cid)
     except (StewardRuleBroken, steward.NotFound) as exc:
-        return back_to("/ui/steward", error=f"saved, but not verified: {exc}")
-    return back_to("/ui/steward", done="verify")
+        return back_to(page, error=f"saved, but not verified: {exc}")
+    return back_to(page, done="verify")
 
 
 @router.post("/steward/{counterparty_id}/{action}")
 async def steward_action(counterparty_id: str, action: str, request: Request, user: User = Depends(page_user),
-                         reason: str = Form("", max_length=2000), other_id: str = Form("", max_length=36)):
+                         reason: str = Form("", max_length=2000), other_id: str = Form("", max_length=36),
+                         back: str = Form("", max_length=10)):
     if user.role != "steward":
         raise HTTPException(403, "only the steward changes the registry")
     uow, cid, reason = request.app.state.container.uow(), request.state.correlation_id, reason.strip()
+    page = steward_page(back, counterparty_id)
     try:
         if action == "verify":
             await steward.verify(uow, counterparty_id=counterparty_id, user=user, reason=reason or None,
                                  correlation_id=cid)
+        elif action not in ("reject", "archive", "merge", "not-duplicate"):
+            raise HTTPException(404, f"no steward action {action!r}")
         elif len(reason) < 3:
             raise StewardRuleBroken(f"{action.replace('-', ' ')} needs a reason")
-        elif action == "reject":
-            await steward.reject(uow, counterparty_id=counterparty_id, user=user, reason=reason, correlation_id=cid)
+        elif action in ("reject", "archive"):
+            await getattr(steward, action)(uow, counterparty_id=counterparty_id, user=user, reason=reason,
+                                           correlation_id=cid)
         elif action == "merge":
-            await steward.merge(uow, counterparty_id=counterparty_id, into_id=other_id, user=user, reason=reason,
-                                correlation_id=cid)
-        elif action == "not-duplicate":
-            await steward.mark_not_duplicate(uow, counterparty_id=counterparty_id, other_id=other_id, user=user,
-                                             reason=reason)
+            await steward.merge(uow, counterparty_id=counterparty_id, into_id=other_id.strip(), user=user,
+                                reason=reason, correlation_id=cid)
         else:
-            raise HTTPException(404, f"no steward action {action!r}")
+            await steward.mark_not_duplicate(uow, counterparty_id=counterparty_id, other_id=other_id.strip(),
+                                             user=user, reason=reason)
     except (StewardRuleBroken, steward.NotFound) as exc:
-        return back_to("/ui/steward", error=str(exc))
-    return back_to("/ui/steward", done=action)
+        return back_to(page, error=str(exc))
+    return back_to(page, done=action)
 
 
 @router.get("/registry", response_class=HTMLResponse)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -273,6 +274,98 @@ def test_the_steward_completes_a_bare_name_from_the_queue_and_verifies_it(page, 
     emptied = api.ecm("steward-stas", "PATCH", f"/api/counterparties/{counterparty_id}",
                       json={"name": None, "reason": "проверка"})
     assert emptied.status_code == 422 and "keeps a name" in emptied.text  # it was a 500
+
+
+def test_the_counterparty_card_shows_the_record_its_approvals_and_history_and_the_steward_acts_from_it(
+        page, system, api):
+    """The registry had no page for one record: the approval card showed the counterparty
+    as a bare id, registry search a name with nowhere to go, and the steward could act on
+    a record only while it waited on the queue (archive and correcting a verified record
+    were the API's only). Now every record has a card, reached from all three."""
+    flow = request_approval(api, create_deal_with_document(api, name="ООО «Карточка контрагента»"))
+    approval = ecm_approval(api, flow)
+    counterparty_id = approval["counterparty_id"]
+
+    # Legal reads it from the approval card: the record, the CRM's reference, the approval.
+    login(page, system, api, "legal-lena", f"/ui/approvals/{approval['id']}")
+    expect(page.locator("#version-sha256")).to_contain_text(approval["document"]["sha256"])
+    expect(page.locator("#versions .version-mark")).to_have_text("на согласовании / under approval")
+    page.click("#counterparty a")
+    assert page.url.endswith(f"/ui/counterparties/{counterparty_id}")
+    expect(page.locator("h1")).to_contain_text("ООО «Карточка контрагента»")
+    expect(page.locator("#record-status")).to_have_text("pending_verification")
+    expect(page.locator("#flags")).to_contain_text("inn_missing")
+    expect(page.locator("#refs")).to_have_text(f"crm:{flow['org']['id']}")
+    expect(page.locator("#approvals")).to_contain_text(approval["title"])
+    expect(page.locator("#history")).to_contain_text("sync_created")
+    assert page.locator("#edit, #merge-form, #archive-form, #verify-form").count() == 0  # the steward's only
+    page.locator("#approvals a").click()
+    assert page.url.endswith(f"/ui/approvals/{approval['id']}")
+
+    # The steward, from the card: an edit that fails the rules says so and stays there;
+    # the corrected one verifies; the history names who, why and what changed.
+    login(page, system, api, "steward-stas", f"/ui/registry?q={quote('карточка контрагента')}")
+    page.locator("#results a", has_text="Карточка контрагента").click()
+    assert page.url.endswith(f"/ui/counterparties/{counterparty_id}")
+    expect(page.locator("#hidden-approvals")).to_contain_text("1")  # a contract the steward may not read
+    form = page.locator("#edit form")
+    form.locator("input[name=inn]").fill("7704091231")  # a check digit wrong
+    form.locator("input[name=reason]").fill("карточка компании")
+    form.locator("button[value=verify]").click()
+    expect(page.get_by_role("alert")).to_contain_text("saved, but not verified")
+    assert page.url.split("?")[0].endswith(f"/ui/counterparties/{counterparty_id}")
+    form = page.locator("#edit form")
+    form.locator("input[name=inn]").fill("7704091230")
+    form.locator("input[name=kpp]").fill("770401001")
+    form.locator("input[name=ogrn]").fill("1027700987654")
+    form.locator("input[name=reason]").fill("ЕГРЮЛ")
+    form.locator("button[value=verify]").click()
+    expect(page.get_by_role("status")).to_contain_text("verify")
+    expect(page.locator("#record-status")).to_have_text("verified")
+    expect(page.locator("#history")).to_contain_text("inn: 7704091231 → 7704091230")
+    last = page.locator("#history tbody tr").last
+    expect(last).to_contain_text("verified")
+    expect(last).to_contain_text("steward-stas")  # the user's name, not "user:<id>"
+    assert page.locator("#reject-form, #verify-form").count() == 0  # verified: no longer
+
+    # A duplicate is merged into it from the duplicate's card: the card says where it went,
+    # and the survivor lists it and now holds its approval.
+    twin = request_approval(api, create_deal_with_document(api, name="Карточка контрагента (дубль)"))
+    twin_approval = ecm_approval(api, twin)
+    assert twin_approval["counterparty_id"] != counterparty_id  # no identifiers: proposed at most, never linked
+    page.goto(f"{system.ecm_url}/ui/counterparties/{twin_approval['counterparty_id']}")
+    page.fill("#merge-form input[name=other_id]", "no-such-record")
+    page.fill("#merge-form input[name=reason]", "дубль")
+    page.click("#merge-form button")
+    expect(page.get_by_role("alert")).to_contain_text("not found")
+    page.fill("#merge-form input[name=other_id]", counterparty_id)
+    page.fill("#merge-form input[name=reason]", "та же компания, набрана заново")
+    page.click("#merge-form button")
+    expect(page.locator("#record-status")).to_have_text("merged")
+    page.click("#merged-into a")
+    assert page.url.endswith(f"/ui/counterparties/{counterparty_id}")
+    expect(page.locator("#merged-in")).to_contain_text("Карточка контрагента (дубль)")
+    expect(page.locator("#refs")).to_contain_text(f"crm:{twin['org']['id']}")
+    login(page, system, api, "ecm-auditor", f"/ui/counterparties/{counterparty_id}")
+    expect(page.locator("#approvals tbody tr")).to_have_count(2)
+    assert page.locator("#merge-form").count() == 0
+
+    # Archived (liquidated): kept with its history; nothing left to edit or merge.
+    login(page, system, api, "steward-stas", f"/ui/counterparties/{counterparty_id}")
+    page.fill("#archive-form input[name=reason]", "ликвидирована, запись в ЕГРЮЛ")
+    page.click("#archive-form button")
+    expect(page.locator("#record-status")).to_have_text("archived")
+    assert page.locator("#edit, #merge-form, #archive-form").count() == 0
+    assert api.ecm("steward-stas", "GET", f"/api/counterparties/{counterparty_id}").json()["status"] == "archived"
+    assert page.goto(f"{system.ecm_url}/ui/counterparties/no-such-record").status == 404
+
+    # A final approval's card says what became of the version it was on.
+    decided = api.ecm("legal-lena", "POST", f"/api/approvals/{twin_approval['id']}/decisions",
+                      json={"decision": "reject", "comment": "не наш договор", "reason": "wrong party"})
+    assert decided.status_code == 200, decided.text
+    login(page, system, api, "legal-lena", f"/ui/approvals/{twin_approval['id']}")
+    expect(page.locator("#versions .version-mark")).to_have_text("отклонена / rejected")
+    expect(page.locator("#counterparty")).to_contain_text("ООО «Карточка контрагента»")
 
 
 def test_the_steward_loads_an_export_on_its_page_and_reads_the_report(page, system, api, tmp_path):

@@ -84,3 +84,25 @@ def test_archive_keeps_the_record_and_closes_it_to_merges_and_edits():
         record(id="x").merge_into(party, NOW)
     with pytest.raises(StewardRuleBroken):
         party.edit({"short_name": "x"}, NOW)
+
+
+@pytest.mark.parametrize("status", ["pending_verification", "verified", "rejected", "merged", "archived"])
+def test_the_card_offers_the_steward_exactly_the_actions_the_rules_allow(status):
+    """The record's card shows a form only for what the domain would accept: a form that
+    can only be refused is a dead end, and one missing hides what the steward may do."""
+    from ecm_service.entrypoints.counterparty_pages import steward_actions
+
+    def allowed(action: str) -> bool:
+        party = record(status=status, inn="7707083893", kpp="773601001", ogrn="1027700132195")
+        survivor = record(id="s", status="verified", inn="7736050003", kpp="772801001", ogrn="1027700070518")
+        attempt = {"edit": lambda: party.edit({"short_name": "Ромашка"}, NOW), "verify": lambda: party.verify(NOW),
+                   "reject": lambda: party.reject(NOW), "archive": lambda: party.archive(NOW),
+                   "merge": lambda: party.merge_into(survivor, NOW)}[action]
+        try:
+            attempt()
+        except StewardRuleBroken:
+            return False
+        return True
+
+    offered = steward_actions(status)
+    assert offered == {a for a in ("edit", "verify", "reject", "archive", "merge") if allowed(a)}
