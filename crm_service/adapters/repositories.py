@@ -65,9 +65,15 @@ class NotificationRepository:
             user_id=user_id, kind=kind, text=text[:500], approval_request_id=approval_request_id, created_at=at))
 
     async def for_user(self, user_id: str, limit: int = 100) -> list[dict]:
-        n = tables.notifications
+        """Newest first; an approval's with what it is about: the document's file name and
+        its deal (a bare "Approval approved" left the rep guessing which)."""
+        n, r, d, dl = tables.notifications, tables.approval_requests, tables.documents, tables.deals
         rows = await self.session.execute(
-            select(n.c.kind, n.c.text, n.c.approval_request_id, n.c.created_at).where(n.c.user_id == user_id)
+            select(n.c.kind, n.c.text, n.c.approval_request_id, n.c.created_at,
+                   d.c.filename.label("document_name"), r.c.deal_id, dl.c.title.label("deal_title"))
+            .select_from(n.outerjoin(r, r.c.id == n.c.approval_request_id).outerjoin(d, d.c.id == r.c.document_id)
+                         .outerjoin(dl, dl.c.id == r.c.deal_id))
+            .where(n.c.user_id == user_id)
             .order_by(n.c.created_at.desc(), n.c.id.desc()).limit(limit))
         return [dict(r) for r in rows.mappings()]
 

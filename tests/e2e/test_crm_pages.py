@@ -94,6 +94,13 @@ def test_the_card_shows_the_approval_as_the_ecm_reports_it_and_the_board_moves_d
     mine = page.locator("#approvals tr", has_text="Deal Карточка и согласование")
     expect(mine).to_have_count(1)
     expect(mine.locator(".status")).to_have_text("in_progress")
+    # The notification says which document and deal it is about, and leads to the deal
+    # (it was a bare "Approval in progress (legal)", one like every other).
+    note = page.locator("#notifications tr", has_text="Deal Карточка и согласование").first
+    expect(note).to_contain_text("Approval in progress (legal)")
+    expect(note).to_contain_text(flow["document"]["filename"])
+    note.locator("a").click()
+    assert page.url.endswith(f"/ui/deals/{flow['deal']['id']}")
 
     page.goto(f"{system.crm_url}/ui/deals?mine=1")
     card = page.locator(f".card[data-deal='{flow['deal']['id']}']")

@@ -154,7 +154,11 @@ async def test_a_withdrawn_request_is_closed_at_once_and_its_event_names_the_rea
     async with crm.uow() as uow:
         assert (await uow.approval_requests.get(second.id)).status == "approved"
         # the rep who withdrew the first is not told it closed; the second's outcome is news
-        assert [n["text"] for n in await uow.notifications.for_user("u")] == ["Approval approved"]
+        (note,) = await uow.notifications.for_user("u")
+        document = await uow.documents.get(second.document_id)
+        deal = await uow.deals.get(second.deal_id)
+        assert (note["text"], note["document_name"], note["deal_id"], note["deal_title"]) == (
+            "Approval approved", document.filename, deal.id, deal.title)  # what it is about
 
 
 async def test_versions_added_at_the_same_moment_each_get_their_own_number(crm):
