@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import bindparam, delete, func, insert, literal, or_, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecm_service.adapters import tables
@@ -20,7 +20,7 @@ from ecm_service.domain.approval import (
     ApprovalStep,
     Assignment,
 )
-from ecm_service.domain.counterparty import LIVE, VERIFIED, Counterparty
+from ecm_service.domain.counterparty import LIVE, PENDING, VERIFIED, Counterparty
 from ecm_service.domain.matching import Known, name_keys
 from infra.metrics import DB_ROUND_TRIPS
 from infra.table_repository import TableRepository, by_id, insert_into, row_of
@@ -345,6 +345,38 @@ class CounterpartyRepository(TableRepository):
         if status:
             query = query.where(t.c.status == status)
         return [Counterparty(**r) for r in (await self.session.execute(query)).mappings()]
+
+    async def steward_queue(self, limit: int) -> tuple[list[dict], dict]:
+        """The pending records in the order the steward should take them: those an approval
+        waits on (its last stage needs a verified counterparty) first, longest waiting
+        first; then those with an approval still under way, which may come to wait; then
+        the rest, oldest first. Each with its open and waiting approvals and since when
+        the first of them waits; and the whole queue's counts (the page shows `limit`).
+        Before, the queue was the first hundred by name: in a registry with thousands of
+        pending records, one holding up a contract could sit out of sight."""
+        t, a = self.table, tables.approvals
+        waiting = case((a.c.status == AWAITING_COUNTERPARTY, 1), else_=0)
+        held = (select(a.c.counterparty_id, func.count().label("open_approvals"),
+                       func.sum(waiting).label("waiting_approvals"),
+                       func.min(case((a.c.status == AWAITING_COUNTERPARTY, a.c.updated_at))).label("waiting_since"))
+                .where(a.c.status.in_(OPEN_STATUSES), a.c.counterparty_id.is_not(None))
+                .group_by(a.c.counterparty_id).subquery())
+        rows = (await self.session.execute(
+            select(t, held.c.open_approvals, held.c.waiting_approvals, held.c.waiting_since)
+            .select_from(t.outerjoin(held, held.c.counterparty_id == t.c.id))
+            .where(t.c.status == PENDING)
+            .order_by(held.c.waiting_since.is_(None), held.c.waiting_since, held.c.open_approvals.is_(None),
+                      t.c.created_at, t.c.id)
+            .limit(limit))).mappings().all()
+        queue = [{"record": Counterparty(**{k: r[k] for k in t.c.keys()}),
+                  "open_approvals": r["open_approvals"] or 0, "waiting_approvals": r["waiting_approvals"] or 0,
+                  "waiting_since": r["waiting_since"]} for r in rows]
+        totals = (await self.session.execute(
+            select(func.count(t.c.id), func.count(held.c.counterparty_id),
+                   func.count(case((held.c.waiting_approvals > 0, 1))))
+            .select_from(t.outerjoin(held, held.c.counterparty_id == t.c.id))
+            .where(t.c.status == PENDING))).one()
+        return queue, {"pending": totals[0], "with_open_approvals": totals[1], "holding_approvals": totals[2]}
 
     async def add(self, item: Counterparty) -> None:
         """Written with the next statement or the commit (with its name keys), together

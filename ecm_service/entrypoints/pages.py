@@ -41,6 +41,7 @@ templates = Jinja2Templates(directory=[Path(__file__).parent / "templates", SHAR
 templates.env.filters["local"] = business_day.local_text  # times on the company's clock, its zone named
 PAGE_ROLES = ("legal", "finance", "director", "steward", "auditor", "admin")
 HOLDERS = ("legal", "admin")  # who puts and releases a legal hold, as in the API
+STEWARD_QUEUE_SHOWN = 100
 HOME = {"steward": "/ui/steward", "auditor": "/ui/registry", "admin": "/ui/registry"}
 
 
@@ -249,10 +250,10 @@ async def steward_queue(request: Request, user: User = Depends(page_user), done:
         raise HTTPException(403, "the steward queue is for the registry's data steward (auditors read it)")
     container = request.app.state.container
     async with container.uow() as uow:
-        pending = await uow.counterparties.search(text=None, status="pending_verification", limit=100)
-        rows = [{"record": r, "candidates": await steward.candidates_for(uow, r)} for r in pending]
+        queue, totals = await uow.counterparties.steward_queue(limit=STEWARD_QUEUE_SHOWN)
+        rows = [{**item, "candidates": await steward.candidates_for(uow, item["record"])} for item in queue]
         held = await steward.merges_held_apart(uow)
-    return render(request, "steward.html", user, rows=rows, held=held, done=done, error=error)
+    return render(request, "steward.html", user, rows=rows, totals=totals, held=held, done=done, error=error)
 
 
 STEWARD_FIELDS = ("name", "short_name", "legal_form", "inn", "kpp", "ogrn", "country", "vat")

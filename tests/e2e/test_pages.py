@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import running_system
-from tests.e2e.journey import create_deal_with_document, ecm_approval, request_approval
+from tests.e2e.journey import create_deal_with_document, decide, ecm_approval, request_approval
 from tests.support.pages import menu_of, reload_until
 from tests.support.polling import wait_until
 
@@ -210,6 +210,24 @@ def test_steward_queue_shows_flags_and_candidates_side_by_side_and_merges(page, 
     moved = api.ecm("ecm-auditor", "GET", f"/api/approvals/{approval['id']}").json()
     survivor = api.ecm("steward-stas", "GET", "/api/counterparties?status=verified").json()
     assert moved["counterparty_id"] in {c["id"] for c in survivor if c["inn"] == "7707083893"}
+
+
+def test_the_steward_queue_shows_first_the_records_an_approval_waits_on(page, system, api):
+    """A record holding up a contract came wherever its name sorted among the first hundred."""
+    idle = ecm_approval(api, request_approval(api, create_deal_with_document(api, name="АА Первая по алфавиту")))
+    held = ecm_approval(api, request_approval(api, create_deal_with_document(api, name="ЯЯ Последняя по алфавиту")))
+    for role in ("legal", "finance"):
+        decide(api, held["id"], role)
+    login(page, system, api, "steward-stas")
+    sections = page.locator("section.pending")
+    classes = [sections.nth(i).get_attribute("class") or "" for i in range(sections.count())]
+    ids = [sections.nth(i).get_attribute("data-counterparty") for i in range(sections.count())]
+    position = ids.index(held["counterparty_id"])
+    assert all("holding" in c for c in classes[:position + 1]), classes  # only holding ones come before it
+    assert position < ids.index(idle["counterparty_id"])
+    expect(sections.nth(position).locator(".holding-note")).to_contain_text("An approval waits on this record since")
+    expect(page.locator(f"section[data-counterparty='{idle['counterparty_id']}'] .open-note")).to_contain_text("1")
+    expect(page.locator("#queue-totals")).to_contain_text("hold up approvals")
 
 
 def test_a_crm_merge_of_two_organizations_on_two_records_waits_on_the_queue_until_the_steward_merges(

@@ -310,6 +310,40 @@ async def test_contract_waits_for_a_verified_counterparty_before_its_last_stage(
         ("completed", "approved")]
 
 
+async def test_the_steward_queue_puts_the_records_approvals_wait_on_first(ecm, people):
+    """The queue was the first hundred pending records by name: one holding up a contract
+    could sit out of sight behind thousands of bare names from sales."""
+    async with ecm.uow() as uow:
+        _, before = await uow.counterparties.steward_queue(limit=1000)
+    bare = ExternalRef(system="crm", id=str(uuid.uuid4()))  # pending, the oldest, no approval
+    await command(ecm, ecm_commands.SYNC_COUNTERPARTY,
+                  ecm_commands.SyncCounterpartyV1(external_ref=bare, name="ООО «Без согласований»", **valid_ids()))
+    under_way, _ = await start(ecm, ids=valid_ids())  # at legal: may come to wait
+    waiting = []
+    for _ in range(2):  # each at the director's stage, waiting for a verified counterparty
+        approval_id, _ = await start(ecm, ids=valid_ids())
+        await decide(ecm, approval_id, people["legal"])
+        assert (await decide(ecm, approval_id, people["finance"])).status == "awaiting_counterparty_verification"
+        waiting.append(approval_id)
+    async with ecm.uow() as uow:
+        first, second, open_one = [(await uow.approvals.get(a)).counterparty_id for a in (*waiting, under_way)]
+        bare_id = await uow.external_refs.find("counterparty", bare)
+        queue, totals = await uow.counterparties.steward_queue(limit=1000)
+    ours = [(q["record"].id, q["open_approvals"], q["waiting_approvals"]) for q in queue
+            if q["record"].id in {first, second, open_one, bare_id}]
+    assert ours == [(first, 1, 1), (second, 1, 1), (open_one, 1, 0), (bare_id, 0, 0)]
+    assert [q["record"].id for q in queue][:2] == [first, second]  # before every other pending record
+    assert queue[0]["waiting_since"] <= queue[1]["waiting_since"]
+    assert totals == {"pending": before["pending"] + 4, "with_open_approvals": before["with_open_approvals"] + 3,
+                      "holding_approvals": before["holding_approvals"] + 2}
+
+    await verify(ecm, people, first)  # verified: off the queue, its approval goes on
+    async with ecm.uow() as uow:
+        queue, totals = await uow.counterparties.steward_queue(limit=2)
+    assert [q["record"].id for q in queue][:1] == [second] and len(queue) == 2  # the page shows `limit`
+    assert (totals["pending"], totals["holding_approvals"]) == (before["pending"] + 3, before["holding_approvals"] + 1)
+
+
 async def verify(ecm, people, counterparty_id):
     return await steward.verify(ecm.uow(), counterparty_id=counterparty_id, user=people["steward"],
                                 reason="checked in EGRUL", correlation_id="c")
