@@ -121,6 +121,8 @@ async def readable_approval(uow, container, user: User, approval_id: str) -> App
 @router.get("/approvals", response_model=list[ApprovalOut])
 async def list_approvals(
     request: Request, external_ref: str | None = None, status: str | None = None,
+    counterparty_id: str | None = Query(None, max_length=36, description="a registry record's approvals (a merged "
+                                        "record's went with it to the record it was merged into)"),
     limit: int = Query(100, ge=1, le=1000), user: User = Depends(require_roles(*STAFF)),
 ):
     """Oldest first; only approvals of documents the caller may see."""
@@ -136,6 +138,8 @@ async def list_approvals(
             query = query.where(t.c.id.in_([found] if found else []))
         if status:
             query = query.where(t.c.status == status)
+        if counterparty_id:
+            query = query.where(t.c.counterparty_id == counterparty_id)
         out = []
         for approval_id, document_id in (await uow.session.execute(query)).all():
             document = await uow.documents.get(document_id)

@@ -367,6 +367,9 @@ def test_the_counterparty_card_shows_the_record_its_approvals_and_history_and_th
     login(page, system, api, "ecm-auditor", f"/ui/counterparties/{counterparty_id}")
     expect(page.locator("#approvals tbody tr")).to_have_count(2)
     assert page.locator("#merge-form").count() == 0
+    listed = api.ecm("ecm-auditor", "GET", f"/api/approvals?counterparty_id={counterparty_id}").json()
+    assert sorted(a["id"] for a in listed) == sorted([approval["id"], twin_approval["id"]])
+    assert api.ecm("steward-stas", "GET", f"/api/approvals?counterparty_id={counterparty_id}").json() == []
 
     # Archived (liquidated): kept with its history; nothing left to edit or merge.
     login(page, system, api, "steward-stas", f"/ui/counterparties/{counterparty_id}")
