@@ -267,6 +267,11 @@ async def inbox_for(container, user: User) -> list[dict]:
             items.append({"approval": approval, "stage": step.name, "due_at": step.due_at,
                           "overdue": step.overdue(now), "on_behalf_of": behalf.name if behalf else None,
                           "via_escalation": via_escalation, "delay_reason_code": step.delay_reason_code})
+        # Whom each document is with, and how far the registry trusts it: one read for all.
+        parties = await uow.counterparties.get_many(sorted({i["approval"].counterparty_id for i in items
+                                                            if i["approval"].counterparty_id}))
+        for item in items:
+            item["counterparty"] = parties.get(item["approval"].counterparty_id)
     far = datetime.max.replace(tzinfo=timezone.utc)
     return sorted(items, key=lambda i: (not i["overdue"], i["due_at"] or far, i["approval"].created_at))
 
@@ -281,13 +286,19 @@ class InboxItem(BaseModel):
     on_behalf_of: str | None
     via_escalation: bool
     delay_reason_code: str | None
+    counterparty_id: str | None = None
+    counterparty_name: str | None = None
+    counterparty_status: str | None = Field(None, description="the registry record's: pending_verification, "
+                                                              "verified, …")
 
 
 @router.get("/inbox", response_model=list[InboxItem], summary="My stages: overdue first")
 async def inbox(request: Request, user: User = Depends(require_roles(*DECIDERS))):
     return [InboxItem(approval_id=i["approval"].id, title=i["approval"].title, doc_type=i["approval"].doc_type,
                       **{k: i[k] for k in ("stage", "due_at", "overdue", "on_behalf_of", "via_escalation",
-                                           "delay_reason_code")})
+                                           "delay_reason_code")},
+                      **({"counterparty_id": i["counterparty"].id, "counterparty_name": i["counterparty"].name,
+                          "counterparty_status": i["counterparty"].status} if i["counterparty"] else {}))
             for i in await inbox_for(_container(request), user)]
 
 

@@ -75,6 +75,12 @@ def test_inbox_lists_my_stages_overdue_first_and_the_card_takes_a_decision(page,
     ids = [rows.nth(i).get_attribute("data-approval") for i in range(rows.count())]
     assert ids.index(urgent_approval["id"]) < ids.index(calm_approval["id"])
     assert "overdue" in (page.locator(f"tr[data-approval='{urgent_approval['id']}']").get_attribute("class") or "")
+    # Whom the contract is with, and whether the registry has verified it yet.
+    expect(page.locator(f"tr[data-approval='{calm_approval['id']}'] .counterparty")).to_contain_text(
+        "Спокойный договор pending_verification")
+    item = next(i for i in api.ecm("legal-lena", "GET", "/api/inbox").json() if i["approval_id"] == calm_approval["id"])
+    assert (item["counterparty_id"], item["counterparty_name"], item["counterparty_status"]) == (
+        calm_approval["counterparty_id"], "Спокойный договор", "pending_verification")
 
     page.click(f"tr[data-approval='{calm_approval['id']}'] a")
     expect(page.locator("#current-stage")).to_have_text("legal")
