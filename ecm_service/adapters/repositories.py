@@ -579,6 +579,42 @@ _APPROVAL_COLUMNS = [f.name for f in fields(Approval) if f.name not in ("steps",
 class ApprovalRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
+        self._early: dict[tuple[str, str], dict | None] = {}  # withdrawals before start, looked up
+
+    async def remember_withdrawal_before_start(self, ref: ExternalRef, **values) -> bool:
+        """Keeps a withdrawal whose approval has not started; False if one is kept already."""
+        if await self.withdrawal_before_start(ref) is not None:
+            return False
+        row = {"system": ref.system, "external_id": ref.id, **values}
+        await self.session.execute(insert(tables.withdrawals_before_start).values(**row))
+        self._early[(ref.system, ref.id)] = row
+        return True
+
+    async def prefetch_withdrawals_before_start(self, refs: list[ExternalRef]) -> None:
+        """Looks the starts of a batch up at once (one statement; the table is almost
+        always empty), so that `withdrawal_before_start` answers them from memory."""
+        wanted = {(r.system, r.id) for r in refs} - set(self._early)
+        if not wanted:
+            return
+        w = tables.withdrawals_before_start
+        rows = await self.session.execute(select(w).where(
+            or_(*[(w.c.system == system) & (w.c.external_id == id_) for system, id_ in sorted(wanted)])))
+        self._early.update(dict.fromkeys(wanted))
+        self._early.update({(r["system"], r["external_id"]): dict(r) for r in rows.mappings()})
+
+    async def withdrawal_before_start(self, ref: ExternalRef) -> dict | None:
+        key = (ref.system, ref.id)
+        if key not in self._early:
+            w = tables.withdrawals_before_start
+            row = (await self.session.execute(select(w).where(w.c.system == ref.system, w.c.external_id == ref.id))
+                   ).mappings().first()
+            self._early[key] = dict(row) if row else None
+        return self._early[key]
+
+    async def forget_withdrawal_before_start(self, ref: ExternalRef) -> None:
+        w = tables.withdrawals_before_start
+        await self.session.execute(delete(w).where(w.c.system == ref.system, w.c.external_id == ref.id))
+        self._early[(ref.system, ref.id)] = None
 
     async def add(self, approval: Approval) -> None:
         """Written with the next statement or the commit (the unit of work's session

@@ -122,6 +122,21 @@ external_refs = Table(
     Index("ix_external_refs_entity", "entity_type", "entity_id"),
 )
 
+# Withdrawals that arrived before their approval's start: the start was held up or
+# dead-lettered, or a CRM merge moved the request to another partition between the two
+# events. The start, when it comes, begins the approval and withdraws it at once.
+withdrawals_before_start = Table(
+    "withdrawals_before_start",
+    metadata,
+    Column("system", String(32), primary_key=True),
+    Column("external_id", String(64), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("withdrawn_by", String(100), nullable=False),
+    Column("withdrawn_at", UtcDateTime(), nullable=False),
+    Column("command_id", String(64), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+)
+
 # Another system's merges of its records (a CRM merge of two organizations): the merged
 # reference and the last one it lives on now. Merges of a chain (A into B, then B into C)
 # can arrive in either order; one into a reference merged away already goes on to where

@@ -7,6 +7,8 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime, timezone
 
+import structlog
+
 from ecm_service.domain.approval import (
     AWAITING_COUNTERPARTY,
     Actor,
@@ -27,6 +29,7 @@ from schemas.registry import LATEST
 from schemas.topics import ECM_EVENTS
 
 APPROVAL = "approval"
+log = structlog.get_logger()
 
 
 class NotFound(Exception):
@@ -162,6 +165,14 @@ async def start_approval(
               "sha256": version["sha256"], "external_ref": cmd.external_ref.as_text(), "status": approval.status,
               **({"requested_version_id": requested_version_id} if requested_version_id else {}), **named})
     await publish_status(uow, approval, "started", causation_id=envelope.event_id, refs=[cmd.external_ref])
+    if (early := await uow.approvals.withdrawal_before_start(cmd.external_ref)) is not None:
+        # The rep withdrew the request before its start got here: the approval begins, so
+        # that its history and the document stay, and ends withdrawn at once.
+        await uow.approvals.forget_withdrawal_before_start(cmd.external_ref)
+        return await _withdraw(uow, approval, reason=early["reason"],
+                               withdrawn_by=ExternalRef.parse(early["withdrawn_by"]),
+                               withdrawn_at=early["withdrawn_at"], external_ref=cmd.external_ref,
+                               causation_id=uuid.UUID(early["command_id"]), before_start=True)
     return {"approval_id": approval.id}
 
 
@@ -171,6 +182,7 @@ async def prefetch_for_starts(uow: EcmUnitOfWork, commands: list[ecm_commands.St
     if not commands:
         return
     await uow.external_refs.prefetch(APPROVAL, [c.external_ref for c in commands])
+    await uow.approvals.prefetch_withdrawals_before_start([c.external_ref for c in commands])
     await uow.external_refs.prefetch(COUNTERPARTY, [c.counterparty_ref for c in commands])
     await uow.documents.prefetch_versions([c.document_id for c in commands])
     known = [await uow.external_refs.find(COUNTERPARTY, c.counterparty_ref) for c in commands]
@@ -354,29 +366,42 @@ async def withdraw_approval(uow: EcmUnitOfWork, cmd: ecm_commands.WithdrawApprov
     """The rep took the request back: its approval, still open, ends `withdrawn` with the
     rep's reason, recorded in its history and published. One finished before the
     withdrawal got here keeps its outcome, which the requesting side then hears as
-    usual. No approval for the reference (its start is held up or was dead-lettered) is
-    a permanent error: dead-lettered with that reason, to replay after the start."""
+    usual. A withdrawal whose approval has not started (its start is held up or was
+    dead-lettered, or a CRM merge moved the request to another partition between the
+    two) is kept: the start, when it comes, begins the approval and withdraws it at once
+    (before, it was dead-lettered for the operator to replay after the start)."""
     approval_id = await uow.external_refs.find(APPROVAL, cmd.external_ref)
     if approval_id is None:
-        raise PermanentError(f"no approval was started for {cmd.external_ref.as_text()}: replay this withdrawal "
-                             "after the request's start")
+        kept = await uow.approvals.remember_withdrawal_before_start(
+            cmd.external_ref, reason=cmd.reason, withdrawn_by=cmd.withdrawn_by_ref.as_text(),
+            withdrawn_at=cmd.withdrawn_at, command_id=str(envelope.event_id), received_at=_now())
+        log.info("withdrawal_before_start_kept", external_ref=cmd.external_ref.as_text(), kept=kept)
+        return {"approval_id": None, "withdrawn": "before_start"}
     approval = await uow.approvals.get(approval_id, for_update=True)
+    return await _withdraw(uow, approval, reason=cmd.reason, withdrawn_by=cmd.withdrawn_by_ref,
+                           withdrawn_at=cmd.withdrawn_at, external_ref=cmd.external_ref,
+                           causation_id=envelope.event_id)
+
+
+async def _withdraw(uow: EcmUnitOfWork, approval: Approval, *, reason: str, withdrawn_by: ExternalRef,
+                    withdrawn_at: datetime, external_ref: ExternalRef, causation_id: uuid.UUID,
+                    before_start: bool = False) -> dict:
     status, step, now = approval.status, approval.current_step, _now()
-    if not approval.withdraw(reason=cmd.reason, at=now):
+    if not approval.withdraw(reason=reason, at=now):
         return {"approval_id": approval.id, "withdrawn": False, "already": status}
     await uow.approvals.save(approval)
-    if step is not None and status == "in_progress":  # those who had it in their inbox learn why it left
-        for a in step.assignees:
+    if step is not None and status == "in_progress" and not before_start:
+        for a in step.assignees:  # those who had it in their inbox learn why it left
             await uow.notifications.add(
                 kind="withdrawn", approval_id=approval.id, stage_no=step.stage_no, to_role=a.get("role"),
                 to_user=a.get("user"), created_at=now,
-                text=f"«{approval.title[:200]}» was withdrawn by the requester: {cmd.reason}"[:500])
+                text=f"«{approval.title[:200]}» was withdrawn by the requester: {reason}"[:500])
     await uow.history.append(
-        entity_type=APPROVAL, entity_id=approval.id, action="withdrawn", at=cmd.withdrawn_at,
-        actor=cmd.withdrawn_by_ref.as_text(), reason=cmd.reason,
-        data={"from_status": status, "external_ref": cmd.external_ref.as_text()})
-    await publish_status(uow, approval, "withdrawn", causation_id=envelope.event_id,
-                         withdrawn_by=cmd.withdrawn_by_ref)
+        entity_type=APPROVAL, entity_id=approval.id, action="withdrawn", at=withdrawn_at,
+        actor=withdrawn_by.as_text(), reason=reason,
+        data={"from_status": status, "external_ref": external_ref.as_text(),
+              **({"before_start": True} if before_start else {})})
+    await publish_status(uow, approval, "withdrawn", causation_id=causation_id, withdrawn_by=withdrawn_by)
     return {"approval_id": approval.id, "withdrawn": True}
 
 

@@ -19,12 +19,11 @@ from ecm_service.service_layer import steward
 from ecm_service.service_layer.access import can_read_document
 from ecm_service.service_layer.commands import apply_command, apply_commands
 from ecm_service.service_layer.documents import store_version
-from infra.retrying import PermanentError
 from infra.users import User, upsert_user
 from schemas import ecm_commands
 from schemas.common import ExternalRef
 from schemas.envelope import new_envelope
-from schemas.registry import encode, parse_message
+from schemas.registry import Message, encode, parse_message
 from tests.support.identifiers import valid_ids
 
 VALID = {"inn": "7707083893", "kpp": "773601001", "ogrn": "1027700132195"}
@@ -571,8 +570,7 @@ async def test_a_withdrawal_closes_an_open_approval_and_leaves_a_finished_one_as
     """`ecm.withdraw_approval`: the open approval ends `withdrawn` with the rep's reason,
     its open places no longer need anyone (a decision is refused), the stage's approvers
     are told, the history chain and the public event (v3, `withdrawn_by`) say who and
-    why. A replay changes nothing; an approval already finished keeps its outcome; a
-    withdrawal with no approval to close is a permanent error (dead-lettered)."""
+    why. A replay changes nothing; an approval already finished keeps its outcome."""
     approval_id, _ = await start(ecm)
     await decide(ecm, approval_id, people["legal"])
     async with ecm.uow() as uow:
@@ -614,16 +612,11 @@ async def test_a_withdrawal_closes_an_open_approval_and_leaves_a_finished_one_as
         assert (await uow.approvals.get(finished_id)).status == "rejected"
     assert [e["event"] for e in await events(ecm, finished_id)][-1] == "completed"
 
-    with pytest.raises(PermanentError, match="no approval was started for crm:nobody"):
-        await command(ecm, ecm_commands.WITHDRAW_APPROVAL, withdrawal.model_copy(
-            update={"external_ref": ExternalRef(system="crm", id="nobody")}))
 
 
-async def test_a_start_and_its_withdrawal_in_one_consumed_batch_end_withdrawn(ecm):
-    """The bridge can hand the ECM a request's start and its withdrawal in one batch (the
-    rep withdrew at once): the withdrawal finds the approval the start made earlier in
-    the same transaction, and no command of the batch is dead-lettered."""
-    doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+def _start_and_withdrawal(doc, version) -> tuple[ExternalRef, list[Message]]:
+    """A request's sync, start and withdrawal, as messages (the start and the withdrawal
+    last, in that order)."""
     org, request = (ExternalRef(system="crm", id=str(uuid.uuid4())) for _ in range(2))
     payloads = [
         (ecm_commands.SYNC_COUNTERPARTY, ecm_commands.SyncCounterpartyV1(external_ref=org, name="ООО «Вектор»")),
@@ -635,8 +628,64 @@ async def test_a_start_and_its_withdrawal_in_one_consumed_batch_end_withdrawn(ec
             external_ref=request, withdrawn_by_ref=ExternalRef(system="crm", id="u"),
             withdrawn_at=datetime.now(timezone.utc), reason="sent by mistake")),
     ]
-    messages = [parse_message(encode(new_envelope(type=t, schema_version=1, source="it", correlation_id="c",
-                                                  payload=p))) for t, p in payloads]
+    return request, [parse_message(encode(new_envelope(type=t, schema_version=1, source="it", correlation_id="c",
+                                                       payload=p))) for t, p in payloads]
+
+
+async def _kept_withdrawals(ecm) -> list[tuple[str, str]]:
+    w = tables.withdrawals_before_start
+    async with ecm.session_factory() as session:
+        return [tuple(r) for r in await session.execute(select(w.c.external_id, w.c.reason))]
+
+
+async def test_a_withdrawal_that_comes_before_its_start_is_kept_and_the_start_then_ends_withdrawn(ecm):
+    """The start held up or dead-lettered (or overtaken after a CRM merge moved the
+    request's partition): the withdrawal arrives first. It was dead-lettered, for the
+    operator to replay after the start, and meanwhile a replayed start ran an approval
+    nobody wanted. Now it is kept, and the start begins the approval and withdraws it."""
+    doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+    request, (sync, start_, withdrawal) = _start_and_withdrawal(doc, version)
+    await apply_command(ecm.uow(), sync, "it", ecm.routes, ecm.document_types)
+    for _ in range(2):  # the second a replay of the same message
+        await apply_command(ecm.uow(), withdrawal, "it", ecm.routes, ecm.document_types)
+    again = ecm_commands.WithdrawApprovalV1(**{**withdrawal.payload.model_dump(), "reason": "another reason"})
+    await command(ecm, ecm_commands.WITHDRAW_APPROVAL, again)  # a second withdrawal keeps the first
+    assert await _kept_withdrawals(ecm) == [(request.id, "sent by mistake")]
+
+    for _ in range(2):  # the start, then a replay of it
+        await apply_command(ecm.uow(), start_, "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        approval_id = await uow.external_refs.find(cases.APPROVAL, request)
+        approval = await uow.approvals.get(approval_id)
+        history = await uow.history.of(cases.APPROVAL, approval_id)
+        notes = (await uow.session.execute(select(tables.notifications.c.kind)
+                                           .where(tables.notifications.c.approval_id == approval_id))).all()
+    assert (approval.status, approval.reason, approval.current_stage_no) == ("withdrawn", "sent by mistake", None)
+    assert {p.status for p in approval.assignments} == {"not_needed"}
+    assert [(h["action"], h["actor"], h["reason"], h["data"].get("before_start")) for h in history] == [
+        ("started", "crm:u", None, None), ("withdrawn", "crm:u", "sent by mistake", True)]
+    assert notes == []  # nobody had it in an inbox
+    published = await events(ecm, approval_id)
+    assert [(e["event"], e["status"]) for e in published] == [("started", "in_progress"), ("withdrawn", "withdrawn")]
+    assert published[-1]["withdrawn_by"] == {"system": "crm", "id": "u"}
+    assert await _kept_withdrawals(ecm) == []
+
+    # In one consumed batch, the withdrawal ahead of its start: the same.
+    doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+    request, (sync, start_, withdrawal) = _start_and_withdrawal(doc, version)
+    await apply_commands(ecm.uow(), [sync, withdrawal, start_], "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(await uow.external_refs.find(cases.APPROVAL, request))
+    assert (approval.status, approval.reason) == ("withdrawn", "sent by mistake")
+    assert await _kept_withdrawals(ecm) == []
+
+
+async def test_a_start_and_its_withdrawal_in_one_consumed_batch_end_withdrawn(ecm):
+    """The bridge can hand the ECM a request's start and its withdrawal in one batch (the
+    rep withdrew at once): the withdrawal finds the approval the start made earlier in
+    the same transaction, and no command of the batch is dead-lettered."""
+    doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+    request, messages = _start_and_withdrawal(doc, version)
     await apply_commands(ecm.uow(), messages, "it", ecm.routes, ecm.document_types)
     async with ecm.uow() as uow:
         approval = await uow.approvals.get(await uow.external_refs.find(cases.APPROVAL, request))
