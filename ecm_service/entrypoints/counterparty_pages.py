@@ -43,13 +43,13 @@ async def _approvals_of(uow, container, user: User, counterparty_id: str) -> tup
     a, d = tables.approvals, tables.documents
     rows = (await uow.session.execute(
         select(a.c.id, a.c.title, a.c.doc_type, a.c.status, a.c.created_at, a.c.updated_at, a.c.document_id,
-               d.c.owner_id)
+               d.c.owner_id, d.c.doc_type.label("document_type"))
         .join(d, d.c.id == a.c.document_id)
         .where(a.c.counterparty_id == counterparty_id)
         .order_by(a.c.created_at.desc()).limit(APPROVALS_SHOWN))).mappings().all()
     shown, hidden, today = [], 0, business_day.today()
     for row in rows:
-        document = {"id": row["document_id"], "doc_type": row["doc_type"], "owner_id": row["owner_id"]}
+        document = {"id": row["document_id"], "doc_type": row["document_type"], "owner_id": row["owner_id"]}
         if await can_read_document(uow, user, document, container.document_types, today):
             shown.append(dict(row))
         else:
@@ -79,6 +79,7 @@ async def counterparty_card(counterparty_id: str, request: Request, user: User =
             "record": record, "refs": await uow.external_refs.refs_of(COUNTERPARTY, record.id),
             "merged_in": merged_in, "related": related, "distinct": [related[i] for i in distinct_ids if i in related],
             "decisions": decisions, "approvals": approvals, "hidden_approvals": hidden,
+            "approvals_limit": APPROVALS_SHOWN,
             "history": await with_actor_names(uow, await uow.history.of(COUNTERPARTY, record.id)),
         }
         actions = steward_actions(record.status) if user.role == "steward" else set()
