@@ -31,6 +31,17 @@ def login(page: Page, system, api, user: str, next_path: str = "/ui/") -> None:
     page.click("button[type=submit]")
 
 
+COMPLETE_IDS = {"inn": "7704091230", "kpp": "770401001", "ogrn": "1027700987654"}
+
+
+def save_and_verify(form, reason: str, **fields: str) -> None:
+    """The steward's edit form (the queue's or the card's): fields, the source, "save and verify"."""
+    for name, value in fields.items():
+        form.locator(f"input[name={name}]").fill(value)
+    form.locator("input[name=reason]").fill(reason)
+    form.locator("button[value=verify]").click()
+
+
 def test_login_is_required_and_a_wrong_token_is_refused(page, system, api):
     page.goto(f"{system.ecm_url}/ui/inbox")
     assert "/ui/login" in page.url
@@ -272,20 +283,13 @@ def test_the_steward_completes_a_bare_name_from_the_queue_and_verifies_it(page, 
     counterparty_id = approval["counterparty_id"]
     login(page, system, api, "steward-stas")
     section = page.locator(f"section[data-counterparty='{counterparty_id}']")
-    form = section.locator("form.edit-form")
-    form.locator("input[name=inn]").fill("7704091231")  # a check digit wrong: saved, not verified
-    form.locator("input[name=reason]").fill("карточка компании")
-    form.locator("button[value=verify]").click()
+    save_and_verify(section.locator("form.edit-form"), "карточка компании", inn="7704091231")  # a digit wrong
     expect(page.get_by_role("alert")).to_contain_text("saved, but not verified")
     expect(page.get_by_role("alert")).to_contain_text("inn_invalid")
 
     form = page.locator(f"section[data-counterparty='{counterparty_id}'] form.edit-form")
     expect(form.locator("input[name=inn]")).to_have_value("7704091231")
-    form.locator("input[name=inn]").fill("7704091230")
-    form.locator("input[name=kpp]").fill("770401001")
-    form.locator("input[name=ogrn]").fill("1027700987654")
-    form.locator("input[name=reason]").fill("ЕГРЮЛ")
-    form.locator("button[value=verify]").click()
+    save_and_verify(form, "ЕГРЮЛ", **COMPLETE_IDS)
     expect(page.get_by_role("status")).to_contain_text("verify")
     assert page.locator(f"section[data-counterparty='{counterparty_id}']").count() == 0
 
@@ -332,18 +336,10 @@ def test_the_counterparty_card_shows_the_record_its_approvals_and_history_and_th
     page.locator("#results a", has_text="Карточка контрагента").click()
     assert page.url.endswith(f"/ui/counterparties/{counterparty_id}")
     expect(page.locator("#hidden-approvals")).to_contain_text("1")  # a contract the steward may not read
-    form = page.locator("#edit form")
-    form.locator("input[name=inn]").fill("7704091231")  # a check digit wrong
-    form.locator("input[name=reason]").fill("карточка компании")
-    form.locator("button[value=verify]").click()
+    save_and_verify(page.locator("#edit form"), "карточка компании", inn="7704091231")  # a check digit wrong
     expect(page.get_by_role("alert")).to_contain_text("saved, but not verified")
     assert page.url.split("?")[0].endswith(f"/ui/counterparties/{counterparty_id}")
-    form = page.locator("#edit form")
-    form.locator("input[name=inn]").fill("7704091230")
-    form.locator("input[name=kpp]").fill("770401001")
-    form.locator("input[name=ogrn]").fill("1027700987654")
-    form.locator("input[name=reason]").fill("ЕГРЮЛ")
-    form.locator("button[value=verify]").click()
+    save_and_verify(page.locator("#edit form"), "ЕГРЮЛ", **COMPLETE_IDS)
     expect(page.get_by_role("status")).to_contain_text("verify")
     expect(page.locator("#record-status")).to_have_text("verified")
     expect(page.locator("#history")).to_contain_text("inn: 7704091231 → 7704091230")
