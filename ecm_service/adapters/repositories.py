@@ -593,14 +593,26 @@ class ApprovalRepository:
     async def prefetch_withdrawals_before_start(self, refs: list[ExternalRef]) -> None:
         """Looks the starts of a batch up at once (one statement; the table is almost
         always empty), so that `withdrawal_before_start` answers them from memory."""
-        wanted = {(r.system, r.id) for r in refs} - set(self._early)
-        if not wanted:
-            return
+        wanted = sorted({(r.system, r.id) for r in refs} - set(self._early))
         w = tables.withdrawals_before_start
-        rows = await self.session.execute(select(w).where(
-            or_(*[(w.c.system == system) & (w.c.external_id == id_) for system, id_ in sorted(wanted)])))
-        self._early.update(dict.fromkeys(wanted))
-        self._early.update({(r["system"], r["external_id"]): dict(r) for r in rows.mappings()})
+        for system in sorted({system for system, _ in wanted}):
+            ids = [id_ for s, id_ in wanted if s == system]
+            for start in range(0, len(ids), 1000):
+                rows = await self.session.execute(select(w).where(
+                    w.c.system == system, w.c.external_id.in_(ids[start:start + 1000])))
+                self._early.update({(r["system"], r["external_id"]): dict(r) for r in rows.mappings()})
+        for key in wanted:
+            self._early.setdefault(key, None)
+
+    async def withdrawals_met_by_start(self) -> list[tuple[dict, str]]:
+        """Kept withdrawals whose approval exists after all, with its id: a start and its
+        withdrawal taken at the same moment by two replicas, each not seeing the other's
+        uncommitted work (the deadline clock settles them)."""
+        w, e = tables.withdrawals_before_start, tables.external_refs
+        rows = await self.session.execute(
+            select(w, e.c.entity_id).join(e, (e.c.entity_type == "approval") & (e.c.system == w.c.system)
+                                          & (e.c.external_id == w.c.external_id)))
+        return [({k: r[k] for k in w.c.keys()}, r["entity_id"]) for r in rows.mappings()]
 
     async def withdrawal_before_start(self, ref: ExternalRef) -> dict | None:
         key = (ref.system, ref.id)

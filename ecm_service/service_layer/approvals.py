@@ -334,6 +334,26 @@ async def check_deadlines(uow: EcmUnitOfWork, *, now: datetime | None = None) ->
     return counts
 
 
+async def settle_withdrawals_before_start(uow: EcmUnitOfWork) -> int:
+    """Withdraws the approvals whose withdrawal was kept as having come before them, when
+    the two met after all: two replicas took the start and the withdrawal (different
+    partitions after a CRM merge) at the same moment, and neither saw the other's
+    uncommitted work. Run by the deadline clock; the table is almost always empty."""
+    settled = 0
+    async with uow:
+        for early, approval_id in await uow.approvals.withdrawals_met_by_start():
+            ref = ExternalRef(system=early["system"], id=early["external_id"])
+            approval = await uow.approvals.get(approval_id, for_update=True)
+            await uow.approvals.forget_withdrawal_before_start(ref)
+            done = await _withdraw(uow, approval, reason=early["reason"],
+                                   withdrawn_by=ExternalRef.parse(early["withdrawn_by"]),
+                                   withdrawn_at=early["withdrawn_at"], external_ref=ref,
+                                   causation_id=uuid.UUID(early["command_id"]))
+            settled += done["withdrawn"] is True
+        await uow.commit()
+    return settled
+
+
 # --- responsibility moved on the requesting side ----------------------------------------
 
 

@@ -26,12 +26,14 @@ async def refresh_approval_metrics(session_factory, interval: float = 10.0) -> N
 
 
 async def run_deadline_clock(uow_factory, interval: float) -> None:
-    """Reminders and escalations, every `interval` seconds."""
-    from ecm_service.service_layer.approvals import check_deadlines
+    """Reminders and escalations, every `interval` seconds; and the withdrawals that met
+    their approval's start after all (`settle_withdrawals_before_start`)."""
+    from ecm_service.service_layer.approvals import check_deadlines, settle_withdrawals_before_start
 
     while True:
         try:
             counts = await check_deadlines(uow_factory())
+            counts["withdrawn"] = await settle_withdrawals_before_start(uow_factory())
             if any(counts.values()):
                 log.info("deadline_clock", **counts)
         except Exception as exc:  # the database may be away for a moment

@@ -680,6 +680,32 @@ async def test_a_withdrawal_that_comes_before_its_start_is_kept_and_the_start_th
     assert await _kept_withdrawals(ecm) == []
 
 
+async def test_a_withdrawal_kept_while_its_start_committed_elsewhere_is_settled_by_the_deadline_clock(ecm):
+    """Two replicas take a request's start and its withdrawal (different partitions after
+    a CRM merge) at the same moment: the start does not see the kept withdrawal, the
+    withdrawal does not see the approval. The deadline clock finds the two met and
+    withdraws the approval; its stage's approvers are told, as for any withdrawal."""
+    approval_id, _ = await start(ecm)
+    async with ecm.uow() as uow:
+        (request_ref,) = await uow.external_refs.refs_of(cases.APPROVAL, approval_id)
+        # what the withdrawal's transaction wrote, not having seen the approval
+        await uow.approvals.remember_withdrawal_before_start(
+            request_ref, reason="deal lost", withdrawn_by="crm:rep", withdrawn_at=datetime.now(timezone.utc),
+            command_id=str(uuid.uuid4()), received_at=datetime.now(timezone.utc))
+        await uow.commit()
+    assert await cases.settle_withdrawals_before_start(ecm.uow()) == 1
+    assert await cases.settle_withdrawals_before_start(ecm.uow()) == 0
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(approval_id)
+        notes = (await uow.session.execute(select(tables.notifications.c.kind, tables.notifications.c.to_role)
+                                           .where(tables.notifications.c.approval_id == approval_id))).all()
+    assert (approval.status, approval.reason) == ("withdrawn", "deal lost")
+    assert notes == [("withdrawn", "legal")]
+    assert [(e["event"], e["withdrawn_by"]) for e in await events(ecm, approval_id)][-1] == (
+        "withdrawn", {"system": "crm", "id": "rep"})
+    assert await _kept_withdrawals(ecm) == []
+
+
 async def test_a_start_and_its_withdrawal_in_one_consumed_batch_end_withdrawn(ecm):
     """The bridge can hand the ECM a request's start and its withdrawal in one batch (the
     rep withdrew at once): the withdrawal finds the approval the start made earlier in
