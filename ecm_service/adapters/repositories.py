@@ -361,8 +361,13 @@ class CounterpartyRepository(TableRepository):
                        func.min(case((a.c.status == AWAITING_COUNTERPARTY, a.c.updated_at))).label("waiting_since"))
                 .where(a.c.status.in_(OPEN_STATUSES), a.c.counterparty_id.is_not(None))
                 .group_by(a.c.counterparty_id).subquery())
+        # The whole queue's counts as window functions: computed before the LIMIT, in the
+        # same statement (the aggregate over the open approvals runs once).
         rows = (await self.session.execute(
-            select(t, held.c.open_approvals, held.c.waiting_approvals, held.c.waiting_since)
+            select(t, held.c.open_approvals, held.c.waiting_approvals, held.c.waiting_since,
+                   func.count().over().label("pending_total"),
+                   func.count(held.c.counterparty_id).over().label("with_open_total"),
+                   func.count(case((held.c.waiting_approvals > 0, 1))).over().label("holding_total"))
             .select_from(t.outerjoin(held, held.c.counterparty_id == t.c.id))
             .where(t.c.status == PENDING)
             .order_by(held.c.waiting_since.is_(None), held.c.waiting_since, held.c.open_approvals.is_(None),
@@ -371,12 +376,9 @@ class CounterpartyRepository(TableRepository):
         queue = [{"record": Counterparty(**{k: r[k] for k in t.c.keys()}),
                   "open_approvals": r["open_approvals"] or 0, "waiting_approvals": r["waiting_approvals"] or 0,
                   "waiting_since": r["waiting_since"]} for r in rows]
-        totals = (await self.session.execute(
-            select(func.count(t.c.id), func.count(held.c.counterparty_id),
-                   func.count(case((held.c.waiting_approvals > 0, 1))))
-            .select_from(t.outerjoin(held, held.c.counterparty_id == t.c.id))
-            .where(t.c.status == PENDING))).one()
-        return queue, {"pending": totals[0], "with_open_approvals": totals[1], "holding_approvals": totals[2]}
+        first = rows[0] if rows else {}
+        return queue, {"pending": first.get("pending_total", 0), "with_open_approvals": first.get("with_open_total", 0),
+                       "holding_approvals": first.get("holding_total", 0)}
 
     async def add(self, item: Counterparty) -> None:
         """Written with the next statement or the commit (with its name keys), together
