@@ -20,10 +20,25 @@ ARCHIVED = "archived"
 STATUSES = (PENDING, VERIFIED, REJECTED, MERGED, ARCHIVED)
 LIVE = (PENDING, VERIFIED)  # the statuses that can be matched
 EDITABLE = ("name", "short_name", "legal_form", "country", "inn", "kpp", "ogrn", "vat", "addresses")
+CLOSED = (MERGED, ARCHIVED)  # kept with their history; nothing changes them any more
+VERIFIABLE = (PENDING, REJECTED)
+REJECTABLE = (PENDING,)
 
 
 class StewardRuleBroken(Exception):
     """The action is not allowed in the record's present state (HTTP 409)."""
+
+
+def steward_actions(status: str) -> set[str]:
+    """What the steward may do to a record in this status, by the same status rules as the
+    actions below (a page offers a form for these only: any other could only be refused).
+    Verifying may still be refused for the record's identifiers."""
+    actions = set() if status in CLOSED else {"edit", "archive", "merge"}
+    if status in VERIFIABLE:
+        actions.add("verify")
+    if status in REJECTABLE:
+        actions.add("reject")
+    return actions
 
 
 @dataclass
@@ -53,7 +68,7 @@ class Counterparty:
         self.match_name = match_name(self.name)
 
     def verify(self, at: datetime) -> None:
-        if self.status not in (PENDING, REJECTED):
+        if self.status not in VERIFIABLE:
             raise StewardRuleBroken(f"a {self.status} record cannot be verified")
         self.refresh_derived()
         if self.quality_flags:
@@ -61,26 +76,26 @@ class Counterparty:
         self.status, self.updated_at = VERIFIED, at
 
     def reject(self, at: datetime) -> None:
-        if self.status not in (PENDING,):
+        if self.status not in REJECTABLE:
             raise StewardRuleBroken(f"a {self.status} record cannot be rejected")
         self.status, self.updated_at = REJECTED, at
 
     def archive(self, at: datetime) -> None:
         """No longer in business with us (liquidated, closed): kept, never proposed or linked."""
-        if self.status in (MERGED, ARCHIVED):
+        if self.status in CLOSED:
             raise StewardRuleBroken(f"a {self.status} record cannot be archived")
         self.status, self.updated_at = ARCHIVED, at
 
     def merge_into(self, survivor: Counterparty, at: datetime) -> None:
         if survivor.id == self.id:
             raise StewardRuleBroken("a record cannot be merged into itself")
-        if self.status in (MERGED, ARCHIVED) or survivor.status in (MERGED, ARCHIVED, REJECTED):
+        if self.status in CLOSED or survivor.status in (*CLOSED, REJECTED):
             raise StewardRuleBroken(f"cannot merge a {self.status} record into a {survivor.status} one")
         self.status, self.merged_into, self.updated_at = MERGED, survivor.id, at
 
     def edit(self, changes: dict, at: datetime) -> dict:
         """Applies field changes; returns {field: [old, new]} for the history."""
-        if self.status in (MERGED, ARCHIVED):
+        if self.status in CLOSED:
             raise StewardRuleBroken(f"a {self.status} record cannot be edited")
         unknown = sorted(set(changes) - set(EDITABLE))
         if unknown:

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from ecm_service.adapters import tables
-from ecm_service.domain.counterparty import ARCHIVED, MERGED, PENDING, REJECTED
+from ecm_service.domain.counterparty import steward_actions
 from ecm_service.entrypoints.pages import page_user, render, with_actor_names
 from ecm_service.service_layer import steward
 from ecm_service.service_layer.access import can_read_document
@@ -23,19 +23,6 @@ from infra.users import User
 
 router = APIRouter(prefix="/ui/counterparties", include_in_schema=False)
 APPROVALS_SHOWN = 50
-
-
-def steward_actions(status: str) -> set[str]:
-    """What the steward may do to a record in this status, as the domain's rules allow
-    (a form for anything else would only answer with a refusal)."""
-    actions = set()
-    if status not in (MERGED, ARCHIVED):
-        actions |= {"edit", "archive", "merge"}
-    if status in (PENDING, REJECTED):
-        actions.add("verify")
-    if status == PENDING:
-        actions.add("reject")
-    return actions
 
 
 async def _approvals_of(uow, container, user: User, counterparty_id: str) -> tuple[list[dict], int]:

@@ -90,7 +90,7 @@ def test_archive_keeps_the_record_and_closes_it_to_merges_and_edits():
 def test_the_card_offers_the_steward_exactly_the_actions_the_rules_allow(status):
     """The record's card shows a form only for what the domain would accept: a form that
     can only be refused is a dead end, and one missing hides what the steward may do."""
-    from ecm_service.entrypoints.counterparty_pages import steward_actions
+    from ecm_service.domain.counterparty import steward_actions
 
     def allowed(action: str) -> bool:
         party = record(status=status, inn="7707083893", kpp="773601001", ogrn="1027700132195")
