@@ -9,6 +9,8 @@ from alembic import context
 from sqlalchemy import MetaData, pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from infra.search_index import include_object
+
 
 def run_migrations(target_metadata: MetaData) -> None:
     url = context.config.get_main_option("sqlalchemy.url")
@@ -22,6 +24,7 @@ def run_migrations(target_metadata: MetaData) -> None:
         context.configure(
             connection=connection, target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            include_object=include_object(connection.dialect.name),
         )
         with _one_at_a_time(connection):
             with context.begin_transaction():

@@ -17,6 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.sql import false
 
 from infra.messaging_tables import inbox_table, outbox_table
+from infra.search_index import trigram_index
 from infra.users import users_table
 from infra.utc_datetime import UtcDateTime
 
@@ -51,6 +52,9 @@ counterparties = Table(
     Index("ix_counterparties_ogrn", "ogrn"),
     Index("ix_counterparties_normalized_name", "normalized_name"),
     Index("ix_counterparties_status", "status"),
+    # Registry search and the steward's look-alikes find a word anywhere in the name
+    # (`LIKE '%word%'`): served by trigrams on PostgreSQL (infra.search_index).
+    trigram_index("ix_counterparties_normalized_name_trgm", "normalized_name"),
 )
 
 # Blocking keys for matching (`domain.matching.name_keys`): one row per key of each live

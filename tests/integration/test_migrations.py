@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from crm_service.adapters.tables import metadata as crm_metadata
 from ecm_service.adapters.tables import metadata as ecm_metadata
 from infra.db import migrations_at_head
+from infra.search_index import include_object
 from tests.support.databases import MIGRATIONS, ROOT
 
 
@@ -27,7 +28,8 @@ async def test_migrations_match_the_declared_tables(databases, backend, service,
     try:
         async with engine.connect() as conn:
             diff = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
+                lambda sync: compare_metadata(MigrationContext.configure(
+                    sync, opts={"include_object": include_object(sync.dialect.name)}), metadata))
     finally:
         await engine.dispose()
     assert diff == []
