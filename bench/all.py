@@ -6,9 +6,10 @@ the figures the performance issue sets targets for, each next to its target.
 
 Moderate: 1,000 approval requests and 60 s at 100 req/s, the API floor (bench/api_floor.py:
 3,000 calls on the bare stack and on the CRM, two rounds), a 100,000-row import, matching
-against 200,000 counterparties with a sync of 10,000, pruning 200,000 outbox rows and as
-many inbox marks. Full: 10,000 requests, matching against 1,000,000 with the 100,000 sync
-the target is stated for, pruning 1,000,000 of each. Sizes can be set one
+against 200,000 counterparties with a sync of 10,000, registry search with and without
+its trigram index on as many (bench/search.py), pruning 200,000 outbox rows and as many
+inbox marks. Full: 10,000 requests, matching and search against 1,000,000 with the
+100,000 sync the target is stated for, pruning 1,000,000 of each. Sizes can be set one
 by one (--requests, --rows, --registry, --sync, ...); --only runs some of them.
 """
 
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("pipeline", "floor", "import", "matching", "pruning")
+BENCHES = ("pipeline", "floor", "import", "matching", "search", "pruning")
 FAILED = "FAILED"
 
 
@@ -78,6 +79,8 @@ def main() -> int:
         figures += run("import", "crm_import.py", ["--rows", str(args.rows)])
     if "matching" in only:
         figures += run("matching", "matching.py", ["--registry", str(registry), "--sync", str(sync)])
+    if "search" in only:
+        figures += run("search", "search.py", ["--registry", str(registry)])
     if "pruning" in only:
         figures += run("pruning", "pruning.py", ["--rows", str(prune_rows), "--kept", str(prune_rows // 10)])
 
