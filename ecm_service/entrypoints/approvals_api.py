@@ -384,6 +384,9 @@ async def in_flight_preview(request: Request, _: User = Depends(require_roles("a
 
 
 @router.post("/admin/deadlines/check", tags=["route admin"],
-             summary="Run the deadline clock now (it also runs in the background)")
+             summary="Run the deadline clock now (it also runs in the background)",
+             description="Reminders and escalations due now, and the withdrawals kept as having come before "
+                         "their approval's start that met it after all; answers what it did: "
+                         '`{"reminded", "escalated", "withdrawn"}`.')
 async def check_deadlines(request: Request, _: User = Depends(require_roles("admin"))):
-    return await cases.check_deadlines(_container(request).uow())
+    return await cases.deadline_clock_tick(_container(request).uow)

@@ -334,11 +334,21 @@ async def check_deadlines(uow: EcmUnitOfWork, *, now: datetime | None = None) ->
     return counts
 
 
+async def deadline_clock_tick(uow_factory) -> dict:
+    """One tick of the deadline clock, as the background loop (`metrics.run_deadline_clock`)
+    and `POST /api/admin/deadlines/check` run it: reminders and escalations, then the
+    withdrawals that met their approval's start after all."""
+    counts = await check_deadlines(uow_factory())
+    counts["withdrawn"] = await settle_withdrawals_before_start(uow_factory())
+    return counts
+
+
 async def settle_withdrawals_before_start(uow: EcmUnitOfWork) -> int:
     """Withdraws the approvals whose withdrawal was kept as having come before them, when
     the two met after all: two replicas took the start and the withdrawal (different
     partitions after a CRM merge) at the same moment, and neither saw the other's
-    uncommitted work. Run by the deadline clock; the table is almost always empty."""
+    uncommitted work. Run by the deadline clock (`deadline_clock_tick`); the table is
+    almost always empty."""
     settled = 0
     async with uow:
         for early, approval_id in await uow.approvals.withdrawals_met_by_start():

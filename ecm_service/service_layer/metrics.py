@@ -27,13 +27,12 @@ async def refresh_approval_metrics(session_factory, interval: float = 10.0) -> N
 
 async def run_deadline_clock(uow_factory, interval: float) -> None:
     """Reminders and escalations, every `interval` seconds; and the withdrawals that met
-    their approval's start after all (`settle_withdrawals_before_start`)."""
-    from ecm_service.service_layer.approvals import check_deadlines, settle_withdrawals_before_start
+    their approval's start after all (`approvals.deadline_clock_tick`)."""
+    from ecm_service.service_layer.approvals import deadline_clock_tick
 
     while True:
         try:
-            counts = await check_deadlines(uow_factory())
-            counts["withdrawn"] = await settle_withdrawals_before_start(uow_factory())
+            counts = await deadline_clock_tick(uow_factory)
             if any(counts.values()):
                 log.info("deadline_clock", **counts)
         except Exception as exc:  # the database may be away for a moment

@@ -693,8 +693,8 @@ async def test_a_withdrawal_kept_while_its_start_committed_elsewhere_is_settled_
             request_ref, reason="deal lost", withdrawn_by="crm:rep", withdrawn_at=datetime.now(timezone.utc),
             command_id=str(uuid.uuid4()), received_at=datetime.now(timezone.utc))
         await uow.commit()
-    assert await cases.settle_withdrawals_before_start(ecm.uow()) == 1
-    assert await cases.settle_withdrawals_before_start(ecm.uow()) == 0
+    assert await cases.deadline_clock_tick(ecm.uow) == {"reminded": 0, "escalated": 0, "withdrawn": 1}
+    assert await cases.deadline_clock_tick(ecm.uow) == {"reminded": 0, "escalated": 0, "withdrawn": 0}
     async with ecm.uow() as uow:
         approval = await uow.approvals.get(approval_id)
         notes = (await uow.session.execute(select(tables.notifications.c.kind, tables.notifications.c.to_role)
