@@ -625,6 +625,15 @@ class ApprovalRepository:
             self._early[key] = dict(row) if row else None
         return self._early[key]
 
+    async def kept_withdrawals(self, limit: int) -> tuple[list[dict], int]:
+        """The withdrawals still waiting for their approval's start, oldest first, and how
+        many there are."""
+        w = tables.withdrawals_before_start
+        rows = (await self.session.execute(
+            select(w, func.count().over().label("total")).order_by(w.c.received_at, w.c.system, w.c.external_id)
+            .limit(limit))).mappings().all()
+        return [{k: r[k] for k in w.c.keys()} for r in rows], (rows[0]["total"] if rows else 0)
+
     async def forget_withdrawal_before_start(self, ref: ExternalRef) -> None:
         w = tables.withdrawals_before_start
         await self.session.execute(delete(w).where(w.c.system == ref.system, w.c.external_id == ref.id))

@@ -8,7 +8,7 @@ import io
 from datetime import date, datetime, timezone
 from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import and_, or_, select
@@ -390,3 +390,33 @@ async def in_flight_preview(request: Request, _: User = Depends(require_roles("a
                          '`{"reminded", "escalated", "withdrawn"}`.')
 async def check_deadlines(request: Request, _: User = Depends(require_roles("admin"))):
     return await cases.deadline_clock_tick(_container(request).uow)
+
+
+def _kept_withdrawal(row: dict, now: datetime) -> dict:
+    return {"request_ref": {"system": row["system"], "id": row["external_id"]}, "reason": row["reason"],
+            "withdrawn_by": row["withdrawn_by"], "withdrawn_at": row["withdrawn_at"],
+            "received_at": row["received_at"], "waiting_seconds": round((now - row["received_at"]).total_seconds()),
+            "command_id": row["command_id"]}
+
+
+@router.get("/admin/withdrawals-before-start", tags=["route admin"],
+            summary="Withdrawals kept because their approval's start has not reached the ECM, oldest first")
+async def withdrawals_before_start(request: Request, limit: int = Query(100, ge=1, le=1000),
+                                   _: User = Depends(require_roles("admin"))):
+    async with _container(request).uow() as uow:
+        rows, total = await uow.approvals.kept_withdrawals(limit)
+    now = datetime.now(timezone.utc)
+    return {"total": total, "items": [_kept_withdrawal(row, now) for row in rows]}
+
+
+@router.delete("/admin/withdrawals-before-start/{system}/{external_id}", tags=["route admin"],
+               summary="Let a kept withdrawal go: its approval's start will not come")
+async def discard_withdrawal_before_start(request: Request, system: str = Path(max_length=32),
+                                          external_id: str = Path(max_length=64),
+                                          user: User = Depends(require_roles("admin"))):
+    ref = ExternalRef(system=system, id=external_id)
+    try:
+        kept = await cases.discard_withdrawal_before_start(_container(request).uow(), ref, user_id=user.id)
+    except LookupError as exc:
+        raise HTTPException(404, f"no withdrawal is kept for {ref.as_text()}") from exc
+    return {"discarded": _kept_withdrawal(kept, datetime.now(timezone.utc))}

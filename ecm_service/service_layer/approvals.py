@@ -343,6 +343,22 @@ async def deadline_clock_tick(uow_factory) -> dict:
     return counts
 
 
+async def discard_withdrawal_before_start(uow: EcmUnitOfWork, ref: ExternalRef, *, user_id: str) -> dict:
+    """An admin lets a kept withdrawal go: its start will not come (its dead letter was
+    discarded, or the request never reached the ECM). Should the start come after all,
+    the approval then runs as any other. Raises LookupError when none is kept."""
+    async with uow:
+        kept = await uow.approvals.withdrawal_before_start(ref)
+        if kept is None:
+            raise LookupError(ref.as_text())
+        await uow.approvals.forget_withdrawal_before_start(ref)
+        await uow.commit()
+    # The reason is the rep's free text: kept in the table, never logged.
+    log.info("withdrawal_before_start_discarded", request_ref=ref.as_text(), by=f"user:{user_id}",
+             waited_seconds=round((datetime.now(timezone.utc) - kept["received_at"]).total_seconds()))
+    return kept
+
+
 async def settle_withdrawals_before_start(uow: EcmUnitOfWork) -> int:
     """Withdraws the approvals whose withdrawal was kept as having come before them, when
     the two met after all: two replicas took the start and the withdrawal (different

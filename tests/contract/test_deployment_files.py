@@ -9,9 +9,11 @@ from pathlib import Path
 import promql_parser
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 from crm_service.config import CrmSettings
 from ecm_service.config import EcmSettings
+from ecm_service.service_layer import metrics as ecm_metrics
 from infra import metrics
 from schemas.topics import BRIDGE_CONTROL, DATA_TOPICS, provisioning
 from sync_bridge.config import BridgeSettings
@@ -25,7 +27,8 @@ STRONG = "Zq8vN3mK7pR2xW5tY9bC4dF6gH1jL0sA"
 README = (DEPLOY.parent / "README.md").read_text()
 PROMETHEUS = yaml.safe_load(alerts.CONFIG_FILE.read_text())
 # The code's metrics by name as prometheus_client keeps it (a counter's without `_total`).
-METRICS = {m._name: m for m in vars(metrics).values() if hasattr(m, "_name")}
+METRICS = {m._name: m for module in (metrics, ecm_metrics) for m in vars(module).values()
+           if isinstance(m, MetricWrapperBase)}
 
 
 def k8s_documents() -> list[dict]:

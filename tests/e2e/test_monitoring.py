@@ -12,6 +12,7 @@ import asyncio
 import json
 import signal
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,7 +23,11 @@ import yaml
 
 from deploy.broker import free_port
 from deploy.processes import start_child, stop_child
-from schemas.topics import CRM_EVENTS
+from schemas import ecm_commands
+from schemas.common import ExternalRef
+from schemas.envelope import new_envelope
+from schemas.registry import encode
+from schemas.topics import CRM_EVENTS, ECM_COMMANDS
 from tests.e2e.conftest import running_system
 from tests.e2e.journey import create_deal_with_document, request_approval, wait_crm_status
 from tests.e2e.test_operations import bridgectl
@@ -140,6 +145,8 @@ def test_prometheus_scrapes_every_process_and_every_rule_evaluates_cleanly_on_a_
         (service, reason, "0") for service in ("crm", "ecm") for reason in ("database_unavailable", "storage_full")}
     pauses = query(prometheus, "query", query="bridge_direction_paused")["result"]
     assert {s["metric"]["direction"]: s["value"][1] for s in pauses} == {"crm-to-ecm": "0", "ecm-to-crm": "0"}
+    waiting = query(prometheus, "query", query="ecm_withdrawal_before_start_oldest_age_seconds")["result"]
+    assert [(s["metric"]["job"], s["value"][1]) for s in waiting] == [("ecm", "0")]
     # Nothing fires or is pending on a healthy system.
     assert active(prometheus) == []
     # Every dashboard panel's query runs, and charts something unless it charts a fault.
@@ -157,6 +164,30 @@ def test_the_faults_the_rules_are_for_raise_them_in_prometheus(api, system, prom
     letters = query(prometheus, "query", query=panels()[DEAD_LETTERS])["result"]
     assert [(series["metric"]["consumer"], series["metric"]["topic"]) for series in letters
             if float(series["value"][1]) > 0] == [("sync-bridge:crm-to-ecm", CRM_EVENTS)]
+
+    # A withdrawal whose approval's start never reached the ECM: kept, counted and aged on
+    # the ECM's series that WithdrawalWaitsForItsStart reads (it fires after an hour:
+    # promtool's tests); the admin lists it and lets it go, and the series go back to 0.
+    request = ExternalRef(system="crm", id=str(uuid.uuid4()))
+    lone = new_envelope(type=ecm_commands.WITHDRAW_APPROVAL, schema_version=1, source="crm-service",
+                        correlation_id="alert-check", payload=ecm_commands.WithdrawApprovalV1(
+                            external_ref=request, withdrawn_by_ref=ExternalRef(system="crm", id="rep"),
+                            withdrawn_at=datetime.now(timezone.utc), reason="deal lost"))
+    asyncio.run(produce(system.bootstrap_servers, ECM_COMMANDS, encode(lone), key=request.id.encode()))
+
+    def series(name: str) -> float | None:
+        found = query(prometheus, "query", query=name)["result"]
+        return float(found[0]["value"][1]) if found else None
+
+    wait_until(lambda: series("ecm_withdrawals_before_start") == 1
+               and series("ecm_withdrawal_before_start_oldest_age_seconds") > 0, timeout=60,
+               message="the kept withdrawal counted and aged in Prometheus")
+    kept = api.ecm("ecm-admin", "GET", "/api/admin/withdrawals-before-start").json()
+    assert [item["request_ref"]["id"] for item in kept["items"]] == [request.id]
+    assert api.ecm("ecm-admin", "DELETE", f"/api/admin/withdrawals-before-start/crm/{request.id}").status_code == 200
+    wait_until(lambda: series("ecm_withdrawals_before_start") == 0
+               and series("ecm_withdrawal_before_start_oldest_age_seconds") == 0, timeout=60,
+               message="the series back to 0 once the admin let it go")
 
     # An operator's pause: DirectionPausedLong is pending (it fires after an hour); the
     # resume clears it.

@@ -9,6 +9,7 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from ecm_service.adapters import tables
@@ -19,6 +20,7 @@ from ecm_service.service_layer import steward
 from ecm_service.service_layer.access import can_read_document
 from ecm_service.service_layer.commands import apply_command, apply_commands
 from ecm_service.service_layer.documents import store_version
+from ecm_service.service_layer.metrics import refresh_approval_gauges
 from infra.users import User, upsert_user
 from schemas import ecm_commands
 from schemas.common import ExternalRef
@@ -717,3 +719,42 @@ async def test_a_start_and_its_withdrawal_in_one_consumed_batch_end_withdrawn(ec
         approval = await uow.approvals.get(await uow.external_refs.find(cases.APPROVAL, request))
     assert (approval.status, approval.reason) == ("withdrawn", "sent by mistake")
     assert [e["event"] for e in await events(ecm, approval.id)] == ["started", "withdrawn"]
+
+
+async def test_an_admin_sees_the_withdrawals_waiting_for_their_start_and_lets_one_go(ecm_app):
+    """A withdrawal whose start never comes (its dead letter discarded) waited unseen. It
+    is counted and aged on /metrics (alert WithdrawalWaitsForItsStart), listed for an
+    admin, and an admin lets it go; a start that comes after that runs as any other."""
+    client, tokens, ecm = ecm_app
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    doc, version = await store(ecm, f"contract {uuid.uuid4()}".encode())
+    request, (sync, start_, withdrawal) = _start_and_withdrawal(doc, version)
+    await apply_command(ecm.uow(), sync, "it", ecm.routes, ecm.document_types)
+    await apply_command(ecm.uow(), withdrawal, "it", ecm.routes, ecm.document_types)
+
+    await refresh_approval_gauges(ecm.session_factory)
+    assert REGISTRY.get_sample_value("ecm_withdrawals_before_start") == 1
+    assert REGISTRY.get_sample_value("ecm_withdrawal_before_start_oldest_age_seconds") >= 0
+    listed = (await client.get("/api/admin/withdrawals-before-start", headers=admin)).json()
+    assert listed["total"] == 1
+    (item,) = listed["items"]
+    assert (item["request_ref"], item["reason"], item["withdrawn_by"], item["command_id"]) == (
+        {"system": "crm", "id": request.id}, "sent by mistake", "crm:u", str(withdrawal.envelope.event_id))
+    assert item["waiting_seconds"] >= 0
+
+    path = f"/api/admin/withdrawals-before-start/crm/{request.id}"
+    gone = await client.delete(path, headers=admin)
+    assert gone.status_code == 200 and gone.json()["discarded"]["request_ref"]["id"] == request.id
+    again = await client.delete(path, headers=admin)
+    assert again.status_code == 404 and request.id in again.json()["detail"]
+    too_long = await client.delete(f"/api/admin/withdrawals-before-start/crm/{'x' * 65}", headers=admin)
+    assert too_long.status_code == 422
+    assert (await client.get("/api/admin/withdrawals-before-start", headers=admin)).json() == {"total": 0, "items": []}
+    await refresh_approval_gauges(ecm.session_factory)
+    assert REGISTRY.get_sample_value("ecm_withdrawals_before_start") == 0
+    assert REGISTRY.get_sample_value("ecm_withdrawal_before_start_oldest_age_seconds") == 0
+
+    await apply_command(ecm.uow(), start_, "it", ecm.routes, ecm.document_types)
+    async with ecm.uow() as uow:
+        approval = await uow.approvals.get(await uow.external_refs.find(cases.APPROVAL, request))
+    assert approval.status == "in_progress"

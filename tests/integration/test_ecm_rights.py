@@ -79,6 +79,8 @@ MATRIX = [
     ("PUT", "/api/admin/routes/{doc_type}", {}, {"admin"}),
     ("GET", "/api/admin/routes/in-flight", None, {"admin", "auditor"}),
     ("POST", "/api/admin/deadlines/check", None, {"admin"}),
+    ("GET", "/api/admin/withdrawals-before-start", None, {"admin"}),
+    ("DELETE", "/api/admin/withdrawals-before-start/crm/{missing}", None, {"admin"}),
 ]
 
 
@@ -112,7 +114,7 @@ async def _an_approval_in_progress(container) -> dict:
 
 RENAMES = {"{counterparty_id}": "{cp}", "{document_id}": "{doc}", "{approval_id}": "{approval}",
            "{load_id}": "{missing}", "{deputy_id}": "{missing}", "{run_id}": "{missing}",
-           "{snapshot_id}": "{missing}"}
+           "{snapshot_id}": "{missing}", "{system}/{external_id}": "crm/{missing}"}
 
 
 async def test_every_endpoint_answers_only_the_roles_the_matrix_allows(app_client):
