@@ -482,6 +482,65 @@ class CounterpartyRepository(TableRepository):
         return [Counterparty(**r) for r in rows.mappings()]
 
 
+class PaperOriginalRepository:
+    """The paper originals of documents (`tables.paper_originals`)."""
+
+    def __init__(self, session: AsyncSession):
+        self.session = session
+
+    async def of_document(self, document_id: str) -> list[dict]:
+        """A document's originals by number, each with its version's number and its
+        holder's name."""
+        p, v, u = tables.paper_originals, tables.document_versions, tables.users
+        rows = await self.session.execute(
+            select(p, v.c.version_no, v.c.sha256, u.c.name.label("holder_name"))
+            .join(v, v.c.id == p.c.version_id).outerjoin(u, u.c.id == p.c.holder_id)
+            .where(p.c.document_id == document_id).order_by(p.c.number))
+        return [dict(r) for r in rows.mappings()]
+
+    async def get(self, document_id: str, number: int, *, for_update: bool = False) -> dict | None:
+        p = tables.paper_originals
+        query = select(p).where(p.c.document_id == document_id, p.c.number == number)
+        row = (await self.session.execute(query.with_for_update() if for_update else query)).mappings().first()
+        return dict(row) if row else None
+
+    async def next_number(self, document_id: str) -> int:
+        p = tables.paper_originals
+        return (await self.session.scalar(
+            select(func.coalesce(func.max(p.c.number), 0)).where(p.c.document_id == document_id))) + 1
+
+    async def add(self, **values) -> None:
+        await self.session.execute(insert(tables.paper_originals).values(**values))
+
+    async def update(self, original_id: str, **values) -> None:
+        p = tables.paper_originals
+        await self.session.execute(update(p).where(p.c.id == original_id).values(**values))
+
+    async def staff(self) -> list[dict]:
+        """The ECM's people an original may be handed to (id, name, role), by name: every
+        user but the services' integration users."""
+        u = tables.users
+        rows = await self.session.execute(select(u.c.id, u.c.name, u.c.role).where(u.c.role != "integration")
+                                          .order_by(u.c.name))
+        return [dict(r) for r in rows.mappings()]
+
+    async def user_exists(self, user_id: str) -> bool:
+        u = tables.users
+        return await self.session.scalar(select(u.c.id).where(u.c.id == user_id, u.c.role != "integration")) is not None
+
+    async def handed_out(self, *, holder_id: str | None = None, limit: int = 500) -> list[dict]:
+        """Originals out of their place, the longest overdue first, then by the date
+        they are due back; each with its document's title and type and its holder's name."""
+        p, d, u = tables.paper_originals, tables.documents, tables.users
+        query = (select(p, d.c.title, d.c.doc_type, u.c.name.label("holder_name"))
+                 .join(d, d.c.id == p.c.document_id).outerjoin(u, u.c.id == p.c.holder_id)
+                 .where(p.c.state == "handed_out"))
+        if holder_id is not None:
+            query = query.where(p.c.holder_id == holder_id)
+        rows = await self.session.execute(query.order_by(p.c.due_back, p.c.handed_out_at, p.c.id).limit(limit))
+        return [dict(r) for r in rows.mappings()]
+
+
 class DocumentRepository:
     def __init__(self, session: AsyncSession):
         self.session = session

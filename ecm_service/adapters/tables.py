@@ -184,6 +184,30 @@ document_versions = Table(
     UniqueConstraint("document_id", "version_no", name="uq_document_versions_no"),
 )
 
+# The paper originals of a document: the signed prints an office keeps, each numbered
+# within its document, of the version that was signed. Where each is kept, or who has it
+# and until when; every registration, hand-out and return is in the document's history.
+paper_originals = Table(
+    "paper_originals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("document_id", String(36), ForeignKey("documents.id"), nullable=False),
+    Column("version_id", String(36), ForeignKey("document_versions.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # in_place | handed_out
+    Column("location", String(300), nullable=False),  # where it is kept (and goes back to)
+    Column("holder_id", String(36)),  # the ECM user who has it while handed out
+    Column("due_back", Date),
+    Column("purpose", String(500)),
+    Column("handed_out_at", UtcDateTime()),
+    Column("registered_by", String(36), nullable=False),
+    Column("registered_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("document_id", "number", name="uq_paper_originals_number"),
+    Index("ix_paper_originals_version_id", "version_id"),
+    Index("ix_paper_originals_state_holder", "state", "holder_id"),
+)
+
 approvals = Table(
     "approvals",
     metadata,

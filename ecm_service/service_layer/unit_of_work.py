@@ -12,6 +12,7 @@ class EcmUnitOfWork(SqlUnitOfWork):
         self.counterparties = repositories.CounterpartyRepository(session)
         self.external_refs = repositories.ExternalRefRepository(session)
         self.documents = repositories.DocumentRepository(session)
+        self.originals = repositories.PaperOriginalRepository(session)
         self.approvals = repositories.ApprovalRepository(session)
         self.history = HistoryLog(session)
         self.routes = approval_support.RouteStore(session)

@@ -80,6 +80,11 @@ MATRIX = [
     ("GET", "/api/admin/routes/in-flight", None, {"admin", "auditor"}),
     ("POST", "/api/admin/deadlines/check", None, {"admin"}),
     ("GET", "/api/admin/withdrawals-before-start", None, {"admin"}),
+    ("GET", "/api/documents/{doc}/originals", None, CONTRACT_READERS),
+    ("POST", "/api/documents/{doc}/originals", {"location": "archive"}, {"legal", "admin"}),
+    ("POST", "/api/documents/{doc}/originals/1/hand-out", {}, {"legal", "admin"}),
+    ("POST", "/api/documents/{doc}/originals/1/return", {}, {"legal", "admin"}),
+    ("GET", "/api/originals/handed-out", None, {"legal", "admin", "auditor"}),
     ("DELETE", "/api/admin/withdrawals-before-start/crm/{missing}", None, {"admin"}),
 ]
 
@@ -114,7 +119,8 @@ async def _an_approval_in_progress(container) -> dict:
 
 RENAMES = {"{counterparty_id}": "{cp}", "{document_id}": "{doc}", "{approval_id}": "{approval}",
            "{load_id}": "{missing}", "{deputy_id}": "{missing}", "{run_id}": "{missing}",
-           "{snapshot_id}": "{missing}", "{system}/{external_id}": "crm/{missing}"}
+           "{snapshot_id}": "{missing}", "{system}/{external_id}": "crm/{missing}",
+           "{number}": "1"}
 
 
 async def test_every_endpoint_answers_only_the_roles_the_matrix_allows(app_client):

@@ -1,0 +1,95 @@
+"""Paper originals of documents: registered, handed out and taken back by legal staff and
+admins; read by whoever may read the document; the list of those out of their place for
+legal staff, admins and auditors."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ecm_service.entrypoints.api import STAFF, readable_document
+from ecm_service.service_layer import originals
+from infra.users import User
+from infra.web import require_roles
+
+router = APIRouter(prefix="/api", tags=["paper originals"])
+KEEPERS = ("legal", "admin")
+
+
+class RegisterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    location: str = Field(min_length=1, max_length=300, description="where it is filed, e.g. 'archive, shelf 4'")
+    version_id: str | None = Field(None, max_length=36, description="the version signed; default: the latest")
+
+
+class HandOutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    to_user_id: str = Field(min_length=1, max_length=36, description="the ECM user who takes it")
+    due_back: date = Field(description="the company's day it is to be back by (today or later)")
+    purpose: str = Field(min_length=3, max_length=500)
+
+
+class ReturnIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    location: str | None = Field(None, min_length=1, max_length=300, description="default: where it was kept")
+
+
+def original_out(original: dict) -> dict:
+    keys = ("number", "state", "location", "version_id", "version_no", "sha256", "holder_id", "holder_name",
+            "due_back", "purpose", "handed_out_at", "registered_at", "overdue_days", "document_id", "title",
+            "doc_type")
+    return {k: original[k] for k in keys if k in original}
+
+
+async def _originals_of(request: Request, document_id: str) -> list[dict]:
+    async with request.app.state.container.uow() as uow:
+        return [original_out(o) for o in originals.with_overdue(await uow.originals.of_document(document_id))]
+
+
+async def _one(request: Request, document_id: str, number: int) -> dict:
+    return next(o for o in await _originals_of(request, document_id) if o["number"] == number)
+
+
+@router.get("/documents/{document_id}/originals", summary="A document's paper originals: where each is, or who has it")
+async def list_originals(document_id: str, request: Request, user: User = Depends(require_roles(*STAFF))):
+    container = request.app.state.container
+    async with container.uow() as uow:
+        await readable_document(uow, container, user, document_id)
+    return await _originals_of(request, document_id)
+
+
+@router.post("/documents/{document_id}/originals", status_code=201, summary="Register a signed paper original")
+async def register_original(document_id: str, body: RegisterIn, request: Request,
+                            user: User = Depends(require_roles(*KEEPERS))):
+    done = await originals.register(request.app.state.container.uow(), document_id=document_id,
+                                    location=body.location, version_id=body.version_id, user=user)
+    return await _one(request, document_id, done["number"])
+
+
+@router.post("/documents/{document_id}/originals/{number}/hand-out",
+             summary="Hand an original out to a colleague, with a purpose and a date to bring it back")
+async def hand_out_original(document_id: str, number: int, body: HandOutIn, request: Request,
+                            user: User = Depends(require_roles(*KEEPERS))):
+    await originals.hand_out(request.app.state.container.uow(), document_id=document_id, number=number,
+                             to_user_id=body.to_user_id, due_back=body.due_back, purpose=body.purpose, user=user)
+    return await _one(request, document_id, number)
+
+
+@router.post("/documents/{document_id}/originals/{number}/return", summary="Take an original back to its place")
+async def return_original(document_id: str, number: int, body: ReturnIn, request: Request,
+                          user: User = Depends(require_roles(*KEEPERS))):
+    await originals.take_back(request.app.state.container.uow(), document_id=document_id, number=number,
+                              location=body.location, user=user)
+    return await _one(request, document_id, number)
+
+
+@router.get("/originals/handed-out", summary="Originals out of their place, the longest overdue first")
+async def handed_out(request: Request, holder_id: str | None = Query(None, max_length=36),
+                     _: User = Depends(require_roles("legal", "admin", "auditor"))):
+    async with request.app.state.container.uow() as uow:
+        return [original_out(o) for o in originals.with_overdue(await uow.originals.handed_out(holder_id=holder_id))]
