@@ -29,7 +29,7 @@ from ecm_service.entrypoints.approvals_api import (
 )
 from ecm_service.entrypoints.registry_api import EditIn
 from ecm_service.service_layer import approvals as cases
-from ecm_service.service_layer import deputies, documents, steward
+from ecm_service.service_layer import deputies, documents, originals, steward
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
 from infra.pages import SHARED_TEMPLATES, add_login_routes, back_to, errors_text, page_user_dependency
@@ -84,7 +84,8 @@ async def inbox_page(request: Request, user: User = Depends(page_user)):
     items = await inbox_for(container, user) if user.role in DECIDERS else []
     async with container.uow() as uow:
         notes = await uow.notifications.for_actor(actor_of(user), limit=20)
-    return render(request, "inbox.html", user, items=items, notifications=notes)
+        held = originals.with_overdue(await uow.originals.handed_out(holder_id=user.id))
+    return render(request, "inbox.html", user, items=items, notifications=notes, held=held)
 
 
 async def _card_context(request: Request, user: User, approval_id: str) -> dict:
@@ -97,6 +98,8 @@ async def _card_context(request: Request, user: User, approval_id: str) -> dict:
         counterparty = await uow.counterparties.get(approval.counterparty_id) if approval.counterparty_id else None
         delays = await uow.delay_reasons.of_approval(approval_id)
         principals = await uow.deputies.principals_of(user.id, business_day.today())
+        paper = originals.with_overdue(await uow.originals.of_document(approval.document_id))
+        staff = await uow.originals.staff() if user.role in HOLDERS else []
     try:
         _, behalf, via_escalation = approval.place_for(actor_of(user), principals)
         can_decide = user.role in DECIDERS
@@ -105,6 +108,7 @@ async def _card_context(request: Request, user: User, approval_id: str) -> dict:
     return {"approval": approval, "document": document, "versions": versions, "history": history,
             "counterparty": counterparty,
             "delays": delays, "can_decide": can_decide, "can_hold": user.role in HOLDERS,
+            "originals": paper, "staff": staff, "today": business_day.today(),
             "on_behalf_of": behalf.name if behalf else None,
             "via_escalation": via_escalation, "codes": container.delay_reasons,
             "now": datetime.now(timezone.utc), "steps": {s.stage_no: s for s in approval.steps}}
@@ -162,6 +166,53 @@ async def legal_hold_from_card(approval_id: str, request: Request, action: str =
     except documents.DocumentGone as exc:
         raise HTTPException(410, str(exc)) from exc
     return back_to(f"/ui/approvals/{approval_id}", done=f"legal_{action}")
+
+
+async def _original_from_card(request: Request, user: User, approval_id: str, done: str, act) -> HTMLResponse:
+    """Runs a paper-original action of the card's document (legal staff, admins, as in the
+    API); a refusal shows the card again with the reason."""
+    if user.role not in HOLDERS:
+        raise HTTPException(403, "legal staff and admins keep the paper originals")
+    container = request.app.state.container
+    async with container.uow() as uow:
+        approval = await readable_approval(uow, container, user, approval_id)
+    try:
+        await act(container.uow(), approval.document_id)
+    except (originals.InvalidOriginal, originals.OriginalConflict) as exc:
+        context = await _card_context(request, user, approval_id)
+        status = 409 if isinstance(exc, originals.OriginalConflict) else 422
+        return render(request, "approval.html", user, status=status, error=str(exc), **context)
+    except documents.DocumentGone as exc:
+        raise HTTPException(410, str(exc)) from exc
+    return back_to(f"/ui/approvals/{approval_id}", done=done)
+
+
+@router.post("/approvals/{approval_id}/originals", response_class=HTMLResponse)
+async def register_original_from_card(approval_id: str, request: Request,
+                                      location: str = Form(..., min_length=1, max_length=300),
+                                      version_id: str = Form("", max_length=36), user: User = Depends(page_user)):
+    return await _original_from_card(
+        request, user, approval_id, "original_registered", lambda uow, doc: originals.register(
+            uow, document_id=doc, location=location.strip(), version_id=version_id or None, user=user))
+
+
+@router.post("/approvals/{approval_id}/originals/{number}/hand-out", response_class=HTMLResponse)
+async def hand_out_original_from_card(approval_id: str, number: int, request: Request,
+                                      to_user_id: str = Form(..., max_length=36), due_back: date = Form(...),
+                                      purpose: str = Form(..., min_length=3, max_length=500),
+                                      user: User = Depends(page_user)):
+    return await _original_from_card(
+        request, user, approval_id, "original_handed_out", lambda uow, doc: originals.hand_out(
+            uow, document_id=doc, number=number, to_user_id=to_user_id, due_back=due_back, purpose=purpose.strip(),
+            user=user))
+
+
+@router.post("/approvals/{approval_id}/originals/{number}/return", response_class=HTMLResponse)
+async def return_original_from_card(approval_id: str, number: int, request: Request,
+                                    location: str = Form("", max_length=300), user: User = Depends(page_user)):
+    return await _original_from_card(
+        request, user, approval_id, "original_returned", lambda uow, doc: originals.take_back(
+            uow, document_id=doc, number=number, location=location.strip() or None, user=user))
 
 
 @router.post("/approvals/{approval_id}/delay-reason", response_class=HTMLResponse)

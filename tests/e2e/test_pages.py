@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from datetime import date, timedelta
 from urllib.parse import quote
 
 import httpx
@@ -182,6 +183,48 @@ def test_legal_puts_the_document_under_legal_hold_from_the_card_and_releases_it(
     login(page, system, api, "ecm-auditor", f"/ui/approvals/{approval['id']}")
     expect(page.locator("#retention")).to_be_visible()
     assert page.locator("#legal-hold-form").count() == 0
+
+
+def test_legal_registers_a_signed_original_hands_it_out_and_takes_it_back_from_the_card(page, system, api):
+    """Where the signed paper original of a contract is, and who has taken it out until
+    when, was nowhere in the ECM."""
+    flow = request_approval(api, create_deal_with_document(api, name="Договор с оригиналом"))
+    approval = ecm_approval(api, flow)
+    card = f"/ui/approvals/{approval['id']}"
+    login(page, system, api, "legal-lena", card)
+    expect(page.locator("#originals-none")).to_be_visible()
+    page.fill("#register-original input[name=location]", "архив, полка 4")
+    page.click("#register-original button")
+    expect(page.get_by_role("status")).to_contain_text("original_registered")
+    row = page.locator("#originals tr[data-number='1']")
+    expect(row.locator(".where")).to_contain_text("архив, полка 4")
+    expect(row).to_contain_text("under approval")  # of the version the approval is on
+
+    form = row.locator("form.hand-out-original")
+    due = date.fromisoformat(form.locator("input[name=due_back]").get_attribute("min")) + timedelta(days=3)
+    form.locator("select[name=to_user_id]").select_option(label="director-dina (director)")
+    form.locator("input[name=due_back]").fill(due.isoformat())
+    form.locator("input[name=purpose]").fill("подписание допсоглашения")
+    form.locator("button").click()
+    expect(page.get_by_role("status")).to_contain_text("original_handed_out")
+    expect(row.locator(".where")).to_contain_text(f"director-dina до / until {due.isoformat()}")
+    (kept,) = api.ecm("legal-lena", "GET", f"/api/documents/{approval['document']['id']}/originals").json()
+    assert (kept["state"], kept["holder_name"], kept["due_back"], kept["purpose"]) == (
+        "handed_out", "director-dina", due.isoformat(), "подписание допсоглашения")
+
+    login(page, system, api, "director-dina", "/ui/inbox")  # the holder is reminded where it is
+    held = page.locator("#held-originals")
+    expect(held).to_contain_text(due.isoformat())
+    assert held.locator("a").first.get_attribute("href") == card
+
+    login(page, system, api, "legal-lena", card)
+    row.locator("form.return-original input[name=location]").fill("сейф")
+    row.locator("form.return-original button").click()
+    expect(page.get_by_role("status")).to_contain_text("original_returned")
+    expect(row.locator(".where")).to_have_text("сейф")
+    login(page, system, api, "ecm-auditor", card)
+    expect(page.locator("#originals")).to_contain_text("сейф")
+    assert page.locator("#register-original, form.hand-out-original, form.return-original").count() == 0
 
 
 def test_pages_respect_rights(page, system, api):
