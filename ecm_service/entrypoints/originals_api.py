@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecm_service.entrypoints.api import STAFF, readable_document
@@ -16,6 +16,8 @@ from infra.web import require_roles
 
 router = APIRouter(prefix="/api", tags=["paper originals"])
 KEEPERS = ("legal", "admin")
+# An original's number within its document (a database integer: a larger one is not a 500).
+NUMBER = Path(ge=1, le=1_000_000)
 
 
 class RegisterIn(BaseModel):
@@ -73,15 +75,15 @@ async def register_original(document_id: str, body: RegisterIn, request: Request
 
 @router.post("/documents/{document_id}/originals/{number}/hand-out",
              summary="Hand an original out to a colleague, with a purpose and a date to bring it back")
-async def hand_out_original(document_id: str, number: int, body: HandOutIn, request: Request,
-                            user: User = Depends(require_roles(*KEEPERS))):
+async def hand_out_original(document_id: str, body: HandOutIn, request: Request,
+                            number: int = NUMBER, user: User = Depends(require_roles(*KEEPERS))):
     await originals.hand_out(request.app.state.container.uow(), document_id=document_id, number=number,
                              to_user_id=body.to_user_id, due_back=body.due_back, purpose=body.purpose, user=user)
     return await _one(request, document_id, number)
 
 
 @router.post("/documents/{document_id}/originals/{number}/return", summary="Take an original back to its place")
-async def return_original(document_id: str, number: int, body: ReturnIn, request: Request,
+async def return_original(document_id: str, body: ReturnIn, request: Request, number: int = NUMBER,
                           user: User = Depends(require_roles(*KEEPERS))):
     await originals.take_back(request.app.state.container.uow(), document_id=document_id, number=number,
                               location=body.location, user=user)

@@ -27,6 +27,7 @@ from ecm_service.entrypoints.approvals_api import (
     inbox_for,
     readable_approval,
 )
+from ecm_service.entrypoints.originals_api import NUMBER
 from ecm_service.entrypoints.registry_api import EditIn
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import deputies, documents, originals, steward
@@ -197,7 +198,7 @@ async def register_original_from_card(approval_id: str, request: Request,
 
 
 @router.post("/approvals/{approval_id}/originals/{number}/hand-out", response_class=HTMLResponse)
-async def hand_out_original_from_card(approval_id: str, number: int, request: Request,
+async def hand_out_original_from_card(approval_id: str, request: Request, number: int = NUMBER,
                                       to_user_id: str = Form(..., max_length=36), due_back: date = Form(...),
                                       purpose: str = Form(..., min_length=3, max_length=500),
                                       user: User = Depends(page_user)):
@@ -208,7 +209,7 @@ async def hand_out_original_from_card(approval_id: str, number: int, request: Re
 
 
 @router.post("/approvals/{approval_id}/originals/{number}/return", response_class=HTMLResponse)
-async def return_original_from_card(approval_id: str, number: int, request: Request,
+async def return_original_from_card(approval_id: str, request: Request, number: int = NUMBER,
                                     location: str = Form("", max_length=300), user: User = Depends(page_user)):
     return await _original_from_card(
         request, user, approval_id, "original_returned", lambda uow, doc: originals.take_back(

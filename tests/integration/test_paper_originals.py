@@ -120,3 +120,12 @@ async def test_originals_out_are_listed_the_longest_overdue_first(ecm_app):
     async with container.uow() as uow:
         later = originals.with_overdue(await uow.originals.handed_out(), today=today + timedelta(days=7))
     assert [o["overdue_days"] for o in later] == [6, 4, 2]
+
+
+async def test_an_original_number_out_of_range_is_a_422_not_a_database_error(ecm_app):
+    client, tokens, container = ecm_app
+    legal = {"Authorization": f"Bearer {tokens['legal']}"}
+    document_id, _ = await _document(container, b"contract")
+    for number in (0, 2**63):
+        answer = await client.post(f"/api/documents/{document_id}/originals/{number}/return", json={}, headers=legal)
+        assert answer.status_code == 422, (number, answer.text)
