@@ -391,6 +391,20 @@ async def registry_search(request: Request, q: str = "", status: str = "", user:
 # --- delay-reason report ---------------------------------------------------------------------
 
 
+ORIGINALS_READERS = ("legal", "admin", "auditor")  # as GET /api/originals/handed-out
+
+
+@router.get("/originals", response_class=HTMLResponse)
+async def originals_out_page(request: Request, user: User = Depends(page_user)):
+    """The office's register of paper originals out of their place: who has which, until
+    when, the longest overdue first."""
+    if user.role not in ORIGINALS_READERS:
+        raise HTTPException(403, "the register of originals is for legal staff, admins and auditors")
+    async with request.app.state.container.uow() as uow:
+        rows = originals.with_overdue(await uow.originals.handed_out())
+    return render(request, "originals.html", user, rows=rows, late=sum(1 for r in rows if r["overdue_days"]))
+
+
 @router.get("/reports/delays", response_class=HTMLResponse)
 async def delay_report(request: Request, user: User = Depends(page_user)):
     if user.role == "steward":

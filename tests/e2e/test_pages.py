@@ -133,6 +133,7 @@ def test_every_link_in_a_roles_menu_opens(system, api, user):
     assert "/ui/registry" in menu
     assert {path: status for path, status in answers.items() if status != 200} == {}
     assert ("/ui/steward" in menu) == (user in ("steward-stas", "ecm-auditor", "ecm-admin"))
+    assert ("/ui/originals" in menu) == (user in ("legal-lena", "ecm-auditor", "ecm-admin"))
 
 
 def test_an_approver_names_and_revokes_a_deputy_on_the_page(page, system, api):
@@ -216,6 +217,11 @@ def test_legal_registers_a_signed_original_hands_it_out_and_takes_it_back_from_t
     held = page.locator("#held-originals")
     expect(held).to_contain_text(due.isoformat())
     assert held.locator("a").first.get_attribute("href") == card
+    login(page, system, api, "ecm-auditor", "/ui/originals")  # the office's register of those out
+    out = page.locator("#originals-out tr", has_text="подписание допсоглашения")
+    expect(out).to_contain_text("director-dina")
+    expect(out).to_contain_text("архив, полка 4")
+    assert out.locator("a").get_attribute("href") == card
 
     login(page, system, api, "legal-lena", card)
     row.locator("form.return-original input[name=location]").fill("сейф")
@@ -239,6 +245,11 @@ def test_pages_respect_rights(page, system, api):
     login(page, system, api, "ecm-auditor", f"/ui/approvals/{approval['id']}")
     expect(page.locator("#current-stage")).to_have_text("legal")
     assert page.locator("#decision-form").count() == 0
+    # The register of originals is not a finance page; nor are the card's original forms.
+    login(page, system, api, "finance-fedor")
+    assert page.goto(f"{system.ecm_url}/ui/originals").status == 403
+    assert page.request.post(f"{system.ecm_url}/ui/approvals/{approval['id']}/originals",
+                             form={"location": "mine"}).status == 403
 
 
 def test_steward_queue_shows_flags_and_candidates_side_by_side_and_merges(page, system, api):
