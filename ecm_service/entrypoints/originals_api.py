@@ -15,7 +15,8 @@ from infra.users import User
 from infra.web import require_roles
 
 router = APIRouter(prefix="/api", tags=["paper originals"])
-KEEPERS = ("legal", "admin")
+KEEPERS = ("legal", "admin")  # who registers, hands out and takes back originals
+REGISTER_READERS = ("legal", "admin", "auditor")  # who reads the register of originals out
 # An original's number within its document (a database integer: a larger one is not a 500).
 NUMBER = Path(ge=1, le=1_000_000)
 
@@ -92,6 +93,6 @@ async def return_original(document_id: str, body: ReturnIn, request: Request, nu
 
 @router.get("/originals/handed-out", summary="Originals out of their place, the longest overdue first")
 async def handed_out(request: Request, holder_id: str | None = Query(None, max_length=36),
-                     _: User = Depends(require_roles("legal", "admin", "auditor"))):
+                     _: User = Depends(require_roles(*REGISTER_READERS))):
     async with request.app.state.container.uow() as uow:
         return [original_out(o) for o in originals.with_overdue(await uow.originals.handed_out(holder_id=holder_id))]

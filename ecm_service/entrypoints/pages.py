@@ -27,7 +27,7 @@ from ecm_service.entrypoints.approvals_api import (
     inbox_for,
     readable_approval,
 )
-from ecm_service.entrypoints.originals_api import NUMBER
+from ecm_service.entrypoints.originals_api import NUMBER, REGISTER_READERS
 from ecm_service.entrypoints.registry_api import EditIn
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import deputies, documents, originals, steward
@@ -388,21 +388,21 @@ async def registry_search(request: Request, q: str = "", status: str = "", user:
     return render(request, "registry.html", user, q=q, status_filter=status, found=found)
 
 
-# --- delay-reason report ---------------------------------------------------------------------
-
-
-ORIGINALS_READERS = ("legal", "admin", "auditor")  # as GET /api/originals/handed-out
+# --- the register of paper originals out -------------------------------------------------------
 
 
 @router.get("/originals", response_class=HTMLResponse)
 async def originals_out_page(request: Request, user: User = Depends(page_user)):
     """The office's register of paper originals out of their place: who has which, until
-    when, the longest overdue first."""
-    if user.role not in ORIGINALS_READERS:
+    when, the longest overdue first (the roles of GET /api/originals/handed-out)."""
+    if user.role not in REGISTER_READERS:
         raise HTTPException(403, "the register of originals is for legal staff, admins and auditors")
     async with request.app.state.container.uow() as uow:
         rows = originals.with_overdue(await uow.originals.handed_out())
     return render(request, "originals.html", user, rows=rows, late=sum(1 for r in rows if r["overdue_days"]))
+
+
+# --- delay-reason report ---------------------------------------------------------------------
 
 
 @router.get("/reports/delays", response_class=HTMLResponse)
