@@ -32,6 +32,7 @@ from ecm_service.entrypoints.registry_api import EditIn
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import deputies, documents, originals, steward
 from ecm_service.service_layer.approvals import APPROVAL
+from ecm_service.service_layer.documents import DOCUMENT
 from infra import business_day
 from infra.pages import SHARED_TEMPLATES, add_login_routes, back_to, errors_text, page_user_dependency
 from infra.spreadsheets import inert_record
@@ -64,11 +65,16 @@ async def with_actor_names(uow, entries: list[dict]) -> list[dict]:
     """History entries for a page, each with `actor_name`: the ECM user's name for
     "user:<id>"; other actors (the CRM's "crm:<id>", the system's own) as recorded. The
     CRM's people are known here by reference only."""
-    ids = sorted({e["actor"].removeprefix("user:") for e in entries if e["actor"].startswith("user:")})
+    names = await user_names(uow, [e["actor"] for e in entries])
+    return [{**e, "actor_name": names.get(e["actor"], e["actor"])} for e in entries]
+
+
+async def user_names(uow, refs: list[str]) -> dict[str, str]:
+    """{"user:<id>": name} for the ECM users among `refs` (one statement)."""
+    ids = sorted({ref.removeprefix("user:") for ref in refs if ref and ref.startswith("user:")})
     u = tables.users
-    names = dict((await uow.session.execute(select(u.c.id, u.c.name).where(u.c.id.in_(ids)))).all()) if ids else {}
-    return [{**e, "actor_name": names.get(e["actor"].removeprefix("user:"), e["actor"])
-             if e["actor"].startswith("user:") else e["actor"]} for e in entries]
+    rows = (await uow.session.execute(select(u.c.id, u.c.name).where(u.c.id.in_(ids)))).all() if ids else []
+    return {f"user:{user_id}": name for user_id, name in rows}
 
 
 @router.get("/")
@@ -100,6 +106,11 @@ async def _card_context(request: Request, user: User, approval_id: str) -> dict:
         delays = await uow.delay_reasons.of_approval(approval_id)
         principals = await uow.deputies.principals_of(user.id, business_day.today())
         paper = originals.with_overdue(await uow.originals.of_document(approval.document_id))
+        # Where the originals have been: the document's history entries of their steps.
+        movements = [e for e in await uow.history.of(DOCUMENT, approval.document_id)
+                     if e["action"].startswith("original_")]
+        names = await user_names(uow, [e["actor"] for e in movements]
+                                 + [e["data"].get(k) for e in movements for k in ("to", "from")])
         staff = await uow.originals.staff() if user.role in HOLDERS else []
     try:
         _, behalf, via_escalation = approval.place_for(actor_of(user), principals)
@@ -109,7 +120,8 @@ async def _card_context(request: Request, user: User, approval_id: str) -> dict:
     return {"approval": approval, "document": document, "versions": versions, "history": history,
             "counterparty": counterparty,
             "delays": delays, "can_decide": can_decide, "can_hold": user.role in HOLDERS,
-            "originals": paper, "staff": staff, "today": business_day.today(),
+            "originals": paper, "staff": staff, "today": business_day.today(), "movements": movements,
+            "names": names,
             "on_behalf_of": behalf.name if behalf else None,
             "via_escalation": via_escalation, "codes": container.delay_reasons,
             "now": datetime.now(timezone.utc), "steps": {s.stage_no: s for s in approval.steps}}

@@ -228,6 +228,12 @@ def test_legal_registers_a_signed_original_hands_it_out_and_takes_it_back_from_t
     row.locator("form.return-original button").click()
     expect(page.get_by_role("status")).to_contain_text("original_returned")
     expect(row.locator(".where")).to_have_text("сейф")
+    page.click("#original-movements summary")  # where it has been, from the document's history
+    moves = page.locator("#original-movements tbody tr")
+    expect(moves).to_have_count(3)
+    expect(moves.nth(1)).to_contain_text(f"director-dina до / until {due.isoformat()}: подписание допсоглашения")
+    expect(moves.nth(2)).to_contain_text("← director-dina → сейф")
+    expect(moves.nth(2)).to_contain_text("legal-lena")
     login(page, system, api, "ecm-auditor", card)
     expect(page.locator("#originals")).to_contain_text("сейф")
     assert page.locator("#register-original, form.hand-out-original, form.return-original").count() == 0
