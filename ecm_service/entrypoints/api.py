@@ -82,10 +82,18 @@ async def list_counterparties(
     request: Request,
     external_ref: str | None = Query(None, description="e.g. crm:<organization id>"),
     status: str | None = None,
+    q: str | None = Query(None, max_length=200, description="registry search, as the registry page's: an INN or "
+                          "OGRN, or the words of the name in any order, each anywhere in it; by name"),
     limit: int = Query(100, ge=1, le=1000),
     _: User = Depends(require_roles(*STAFF)),
 ):
     async with _container(request).uow() as uow:
+        if q is not None and q.strip():
+            found = await uow.counterparties.search(text=q, status=status, limit=limit)
+            if external_ref is not None:
+                named = await uow.external_refs.find(COUNTERPARTY, parse_external_ref(external_ref))
+                found = [c for c in found if c.id == named]
+            return [await counterparty_out(uow, record) for record in found]
         ids = await _listed_ids(uow, tables.counterparties, COUNTERPARTY, external_ref=external_ref, limit=limit,
                                 status=status)
         return [await _counterparty_out(uow, cid) for cid in ids]

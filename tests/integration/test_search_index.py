@@ -2,7 +2,7 @@
 the steward's look-alikes) are served by the trigram index of migration 0015, both in the
 plan the server makes for the values at hand and in the generic plan it may keep for a
 prepared statement after a few runs; SQLite, which has no such index, gives the same
-answers by reading the table."""
+answers by reading the table. The API searches as the registry page does."""
 
 from sqlalchemy import event
 
@@ -94,3 +94,27 @@ async def test_a_word_of_the_name_is_found_on_both_backends_through_the_trigram_
     for statement, parameters in by_name:
         for mode, plan in (await _plans(ecm, statement, parameters)).items():
             assert INDEX in plan, f"{mode}:\n{plan}"
+
+
+async def test_the_api_searches_the_registry_as_the_page_does(ecm_app):
+    client, tokens, container = ecm_app
+    legal = {"Authorization": f"Bearer {tokens['legal']}"}
+    for name in NAMES:
+        await sync(container, name, **(SBER if "Сбербанк" in name else {}))
+
+    def names(answer) -> list[str]:
+        assert answer.status_code == 200, answer.text
+        return sorted(c["name"] for c in answer.json())
+
+    assert names(await client.get("/api/counterparties", params={"q": "вектор"}, headers=legal)) == [
+        "АО «Векторные системы»", "ООО «Вектор Плюс»", "ООО «Вектор»", "ООО «Строй-Вектор»"]
+    assert names(await client.get("/api/counterparties", params={"q": "копыт рога"}, headers=legal)) == [
+        "ЗАО «Рога и копыта»"]
+    assert names(await client.get("/api/counterparties", params={"q": SBER["inn"]}, headers=legal)) == [
+        "ПАО «Сбербанк России»"]
+    assert names(await client.get("/api/counterparties", params={"q": "вектор", "status": "verified"},
+                                  headers=legal)) == []
+    assert len(names(await client.get("/api/counterparties", params={"q": "  "}, headers=legal))) == len(NAMES)  # a blank q lists
+    too_long = await client.get("/api/counterparties", params={"q": "x" * 201}, headers=legal)
+    assert too_long.status_code == 422
+
