@@ -4,13 +4,18 @@ legal staff, admins and auditors."""
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import date
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecm_service.entrypoints.api import STAFF, readable_document
 from ecm_service.service_layer import originals
+from infra.spreadsheets import inert_record
 from infra.users import User
 from infra.web import require_roles
 
@@ -91,8 +96,24 @@ async def return_original(document_id: str, body: ReturnIn, request: Request, nu
     return await _one(request, document_id, number)
 
 
+CSV_COLUMNS = ["title", "doc_type", "number", "version_no", "holder_name", "holder_id", "due_back", "overdue_days",
+               "purpose", "location", "handed_out_at", "document_id"]
+
+
+def register_csv(rows: list[dict]) -> Response:
+    """The register of originals out as CSV (UTF-8 with a BOM, for Excel), every text cell
+    inert: a purpose typed as `=…` is not a formula."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(inert_record({k: row.get(k) for k in CSV_COLUMNS}) for row in rows)
+    return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="originals-out.csv"'})
+
+
 @router.get("/originals/handed-out", summary="Originals out of their place, the longest overdue first")
 async def handed_out(request: Request, holder_id: str | None = Query(None, max_length=36),
-                     _: User = Depends(require_roles(*REGISTER_READERS))):
+                     format: Literal["json", "csv"] = "json", _: User = Depends(require_roles(*REGISTER_READERS))):
     async with request.app.state.container.uow() as uow:
-        return [original_out(o) for o in originals.with_overdue(await uow.originals.handed_out(holder_id=holder_id))]
+        rows = [original_out(o) for o in originals.with_overdue(await uow.originals.handed_out(holder_id=holder_id))]
+    return register_csv(rows) if format == "csv" else rows

@@ -27,7 +27,7 @@ from ecm_service.entrypoints.approvals_api import (
     inbox_for,
     readable_approval,
 )
-from ecm_service.entrypoints.originals_api import NUMBER, REGISTER_READERS
+from ecm_service.entrypoints.originals_api import NUMBER, REGISTER_READERS, register_csv
 from ecm_service.entrypoints.registry_api import EditIn
 from ecm_service.service_layer import approvals as cases
 from ecm_service.service_layer import deputies, documents, originals, steward
@@ -412,6 +412,14 @@ async def originals_out_page(request: Request, user: User = Depends(page_user)):
     async with request.app.state.container.uow() as uow:
         rows = originals.with_overdue(await uow.originals.handed_out())
     return render(request, "originals.html", user, rows=rows, late=sum(1 for r in rows if r["overdue_days"]))
+
+
+@router.get("/originals.csv")
+async def originals_out_csv(request: Request, user: User = Depends(page_user)):
+    if user.role not in REGISTER_READERS:
+        raise HTTPException(403, "the register of originals is for legal staff, admins and auditors")
+    async with request.app.state.container.uow() as uow:
+        return register_csv(originals.with_overdue(await uow.originals.handed_out()))
 
 
 # --- delay-reason report ---------------------------------------------------------------------

@@ -222,6 +222,8 @@ def test_legal_registers_a_signed_original_hands_it_out_and_takes_it_back_from_t
     expect(out).to_contain_text("director-dina")
     expect(out).to_contain_text("архив, полка 4")
     assert out.locator("a").get_attribute("href") == card
+    export = page.request.get(f"{system.ecm_url}{page.locator('#originals-csv').get_attribute('href')}")
+    assert export.status == 200 and "подписание допсоглашения" in export.body().decode("utf-8-sig")
 
     login(page, system, api, "legal-lena", card)
     row.locator("form.return-original input[name=location]").fill("сейф")

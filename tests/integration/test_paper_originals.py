@@ -3,6 +3,7 @@ of the signed version and numbered, handed out to a colleague with a purpose and
 refused what their state does not allow, taken back; each step in the document's history
 chain; the list of those out of their place, the longest overdue first."""
 
+import csv
 import io
 from datetime import date, timedelta
 
@@ -129,3 +130,22 @@ async def test_an_original_number_out_of_range_is_a_422_not_a_database_error(ecm
     for number in (0, 2**63):
         answer = await client.post(f"/api/documents/{document_id}/originals/{number}/return", json={}, headers=legal)
         assert answer.status_code == 422, (number, answer.text)
+
+
+async def test_the_register_of_originals_out_exports_as_csv_with_inert_text(ecm_app):
+    client, tokens, container = ecm_app
+    legal = {"Authorization": f"Bearer {tokens['legal']}"}
+    director = await _user_id(container, "director")
+    document_id, _ = await _document(container, b"contract for the csv")
+    base = f"/api/documents/{document_id}/originals"
+    await client.post(base, json={"location": "archive"}, headers=legal)
+    due = business_day.today() + timedelta(days=2)
+    await client.post(f"{base}/1/hand-out", headers=legal,
+                      json={"to_user_id": director, "due_back": due.isoformat(), "purpose": "=HYPERLINK(\"x\")"})
+    answer = await client.get("/api/originals/handed-out", params={"format": "csv"}, headers=legal)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+    assert answer.content.startswith(b"\xef\xbb\xbf")  # a BOM, for Excel
+    rows = list(csv.DictReader(io.StringIO(answer.content.decode("utf-8-sig"))))
+    assert [(r["title"], r["number"], r["holder_name"], r["due_back"], r["purpose"], r["location"]) for r in rows] == [
+        ("Договор поставки", "1", "director-user", due.isoformat(), "'=HYPERLINK(\"x\")", "archive")]
+    assert (await client.get("/api/originals/handed-out", params={"format": "xml"}, headers=legal)).status_code == 422
