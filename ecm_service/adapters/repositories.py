@@ -530,13 +530,16 @@ class PaperOriginalRepository:
 
     async def handed_out(self, *, holder_id: str | None = None, limit: int = 500) -> list[dict]:
         """Originals out of their place, the longest overdue first, then by the date
-        they are due back; each with its document's title and type and its holder's name."""
-        p, d, u, a = tables.paper_originals, tables.documents, tables.users, tables.approvals
+        they are due back; each with its document's title and type, its version's number
+        and its holder's name."""
+        p, d, u, a, v = (tables.paper_originals, tables.documents, tables.users, tables.approvals,
+                         tables.document_versions)
         latest_approval = (select(a.c.id).where(a.c.document_id == p.c.document_id)
                            .order_by(a.c.created_at.desc(), a.c.id.desc()).limit(1).scalar_subquery())
-        query = (select(p, d.c.title, d.c.doc_type, u.c.name.label("holder_name"),
+        query = (select(p, d.c.title, d.c.doc_type, v.c.version_no, u.c.name.label("holder_name"),
                         latest_approval.label("approval_id"))
-                 .join(d, d.c.id == p.c.document_id).outerjoin(u, u.c.id == p.c.holder_id)
+                 .join(d, d.c.id == p.c.document_id).join(v, v.c.id == p.c.version_id)
+                 .outerjoin(u, u.c.id == p.c.holder_id)
                  .where(p.c.state == "handed_out"))
         if holder_id is not None:
             query = query.where(p.c.holder_id == holder_id)

@@ -146,6 +146,7 @@ async def test_the_register_of_originals_out_exports_as_csv_with_inert_text(ecm_
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
     assert answer.content.startswith(b"\xef\xbb\xbf")  # a BOM, for Excel
     rows = list(csv.DictReader(io.StringIO(answer.content.decode("utf-8-sig"))))
-    assert [(r["title"], r["number"], r["holder_name"], r["due_back"], r["purpose"], r["location"]) for r in rows] == [
-        ("Договор поставки", "1", "director-user", due.isoformat(), "'=HYPERLINK(\"x\")", "archive")]
+    assert [(r["title"], r["number"], r["version_no"], r["holder_name"], r["due_back"], r["purpose"], r["location"])
+            for r in rows] == [("Договор поставки", "1", "1", "director-user", due.isoformat(), "'=HYPERLINK(\"x\")",
+                                "archive")]
     assert (await client.get("/api/originals/handed-out", params={"format": "xml"}, headers=legal)).status_code == 422
