@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 from fastapi import Depends, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.content_store import ContentStore, FileTooLarge, Refused
 from infra.logs import bind_contextvars, clear_contextvars, new_correlation_id
+from infra.spreadsheets import inert_record
 from infra.users import User
 
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -203,3 +206,16 @@ def save_upload(upload, target, limit: int) -> int:
                 raise ValueError(f"file exceeds {limit} bytes")
             out.write(chunk)
     return size
+
+
+def csv_download(records: Iterable[dict], columns: list[str], filename: str) -> Response:
+    """Records as a CSV download for a spreadsheet: the named columns in order, UTF-8 with
+    a byte order mark (so Excel reads it as UTF-8), and every text cell inert
+    (`infra.spreadsheets.inert`: a value typed as `=…` is not a formula)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(inert_record({column: record.get(column) for column in columns}) for record in records)
+    return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+

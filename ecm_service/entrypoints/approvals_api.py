@@ -3,13 +3,10 @@ deputies, delay reasons and their report, reminders, and the route admin."""
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import date, datetime, timezone
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import and_, or_, select
 
@@ -20,9 +17,8 @@ from ecm_service.service_layer import deputies
 from ecm_service.service_layer.access import can_read_document, ensure_document_readable
 from ecm_service.service_layer.approvals import APPROVAL
 from infra import business_day
-from infra.spreadsheets import inert_record
 from infra.users import User
-from infra.web import require_roles
+from infra.web import csv_download, require_roles
 from schemas.common import ExternalRef
 
 router = APIRouter(prefix="/api", tags=["approvals"])
@@ -226,12 +222,7 @@ async def delay_reason_report(request: Request, format: Literal["json", "csv"] =
     rows = await delay_report_rows(_container(request))
     if format == "json":
         return rows
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS)
-    writer.writeheader()
-    writer.writerows(map(inert_record, rows))
-    return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": 'attachment; filename="delay-reasons.csv"'})
+    return csv_download(rows, REPORT_COLUMNS, "delay-reasons.csv")
 
 
 # --- the inbox ---------------------------------------------------------------------------

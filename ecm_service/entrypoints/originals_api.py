@@ -4,8 +4,6 @@ legal staff, admins and auditors."""
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import date
 from typing import Literal
 
@@ -15,9 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ecm_service.entrypoints.api import STAFF, readable_document
 from ecm_service.service_layer import originals
-from infra.spreadsheets import inert_record
 from infra.users import User
-from infra.web import require_roles
+from infra.web import csv_download, require_roles
 
 router = APIRouter(prefix="/api", tags=["paper originals"])
 KEEPERS = ("legal", "admin")  # who registers, hands out and takes back originals
@@ -101,14 +98,9 @@ CSV_COLUMNS = ["title", "doc_type", "number", "version_no", "holder_name", "hold
 
 
 def register_csv(rows: list[dict]) -> Response:
-    """The register of originals out as CSV (UTF-8 with a BOM, for Excel), every text cell
-    inert: a purpose typed as `=…` is not a formula."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(inert_record({k: row.get(k) for k in CSV_COLUMNS}) for row in rows)
-    return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": 'attachment; filename="originals-out.csv"'})
+    """The register of originals out as CSV (`infra.web.csv_download`: a purpose typed as
+    `=…` is not a formula)."""
+    return csv_download(rows, CSV_COLUMNS, "originals-out.csv")
 
 
 @router.get("/originals/handed-out", summary="Originals out of their place, the longest overdue first")

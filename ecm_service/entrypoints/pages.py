@@ -5,8 +5,6 @@ SameSite=Strict cookie; every page applies the same rights as the API."""
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -35,8 +33,8 @@ from ecm_service.service_layer.approvals import APPROVAL
 from ecm_service.service_layer.documents import DOCUMENT
 from infra import business_day
 from infra.pages import SHARED_TEMPLATES, add_login_routes, back_to, errors_text, page_user_dependency
-from infra.spreadsheets import inert_record
 from infra.users import User
+from infra.web import csv_download
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=[Path(__file__).parent / "templates", SHARED_TEMPLATES])
@@ -437,12 +435,7 @@ async def delay_report(request: Request, user: User = Depends(page_user)):
 async def delay_report_csv(request: Request, user: User = Depends(page_user)):
     if user.role == "steward":
         raise HTTPException(403, "the delay report is for approvers, auditors and admins")
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=REPORT_COLUMNS)
-    writer.writeheader()
-    writer.writerows(map(inert_record, await delay_report_rows(request.app.state.container)))
-    return Response(out.getvalue().encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": 'attachment; filename="delay-reasons.csv"'})
+    return csv_download(await delay_report_rows(request.app.state.container), REPORT_COLUMNS, "delay-reasons.csv")
 
 
 # --- the auditors' reconciliation report --------------------------------------------------------
@@ -470,7 +463,6 @@ async def reconciliation_page(request: Request, state: str = "", run: str = "", 
 @router.get("/reconciliation/export.{kind}")
 async def reconciliation_export(kind: str, request: Request, state: str = "", run: str = "",
                                 user: User = Depends(page_user)):
-    from fastapi.responses import Response
 
     from ecm_service.service_layer import reconciliation as rec
 
