@@ -488,14 +488,14 @@ class PaperOriginalRepository:
     def __init__(self, session: AsyncSession):
         self.session = session
 
-    async def of_document(self, document_id: str) -> list[dict]:
-        """A document's originals by number, each with its version's number and its
-        holder's name."""
+    async def of_document(self, document_id: str, *, number: int | None = None) -> list[dict]:
+        """A document's originals by number (or the one of `number`), each with its
+        version's number and its holder's name."""
         p, v, u = tables.paper_originals, tables.document_versions, tables.users
-        rows = await self.session.execute(
-            select(p, v.c.version_no, v.c.sha256, u.c.name.label("holder_name"))
-            .join(v, v.c.id == p.c.version_id).outerjoin(u, u.c.id == p.c.holder_id)
-            .where(p.c.document_id == document_id).order_by(p.c.number))
+        query = (select(p, v.c.version_no, v.c.sha256, u.c.name.label("holder_name"))
+                 .join(v, v.c.id == p.c.version_id).outerjoin(u, u.c.id == p.c.holder_id)
+                 .where(p.c.document_id == document_id).order_by(p.c.number))
+        rows = await self.session.execute(query if number is None else query.where(p.c.number == number))
         return [dict(r) for r in rows.mappings()]
 
     async def get(self, document_id: str, number: int, *, for_update: bool = False) -> dict | None:

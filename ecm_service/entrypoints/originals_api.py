@@ -51,13 +51,15 @@ def original_out(original: dict) -> dict:
     return {k: original[k] for k in keys if k in original}
 
 
-async def _originals_of(request: Request, document_id: str) -> list[dict]:
+async def _originals_of(request: Request, document_id: str, number: int | None = None) -> list[dict]:
     async with request.app.state.container.uow() as uow:
-        return [original_out(o) for o in originals.with_overdue(await uow.originals.of_document(document_id))]
+        found = await uow.originals.of_document(document_id, number=number)
+    return [original_out(o) for o in originals.with_overdue(found)]
 
 
 async def _one(request: Request, document_id: str, number: int) -> dict:
-    return next(o for o in await _originals_of(request, document_id) if o["number"] == number)
+    (original,) = await _originals_of(request, document_id, number)
+    return original
 
 
 @router.get("/documents/{document_id}/originals", summary="A document's paper originals: where each is, or who has it")
@@ -71,9 +73,9 @@ async def list_originals(document_id: str, request: Request, user: User = Depend
 @router.post("/documents/{document_id}/originals", status_code=201, summary="Register a signed paper original")
 async def register_original(document_id: str, body: RegisterIn, request: Request,
                             user: User = Depends(require_roles(*KEEPERS))):
-    done = await originals.register(request.app.state.container.uow(), document_id=document_id,
-                                    location=body.location, version_id=body.version_id, user=user)
-    return await _one(request, document_id, done["number"])
+    number = await originals.register(request.app.state.container.uow(), document_id=document_id,
+                                      location=body.location, version_id=body.version_id, user=user)
+    return await _one(request, document_id, number)
 
 
 @router.post("/documents/{document_id}/originals/{number}/hand-out",

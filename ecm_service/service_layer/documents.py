@@ -52,11 +52,7 @@ async def store_version(
     by_ref, replaces, document = False, None, None
     async with uow:
         if document_id is not None:
-            document = await uow.documents.get(document_id, for_update=True)
-            if document is None:
-                raise NotFound(f"document {document_id} not found")
-            if document["disposed_at"]:
-                raise DocumentGone(f"document {document_id} was disposed of")
+            document = await live_document(uow, document_id)
         elif external_ref:
             document_id = await uow.external_refs.find(DOCUMENT, external_ref)
             if document_id is not None:
@@ -210,13 +206,20 @@ async def store_many(new_uow: Callable[[], EcmUnitOfWork], *, user_id: str, item
     return results  # type: ignore[return-value]
 
 
+async def live_document(uow: EcmUnitOfWork, document_id: str) -> dict:
+    """The document, locked for this transaction (a disposal at the same moment waits, or
+    is waited for and seen); NotFound, or DocumentGone once it is disposed of."""
+    document = await uow.documents.get(document_id, for_update=True)
+    if document is None:
+        raise NotFound(f"document {document_id} not found")
+    if document["disposed_at"]:
+        raise DocumentGone(f"document {document_id} was disposed of")
+    return document
+
+
 async def set_legal_hold(uow: EcmUnitOfWork, *, document_id: str, hold: bool, user_id: str, reason: str) -> dict:
     async with uow:
-        document = await uow.documents.get(document_id, for_update=True)
-        if document is None:
-            raise NotFound(f"document {document_id} not found")
-        if document["disposed_at"]:
-            raise DocumentGone(f"document {document_id} was disposed of")
+        document = await live_document(uow, document_id)
         if document["legal_hold"] != hold:
             await uow.documents.update_document(document_id, legal_hold=hold,
                                                 legal_hold_reason=reason if hold else None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime, timezone
 
-from ecm_service.service_layer.documents import DOCUMENT, DocumentGone, NotFound
+from ecm_service.service_layer.documents import DOCUMENT, NotFound, live_document
 from ecm_service.service_layer.unit_of_work import EcmUnitOfWork
 from infra import business_day
 from infra.users import User
@@ -29,15 +29,6 @@ class InvalidOriginal(ValueError):
     the past (422)."""
 
 
-async def _document(uow: EcmUnitOfWork, document_id: str) -> dict:
-    document = await uow.documents.get(document_id, for_update=True)
-    if document is None:
-        raise NotFound(f"document {document_id} not found")
-    if document["disposed_at"]:
-        raise DocumentGone(f"document {document_id} was disposed of")
-    return document
-
-
 async def _original(uow: EcmUnitOfWork, document_id: str, number: int) -> dict:
     original = await uow.originals.get(document_id, number, for_update=True)
     if original is None:
@@ -46,12 +37,12 @@ async def _original(uow: EcmUnitOfWork, document_id: str, number: int) -> dict:
 
 
 async def register(uow: EcmUnitOfWork, *, document_id: str, location: str, user: User,
-                   version_id: str | None = None) -> dict:
+                   version_id: str | None = None) -> int:
     """A signed original of the document, filed at `location`: of `version_id`, or else of
-    the latest version. Numbered within its document (1, 2, ...): the document row is
-    locked, so two registrations at once take two numbers."""
+    the latest version; its number. Numbered within its document (1, 2, ...): the document
+    row is locked, so two registrations at once take two numbers."""
     async with uow:
-        await _document(uow, document_id)
+        await live_document(uow, document_id)
         versions = await uow.documents.versions(document_id)
         version = next((v for v in versions if v["id"] == version_id), None) if version_id else versions[-1]
         if version is None:
@@ -65,17 +56,17 @@ async def register(uow: EcmUnitOfWork, *, document_id: str, location: str, user:
                                  actor=f"user:{user.id}", data={"number": number, "version_no": version["version_no"],
                                                                 "sha256": version["sha256"], "location": location})
         await uow.commit()
-        return await uow.originals.get(document_id, number)
+    return number
 
 
 async def hand_out(uow: EcmUnitOfWork, *, document_id: str, number: int, to_user_id: str, due_back: date,
-                   purpose: str, user: User) -> dict:
+                   purpose: str, user: User) -> None:
     """The original leaves its place with a colleague (an ECM user), for `purpose`, to
     come back by `due_back` (a day of the company's calendar, today or later)."""
     if due_back < business_day.today():
         raise InvalidOriginal(f"due back {due_back.isoformat()} is in the past")
     async with uow:
-        await _document(uow, document_id)
+        await live_document(uow, document_id)
         original = await _original(uow, document_id, number)
         if original["state"] != IN_PLACE:
             raise OriginalConflict(f"original no. {number} is handed out already (due back "
@@ -90,14 +81,13 @@ async def hand_out(uow: EcmUnitOfWork, *, document_id: str, number: int, to_user
                                  data={"number": number, "to": f"user:{to_user_id}", "due_back": due_back.isoformat(),
                                        "from_location": original["location"]})
         await uow.commit()
-        return await uow.originals.get(document_id, number)
 
 
 async def take_back(uow: EcmUnitOfWork, *, document_id: str, number: int, location: str | None,
-                    user: User) -> dict:
+                    user: User) -> None:
     """The original is back, filed at `location` (or where it was kept before)."""
     async with uow:
-        await _document(uow, document_id)
+        await live_document(uow, document_id)
         original = await _original(uow, document_id, number)
         if original["state"] != HANDED_OUT:
             raise OriginalConflict(f"original no. {number} is in its place ({original['location']})")
@@ -111,7 +101,6 @@ async def take_back(uow: EcmUnitOfWork, *, document_id: str, number: int, locati
                                  data={"number": number, "from": f"user:{original['holder_id']}", "location": place,
                                        "days_overdue": overdue_days})
         await uow.commit()
-        return await uow.originals.get(document_id, number)
 
 
 def with_overdue(originals: list[dict], today: date | None = None) -> list[dict]:
